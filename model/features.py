@@ -86,7 +86,9 @@ class FeatureSpec:
             raise ValueError("FeatureSpec.categorical must list user features before item features")
         # Lookup tables, built once (frozen dataclass: bypass __setattr__).
         object.__setattr__(
-            self, "_index", {f.name: {v: i + 1 for i, v in enumerate(f.vocab)} for f in self.categorical}
+            self,
+            "_index",
+            {f.name: {v: i + 1 for i, v in enumerate(f.vocab)} for f in self.categorical},
         )
 
     @property
@@ -124,7 +126,11 @@ class FeatureSpec:
         return out
 
     def encode(self, users: Sequence[Mapping], items: Sequence[Mapping]) -> dict[str, np.ndarray]:
-        """Head inputs for aligned user and item records: ``{"ids": [n, F], "multi_hot": [n, G]}``."""
+        """Head inputs for aligned user and item records.
+
+        Returns:
+            ``{"ids": int32 [n, F], "multi_hot": float32 [n, G]}``.
+        """
         ids = np.concatenate(
             [self.encode_entity("user", users), self.encode_entity("item", items)], axis=1
         )

@@ -26,7 +26,9 @@ def read_config(directory: str | Path) -> dict:
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     path = directory / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{directory}: config.json is missing (expected a Hugging Face-format directory)")
+        raise CheckpointError(
+            f"{directory}: config.json is missing (expected a Hugging Face-format directory)"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -62,10 +64,13 @@ def safetensor_files(directory: str | Path) -> list[Path]:
         shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:
-            raise CheckpointError(f"{directory}: shard(s) {missing} named in {index.name} are missing")
+            raise CheckpointError(
+                f"{directory}: shard(s) {missing} named in {index.name} are missing"
+            )
         return [directory / s for s in shards]
     raise CheckpointError(
-        f"{directory}: no weights found (expected model.safetensors or model.safetensors.index.json)"
+        f"{directory}: no weights found "
+        "(expected model.safetensors or model.safetensors.index.json)"
     )
 
 
@@ -83,7 +88,9 @@ def tokenizer_file(directory: str | Path) -> Path:
     for name in TOKENIZER_FILES:
         if (directory / name).is_file():
             return directory / name
-    raise CheckpointError(f"{directory}: no tokenizer found (expected one of {', '.join(TOKENIZER_FILES)})")
+    raise CheckpointError(
+        f"{directory}: no tokenizer found (expected one of {', '.join(TOKENIZER_FILES)})"
+    )
 
 
 def take(
@@ -94,7 +101,11 @@ def take(
     source: str | Path = "checkpoint",
     aliases: tuple[str, ...] = (),
 ) -> np.ndarray:
-    """Tensor ``name`` (or its first present alias), checked against the shape config.json implies."""
+    """Tensor ``name`` (or its first present alias), checked against the shape config.json implies.
+
+    Raises:
+        CheckpointError: naming the tensor when it is missing or has another shape.
+    """
     for key in (name, *aliases):
         if key in tensors:
             value = tensors[key]

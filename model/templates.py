@@ -75,7 +75,9 @@ class ViewSet:
     def to_json(self) -> dict:
         return {
             "name": self.name,
-            "views": [{"name": v.name, "entity": v.entity, "template": v.template} for v in self.views],
+            "views": [
+                {"name": v.name, "entity": v.entity, "template": v.template} for v in self.views
+            ],
         }
 
     @classmethod

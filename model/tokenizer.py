@@ -1,4 +1,4 @@
-"""Tokenizers for the text view: ``tokenizer.json`` (tokenizers) or ``spiece.model`` (sentencepiece).
+"""Tokenizers for the text view: ``tokenizer.json`` or sentencepiece ``spiece.model``.
 
 Batches are padded to the smallest of a few bucket lengths, so a short text is never padded
 to the longest possible length and the jitted encoder compiles once per bucket.
@@ -60,7 +60,9 @@ class TextTokenizer:
             try:
                 sp.Load(str(self.path))
             except (OSError, RuntimeError) as e:
-                raise CheckpointError(f"{self.path}: not a valid sentencepiece model ({e})") from None
+                raise CheckpointError(
+                    f"{self.path}: not a valid sentencepiece model ({e})"
+                ) from None
             self._hf = None
             self._sp = sp
             self.pad_id = max(sp.pad_id(), 0)
