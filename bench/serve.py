@@ -1,0 +1,166 @@
+"""Serving benchmark: warm-cache ``/predict-rating`` next to a no-op FastAPI endpoint.
+
+Both are served the same way (uvicorn, one worker, 127.0.0.1) in the same run and loaded by
+the same asyncio + httpx client at 32 concurrent connections; prints requests/s, p50 and p99
+of each and their ratio, then the cold latency (an item text never seen before) p50.
+
+    .venv/bin/python -m bench.serve --model artifacts/latest [--requests 4000] [--seconds 20]
+
+Targets (issue 4): ratio >= 0.75, warm p99 <= 20 ms, cold p50 <= 30 ms on 2 cores. The load
+generator shares the machine's cores with the server, so absolute numbers are lower bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+NOOP_APP = (
+    "import uvicorn; from fastapi import FastAPI; from pydantic import BaseModel\n"
+    "class Body(BaseModel):\n    user_id: str\n    item_id: str\n"
+    "app = FastAPI()\n"
+    "@app.post('/noop')\nasync def noop(body: Body) -> dict:\n    return {'rating': 3.5}\n"
+    "uvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning', access_log=False)\n"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise SystemExit(f"{url} not ready after {timeout}s")
+
+
+async def _load(url: str, bodies: list[dict], connections: int, seconds: float) -> dict:
+    """Send ``bodies`` over ``connections`` concurrent workers (stop after ``seconds``)."""
+    latencies: list[float] = []
+    errors = 0
+    next_index = 0
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal next_index, errors
+            while next_index < len(bodies) and time.perf_counter() < deadline:
+                body = bodies[next_index]
+                next_index += 1
+                t0 = time.perf_counter()
+                r = await client.post(url, json=body)
+                latencies.append(time.perf_counter() - t0)
+                errors += r.status_code != 200
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def _line(name: str, r: dict) -> str:
+    return (
+        f"{name:<28} {r['rps']:8.0f} req/s   p50 {r['p50_ms']:6.2f} ms   "
+        f"p99 {r['p99_ms']:6.2f} ms   ({r['requests']} requests, {r['errors']} errors)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="artifacts/latest", help="artifact directory")
+    parser.add_argument("--requests", type=int, default=4000, help="per measured run")
+    parser.add_argument("--seconds", type=float, default=20.0, help="cap per measured run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--cold", type=int, default=100, help="cold requests (sequential)")
+    parser.add_argument(
+        "--launcher", help="python source serving the model (tests' stand-in); default "
+        "`python -m service`",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+
+    api_port, noop_port = _free_port(), _free_port()
+    env = dict(os.environ, LEVI_MODEL_DIR=str(args.model), LEVI_PORT=str(api_port))
+    env.setdefault("LEVI_LOG_LEVEL", "warning")
+    cmd = (
+        [sys.executable, "-c", args.launcher]
+        if args.launcher
+        else [sys.executable, "-m", "service", "--port", str(api_port), "--model", args.model]
+    )
+    root = Path(__file__).resolve().parents[1]
+    api = subprocess.Popen(cmd, cwd=root, env=env)
+    noop = subprocess.Popen(
+        [sys.executable, "-c", NOOP_APP.replace("{port}", str(noop_port))], cwd=root
+    )
+    try:
+        _wait(f"http://127.0.0.1:{noop_port}/docs", noop, 60)
+        _wait(f"http://127.0.0.1:{api_port}/readyz", api, 600)
+        api_url = f"http://127.0.0.1:{api_port}/predict-rating"
+        model = httpx.get(f"http://127.0.0.1:{api_port}/v1/model").json()
+        print(f"model {model['model_version']} ({model['backbone']['name']}), "
+              f"{args.connections} connections, {os.cpu_count()} cores")  # fmt: skip
+
+        users = [str(u) for u in range(1, 51)]
+        items = [str(i) for i in range(1, 21)]
+        warm = [{"user_id": u, "item_id": i} for u in users for i in items]
+        bodies = [warm[k % len(warm)] for k in range(args.requests)]
+        asyncio.run(_load(api_url, warm, args.connections, args.seconds))  # fill the cache
+        noop_body = [{"user_id": "1", "item_id": "2"}] * args.requests
+        asyncio.run(_load(f"http://127.0.0.1:{noop_port}/noop", noop_body[:500], 32, 5))
+        noop_r = asyncio.run(
+            _load(f"http://127.0.0.1:{noop_port}/noop", noop_body, args.connections, args.seconds)
+        )
+        api_r = asyncio.run(_load(api_url, bodies, args.connections, args.seconds))
+        print(_line("no-op FastAPI endpoint", noop_r))
+        print(_line("/predict-rating (warm)", api_r))
+        print(f"ratio predict/no-op: {api_r['rps'] / noop_r['rps']:.2f}   (target >= 0.75)")
+
+        run = uuid.uuid4().hex[:8]
+        cold = [
+            {"user_id": "1", "item_id": f"new-{run}-{k}",
+             "item": {"title": f"An Unseen Film {run} part {k} (2031)"}}
+            for k in range(args.cold)
+        ]  # fmt: skip
+        cold_r = asyncio.run(_load(api_url, cold, 1, args.seconds))
+        print(_line("/predict-rating (cold, 1 conn)", cold_r))
+        print(f"cold p50 {cold_r['p50_ms']:.2f} ms (target <= 30 ms)")
+    finally:
+        for proc in (api, noop):
+            proc.terminate()
+        for proc in (api, noop):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

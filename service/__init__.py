@@ -1,0 +1,1 @@
+"""LEVI Serve: the FastAPI app, micro-batching scorer, activation cache, drift and metrics."""

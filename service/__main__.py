@@ -1,0 +1,57 @@
+"""``python -m service [--host H] [--port P] [--model DIR] [--workers N]``: serve with uvicorn.
+
+Every other setting comes from the environment (``LEVI_*``, ``REDIS_URL``; see
+service/settings.py). Flags given here are passed on as ``LEVI_*`` variables, so each
+uvicorn worker process builds the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.settings import Settings, describe_settings_error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", help="bind address (LEVI_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (LEVI_PORT, default 8000)")
+    parser.add_argument("--model", help="artifact directory (LEVI_MODEL_DIR)")
+    parser.add_argument("--workers", type=int, help="worker processes (LEVI_WORKERS)")
+    args = parser.parse_args(argv)
+    for flag, env in (("host", "HOST"), ("port", "PORT"), ("model", "MODEL_DIR"),
+                      ("workers", "WORKERS")):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None:
+            os.environ[f"LEVI_{env}"] = str(value)
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        print(f"error: {describe_settings_error(e)}", file=sys.stderr)
+        return 2
+    if not settings.model_dir.exists():
+        print(
+            f"error: model directory {settings.model_dir} does not exist; train one with "
+            "`make train` or pass --model artifacts/<version>",
+            file=sys.stderr,
+        )
+        return 2
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

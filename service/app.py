@@ -1,0 +1,118 @@
+"""The FastAPI app factory: ``create_app(settings)``.
+
+Run with ``python -m service`` or ``uvicorn --factory service.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from service.engine import Engine
+from service.metrics import Metrics
+from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.routes import admin, health, metrics, model_info, predict
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """Rating prediction with LEVI: a frozen text encoder's layers, each with its own
+adapter, ensembled with a from-scratch MLP over ids and features. Every answer carries the
+per-layer adapter ratings and an out-of-distribution score."""
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """400 for a body that is not JSON; otherwise 422 listing each field's ``loc`` and why."""
+    errors = exc.errors()
+    bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if bad_json is not None:
+        reason = (bad_json.get("ctx") or {}).get("error", "")
+        return JSONResponse(
+            {"detail": f"request body is not valid JSON ({reason})".replace(" ()", "")},
+            status_code=status.HTTP_400_BAD_REQUEST,
+        )
+    content_type = request.headers.get("content-type", "")
+    if "json" not in content_type and any(
+        tuple(e.get("loc", ())) == ("body",) and e.get("type") == "model_attributes_type"
+        for e in errors
+    ):
+        return JSONResponse(
+            {
+                "detail": "request body must be JSON sent with 'Content-Type: application/json' "
+                f"(got {content_type or 'no Content-Type'})"
+            },
+            status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        )
+    detail = [
+        {k: e[k] for k in ("loc", "msg", "type") if k in e}
+        | ({"ctx": e["ctx"]} if "ctx" in e else {})
+        for e in errors
+    ]
+    return JSONResponse(
+        {"detail": jsonable_encoder(detail, custom_encoder={Exception: str})},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """A fault of ours: log it with an id and answer 503 without internals."""
+    incident = uuid.uuid4().hex[:12]
+    log.exception(
+        "unexpected error on %s %s (incident %s)", request.method, request.url.path, incident
+    )
+    return JSONResponse(
+        {
+            "detail": f"internal error while handling the request (incident {incident}); "
+            "it was logged, retry later"
+        },
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "1"},
+    )
+
+
+def create_app(
+    settings: Settings | None = None, *, loader: Callable[[Path], Any] | None = None
+) -> FastAPI:
+    """Build the app; its lifespan loads and warms the model and runs the micro-batcher.
+
+    Args:
+        settings: default ``Settings()`` (from the environment).
+        loader: ``path -> Artifact`` override (tests); default ``model.artifact.load_artifact``.
+    """
+    settings = settings or Settings()
+    app_metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = Engine(settings, app_metrics, loader=loader)
+        app.state.engine = engine
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
+
+    app = FastAPI(
+        title="LEVI Serve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = app_metrics
+    for module in (predict, health, model_info, metrics, admin):
+        app.include_router(module.router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(MetricsMiddleware, metrics=app_metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

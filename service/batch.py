@@ -1,0 +1,277 @@
+"""Batch scoring: ``python -m service.batch --model DIR --input FILE --output FILE``.
+
+Reads Parquet or CSV with columns ``user_id, item_id`` and optionally ``age, gender,
+occupation, zip_code`` (user features) and ``title, genres`` (item features; genres as a list
+or a ``|``-separated string). Writes the input columns plus ``rating``, ``adapter_<layer>``
+(1-based encoder layer) and ``ood_score``, in input order.
+
+The same scorer and activation cache as the service (``REDIS_URL`` is honoured, so a batch
+job warms the cache for the online replicas and reuses theirs). ``--shard i/N`` scores the
+i-th of N contiguous row ranges, so a Kubernetes Indexed Job runs it on many pods
+(``--shard $JOB_COMPLETION_INDEX/N``). Work is written as part files per chunk under
+``<output>.parts/``; a rerun skips the parts that exist, then concatenates them.
+
+Exit status: 0 done, 2 malformed input or arguments (the message names the row and column),
+1 the model could not be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+from tqdm.auto import tqdm
+
+from service.metrics import Metrics
+from service.schemas import PredictRequest
+from service.scorer import ScoreInput, Scorer
+from service.settings import Settings, describe_settings_error
+
+log = logging.getLogger("service.batch")
+
+USER_COLUMNS = ("age", "gender", "occupation", "zip_code")
+ITEM_COLUMNS = ("title", "genres")
+REQUIRED = ("user_id", "item_id")
+
+
+class InputError(ValueError):
+    """The input file cannot be scored; the message names the row and column."""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N``."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < N")
+    return i, n
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """The input rows; ids are read as strings."""
+    if not path.is_file():
+        raise InputError(f"input file {path} does not exist")
+    suffix = "".join(path.suffixes[-2:]).lower()
+    try:
+        if suffix.endswith(".csv") or suffix.endswith(".csv.gz"):
+            frame = pd.read_csv(path, dtype=str, keep_default_na=True)
+        elif ".parquet" in suffix or suffix.endswith(".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            raise InputError(f"input file {path}: expected a .csv or .parquet file")
+    except (ValueError, OSError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"input file {path} could not be read: {e}") from None
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise InputError(
+            f"input file {path} lacks column(s) {missing}; it has {list(frame.columns)} "
+            f"(required: {list(REQUIRED)}; optional: {list(USER_COLUMNS + ITEM_COLUMNS)})"
+        )
+    return frame
+
+
+def _value(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if hasattr(v, "tolist") and not isinstance(v, str):  # numpy scalars and arrays
+        v = v.tolist()
+    return v
+
+
+def _id(v: Any) -> Any:
+    v = _value(v)
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v) if isinstance(v, int) else v
+
+
+def row_request(row: dict[str, Any]) -> dict[str, Any]:
+    """A PredictRequest body from one input row (absent / empty cells are left out)."""
+    body: dict[str, Any] = {"user_id": _id(row["user_id"]), "item_id": _id(row["item_id"])}
+    user = {c: _value(row[c]) for c in USER_COLUMNS if c in row and _value(row[c]) is not None}
+    item = {c: _value(row[c]) for c in ITEM_COLUMNS if c in row and _value(row[c]) is not None}
+    if isinstance(item.get("genres"), str):
+        item["genres"] = [g for g in item["genres"].split("|") if g]
+    if user:
+        body["user"] = user
+    if item:
+        body["item"] = item
+    return body
+
+
+def to_inputs(frame: pd.DataFrame, first_row: int) -> list[ScoreInput]:
+    """Validated scorer inputs of ``frame`` (rows numbered from ``first_row``, 0-based)."""
+    out = []
+    for offset, row in enumerate(frame.to_dict("records")):
+        try:
+            req = PredictRequest.model_validate(row_request(row))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+            column = loc[-1] if loc else "?"
+            raise InputError(
+                f"row {first_row + offset} (0-based, header excluded), column {column!r}: "
+                f"{err['msg']} (value {err.get('input')!r})"
+            ) from None
+        out.append(
+            ScoreInput(
+                user_id=req.user_id,
+                item_id=req.item_id,
+                user=req.user.model_dump(exclude_none=True) if req.user else {},
+                item=req.item.model_dump(exclude_none=True) if req.item else {},
+            )
+        )
+    return out
+
+
+def score_rows(scorer: Scorer, frame: pd.DataFrame, inputs: list[ScoreInput]) -> pd.DataFrame:
+    """``frame`` with ``rating``, ``adapter_<layer>`` and ``ood_score`` columns added."""
+    results = scorer.score(inputs)
+    out = frame.reset_index(drop=True).copy()
+    out["rating"] = [r.rating for r in results]
+    for j, layer in enumerate(scorer.layers):
+        out[f"adapter_{layer}"] = [r.adapters[j][1] for r in results]
+    out["ood_score"] = [r.ood_score for r in results]
+    return out
+
+
+def shard_range(n_rows: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """``[start, stop)`` rows of shard ``i`` of ``N`` (contiguous, sizes differ by <= 1)."""
+    i, n = shard
+    return n_rows * i // n, n_rows * (i + 1) // n
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write atomically (temp file, then rename) as CSV or Parquet by suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix.lower() == ".csv":
+        frame.to_csv(tmp, index=False)
+    else:
+        frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def run(
+    scorer: Scorer,
+    frame: pd.DataFrame,
+    output: Path,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    batch_size: int = 1024,
+    parts_dir: Path | None = None,
+    progress: bool = True,
+    inputs: list[ScoreInput] | None = None,
+) -> pd.DataFrame:
+    """Score this shard's rows chunk by chunk into part files, then write ``output``.
+
+    Args:
+        inputs: the shard's validated rows (from :func:`to_inputs`); validated here if None.
+    """
+    i, n = shard
+    start, stop = shard_range(len(frame), shard)
+    if inputs is None:
+        inputs = to_inputs(frame.iloc[start:stop], start)
+    parts_dir = parts_dir or output.with_name(output.name + ".parts")
+    shard_dir = parts_dir / f"shard-{i:05d}-of-{n:05d}"
+    parts = []
+    with tqdm(total=stop - start, unit="row", desc="score", disable=not progress) as bar:
+        for lo in range(start, stop, batch_size):
+            hi = min(lo + batch_size, stop)
+            part = shard_dir / f"rows-{lo:012d}-{hi:012d}.parquet"
+            if not part.exists():  # resumable: finished parts are kept
+                chunk = score_rows(scorer, frame.iloc[lo:hi], inputs[lo - start : hi - start])
+                write_table(chunk, part)
+            parts.append(part)
+            bar.update(hi - lo)
+    columns = list(frame.columns)
+    result = (
+        pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        if parts
+        else frame.iloc[0:0]
+    )
+    if parts and list(result.columns[: len(columns)]) != columns:
+        raise InputError(
+            f"part files under {shard_dir} were written from an input with other columns; "
+            "delete that folder and rerun"
+        )
+    write_table(result, output)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.batch", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--model", type=Path, help="artifact directory (LEVI_MODEL_DIR)")
+    parser.add_argument("--input", type=Path, required=True, help=".csv or .parquet")
+    parser.add_argument("--output", type=Path, required=True, help=".csv or .parquet")
+    parser.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/N (default 0/1)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="rows per part file")
+    parser.add_argument("--parts-dir", type=Path, help="default: <output>.parts")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        settings = Settings(**({"model_dir": args.model} if args.model else {}))
+    except ValidationError as e:
+        print(f"error: {describe_settings_error(e)}", file=sys.stderr)
+        return 2
+    try:
+        frame = read_table(args.input)
+        start, stop = shard_range(len(frame), args.shard)
+        inputs = to_inputs(frame.iloc[start:stop], start)  # refuse bad rows before loading
+    except InputError as e:
+        print(f"error: {args.input}: {e}", file=sys.stderr)
+        return 2
+
+    from model.artifact import load_artifact
+    from service.engine import build_scorer, enable_compilation_cache, make_redis_tier
+
+    if settings.compilation_cache_dir is not None:
+        enable_compilation_cache(settings.compilation_cache_dir)
+    metrics = Metrics()
+    try:
+        artifact = load_artifact(settings.model_dir)
+    except Exception as e:  # the loader's message says what is wrong with which file
+        print(f"error: cannot load the model {settings.model_dir}: {e}", file=sys.stderr)
+        return 1
+    redis = make_redis_tier(settings, metrics)
+    scorer = build_scorer(artifact, settings, metrics, redis=redis, warm=False)
+    try:
+        result = run(
+            scorer,
+            frame,
+            args.output,
+            shard=args.shard,
+            batch_size=args.batch_size,
+            parts_dir=args.parts_dir,
+            progress=not args.no_progress,
+            inputs=inputs,
+        )
+    except InputError as e:
+        print(f"error: {args.input}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if redis is not None:
+            redis.close()
+    print(f"wrote {len(result)} rows to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

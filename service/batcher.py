@@ -1,0 +1,175 @@
+"""Dynamic micro-batching: concurrent requests scored together, off the event loop.
+
+Requests enqueue their pairs and await a future. One collector task takes the first pending
+pair, gathers more until ``max_batch`` pairs or ``max_delay`` has passed, and runs the scorer
+on a single worker thread (the model itself uses every core). While a batch is being scored
+the next one fills up, so batches grow with load and stay small when idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from service.metrics import Metrics
+from service.scorer import ScoreInput, ScoreResult
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(RuntimeError):
+    """More pairs are pending than the queue bound allows; retry later (503)."""
+
+
+class DeadlineError(TimeoutError):
+    """A pair's deadline passed before it was scored (504)."""
+
+
+@dataclass
+class _Pending:
+    request: ScoreInput
+    future: asyncio.Future
+    enqueued: float  # perf_counter
+    deadline: float  # perf_counter
+
+
+class MicroBatcher:
+    """Gathers pairs from concurrent requests into batches for ``score``.
+
+    Args:
+        score: scores a batch of at most ``max_batch`` pairs (called on the worker thread);
+            read again for every batch, so a model swap takes effect on the next batch.
+        max_batch: most pairs per call.
+        max_delay_s: longest wait for more pairs once one is pending.
+        queue_bound: most pending pairs; beyond it :meth:`submit` raises QueueFullError.
+    """
+
+    def __init__(
+        self,
+        score: Callable[[Sequence[ScoreInput]], list[ScoreResult]],
+        metrics: Metrics,
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        queue_bound: int,
+    ):
+        self.score = score
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.queue_bound = queue_bound
+        self._queue: deque[_Pending] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levi-scorer")
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="levi-micro-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(QueueFullError("the service is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, requests: Sequence[ScoreInput], timeout_s: float) -> list[ScoreResult]:
+        """Score ``requests`` (in order) within ``timeout_s``.
+
+        Raises:
+            QueueFullError: the queue is full.
+            DeadlineError: not answered within ``timeout_s``.
+        """
+        if self._task is None or self._wakeup is None:
+            raise QueueFullError("the micro-batcher is not running")
+        if len(self._queue) + len(requests) > self.queue_bound:
+            raise QueueFullError(
+                f"{len(self._queue)} predictions are queued and this request adds "
+                f"{len(requests)}; the bound is {self.queue_bound}"
+            )
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        futures = []
+        for r in requests:
+            fut = loop.create_future()
+            self._queue.append(_Pending(r, fut, now, now + timeout_s))
+            futures.append(fut)
+        self._wakeup.set()
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), timeout_s
+            )
+        except TimeoutError:
+            raise DeadlineError(f"not scored within the {timeout_s:g}s request timeout") from None
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return list(results)
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # Give concurrent requests up to max_delay to join a batch that is not full yet.
+            if len(self._queue) < self.max_batch and self.max_delay_s > 0:
+                until = self._queue[0].enqueued + self.max_delay_s
+                while len(self._queue) < self.max_batch:
+                    left = until - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), left)
+            batch = self._take()
+            if not batch:
+                continue
+            started = time.perf_counter()
+            for p in batch:
+                self.metrics.queue_wait.observe(started - p.enqueued)
+            self.metrics.batch_size.observe(len(batch))
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self.score, [p.request for p in batch]
+                )
+            except Exception as e:  # delivered to each waiting request, logged once here
+                log.exception("scoring a batch of %d failed", len(batch))
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            for p, res in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(res)
+
+    def _take(self) -> list[_Pending]:
+        """Up to ``max_batch`` pending pairs whose request is still waiting."""
+        now = time.perf_counter()
+        batch = []
+        while self._queue and len(batch) < self.max_batch:
+            p = self._queue.popleft()
+            if p.future.done():  # the request gave up (timeout or disconnect)
+                continue
+            if now > p.deadline:
+                p.future.set_exception(DeadlineError("deadline passed while queued"))
+                continue
+            batch.append(p)
+        return batch

@@ -1,0 +1,55 @@
+"""FastAPI dependencies as ``Annotated`` aliases: the engine, settings, metrics, admin auth."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request, status
+
+from service.engine import Engine
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def require_admin(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(description="Bearer <admin token>")] = None,
+) -> None:
+    """Admit the request only with ``Authorization: Bearer <LEVI_ADMIN_TOKEN>``."""
+    if settings.admin_token is None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "admin disabled: set LEVI_ADMIN_TOKEN on the server to enable /admin endpoints",
+        )
+    challenge = {"WWW-Authenticate": "Bearer"}
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing bearer token: send the header 'Authorization: Bearer <admin token>'",
+            headers=challenge,
+        )
+    expected = settings.admin_token.get_secret_value().encode()
+    if not hmac.compare_digest(token.strip().encode(), expected):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid admin token", headers=challenge)
+
+
+AdminDep = Depends(require_admin)

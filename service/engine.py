@@ -1,0 +1,229 @@
+"""The serving engine: the current model, its warm-up, hot reload and the micro-batcher.
+
+A model is loaded and warmed on a background thread, then swapped in with one assignment;
+the micro-batcher reads the current scorer for every batch, so in-flight batches finish on
+the old model and the next batch uses the new one. A failed load leaves the old one serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.batcher import MicroBatcher
+from service.cache import ActivationCache, LocalLRU, RedisTier
+from service.metrics import Metrics
+from service.scorer import ScoreInput, Scorer, ScoreResult
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotReadyError(RuntimeError):
+    """No model is loaded yet (503)."""
+
+
+class ReloadConflictError(RuntimeError):
+    """A reload is already running (409)."""
+
+
+class ReloadError(RuntimeError):
+    """The new artifact could not be loaded or warmed; the old model keeps serving (409)."""
+
+
+def _default_loader(path: Path) -> Any:
+    from model.artifact import load_artifact
+
+    return load_artifact(path)
+
+
+def activation_layout(artifact: Any) -> tuple[tuple[int, int], np.dtype]:
+    """``((n_layers, d), storage dtype)`` of one text's cached activations."""
+    backbone = artifact.manifest.get("backbone", {})
+    if "n_layers" in backbone and "hidden_size" in backbone:
+        shape = (int(backbone["n_layers"]), int(backbone["hidden_size"]))
+    else:
+        shape = tuple(np.shape(artifact.reference.activation_mean)[1:])
+    return shape, np.dtype(artifact.manifest.get("activation_dtype", "float32"))
+
+
+def build_scorer(
+    artifact: Any,
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    redis: RedisTier | None,
+    warm: bool = True,
+) -> Scorer:
+    """A scorer over ``artifact`` with its activation cache (LRU + the shared Redis tier)."""
+    shape, dtype = activation_layout(artifact)
+    cache = ActivationCache(
+        artifact.manifest["backbone"]["fingerprint"],
+        shape,
+        dtype,
+        metrics,
+        local=LocalLRU(settings.local_cache_size),
+        remote=redis,
+        key_prefix=settings.cache_key_prefix,
+    )
+    scorer = Scorer(artifact, cache, metrics, max_batch=settings.max_batch)
+    if warm:
+        scorer.warm_up()
+    return scorer
+
+
+def enable_compilation_cache(directory: Path) -> None:
+    """Keep compiled XLA executables on disk, so a restart or new replica warms up fast."""
+    import jax
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def make_redis_tier(settings: Settings, metrics: Metrics) -> RedisTier | None:
+    """The Redis tier of ``settings.redis_url`` (None without one)."""
+    if not settings.redis_url:
+        return None
+    return RedisTier(
+        settings.redis_url,
+        metrics,
+        ttl_s=settings.cache_ttl_s,
+        timeout_s=settings.redis_timeout_s,
+        backoff_s=settings.redis_backoff_s,
+        backoff_max_s=settings.redis_backoff_max_s,
+    )
+
+
+class Engine:
+    """Owns the served model and everything that scores with it.
+
+    Args:
+        loader: ``path -> Artifact`` (default :func:`model.artifact.load_artifact`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        loader: Callable[[Path], Any] | None = None,
+    ):
+        self.settings = settings
+        self.metrics = metrics
+        if settings.compilation_cache_dir is not None:
+            enable_compilation_cache(settings.compilation_cache_dir)
+        self.loader = loader or _default_loader
+        self.redis = make_redis_tier(settings, metrics)
+        self.scorer: Scorer | None = None
+        self.path: Path | None = None
+        self.loaded_at: str | None = None
+        self.load_error: str | None = None
+        self.batcher = MicroBatcher(
+            self.score,
+            metrics,
+            max_batch=settings.max_batch,
+            max_delay_s=settings.max_delay_ms / 1000.0,
+            queue_bound=settings.queue_bound,
+        )
+        self._reload_lock = asyncio.Lock()
+        self._initial: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.scorer is not None
+
+    def build(self, path: Path) -> Scorer:
+        """Load and warm the artifact at ``path`` (blocking; run off the event loop)."""
+        return build_scorer(
+            self.loader(Path(path)), self.settings, self.metrics, redis=self.redis, warm=True
+        )
+
+    def _install(self, scorer: Scorer, path: Path) -> None:
+        self.scorer = scorer  # the swap: one reference assignment
+        self.path = Path(path)
+        self.loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.load_error = None
+        backbone = scorer.artifact.manifest.get("backbone", {})
+        self.metrics.set_model(scorer.model_version, str(backbone.get("name", "unknown")))
+
+    def score(self, requests: Sequence[ScoreInput]) -> list[ScoreResult]:
+        scorer = self.scorer
+        if scorer is None:
+            raise ModelNotReadyError(self.not_ready_reason())
+        return scorer.score(requests)
+
+    def not_ready_reason(self) -> str:
+        if self.load_error:
+            return f"model not loaded: {self.load_error}"
+        return "model is loading and warming up"
+
+    async def start(self) -> None:
+        """Start the batcher and load the configured model in the background."""
+        await self.batcher.start()
+        self._initial = asyncio.create_task(self._load_initial(), name="levi-initial-load")
+
+    async def _load_initial(self) -> None:
+        path = self.settings.model_dir
+        t0 = time.perf_counter()
+        try:
+            scorer = await asyncio.to_thread(self.build, path)
+        except Exception as e:  # keep serving /healthz and /readyz with the reason
+            self.load_error = f"{type(e).__name__}: {e}"
+            log.error("could not load the model from %s: %s", path, self.load_error)
+            return
+        self._install(scorer, path)
+        log.info(
+            "serving model %s from %s (ready after %.1fs)",
+            scorer.model_version, path, time.perf_counter() - t0,
+        )  # fmt: skip
+
+    async def wait_ready(self) -> None:
+        if self._initial is not None:
+            await self._initial
+
+    async def reload(self, path: Path | None) -> tuple[str, str, float]:
+        """Load, warm and swap in a new model.
+
+        Returns:
+            ``(previous version, new version, seconds)``.
+
+        Raises:
+            ReloadConflictError: another reload is running.
+            ReloadError: the artifact was refused; the old model keeps serving.
+        """
+        if self._reload_lock.locked():
+            raise ReloadConflictError("a reload is already running; retry when it has finished")
+        async with self._reload_lock:
+            target = Path(path) if path is not None else self.settings.model_dir
+            previous = self.scorer.model_version if self.scorer else "none"
+            t0 = time.perf_counter()
+            try:
+                scorer = await asyncio.to_thread(self.build, target)
+            except Exception as e:
+                self.metrics.model_reloads.labels(result="failure").inc()
+                log.warning("reload from %s refused: %s: %s", target, type(e).__name__, e)
+                raise ReloadError(
+                    f"artifact {target} refused ({type(e).__name__}: {e}); "
+                    f"still serving model {previous}"
+                ) from e
+            self._install(scorer, target)
+            self.metrics.model_reloads.labels(result="success").inc()
+            seconds = time.perf_counter() - t0
+            log.info("reloaded: %s -> %s in %.1fs", previous, scorer.model_version, seconds)
+            return previous, scorer.model_version, seconds
+
+    async def stop(self) -> None:
+        if self._initial is not None and not self._initial.done():
+            self._initial.cancel()
+        await self.batcher.stop()
+        if self.redis is not None:
+            self.redis.close()

@@ -1,0 +1,46 @@
+"""``GET /v1/model``: a summary of the served artifact's manifest."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from service.deps import EngineDep
+from service.schemas import BackboneSummary, ErrorResponse, ModelResponse
+
+router = APIRouter(tags=["model"])
+
+
+@router.get("/v1/model", responses={503: {"model": ErrorResponse}})
+async def model_summary(engine: EngineDep) -> ModelResponse:
+    """The served model: version, backbone, text views, adapter layers, tables, calibration."""
+    scorer = engine.scorer
+    if scorer is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, engine.not_ready_reason())
+    art = scorer.artifact
+    manifest = art.manifest
+    backbone = manifest.get("backbone", {})
+    cfg = scorer.head_config
+    ood = dict(manifest.get("ood_score") or manifest.get("ood") or {})
+    quantiles = getattr(art.reference, "disagreement_quantiles", None)
+    if quantiles is not None and "disagreement_quantiles" not in ood:
+        ood["disagreement_quantiles"] = [float(q) for q in quantiles]
+    return ModelResponse(
+        model_version=scorer.model_version,
+        format_version=manifest.get("format_version"),
+        created_at=manifest.get("created_at"),
+        path=str(engine.path),
+        backbone=BackboneSummary(
+            name=str(backbone.get("name", "unknown")),
+            fingerprint=str(backbone.get("fingerprint", "")),
+            n_layers=scorer.cache.shape[0],
+            hidden_size=scorer.cache.shape[1],
+        ),
+        views=[v.name for v in scorer.views.views],
+        layers=list(scorer.layers),
+        rating_range=(float(cfg.rating_min), float(cfg.rating_max)),
+        n_users=len(scorer.users),
+        n_items=len(scorer.items),
+        activation_dtype=str(scorer.cache.dtype),
+        loaded_at=engine.loaded_at or "",
+        ood_score=ood,
+    )

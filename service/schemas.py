@@ -1,0 +1,139 @@
+"""Request and response bodies of the HTTP API, named by role."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_ID_LENGTH = 64
+MAX_TITLE_LENGTH = 256
+MAX_FIELD_LENGTH = 64
+MAX_GENRES = 32
+
+EntityId = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH),
+    Field(examples=["196"]),
+]
+ShortText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_FIELD_LENGTH)
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserFeatures(_Strict):
+    """Features of a user, for a user the model does not know or whose features changed."""
+
+    age: int | None = Field(None, ge=0, le=120, description="age in years")
+    gender: ShortText | None = Field(None, examples=["F"])
+    occupation: ShortText | None = Field(None, examples=["doctor"])
+    zip_code: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16)] | None
+    ) = Field(None, examples=["55105"])
+
+
+class ItemFeatures(_Strict):
+    """Features of an item; an unknown item needs a title for a good text view."""
+
+    title: (
+        Annotated[
+            str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_LENGTH)
+        ]
+        | None
+    ) = Field(None, examples=["Kolya (1996)"])
+    genres: list[ShortText] | None = Field(None, max_length=MAX_GENRES, examples=[["Comedy"]])
+
+
+class PredictRequest(_Strict):
+    """One user–item pair to rate. Known ids need nothing else; request fields override."""
+
+    user_id: EntityId
+    item_id: EntityId
+    user: UserFeatures | None = None
+    item: ItemFeatures | None = None
+
+
+class AdapterRating(BaseModel):
+    """The rating of the adapter on one encoder layer (1-based)."""
+
+    layer: int
+    rating: float
+
+
+class ColdStart(BaseModel):
+    """Which side of the pair the model has not seen (served through the OOV slot + text)."""
+
+    user: bool
+    item: bool
+
+
+class PredictResponse(BaseModel):
+    """A predicted rating with the per-layer adapter ratings behind it."""
+
+    rating: float = Field(description="mean of the adapter ratings, clipped to the rating range")
+    adapters: list[AdapterRating]
+    ood_score: float = Field(description="how unfamiliar the pair looks (see GET /v1/model)")
+    model_version: str
+    cold_start: ColdStart
+    warnings: list[str] = Field(default_factory=list)
+
+
+class BatchPredictRequest(_Strict):
+    """Several pairs at once; answers come back in the same order."""
+
+    requests: list[PredictRequest] = Field(min_length=1)
+
+
+class BatchPredictResponse(BaseModel):
+    predictions: list[PredictResponse]
+
+
+class ReloadRequest(_Strict):
+    """``path``: an artifact version directory; default: the configured model dir."""
+
+    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+
+
+class ReloadResponse(BaseModel):
+    previous_version: str
+    model_version: str
+    path: str
+    seconds: float
+
+
+class BackboneSummary(BaseModel):
+    name: str
+    fingerprint: str
+    n_layers: int
+    hidden_size: int
+
+
+class ModelResponse(BaseModel):
+    """Summary of the served artifact's manifest."""
+
+    model_version: str
+    format_version: int | str | None
+    created_at: str | None
+    path: str
+    backbone: BackboneSummary
+    views: list[str]
+    layers: list[int] = Field(description="1-based encoder layers that have an adapter")
+    rating_range: tuple[float, float]
+    n_users: int
+    n_items: int
+    activation_dtype: str
+    loaded_at: str
+    ood_score: dict = Field(default_factory=dict, description="calibration of ood_score")
+
+
+class StatusResponse(BaseModel):
+    status: str
+    model_version: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list

@@ -1,0 +1,122 @@
+"""Service settings from the environment (prefix ``LEVI_``; ``REDIS_URL`` is also read as is)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Tokens that appear in tutorials and default configs; refusing them catches copy-paste setups.
+_WELL_KNOWN_TOKENS = {"changeme", "changethis", "secret", "password", "admin", "token", "test"}
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
+class Settings(BaseSettings):
+    """Everything the service and the batch scorer can be configured with.
+
+    Every field reads ``LEVI_<FIELD>`` (e.g. ``LEVI_MODEL_DIR``, ``LEVI_MAX_BATCH``); the Redis
+    URL also reads the conventional unprefixed ``REDIS_URL``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LEVI_", extra="ignore")
+
+    model_dir: Path = Field(
+        Path("artifacts/latest"), description="artifact version directory (or the latest link)"
+    )
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("LEVI_REDIS_URL", "REDIS_URL", "redis_url"),
+        description="Redis for the shared activation cache; unset = in-process cache only",
+    )
+    cache_ttl_s: int = Field(7 * 24 * 3600, gt=0, description="TTL of activations in Redis")
+    local_cache_size: int = Field(50_000, ge=0, description="entries of the in-process LRU")
+    cache_key_prefix: str = Field(
+        "levi:act", min_length=1, max_length=64, description="Redis key prefix of activations"
+    )
+    redis_timeout_s: float = Field(
+        0.1, gt=0, le=5, description="socket timeout of every Redis call (connect, read, write)"
+    )
+    redis_backoff_s: float = Field(
+        0.5, gt=0, description="first pause of Redis use after an error; doubles up to the max"
+    )
+    redis_backoff_max_s: float = Field(15.0, gt=0)
+    max_batch: int = Field(32, ge=1, le=1024, description="most requests scored in one call")
+    max_delay_ms: float = Field(
+        2.0, ge=0, le=1000, description="longest wait for more requests before scoring a batch"
+    )
+    queue_bound: int = Field(
+        4096, ge=1, description="pending predictions beyond which requests get 503"
+    )
+    request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline (504 after)")
+    max_batch_request: int = Field(1000, ge=1, description="most entries in one batch request")
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest request body")
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token of /admin/*; unset = admin endpoints disabled (403)"
+    )
+    compilation_cache_dir: Path | None = Field(
+        None, description="JAX persistent compilation cache: restarts skip recompiling"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    log_level: str = "info"
+
+    @field_validator("admin_token")
+    @classmethod
+    def _refuse_weak_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if token == "":
+            return None
+        if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"LEVI_ADMIN_TOKEN has {len(token)} characters; use at least "
+                f"{MIN_ADMIN_TOKEN_LENGTH}, e.g. `python -c 'import secrets; "
+                f"print(secrets.token_urlsafe(32))'`"
+            )
+        if token.lower() in _WELL_KNOWN_TOKENS or len(set(token)) < 6 or not token.isprintable():
+            raise ValueError(
+                "LEVI_ADMIN_TOKEN is a well-known or low-entropy value; generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"REDIS_URL {value!r} must start with redis://, rediss:// or unix:// "
+                "(e.g. redis://127.0.0.1:6379/0)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Settings:
+        if self.redis_backoff_max_s < self.redis_backoff_s:
+            raise ValueError(
+                f"LEVI_REDIS_BACKOFF_MAX_S ({self.redis_backoff_max_s}) is below "
+                f"LEVI_REDIS_BACKOFF_S ({self.redis_backoff_s})"
+            )
+        return self
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line per bad setting, naming its variable; values are left out (they may be secret)."""
+    lines = []
+    for e in error.errors(include_input=False, include_url=False):
+        field = ".".join(str(p) for p in e["loc"]) or "settings"
+        name = "REDIS_URL" if field == "redis_url" else f"LEVI_{field.upper()}"
+        lines.append(f"  {name}: {e['msg']}")
+    return "invalid settings:\n" + "\n".join(lines)

@@ -1,0 +1,111 @@
+"""Shared fixtures: a tiny synthetic ratings data set and a tiny random text backbone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ID_GENRES = ("Action", "Comedy", "Drama", "Romance", "Thriller")
+OOD_GENRES = ("Horror", "Sci-Fi", "Western")
+QUALITY_WORDS = {-1: "awful", 0: "plain", 1: "great"}
+
+
+def make_tiny_dataset(n_users: int = 30, n_items: int = 40, n_ratings: int = 600, seed: int = 0):
+    """A synthetic MovieLens-like data set whose ratings follow user and item biases.
+
+    An item's quality (-1, 0, 1) is also a word of its title, so the item text carries the
+    signal for cold-start (OOD) items. Items 0..29 have ID genres, 30..39 only OOD genres.
+    """
+    from training.data.dataset import RatingsDataset
+
+    rng = np.random.default_rng(seed)
+    quality = rng.integers(-1, 2, n_items)
+    user_bias = rng.normal(0, 0.6, n_users)
+    n_id = int(n_items * 0.75)
+    items = pd.DataFrame(
+        {
+            "item_id": [str(i + 1) for i in range(n_items)],
+            "title": [f"{QUALITY_WORDS[q]} movie {i % 7} (1995)" for i, q in enumerate(quality)],
+            "genres": [
+                (ID_GENRES[i % 5], OOD_GENRES[i % 3]) if i < n_id else (OOD_GENRES[i % 3],)
+                for i in range(n_items)
+            ],
+        }
+    )
+    users = pd.DataFrame(
+        {
+            "user_id": [str(u + 1) for u in range(n_users)],
+            "age": rng.integers(15, 60, n_users).astype(np.int64),
+            "gender": rng.choice(["M", "F"], n_users),
+            "occupation": rng.choice(["doctor", "student", "artist"], n_users),
+            "zip_code": [f"{rng.integers(10000, 99999)}" for _ in range(n_users)],
+        }
+    )
+    pairs = rng.choice(n_users * n_items, size=n_ratings, replace=False)
+    u, i = pairs // n_items, pairs % n_items
+    raw = 3.4 + user_bias[u] + 0.9 * quality[i] + rng.normal(0, 0.3, n_ratings)
+    ratings = pd.DataFrame(
+        {
+            "user_id": [str(x + 1) for x in u],
+            "item_id": [str(x + 1) for x in i],
+            "rating": np.clip(np.round(raw), 1, 5).astype(np.float32),
+            "timestamp": (880_000_000 + np.arange(n_ratings)).astype(np.int64),
+        }
+    )
+    return RatingsDataset("tiny-synthetic", ratings, users, items).validate()
+
+
+@pytest.fixture
+def tiny_dataset():
+    return make_tiny_dataset()
+
+
+def _tiny_tokenizer_file(path, texts_words) -> str:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(texts_words))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.save(str(path))
+    json.loads(path.read_text())  # written and valid
+    return str(path)
+
+
+def make_tiny_backbone(tmp_path):
+    """A 2-layer, 32-wide random BERT with a word-level tokenizer over the synthetic texts."""
+    import jax
+
+    from model.backbone import Backbone, compute_fingerprint
+    from model.bert import BertConfig, BertEncoder
+    from model.tokenizer import TextTokenizer
+
+    words = {"user", "id", "age", "occupation", "zip", "code", "movie", "title", "unknown"}
+    words |= {"doctor", "student", "artist", "awful", "plain", "great", "(", ")", ",", "1995"}
+    words |= {str(i) for i in range(100)}
+    config = BertConfig.tiny()
+    assert len(words) + 4 <= config.vocab_size
+    tokenizer = TextTokenizer(_tiny_tokenizer_file(tmp_path / "tokenizer.json", words), 32)
+    ids = np.zeros((1, 8), np.int32)
+    params = BertEncoder(config).init(jax.random.key(0), ids, np.ones_like(ids))
+    return Backbone(
+        name="tiny",
+        family="bert",
+        config=config,
+        params=params,
+        tokenizer=tokenizer,
+        fingerprint=compute_fingerprint("bert", config, params, tokenizer),
+        buckets=(16, 32),
+    )
+
+
+@pytest.fixture
+def tiny_backbone(tmp_path):
+    return make_tiny_backbone(tmp_path)

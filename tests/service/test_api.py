@@ -1,0 +1,135 @@
+"""Input validation, errors, auth and readiness through the real app, in process.
+
+The app's model load is made to fail on purpose: every check here happens before scoring,
+so no model is needed and the test runs in well under a second.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+
+TOKEN = "an-admin-token-" + "x7Q2pL9w"
+
+
+def _refuse(path):
+    raise FileNotFoundError(f"no artifact at {path} (test)")
+
+
+@pytest.fixture(scope="module")
+def client():
+    settings = Settings(
+        model_dir="/nonexistent/model",
+        redis_url=None,
+        max_batch_request=3,
+        max_body_bytes=4096,
+        admin_token=TOKEN,
+    )
+    with TestClient(create_app(settings, loader=_refuse)) as c:
+        for _ in range(100):  # the failed load is reported by /readyz
+            if "not loaded" in c.get("/readyz").json()["detail"]:
+                break
+            time.sleep(0.02)
+        yield c
+
+
+OK = {"user_id": "1", "item_id": "10"}
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"item_id": "10"}, ["body", "user_id"]),
+        ({"user_id": "1"}, ["body", "item_id"]),
+        ({**OK, "user_id": ""}, ["body", "user_id"]),
+        ({**OK, "user_id": "   "}, ["body", "user_id"]),
+        ({**OK, "item_id": "x" * 65}, ["body", "item_id"]),
+        ({**OK, "user_id": 7}, ["body", "user_id"]),
+        ({**OK, "rating": 5}, ["body", "rating"]),
+        ({**OK, "user": {"age": -1}}, ["body", "user", "age"]),
+        ({**OK, "user": {"age": 121}}, ["body", "user", "age"]),
+        ({**OK, "user": {"age": "old"}}, ["body", "user", "age"]),
+        ({**OK, "user": {"zip_code": "1" * 17}}, ["body", "user", "zip_code"]),
+        ({**OK, "user": {"height": 180}}, ["body", "user", "height"]),
+        ({**OK, "item": {"title": "t" * 257}}, ["body", "item", "title"]),
+        ({**OK, "item": {"genres": "Comedy"}}, ["body", "item", "genres"]),
+        ({**OK, "item": {"genres": ["G"] * 33}}, ["body", "item", "genres"]),
+        ({**OK, "item": {"genres": [""]}}, ["body", "item", "genres", 0]),
+        ([OK], ["body"]),
+    ],
+)
+def test_invalid_fields_answer_422_naming_the_field(client, body, field):
+    r = client.post("/predict-rating", json=body)
+    assert r.status_code == 422, r.text
+    assert field in [e["loc"] for e in r.json()["detail"]]
+    assert all(e["msg"] for e in r.json()["detail"])
+
+
+def test_batch_entries_are_validated_with_their_index(client):
+    r = client.post("/predict-rating/batch", json={"requests": [OK, {"user_id": "1"}]})
+    assert r.status_code == 422
+    assert ["body", "requests", 1, "item_id"] in [e["loc"] for e in r.json()["detail"]]
+    r = client.post("/predict-rating/batch", json={"requests": []})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "requests"]
+
+
+def test_bad_json_is_400_and_non_json_is_415(client):
+    r = client.post(
+        "/predict-rating", content=b'{"user_id": "1",', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+    r = client.post("/predict-rating", content=b"user_id=1", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+
+
+def test_too_large_body_and_batch_are_413(client):
+    big = {"requests": [{**OK, "item": {"title": "t" * 250}}] * 20}
+    r = client.post("/predict-rating/batch", json=big)
+    assert r.status_code == 413 and "4096 bytes" in r.json()["detail"]
+    chunked = client.post(
+        "/predict-rating", content=iter([b"{" + b" " * 3000, b" " * 3000 + b"}"]),
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    assert chunked.status_code == 413
+    r = client.post("/predict-rating/batch", json={"requests": [OK] * 4})
+    assert r.status_code == 413 and "at most 3" in r.json()["detail"]
+
+
+def test_not_ready_answers_503_with_the_reason(client):
+    assert client.get("/healthz").json() == {"status": "ok", "model_version": None}
+    r = client.get("/readyz")
+    assert r.status_code == 503 and "/nonexistent/model" in r.json()["detail"]
+    r = client.post("/predict-rating", json=OK)
+    assert r.status_code == 503 and r.headers["retry-after"]
+    assert client.get("/v1/model").status_code == 503
+
+
+def test_admin_needs_the_bearer_token(client):
+    assert client.post("/admin/reload").status_code == 401
+    r = client.post("/admin/reload", headers={"Authorization": "Bearer wrong-token-123456"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = client.post(
+        "/admin/reload", json={"path": "/no/such/dir"}, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert r.status_code == 409 and "/no/such/dir" in r.json()["detail"]
+    r = client.post("/admin/reload", json={"path": 5}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "path"]
+
+
+def test_admin_is_disabled_without_a_token():
+    with TestClient(create_app(Settings(redis_url=None), loader=_refuse)) as c:
+        r = c.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 403 and "admin disabled" in r.json()["detail"]
+
+
+def test_metrics_count_requests_by_route_template_not_raw_path(client):
+    client.get("/no/such/route/123")
+    text = client.get("/metrics").text
+    assert 'levi_requests_total{endpoint="/predict-rating",status="422"}' in text
+    assert 'endpoint="unmatched",status="404"' in text
+    assert "/no/such/route" not in text

@@ -1,0 +1,113 @@
+"""Batch scoring: equal to the HTTP answers, in order, sharded, resumable, strict on input."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from service import batch
+from service.engine import build_scorer
+from service.metrics import Metrics
+from service.settings import Settings
+
+ROWS = [
+    {"user_id": "1", "item_id": "10", "age": None, "title": None, "genres": None},
+    {"user_id": "2", "item_id": "12", "age": "45", "title": None, "genres": None},
+    {"user_id": "3", "item_id": "555", "age": None, "title": "Space Oddity (2040)",
+     "genres": "Sci-Fi|Comedy"},
+    {"user_id": "99", "item_id": "11", "age": "19", "title": None, "genres": None},
+    {"user_id": "4", "item_id": "10", "age": None, "title": None, "genres": None},
+]  # fmt: skip
+
+
+def _http_body(row: dict) -> dict:
+    body = {"user_id": row["user_id"], "item_id": row["item_id"]}
+    if row["age"]:
+        body["user"] = {"age": int(row["age"])}
+    if row["title"]:
+        body["item"] = {"title": row["title"], "genres": row["genres"].split("|")}
+    return body
+
+
+@pytest.fixture
+def scorer(artifacts, redis_url, key_prefix):
+    from service.engine import make_redis_tier
+
+    settings = Settings(redis_url=redis_url, cache_key_prefix=key_prefix, max_batch=4)
+    metrics = Metrics()
+    art = artifacts.loader(artifacts.v1)
+    return build_scorer(art, settings, metrics, redis=make_redis_tier(settings, metrics),
+                        warm=False)  # fmt: skip
+
+
+@pytest.mark.redis
+@pytest.mark.e2e
+def test_batch_output_equals_the_http_answers(server, scorer, tmp_path):
+    source = tmp_path / "pairs.csv"
+    pd.DataFrame(ROWS).to_csv(source, index=False)
+    out = tmp_path / "scored.parquet"
+    result = batch.run(scorer, batch.read_table(source), out, batch_size=2, progress=False)
+    written = pd.read_parquet(out)
+    assert list(written["user_id"]) == [r["user_id"] for r in ROWS]  # input order
+    pd.testing.assert_frame_equal(written, result)
+    answers = httpx.post(
+        f"{server.base}/predict-rating/batch",
+        json={"requests": [_http_body(r) for r in ROWS]},
+        timeout=60,
+    ).json()["predictions"]
+    np.testing.assert_allclose(written["rating"], [a["rating"] for a in answers], atol=1e-5)
+    np.testing.assert_allclose(written["ood_score"], [a["ood_score"] for a in answers], atol=1e-5)
+    for j, layer in enumerate(scorer.layers):
+        got = written[f"adapter_{layer}"]
+        np.testing.assert_allclose(got, [a["adapters"][j]["rating"] for a in answers], atol=1e-5)
+
+
+@pytest.mark.redis
+def test_shards_cover_the_input_and_parts_are_reused(scorer, tmp_path):
+    frame = pd.DataFrame(ROWS * 3)
+    full = batch.run(scorer, frame, tmp_path / "all.parquet", batch_size=4, progress=False)
+    shards = [
+        batch.run(
+            scorer, frame, tmp_path / f"s{i}.csv", shard=(i, 3), batch_size=2, progress=False
+        )  # fmt: skip
+        for i in range(3)
+    ]
+    assert [len(s) for s in shards] == [5, 5, 5]
+    joined = pd.concat(shards, ignore_index=True)
+    np.testing.assert_allclose(joined["rating"], full["rating"], atol=1e-6)
+    # Resume: an existing part is kept as is, not recomputed.
+    part = sorted((tmp_path / "all.parquet.parts").rglob("rows-*.parquet"))[0]
+    marked = pd.read_parquet(part).assign(rating=-1.0)
+    marked.to_parquet(part, index=False)
+    again = batch.run(scorer, frame, tmp_path / "all.parquet", batch_size=4, progress=False)
+    assert (again["rating"][: len(marked)] == -1.0).all()
+    assert (again["rating"][len(marked) :] > 0).all()
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"user_id": "1", "item_id": "10", "age": "200"}], "row 0 (0-based, header excluded), "
+         "column 'age'"),
+        ([{"user_id": "1", "item_id": "10"}, {"user_id": "", "item_id": "3"}],
+         "row 1 (0-based, header excluded), column 'user_id'"),
+        ([{"user_id": "1", "item_id": "10", "title": "x" * 300}], "column 'title'"),
+        ([{"user": "1", "item_id": "10"}], "lacks column(s) ['user_id']"),
+    ],
+)  # fmt: skip
+def test_malformed_input_exits_2_naming_row_and_column(tmp_path, capsys, rows, message):
+    source = tmp_path / "bad.csv"
+    pd.DataFrame(rows).to_csv(source, index=False)
+    code = batch.main(
+        ["--model", str(tmp_path / "unused"), "--input", str(source),
+         "--output", str(tmp_path / "o.csv")]
+    )  # fmt: skip
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_shard_argument_is_refused():
+    with pytest.raises(SystemExit):
+        batch.main(["--input", "x.csv", "--output", "y.csv", "--shard", "3/3"])

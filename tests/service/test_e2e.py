@@ -1,0 +1,229 @@
+"""The service over real HTTP (uvicorn subprocess) with its cache in the real Redis."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+
+import httpx
+import numpy as np
+import pytest
+from conftest import ADMIN_TOKEN, direct_scores
+
+from service.cache import text_key
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def _check(answer: dict, expected: dict, layers: list[int]) -> None:
+    assert answer["rating"] == pytest.approx(expected["rating"], abs=1e-4)
+    assert [a["layer"] for a in answer["adapters"]] == layers
+    got = [a["rating"] for a in answer["adapters"]]
+    np.testing.assert_allclose(got, expected["adapters"], atol=1e-4)
+    assert answer["ood_score"] == pytest.approx(expected["ood_score"], abs=1e-4)
+
+
+def _fresh_user() -> dict:
+    """An unknown user whose text no earlier request rendered."""
+    return {"user_id": f"u{uuid.uuid4().hex[:8]}", "user": {"age": 30, "occupation": "artist"}}
+
+
+def test_single_and_batch_predictions_equal_the_artifacts_scores(server, artifacts):
+    art = artifacts.loader(artifacts.v1)
+    layers = [lay + 1 for lay in art.head_config.layers]
+    pairs = [
+        {"user_id": "1", "item_id": "10"},
+        {"user_id": "2", "item_id": "11", "user": {"age": 40}},  # request field overrides
+        {"user_id": "3", "item_id": "999", "item": {"title": "Brand New Movie (2031)"}},
+        {"user_id": "77", "item_id": "12", "user": {"occupation": "lawyer", "zip_code": "9"}},
+    ]
+    expected = direct_scores(art, pairs)
+    for pair, exp in zip(pairs, expected, strict=True):
+        r = httpx.post(f"{server.base}/predict-rating", json=pair, timeout=30)
+        assert r.status_code == 200, r.text
+        _check(r.json(), exp, layers)
+        assert r.json()["model_version"] == art.model_version
+    r = httpx.post(f"{server.base}/predict-rating/batch", json={"requests": pairs * 3}, timeout=30)
+    assert r.status_code == 200, r.text
+    answers = r.json()["predictions"]
+    assert len(answers) == len(pairs) * 3
+    for answer, exp in zip(answers, expected * 3, strict=True):  # order kept
+        _check(answer, exp, layers)
+
+
+def test_cold_start_item_without_title_is_answered_and_says_so(server, artifacts):
+    art = artifacts.loader(artifacts.v1)
+    before = server.value("levi_unknown_entities_total", kind="item")
+    pair = {"user_id": "1", "item_id": "no-such-item"}
+    r = httpx.post(f"{server.base}/predict-rating", json=pair, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["cold_start"] == {"user": False, "item": True}
+    assert any("unknown item without title" in w for w in body["warnings"])
+    _check(body, direct_scores(art, [pair])[0], [lay + 1 for lay in art.head_config.layers])
+    assert server.value("levi_unknown_entities_total", kind="item") == before + 1
+
+
+def test_second_request_hits_the_local_cache(server):
+    pair = {**_fresh_user(), "item_id": "10"}
+    url = f"{server.base}/predict-rating"
+    assert httpx.post(url, json=pair, timeout=30).status_code == 200
+    hits = server.value("levi_activation_cache_lookups_total", tier="local", result="hit")
+    redis_lookups = sum(
+        server.value("levi_activation_cache_lookups_total", tier="redis", result=r)
+        for r in ("hit", "miss")
+    )
+    assert httpx.post(url, json=pair, timeout=30).status_code == 200
+    # Both views (user text, item text) come from the LRU; Redis is not asked.
+    assert server.value("levi_activation_cache_lookups_total", tier="local", result="hit") == (
+        hits + 2
+    )
+    assert redis_lookups == sum(
+        server.value("levi_activation_cache_lookups_total", tier="redis", result=r)
+        for r in ("hit", "miss")
+    )
+
+
+def test_redis_tier_is_read_with_the_design_key(server, artifacts, redis_client, key_prefix):
+    """Activations another replica wrote are read from Redis, under the documented key."""
+    art = artifacts.loader(artifacts.v1)
+    user = _fresh_user()
+    pair = {**user, "item_id": "10"}
+    record = {"user_id": user["user_id"], "age": 30, "occupation": "artist"}
+    text = art.views.views[0].render(record, {})
+    ids, mask = art.tokenizer.pad(art.tokenizer.encode([text]))
+    acts = np.asarray(art.encode(ids, mask), dtype=np.float32)[0]
+    key = text_key(art.manifest["backbone"]["fingerprint"], text, key_prefix)
+    assert key.startswith(f"{key_prefix}:{art.manifest['backbone']['fingerprint']}:")
+    redis_client.set(key, acts.tobytes(), ex=60)
+    hits = server.value("levi_activation_cache_lookups_total", tier="redis", result="hit")
+    r = httpx.post(f"{server.base}/predict-rating", json=pair, timeout=30)
+    assert r.status_code == 200, r.text
+    assert server.value("levi_activation_cache_lookups_total", tier="redis", result="hit") >= (
+        hits + 1
+    )
+    _check(r.json(), direct_scores(art, [pair])[0], [lay + 1 for lay in art.head_config.layers])
+    # A miss is written back with a TTL.
+    other = _fresh_user()
+    httpx.post(f"{server.base}/predict-rating", json={**other, "item_id": "11"}, timeout=30)
+    written = text_key(
+        art.manifest["backbone"]["fingerprint"],
+        art.views.views[0].render({**other["user"], "user_id": other["user_id"]}, {}),
+        key_prefix,
+    )
+    assert redis_client.strlen(written) == acts.nbytes
+    assert 0 < redis_client.ttl(written) <= 7 * 24 * 3600
+
+
+def test_redis_down_keeps_answering_counts_errors_and_recovers(server, redis_proxy):
+    url = f"{server.base}/predict-rating"
+    errors_before = server.value("levi_activation_cache_errors_total", op="get")
+    redis_proxy.stop()
+    try:
+        for _ in range(5):
+            r = httpx.post(url, json={**_fresh_user(), "item_id": "12"}, timeout=30)
+            assert r.status_code == 200, r.text
+        assert server.value("levi_activation_cache_errors_total", op="get") > errors_before
+        assert server.value("levi_activation_cache_redis_up") == 0
+    finally:
+        redis_proxy.start()
+    time.sleep(0.6)  # past the back-off maximum of the test server
+    misses = server.value("levi_activation_cache_lookups_total", tier="redis", result="miss")
+    for _ in range(3):
+        r = httpx.post(url, json={**_fresh_user(), "item_id": "12"}, timeout=30)
+        assert r.status_code == 200, r.text
+        time.sleep(0.3)
+    assert server.value("levi_activation_cache_lookups_total", tier="redis", result="miss") > (
+        misses
+    )
+    assert server.value("levi_activation_cache_redis_up") == 1
+
+
+def test_metrics_parse_and_name_every_design_metric(server):
+    httpx.post(f"{server.base}/predict-rating", json={"user_id": "1", "item_id": "10"})
+    names = {name for name, _ in server.metrics()}
+    for metric in (
+        "levi_requests_total", "levi_request_duration_seconds_bucket", "levi_batch_size_bucket",
+        "levi_queue_wait_seconds_bucket", "levi_backbone_seconds_bucket",
+        "levi_head_seconds_bucket", "levi_activation_cache_lookups_total",
+        "levi_prediction_rating_bucket", "levi_adapter_rating_bucket",
+        "levi_adapter_disagreement_bucket", "levi_ood_score_bucket",
+        "levi_unknown_entities_total", "levi_prediction_psi", "levi_activation_drift",
+        "levi_model_info", "levi_model_reloads_total",
+    ):  # fmt: skip
+        assert metric in names, metric
+    samples = server.metrics()
+    endpoints = {dict(labels).get("endpoint") for name, labels in samples if "endpoint" in
+                 dict(labels)}  # fmt: skip
+    assert "/predict-rating" in endpoints
+    assert all(not str(e).startswith("/predict-rating/") or e == "/predict-rating/batch"
+               for e in endpoints)  # fmt: skip
+
+
+def test_corrupted_artifact_is_refused_and_the_old_model_kept(server, artifacts, tmp_path):
+    bad = tmp_path / "corrupt"
+    shutil.copytree(artifacts.v1, bad)
+    target = next(p for p in sorted(bad.iterdir()) if p.name != "manifest.json" and p.is_file())
+    target.write_bytes(target.read_bytes() + b"tampered")
+    version = httpx.get(f"{server.base}/v1/model").json()["model_version"]
+    failures = server.value("levi_model_reloads_total", result="failure")
+    r = httpx.post(
+        f"{server.base}/admin/reload", json={"path": str(bad)}, headers=ADMIN, timeout=120
+    )
+    assert r.status_code == 409, r.text
+    assert "refused" in r.json()["detail"] and target.name in r.json()["detail"]
+    assert httpx.get(f"{server.base}/v1/model").json()["model_version"] == version
+    assert server.value("levi_model_reloads_total", result="failure") == failures + 1
+    ok = httpx.post(f"{server.base}/predict-rating", json={"user_id": "1", "item_id": "10"})
+    assert ok.status_code == 200 and ok.json()["model_version"] == version
+
+
+def test_reload_under_concurrent_load_fails_no_request(server, artifacts):
+    stop = threading.Event()
+    statuses: list[int] = []
+    versions: set[str] = set()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                r = client.post(
+                    f"{server.base}/predict-rating", json={"user_id": "2", "item_id": "11"}
+                )
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    versions.add(r.json()["model_version"])
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        r = httpx.post(
+            f"{server.base}/admin/reload", json={"path": str(artifacts.v2)}, headers=ADMIN,
+            timeout=240,
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert r.json()["model_version"] == "tiny-v2"
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert statuses and set(statuses) == {200}
+    assert versions == {"tiny-v1", "tiny-v2"}
+    info = server.metrics()
+    assert info[("levi_model_info", (("backbone", "tiny-bert"), ("model_version", "tiny-v2")))]
+    assert not any(
+        name == "levi_model_info" and dict(labels)["model_version"] == "tiny-v1"
+        for name, labels in info
+    )
+    # Back to v1 for the other tests.
+    r = httpx.post(
+        f"{server.base}/admin/reload", json={"path": str(artifacts.v1)}, headers=ADMIN,
+        timeout=240,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text

@@ -1,0 +1,112 @@
+"""Drift windows, the Redis circuit breaker and the micro-batcher, each on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batcher import DeadlineError, MicroBatcher, QueueFullError
+from service.cache import ActivationCache, LocalLRU, RedisTier
+from service.drift import DriftMonitor
+from service.metrics import Metrics
+from service.scorer import ScoreInput
+
+
+def _monitor(window=500):
+    rng = np.random.default_rng(0)
+    mean = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    var = np.full((2, 3, 8), 4.0, np.float32)
+    edges = np.linspace(1, 5, 9)
+    hist = np.array([1, 2, 5, 10, 20, 25, 15, 5], float)
+    return DriftMonitor(edges, hist, mean, var, window=window, halflife=100), rng, edges, hist
+
+
+def test_psi_is_small_in_distribution_and_large_after_a_shift():
+    mon, rng, edges, hist = _monitor()
+    bins = rng.choice(len(hist), size=500, p=hist / hist.sum())
+    ratings = edges[bins] + 0.25  # inside each bin
+    acts = mon.mean[None] + 2.0 * rng.normal(size=(500, 2, 3, 8)).astype(np.float32)
+    psi, drift = mon.update(ratings, acts)
+    assert psi < 0.05
+    np.testing.assert_allclose(drift, 1.0, atol=0.1)  # RMS z-distance ~1 in distribution
+    psi, drift = mon.update(np.full(500, 1.1), acts + 6.0)  # all low ratings, shifted acts
+    assert psi > 1.0
+    assert (drift > 2.0).all()
+
+
+def test_redis_tier_backs_off_counts_errors_and_comes_back():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics = Metrics()
+    tier = RedisTier(f"redis://127.0.0.1:{port}/0", metrics, ttl_s=60, timeout_s=0.05,
+                     backoff_s=0.1, backoff_max_s=0.2)  # fmt: skip
+    cache = ActivationCache("fp", (2, 3), "float16", metrics, local=LocalLRU(10), remote=tier)
+    t0 = time.perf_counter()
+    assert cache.get_many(["a", "b"]) == {}
+    assert time.perf_counter() - t0 < 1.0  # time-boxed
+    assert not tier.available
+    assert cache.get_many(["c"]) == {}  # skipped while backing off
+    get = metrics.registry.get_sample_value
+    assert get("levi_activation_cache_errors_total", {"op": "get"}) == 1
+    assert get("levi_activation_cache_lookups_total", {"tier": "redis", "result": "error"}) == 2
+    assert get("levi_activation_cache_lookups_total", {"tier": "redis", "result": "bypass"}) == 1
+    time.sleep(0.15)
+    assert tier.available
+    # Stored values are rounded through the storage dtype, so every tier answers alike.
+    stored = cache.put_many({"k": np.full((2, 3), 1 / 3, np.float32)})
+    assert stored["k"].dtype == np.float32 and stored["k"][0, 0] == np.float16(1 / 3)
+
+
+def _results(batch):
+    return [f"{r.user_id}:{len(batch)}" for r in batch]
+
+
+def test_micro_batcher_gathers_concurrent_requests_and_bounds_the_queue():
+    async def scenario():
+        seen = []
+
+        def score(batch):
+            seen.append(len(batch))
+            return _results(batch)
+
+        b = MicroBatcher(score, Metrics(), max_batch=8, max_delay_s=0.05, queue_bound=10)
+        await b.start()
+        answers = await asyncio.gather(
+            *(b.submit([ScoreInput(str(i), "x")], 5.0) for i in range(6))
+        )
+        assert [a[0] for a in answers] == [f"{i}:6" for i in range(6)]  # one batch, in order
+        with pytest.raises(QueueFullError, match="bound is 10"):
+            await b.submit([ScoreInput("u", "i")] * 11, 5.0)
+        await b.stop()
+        return seen
+
+    assert asyncio.run(scenario()) == [6]
+
+
+def test_micro_batcher_deadline_and_errors_reach_the_caller():
+    release = threading.Event()
+
+    def slow(batch):
+        release.wait(5)
+        if batch[0].user_id == "boom":
+            raise ValueError("scorer failed")
+        return _results(batch)
+
+    async def scenario():
+        b = MicroBatcher(slow, Metrics(), max_batch=4, max_delay_s=0.0, queue_bound=100)
+        await b.start()
+        with pytest.raises(DeadlineError):
+            await b.submit([ScoreInput("1", "x")], 0.1)
+        release.set()
+        with pytest.raises(ValueError, match="scorer failed"):
+            await b.submit([ScoreInput("boom", "x")], 5.0)
+        assert await b.submit([ScoreInput("2", "x")], 5.0) == ["2:1"]
+        await b.stop()
+
+    asyncio.run(scenario())

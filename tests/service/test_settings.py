@@ -1,0 +1,43 @@
+"""Settings: environment names, unprefixed REDIS_URL, refusal of unsafe admin tokens."""
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+def test_env_prefix_and_unprefixed_redis_url(monkeypatch):
+    monkeypatch.setenv("LEVI_MAX_BATCH", "16")
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/2")
+    monkeypatch.delenv("LEVI_REDIS_URL", raising=False)
+    s = Settings()
+    assert s.max_batch == 16 and s.redis_url == "redis://cache:6379/2"
+    monkeypatch.setenv("LEVI_REDIS_URL", "redis://other:6379/0")
+    assert Settings().redis_url == "redis://other:6379/0"
+
+
+@pytest.mark.parametrize("token", ["short", "changeme", "aaaaaaaaaaaaaaaaaaaa", "password"])
+def test_unsafe_admin_tokens_are_refused(token):
+    with pytest.raises(ValidationError, match="LEVI_ADMIN_TOKEN"):
+        Settings(admin_token=token, redis_url=None)
+
+
+def test_bad_redis_url_is_refused_with_an_example():
+    with pytest.raises(ValidationError, match="redis://127.0.0.1:6379/0"):
+        Settings(redis_url="127.0.0.1:6379")
+
+
+def test_admin_token_is_secret_and_defaults_off():
+    s = Settings(admin_token="Zq8-vLk3_PxW91aaRt", redis_url=None)
+    assert "Zq8" not in repr(s)
+    assert Settings(redis_url=None).admin_token is None
+
+
+def test_settings_errors_name_the_variable_and_hide_the_value():
+    from service.settings import describe_settings_error
+
+    with pytest.raises(ValidationError) as info:
+        Settings(admin_token="tiny-secret", max_batch=0, redis_url=None)
+    text = describe_settings_error(info.value)
+    assert "LEVI_ADMIN_TOKEN" in text and "LEVI_MAX_BATCH" in text
+    assert "tiny-secret" not in text

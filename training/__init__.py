@@ -1,0 +1,1 @@
+"""The offline trainer: data, split, activation precompute, training, baselines, report."""

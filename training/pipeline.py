@@ -1,0 +1,445 @@
+"""The whole offline run: data -> split -> features -> encode -> train -> evaluate -> export.
+
+``run_pipeline(TrainConfig.default(), output_dir="artifacts")`` is what ``make train`` does.
+Each stage is a function of the previous stages' outputs; the dataset and the backbone can
+be passed in (tests use a tiny synthetic data set and a tiny random backbone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pandas as pd
+
+from model.features import FeatureSpec, fit_feature_spec
+from model.head import HeadConfig
+from model.templates import ViewSet, make_views
+from training import baselines, evaluate, report
+from training.config import TRAINED_METHODS, TrainConfig
+from training.precompute import ViewActivations, precompute
+from training.train import (
+    RunResult,
+    TrainTables,
+    device_tables,
+    head_config,
+    make_mesh,
+    predict_adapters,
+    predict_ratings,
+    train_method,
+)
+
+PARTS = ("train", "val", "test", "ood")
+QUANTILES = (0.5, 0.9, 0.99)
+HIST_BINS = 40
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Data, features and activations, aligned on one table of pairs.
+
+    Attributes:
+        pairs: ``user_id, item_id, rating`` of train, val, test and OOD, concatenated.
+        rows: part name -> int32 row positions in ``pairs``.
+        ood_groups: genre -> row positions in ``pairs`` (OOD rows of that genre).
+    """
+
+    dataset: Any
+    pairs: pd.DataFrame
+    rows: dict[str, np.ndarray]
+    ood_groups: dict[str, np.ndarray]
+    features: FeatureSpec
+    views: ViewSet
+    tables: TrainTables | None = None
+    activations: ViewActivations | None = None
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    report: dict
+    report_dir: Path
+    artifact: Path | None
+    timings: dict[str, float]
+    runs: dict[str, list[RunResult]]
+
+
+def prepare_data(cfg: TrainConfig, dataset=None) -> Prepared:
+    """Load (unless given), split, and fit the feature vocabularies on ID train."""
+    if dataset is None:
+        from training.data import load_dataset
+
+        dataset = load_dataset(cfg.source, cfg.data_path)
+    from training.split import genre_shift_split
+
+    split = genre_shift_split(dataset, seed=cfg.split_seed, min_group=cfg.min_ood_group)
+    parts = [getattr(split, p) for p in PARTS]
+    pairs = pd.concat(parts, ignore_index=True)[["user_id", "item_id", "rating"]]
+    pairs = pairs.astype({"user_id": str, "item_id": str})
+    offsets = np.cumsum([0] + [len(p) for p in parts])
+    rows = {p: np.arange(offsets[k], offsets[k + 1], dtype=np.int32) for k, p in enumerate(PARTS)}
+    ood_groups = {
+        g: (offsets[3] + np.asarray(r, dtype=np.int64)).astype(np.int32)
+        for g, r in split.ood_groups.items()
+    }
+    train = split.train
+    users = dataset.users[dataset.users["user_id"].astype(str).isin(set(train["user_id"]))]
+    items = dataset.items[dataset.items["item_id"].astype(str).isin(set(train["item_id"]))]
+    genres = sorted({g for gs in items["genres"] for g in gs}) if cfg.genres else ()
+    features = fit_feature_spec(
+        users.to_dict("records"), items.to_dict("records"), gender=cfg.gender, genres=genres
+    )
+    views = make_views(cfg.views, genres=cfg.genres, gender=cfg.gender)
+    return Prepared(dataset, pairs, rows, ood_groups, features, views)
+
+
+def encode_views(
+    prep: Prepared, backbone, cfg: TrainConfig, *, cache: Path | None, progress: bool
+) -> Prepared:
+    """Activations of every view (cached) and the head's tables."""
+    ds = prep.dataset
+    acts = precompute(
+        backbone, prep.views, ds.users, ds.items, prep.pairs[["user_id", "item_id"]],
+        cache=cache, batch_size=cfg.encode_batch_size, progress=progress,
+    )  # fmt: skip
+    user_pos = pd.Index(ds.users["user_id"].astype(str))
+    item_pos = pd.Index(ds.items["item_id"].astype(str))
+    tables = TrainTables(
+        user_ids=prep.features.encode_entity("user", ds.users.to_dict("records")),
+        item_ids=prep.features.encode_entity("item", ds.items.to_dict("records")),
+        multi_hot=prep.features.encode_genres(ds.items.to_dict("records")),
+        views=acts.matrices,
+        pair_user=user_pos.get_indexer(prep.pairs["user_id"]).astype(np.int32),
+        pair_item=item_pos.get_indexer(prep.pairs["item_id"]).astype(np.int32),
+        pair_text=acts.index,
+        rating=prep.pairs["rating"].to_numpy(np.float32),
+    )
+    return Prepared(**{**prep.__dict__, "tables": tables, "activations": acts})
+
+
+def _head_for(method: str, cfg: TrainConfig, prep: Prepared, n_layers: int) -> HeadConfig:
+    mu = float(prep.tables.rating[prep.rows["train"]].mean())
+    return head_config(
+        method, cfg, vocab_sizes=prep.features.vocab_sizes,
+        n_multi_hot=prep.features.n_multi_hot, n_layers=n_layers, rating_mean=mu,
+    )  # fmt: skip
+
+
+def methods_to_train(cfg: TrainConfig) -> list[str]:
+    wanted = set(cfg.methods)
+    if "mlp_lp_ensemble" in wanted:
+        wanted |= {"mlp", "linear_probe"}
+    return [m for m in TRAINED_METHODS if m in wanted]
+
+
+def train_all(
+    prep: Prepared,
+    cfg: TrainConfig,
+    n_layers: int,
+    *,
+    checkpoint_root: Path | None,
+    progress: bool,
+    log: Callable[[str], None],
+    mesh=None,
+) -> tuple[dict[str, float], dict[str, list[RunResult]], Any]:
+    """Every trained method over the seeds. Returns ``(chosen lrs, runs, device tables)``."""
+    mesh = mesh or make_mesh()
+    data = device_tables(prep.tables, mesh)
+    signature = prep.tables.signature()
+    lrs, runs = {}, {}
+    for method in methods_to_train(cfg):
+        log(f"training {method} ({len(cfg.lrs)} learning rates, seeds {list(cfg.seeds)})")
+        lrs[method], runs[method] = train_method(
+            method, _head_for(method, cfg, prep, n_layers), cfg, data,
+            prep.rows["train"], prep.rows["val"], mesh=mesh, data_signature=signature,
+            checkpoint_root=checkpoint_root, progress=progress, log=log,
+        )  # fmt: skip
+    return lrs, runs, (data, mesh)
+
+
+def evaluate_all(
+    prep: Prepared, cfg: TrainConfig, runs: dict[str, list[RunResult]], device
+) -> tuple[dict, dict]:
+    """Scores of every method. Returns ``(methods for report.json, extras)``.
+
+    ``extras``: ``per_seed`` predictions of LEVI (test/ood adapters), ``auroc``.
+    """
+    data, mesh = device
+    y = prep.tables.rating
+    test, ood = prep.rows["test"], prep.rows["ood"]
+    groups = {g: r - ood[0] for g, r in prep.ood_groups.items()} if len(ood) else {}
+    y_test, y_ood = y[test], y[ood]
+    methods: dict[str, dict] = {}
+    preds: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    adapters_of: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for method, results in runs.items():
+        for r in results:
+            a_test, a_ood = (
+                predict_adapters(r.head, r.params, data, rows, mesh=mesh,
+                                 batch_size=cfg.eval_batch_size, weight_decay=cfg.weight_decay)
+                for rows in (test, ood)
+            )  # fmt: skip
+            adapters_of.setdefault(method, []).append((a_test, a_ood))
+            preds.setdefault(method, []).append(
+                (predict_ratings(r.head, a_test), predict_ratings(r.head, a_ood))
+            )
+    n_seeds = len(cfg.seeds)
+    per_seed: dict[str, list[dict]] = {}
+    if "global_mean" in cfg.methods:
+        mu = baselines.global_mean(y[prep.rows["train"]])
+        const = (np.full(len(test), mu), np.full(len(ood), mu))
+        per_seed["global_mean"] = [evaluate.score_method(const[0], y_test, const[1], y_ood, groups)]
+    if "biases" in cfg.methods:
+        t = prep.tables
+        part = lambda rows: (t.pair_user[rows], t.pair_item[rows], y[rows])  # noqa: E731
+        model = baselines.tune_biases(
+            part(prep.rows["train"]), part(prep.rows["val"]), n_users=len(t.user_ids),
+            n_items=len(t.item_ids), regs=cfg.bias_regs,
+        )  # fmt: skip
+        p_test = model.predict(t.pair_user[test], t.pair_item[test])
+        p_ood = model.predict(t.pair_user[ood], t.pair_item[ood])
+        per_seed["biases"] = [evaluate.score_method(p_test, y_test, p_ood, y_ood, groups)]
+    for method, seeds_preds in preds.items():
+        per_seed[method] = [
+            evaluate.score_method(pt, y_test, po, y_ood, groups) for pt, po in seeds_preds
+        ]
+    if "mlp_lp_ensemble" in cfg.methods:
+        lo, hi = 1.0, 5.0
+        per_seed["mlp_lp_ensemble"] = [
+            evaluate.score_method(
+                np.clip((m[0] + lp[0]) / 2, lo, hi),
+                y_test,
+                np.clip((m[1] + lp[1]) / 2, lo, hi),
+                y_ood,
+                groups,
+            )  # fmt: skip
+            for m, lp in zip(preds["mlp"], preds["linear_probe"], strict=True)
+        ]
+    extras: dict[str, Any] = {"per_seed": per_seed}
+    if "levi" in runs:
+        head = runs["levi"][0].head
+        for k, (a_test, a_ood) in enumerate(adapters_of["levi"]):
+            per_seed["levi"][k]["per_layer"] = evaluate.score_layers(
+                a_test, y_test, a_ood, y_ood, head.layers, (head.rating_min, head.rating_max)
+            )
+        extras["auroc"] = evaluate.mean_std(
+            [
+                evaluate.auroc(evaluate.disagreement(a), evaluate.disagreement(b))
+                for a, b in adapters_of["levi"]
+            ]
+        )
+    for method in cfg.methods:
+        if method in per_seed:
+            methods[method] = evaluate.aggregate(per_seed[method])
+            if len(per_seed[method]) == 1 and n_seeds > 1:
+                pass  # deterministic baselines: one value, std 0 over seeds
+    return methods, extras
+
+
+def reference_stats(
+    prep: Prepared, run: RunResult, device, cfg: TrainConfig
+) -> dict[str, np.ndarray]:
+    """Drift reference over the training pairs: activation moments, predictions, disagreement.
+
+    Returns:
+        ``activation_mean``, ``activation_var`` float32 ``[n_views, n_layers, d]``;
+        ``prediction_hist`` (fractions, ``[HIST_BINS]``) over ``prediction_edges``
+        ``[HIST_BINS + 1]``; ``disagreement_quantiles`` at ``QUANTILES``.
+    """
+    data, mesh = device
+    train = prep.rows["train"]
+    acts = prep.activations
+    means, variances = [], []
+    for v, matrix in enumerate(acts.matrices):
+        counts = np.bincount(acts.index[train, v], minlength=len(matrix)).astype(np.float64)
+        total = counts.sum()
+        s1 = np.zeros(matrix.shape[1:]), np.zeros(matrix.shape[1:])
+        for start in range(0, len(matrix), 8192):  # chunks: pair views have one row per rating
+            block = matrix[start : start + 8192].astype(np.float64)  # [chunk, n_layers, d]
+            w = counts[start : start + 8192, None, None]
+            s1[0][...] += (w * block).sum(0)
+            s1[1][...] += (w * block**2).sum(0)
+        mean = s1[0] / total
+        means.append(mean)
+        variances.append(np.maximum(s1[1] / total - mean**2, 0.0))
+    adapters = predict_adapters(
+        run.head, run.params, data, train, mesh=mesh, batch_size=cfg.eval_batch_size,
+        weight_decay=cfg.weight_decay,
+    )  # fmt: skip
+    head = run.head
+    edges = np.linspace(head.rating_min, head.rating_max, HIST_BINS + 1)
+    hist, _ = np.histogram(predict_ratings(head, adapters), bins=edges)
+    return {
+        "activation_mean": np.stack(means).astype(np.float32),
+        "activation_var": np.stack(variances).astype(np.float32),
+        "prediction_hist": (hist / max(1, hist.sum())).astype(np.float32),
+        "prediction_edges": edges.astype(np.float32),
+        "disagreement_quantiles": np.quantile(evaluate.disagreement(adapters), QUANTILES).astype(
+            np.float32
+        ),
+    }
+
+
+def model_version(cfg: TrainConfig, fingerprint: str) -> str:
+    digest = hashlib.sha256((cfg.digest() + fingerprint).encode()).hexdigest()[:8]
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{digest}"
+
+
+def training_notes(cfg: TrainConfig, lrs: dict[str, float]) -> list[str]:
+    return [
+        f"Adam with decoupled weight decay (optax.adamw, {cfg.weight_decay:g}), batch "
+        f"{cfg.batch_size}, dropout {cfg.dropout:g}; early stopping on ID validation RMSE "
+        f"(patience {cfg.patience}, at most {cfg.max_epochs} epochs), best parameters kept.",
+        f"Item OOV training: each training pair's item features are replaced by the OOV id "
+        f"with probability {cfg.item_oov_prob:g}, so the OOV slot is trained and cold-start "
+        "(OOD) movies are carried by their item text.",
+        "Learning rate from "
+        + ", ".join(f"{lr:g}" for lr in cfg.lrs)
+        + (
+            f" chosen on ID validation with seed {cfg.seeds[0]} only and reused for the other "
+            f"seeds; each rate trained {cfg.lr_probe_epochs} epoch(s), the best one continued "
+            "to early stopping (successive halving)."
+            if cfg.lr_on_first_seed and cfg.lr_probe_epochs
+            else " chosen on ID validation."
+        ),
+        f"One ID split (split seed {cfg.split_seed}); seeds vary initialisation, dropout and "
+        "batch order. Baselines are deterministic (std 0).",
+        "Activations cached as float16 and cast to float32 in the head.",
+        "Chosen learning rates: " + ", ".join(f"{m} {lr:g}" for m, lr in lrs.items()) + ".",
+    ]
+
+
+def run_pipeline(
+    cfg: TrainConfig,
+    *,
+    output_dir: str | Path = "artifacts",
+    dataset=None,
+    backbone=None,
+    cache: Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> PipelineResult:
+    """Run every stage, write the report and (``cfg.export``) the artifact."""
+    output_dir = Path(output_dir)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        timings[stage] = time.perf_counter() - clock
+        log(f"[{stage}] {timings[stage]:.1f}s")
+        clock = time.perf_counter()
+
+    prep = prepare_data(cfg, dataset)
+    sizes = {p: len(r) for p, r in prep.rows.items()}
+    log(f"data: {prep.dataset!r}; split {sizes}; {len(prep.ood_groups)} OOD genres")
+    lap("data")
+
+    if backbone is None:
+        from model.backbone import load_backbone
+
+        backbone = load_backbone(cfg.backbone, cfg.checkpoint, cfg.max_length)
+    prep = encode_views(prep, backbone, cfg, cache=cache, progress=progress)
+    log(f"encode: {prep.activations.n_encoded} texts encoded (the rest from the cache)")
+    lap("encode")
+
+    lrs, runs, device = train_all(
+        prep, cfg, backbone.n_layers, checkpoint_root=output_dir / ".checkpoints",
+        progress=progress, log=log,
+    )  # fmt: skip
+    lap("train")
+
+    methods, extras = evaluate_all(prep, cfg, runs, device)
+    exported_run = min(runs["levi"], key=lambda r: r.val_rmse) if "levi" in runs else None
+    exported = None
+    if exported_run is not None:
+        k = runs["levi"].index(exported_run)
+        scores = extras["per_seed"]["levi"][k]
+        exported = {"id_test_rmse": scores["id_rmse"], "ood_rmse": scores["ood_rmse"]}
+    version = model_version(cfg, backbone.fingerprint)
+    doc = report.build_report(
+        dataset=getattr(prep.dataset, "name", "ratings"),
+        split={
+            "name": "genre_shift",
+            "seed": cfg.split_seed,
+            "sizes": sizes,
+            "ood_genres": sorted(prep.ood_groups),
+        },
+        backbone={
+            "name": backbone.name,
+            "fingerprint": backbone.fingerprint,
+            "n_layers": backbone.n_layers,
+            "hidden_size": backbone.hidden_size,
+        },
+        seeds=list(cfg.seeds),
+        methods=methods,
+        exported=exported,
+    )
+    notes = {
+        "lrs": lrs,
+        "auroc": extras.get("auroc"),
+        "timings": timings,
+        "text": training_notes(cfg, lrs),
+        "exported_source": (
+            f"LEVI seed {exported_run.seed}, the best on ID validation; scored with the live "
+            "parameters that are exported"
+            if exported_run
+            else None
+        ),
+    }
+    report_dir = report.write_report(doc, notes, output_dir / "reports" / version)
+    lap("evaluate")
+
+    artifact = None
+    if cfg.export and exported_run is not None:
+        artifact = export(
+            prep, cfg, exported_run, device, backbone, version, output_dir, report_dir, lrs
+        )
+        lap("export")
+    report.write_report(doc, notes, report_dir)  # final timings in report.md
+    return PipelineResult(doc, report_dir, artifact, timings, runs)
+
+
+def export(
+    prep: Prepared,
+    cfg: TrainConfig,
+    run: RunResult,
+    device,
+    backbone,
+    version: str,
+    output_dir: Path,
+    report_dir: Path,
+    lrs: dict[str, float],
+) -> Path | None:
+    """Write the artifact with ``model.artifact.export_artifact`` (None if it is not there)."""
+    from model import artifact as artifact_mod
+
+    if not hasattr(artifact_mod, "export_artifact"):
+        print("export skipped: model.artifact.export_artifact is not implemented yet")
+        return None
+    reference = reference_stats(prep, run, device, cfg)
+    ds = prep.dataset
+    return artifact_mod.export_artifact(
+        output_dir,
+        model_version=version,
+        backbone=backbone,
+        head_config=run.head,
+        head_params=jax.device_get(run.params),
+        features=prep.features,
+        views=prep.views,
+        users=ds.users,
+        items=ds.items,
+        reference=reference,
+        report_dir=report_dir,
+        training_config={
+            **cfg.to_json(),
+            "chosen_lrs": lrs,
+            "exported_seed": run.seed,
+            "val_rmse": run.val_rmse,
+        },
+    )

@@ -1,0 +1,174 @@
+"""report.json (the schema of issue 3), report.md with the tables, and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from training.config import METHODS
+
+PLOTS = ("plots/ood_rmse_by_genre.png", "plots/per_layer_rmse.png")
+
+
+def build_report(
+    *,
+    dataset: str,
+    split: Mapping,
+    backbone: Mapping,
+    seeds: list[int],
+    methods: Mapping[str, dict],
+    exported: Mapping[str, float] | None,
+) -> dict:
+    """The report.json document; ``methods`` in report order (see ``config.METHODS``)."""
+    return {
+        "dataset": dataset,
+        "split": dict(split),
+        "backbone": dict(backbone),
+        "seeds": list(seeds),
+        "methods": {m: methods[m] for m in METHODS if m in methods},
+        "exported": dict(exported) if exported is not None else None,
+    }
+
+
+def _pm(stat: Mapping[str, float]) -> str:
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def render_markdown(report: Mapping, notes: Mapping) -> str:
+    """report.md: overall table, per-genre OOD table, per-layer table, detection, notes.
+
+    Args:
+        notes: ``lrs`` (method -> chosen lr), ``auroc`` (``{"mean","std"}`` or None),
+            ``timings`` (stage -> seconds), ``text`` (list of lines on how it was trained).
+    """
+    methods = report["methods"]
+    lines = [
+        f"# LEVI report — {report['dataset']}",
+        "",
+        f"Backbone: `{report['backbone'].get('name')}` "
+        f"(fingerprint `{str(report['backbone'].get('fingerprint', ''))[:16]}`), "
+        f"split: {report['split'].get('name', '')}, seeds: {report['seeds']}.",
+        "",
+        "## RMSE (mean ± std over seeds)",
+        "",
+        "| method | ID test RMSE | OOD RMSE | learning rate |",
+        "|---|---|---|---|",
+    ]
+    lrs = notes.get("lrs", {})
+    for name, m in methods.items():
+        lr = lrs.get(name)
+        lines.append(
+            f"| {name} | {_pm(m['id_rmse'])} | {_pm(m['ood_rmse'])} | "
+            f"{'' if lr is None else f'{lr:g}'} |"
+        )
+    genres = sorted({g for m in methods.values() for g in m["ood_rmse_by_genre"]})
+    if genres:
+        lines += ["", "## OOD RMSE per genre (mean over seeds)", ""]
+        lines.append("| genre | " + " | ".join(methods) + " |")
+        lines.append("|---" * (len(methods) + 1) + "|")
+        for g in genres:
+            row = [
+                f"{m['ood_rmse_by_genre'][g]['mean']:.4f}" if g in m["ood_rmse_by_genre"] else ""
+                for m in methods.values()
+            ]
+            lines.append(f"| {g} | " + " | ".join(row) + " |")
+    if "levi" in methods and methods["levi"].get("per_layer"):
+        lines += ["", "## LEVI: RMSE of each single adapter (paper Fig. 4)", ""]
+        lines += ["| layer | ID test RMSE | OOD RMSE |", "|---|---|---|"]
+        for entry in methods["levi"]["per_layer"]:
+            lines.append(
+                f"| {entry['layer']} | {_pm(entry['id_rmse'])} | {_pm(entry['ood_rmse'])} |"
+            )
+    if notes.get("auroc"):
+        lines += [
+            "",
+            "## OOD signal",
+            "",
+            "AUROC of LEVI's adapter disagreement (std over adapters) separating OOD pairs from "
+            f"ID test pairs: {_pm(notes['auroc'])}.",
+        ]
+    exported = report.get("exported")
+    if exported:
+        lines += [
+            "",
+            "## Exported model",
+            "",
+            f"ID test RMSE {exported['id_test_rmse']:.4f}, OOD RMSE {exported['ood_rmse']:.4f}"
+            + (f" ({notes['exported_source']})" if notes.get("exported_source") else "")
+            + ".",
+        ]
+    if notes.get("text"):
+        lines += ["", "## How it was trained", ""] + [f"- {t}" for t in notes["text"]]
+    if notes.get("timings"):
+        lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in notes["timings"].items()]
+    lines += ["", "![OOD RMSE per genre](plots/ood_rmse_by_genre.png)"]
+    lines += ["", "![Per-layer adapter RMSE](plots/per_layer_rmse.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_report(report: Mapping, out_dir: Path) -> list[Path]:
+    """Per-genre OOD RMSE by method (grouped bars) and LEVI's per-layer adapter RMSE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    methods = report["methods"]
+    genres = sorted({g for m in methods.values() for g in m["ood_rmse_by_genre"]})
+    fig, ax = plt.subplots(figsize=(max(8, len(genres) * 0.9), 4.5))
+    width = 0.8 / max(1, len(methods))
+    x = np.arange(len(genres))
+    for k, (name, m) in enumerate(methods.items()):
+        vals = [m["ood_rmse_by_genre"].get(g, {"mean": np.nan})["mean"] for g in genres]
+        ax.bar(x + k * width - 0.4 + width / 2, vals, width, label=name)
+    ax.set_xticks(x, genres, rotation=45, ha="right")
+    ax.set_ylabel("OOD RMSE")
+    ax.set_title("OOD RMSE per genre")
+    lows = [m["ood_rmse"]["mean"] for m in methods.values()]
+    if lows:
+        ax.set_ylim(max(0.0, min(lows) - 0.3), None)
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    paths = [out_dir / PLOTS[0]]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    per_layer = methods.get("levi", {}).get("per_layer") or []
+    if per_layer:
+        layers = [e["layer"] for e in per_layer]
+        for key, label in (("id_rmse", "ID test"), ("ood_rmse", "OOD")):
+            ax.errorbar(
+                layers,
+                [e[key]["mean"] for e in per_layer],
+                yerr=[e[key]["std"] for e in per_layer],
+                marker="o",
+                capsize=3,
+                label=f"single adapter, {label}",
+            )
+            ax.axhline(methods["levi"][key]["mean"], ls="--", lw=1, color="gray")
+        ax.set_xlabel("encoder layer (0-based)")
+        ax.legend()
+    ax.set_ylabel("RMSE")
+    ax.set_title("LEVI: RMSE of each adapter (dashed: ensemble)")
+    fig.tight_layout()
+    paths.append(out_dir / PLOTS[1])
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_report(report: Mapping, notes: Mapping, out_dir: Path) -> Path:
+    """Write report.json, report.md and the plots into ``out_dir``; return the directory."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(render_markdown(report, notes))
+    plot_report(report, out_dir)
+    return out_dir

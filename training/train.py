@@ -1,0 +1,492 @@
+"""The head's training loop: pure jitted steps, early stopping, learning-rate selection, resume.
+
+Speed: every table (entity feature ids, per-view activation matrices, pair -> row indices) is
+put on the devices once; a training step gathers its batch from them inside the jitted
+function, so ``[n_ratings, n_views, n_layers, d]`` is never materialised, and one jitted
+``lax.scan`` runs a whole epoch (or ``steps_per_chunk`` steps), so Python is out of the inner
+loop. Data parallel: a ``Mesh`` over ``jax.devices()``; each batch is sharded over its
+``data`` axis, parameters and tables are replicated, and XLA inserts the gradient all-reduce
+(one CPU device is the degenerate mesh). Checkpoints: orbax, after every epoch and when a
+``max_steps`` hook stops the run; a run finds its checkpoint and continues from its step.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from model.head import HeadConfig, LeviHead, adapter_loss, ensemble
+from training.config import TrainConfig
+
+PyTree = Any
+
+
+@dataclass(frozen=True)
+class TrainTables:
+    """Host arrays the head trains and predicts on (see :func:`device_tables`).
+
+    Attributes:
+        user_ids: int32 ``[n_users, F_user]`` categorical ids of every user (OOV = 0).
+        item_ids: int32 ``[n_items, F_item]``.
+        multi_hot: float32 ``[n_items, G]`` genres (G may be 0).
+        views: per view, ``[n_texts_v, n_layers, d]`` pooled activations (float16 or 32).
+        pair_user, pair_item: int32 ``[n_pairs]`` rows in the entity tables.
+        pair_text: int32 ``[n_pairs, n_views]`` rows in the view matrices.
+        rating: float32 ``[n_pairs]``.
+    """
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    multi_hot: np.ndarray
+    views: tuple[np.ndarray, ...]
+    pair_user: np.ndarray
+    pair_item: np.ndarray
+    pair_text: np.ndarray
+    rating: np.ndarray
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def signature(self) -> str:
+        """Hash of shapes and ratings: keys checkpoints to the data they were trained on."""
+        h = hashlib.sha256()
+        for k, v in self.as_dict().items():
+            shapes = [a.shape for a in v] if isinstance(v, tuple) else v.shape
+            h.update(f"{k}{shapes}".encode())
+        h.update(np.ascontiguousarray(self.rating).tobytes())
+        h.update(np.ascontiguousarray(self.pair_item).tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One training run (method, learning rate, seed).
+
+    Attributes:
+        params: the best parameters on ID validation (numpy pytree).
+        val_rmse: their ID validation RMSE.
+        epochs: epochs run; steps: optimizer steps run (both counting before a resume).
+        resumed_from: the step restored from a checkpoint (0: started fresh).
+        finished: False when ``max_steps`` stopped the run early.
+    """
+
+    method: str
+    lr: float
+    seed: int
+    head: HeadConfig
+    params: PyTree
+    val_rmse: float
+    epochs: int
+    steps: int
+    resumed_from: int
+    finished: bool
+    seconds: float
+
+
+def make_mesh() -> Mesh:
+    """A 1-D ``data`` mesh over every local device (one CPU: a mesh of one)."""
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def device_tables(tables: TrainTables, mesh: Mesh) -> dict[str, Any]:
+    """Every table replicated on the mesh (activations keep their storage dtype)."""
+    replicated = NamedSharding(mesh, P())
+    return jax.device_put(tables.as_dict(), replicated)
+
+
+def head_config(
+    method: str,
+    cfg: TrainConfig,
+    *,
+    vocab_sizes: tuple[int, ...],
+    n_multi_hot: int,
+    n_layers: int,
+    rating_mean: float,
+) -> HeadConfig:
+    """The head of a trained method (the ablations are configs of one module)."""
+    all_layers = tuple(range(n_layers))
+    per_method = {
+        "levi": {"layers": all_layers},
+        "intermediates": {"layers": all_layers, "use_task_vector": False},
+        "mlp": {"layers": (), "text_free_heads": 1},
+        "multihead_mlp": {"layers": (), "text_free_heads": n_layers},
+        "linear_probe": {
+            "layers": (n_layers - 1,),
+            "use_task_vector": False,
+            "adapter_hidden": 0,
+        },
+    }
+    if method not in per_method:
+        raise ValueError(f"{method!r} is not a trained method; trained: {sorted(per_method)}")
+    base = {
+        "vocab_sizes": tuple(vocab_sizes),
+        "n_multi_hot": n_multi_hot,
+        "embed_dim": cfg.embed_dim,
+        "mlp_dims": tuple(cfg.mlp_dims),
+        "adapter_hidden": cfg.adapter_hidden,
+        "dropout": cfg.dropout,
+        "rating_mean": float(rating_mean),
+    }
+    return HeadConfig(**{**base, **per_method[method]})
+
+
+def _gather(
+    head: HeadConfig, data: dict[str, Any], rows: jax.Array, drop_item: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Head inputs of pair ``rows`` ``[b]``: ids, multi_hot, activations, targets."""
+    users = data["pair_user"][rows]  # [b]
+    items = data["pair_item"][rows]  # [b]
+    item_ids = data["item_ids"][items]  # [b, F_item]
+    if drop_item is not None:  # train the OOV slot: the item looks unseen, its text remains
+        item_ids = jnp.where(drop_item[:, None], 0, item_ids)
+    ids = jnp.concatenate([data["user_ids"][users], item_ids], axis=1)  # [b, F]
+    multi_hot = data["multi_hot"][items]  # [b, G]
+    if head.uses_text:
+        text_rows = data["pair_text"][rows]  # [b, n_views]
+        acts = jnp.stack([m[text_rows[:, v]] for v, m in enumerate(data["views"])], axis=1).astype(
+            jnp.float32
+        )  # [b, n_views, n_layers, d]
+    else:
+        acts = jnp.zeros((rows.shape[0], 1, 1, 1), jnp.float32)  # unused by text-free heads
+    return ids, multi_hot, acts, data["rating"][rows]
+
+
+def make_optimizer(weight_decay: float) -> optax.GradientTransformation:
+    # The learning rate lives in the optimizer state, so one compiled step serves the grid.
+    return optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=weight_decay)
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_fns(head: HeadConfig, weight_decay: float, mesh: Mesh) -> dict[str, Callable]:
+    """Jitted ``init``, ``train_chunk`` and ``predict`` of one head config (cached)."""
+    model = LeviHead(head)
+    tx = make_optimizer(weight_decay)
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    def init(key: jax.Array, data: dict[str, Any], lr: jax.Array) -> PyTree:
+        ids, mh, acts, _ = _gather(head, data, jnp.zeros((1,), jnp.int32), None)
+        params = model.init(key, ids, mh, acts)
+        opt_state = tx.init(params)
+        opt_state.hyperparams["learning_rate"] = lr
+        return params, opt_state
+
+    def loss_fn(params, batch, rng):
+        ids, mh, acts, y = batch
+        adapters = model.apply(params, ids, mh, acts, deterministic=False, rngs={"dropout": rng})
+        return adapter_loss(adapters, y)
+
+    def train_chunk(state, data, rows, drop, key):
+        """``rows``, ``drop``: ``[n_steps, batch]``; returns the new state and mean loss."""
+
+        def body(state, xs):
+            params, opt_state, step = state
+            r, d = xs
+            r = jax.lax.with_sharding_constraint(r, batch_sharding)
+            d = jax.lax.with_sharding_constraint(d, batch_sharding)
+            batch = _gather(head, data, r, d)
+            loss, grads = jax.value_and_grad(loss_fn)(params, batch, jax.random.fold_in(key, step))
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state, step + 1), loss
+
+        state, losses = jax.lax.scan(body, state, (rows, drop))
+        return state, jnp.mean(losses)
+
+    def predict(params, data, rows):
+        """``rows`` ``[batch]`` -> adapter ratings ``[batch, A]``."""
+        rows = jax.lax.with_sharding_constraint(rows, batch_sharding)
+        ids, mh, acts, _ = _gather(head, data, rows, None)
+        return model.apply(params, ids, mh, acts, deterministic=True)
+
+    return {"init": jax.jit(init), "train_chunk": jax.jit(train_chunk), "predict": jax.jit(predict)}
+
+
+def predict_adapters(
+    head: HeadConfig,
+    params: PyTree,
+    data: dict[str, Any],
+    rows: np.ndarray,
+    *,
+    mesh: Mesh,
+    batch_size: int = 4096,
+    weight_decay: float = 0.0,
+) -> np.ndarray:
+    """Raw adapter ratings float32 ``[len(rows), n_adapters]`` of pair ``rows``."""
+    # One fixed batch shape (a multiple of the device count): one compile per head config.
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+    fns = compiled_fns(head, weight_decay, mesh)
+    sharding = NamedSharding(mesh, P("data"))
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        padded = np.zeros(batch_size, np.int32)
+        padded[: len(chunk)] = chunk
+        adapters = fns["predict"](params, data, jax.device_put(padded, sharding))
+        out.append(np.asarray(adapters)[: len(chunk)])  # [chunk, A]
+    if not out:
+        return np.zeros((0, head.n_adapters), np.float32)
+    return np.concatenate(out)
+
+
+def rmse(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(pred, np.float64) - target) ** 2)))
+
+
+def predict_ratings(head: HeadConfig, adapters: np.ndarray) -> np.ndarray:
+    """The answer: mean of adapters clipped to the rating range, ``[n]``."""
+    return np.asarray(ensemble(jnp.asarray(adapters), head))
+
+
+def epoch_order(
+    seed: int, epoch: int, train_rows: np.ndarray, batch_size: int, item_oov_prob: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic batch order and item-OOV mask of one epoch, ``[steps, batch]`` each.
+
+    A function of (seed, epoch) only, so a resumed run sees the batches it would have seen.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    steps = len(train_rows) // batch_size
+    rows = rng.permutation(train_rows)[: steps * batch_size].reshape(steps, batch_size)
+    drop = rng.random((steps, batch_size)) < item_oov_prob
+    return rows.astype(np.int32), drop
+
+
+def run_key(head: HeadConfig, cfg: TrainConfig, lr: float, seed: int, data_signature: str) -> str:
+    """Checkpoint directory name: everything that changes what a run computes."""
+    fields = ("batch_size", "max_epochs", "patience", "weight_decay", "item_oov_prob")
+    blob = json.dumps(
+        [head.to_json(), cfg.digest(*fields), lr, seed, data_signature], sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _Checkpoints:
+    """Thin wrapper over ``orbax.checkpoint.CheckpointManager`` (latest checkpoint only)."""
+
+    def __init__(self, directory: Path | None):
+        self.manager = None
+        if directory is not None:
+            import orbax.checkpoint as ocp
+
+            self._ocp = ocp
+            self.manager = ocp.CheckpointManager(
+                Path(directory).absolute(),
+                options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+            )
+
+    def latest(self) -> int | None:
+        return None if self.manager is None else self.manager.latest_step()
+
+    def save(self, step: int, tree: PyTree) -> None:
+        if self.manager is not None:
+            self.manager.save(step, args=self._ocp.args.StandardSave(tree))
+
+    def restore(self, step: int, template: PyTree) -> PyTree:
+        return self.manager.restore(step, args=self._ocp.args.StandardRestore(template))
+
+    def close(self) -> None:
+        if self.manager is not None:
+            self.manager.wait_until_finished()
+            self.manager.close()
+
+
+def train_run(
+    method: str,
+    head: HeadConfig,
+    cfg: TrainConfig,
+    data: dict[str, Any],
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    *,
+    lr: float,
+    seed: int,
+    mesh: Mesh,
+    checkpoint_dir: Path | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Train one head with early stopping on ID validation RMSE; keep the best params.
+
+    Args:
+        data: :func:`device_tables` of the pairs; ``train_rows``/``val_rows`` index them.
+        checkpoint_dir: orbax checkpoints of this run; an existing one is resumed (a finished
+            run is returned as is).
+        max_steps: stop (and checkpoint) once the optimizer has taken this many steps: the
+            interruption hook of the resume test.
+    """
+    start = time.perf_counter()
+    b = cfg.batch_size
+    if b % mesh.size:
+        raise ValueError(f"batch_size {b} is not divisible by the {mesh.size} devices of the mesh")
+    steps_per_epoch = len(train_rows) // b
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_rows)} training pairs are fewer than one batch of {b}")
+    chunk = cfg.steps_per_chunk or steps_per_epoch
+    fns = compiled_fns(head, cfg.weight_decay, mesh)
+    replicated = NamedSharding(mesh, P())
+    rows_sharding = NamedSharding(mesh, P(None, "data"))
+    val_y = np.asarray(jax.device_get(data["rating"]))[val_rows]
+
+    params, opt_state = fns["init"](jax.random.key(seed), data, jnp.float32(lr))
+    params, opt_state = jax.device_put((params, opt_state), replicated)
+    best_params = jax.device_get(params)
+    meta = {"step": 0, "best_val": np.inf, "best_epoch": -1, "bad_epochs": 0, "done": 0}
+    ckpt = _Checkpoints(checkpoint_dir)
+    resumed_from = 0
+    if (latest := ckpt.latest()) is not None:
+        template = {
+            "params": params,
+            "opt_state": opt_state,
+            "best_params": best_params,
+            "meta": {k: np.asarray(v) for k, v in meta.items()},
+        }
+        restored = ckpt.restore(latest, template)
+        params, opt_state = restored["params"], restored["opt_state"]
+        best_params = jax.device_get(restored["best_params"])
+        meta = {k: v.item() for k, v in restored["meta"].items()}
+        resumed_from = int(meta["step"])
+
+    def save() -> None:
+        ckpt.save(
+            int(meta["step"]),
+            {
+                "params": params,
+                "opt_state": opt_state,
+                "best_params": best_params,
+                "meta": {k: np.asarray(v) for k, v in meta.items()},
+            },
+        )
+
+    # rbg: XLA's RngBitGenerator, much cheaper for dropout masks on CPU than threefry.
+    key = jax.random.key(seed + 1_000_003, impl="rbg")
+    step_arr = jax.device_put(jnp.int32(meta["step"]), replicated)
+    bar = tqdm(
+        total=cfg.max_epochs * steps_per_epoch,
+        initial=int(meta["step"]),
+        desc=f"{method} lr={lr:g} seed={seed}",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    )
+    stopped = False
+    while not meta["done"]:
+        epoch, offset = divmod(int(meta["step"]), steps_per_epoch)
+        end = min(steps_per_epoch, offset + chunk)
+        if max_steps is not None:
+            end = min(end, offset + max_steps - int(meta["step"]))
+            if end <= offset:
+                stopped = True
+                if ckpt.latest() != meta["step"]:  # an epoch end was just saved
+                    save()
+                break
+        order, drop = epoch_order(seed, epoch, train_rows, b, cfg.item_oov_prob)
+        rows_dev, drop_dev = jax.device_put((order[offset:end], drop[offset:end]), rows_sharding)
+        (params, opt_state, step_arr), loss = fns["train_chunk"](
+            (params, opt_state, step_arr), data, rows_dev, drop_dev, key
+        )
+        meta["step"] += end - offset
+        bar.update(end - offset)
+        if end < steps_per_epoch:
+            continue
+        adapters = predict_adapters(
+            head, params, data, val_rows, mesh=mesh, batch_size=cfg.eval_batch_size,
+            weight_decay=cfg.weight_decay,
+        )  # fmt: skip
+        val = rmse(predict_ratings(head, adapters), val_y)
+        if val < meta["best_val"] - 1e-5:
+            meta.update(best_val=val, best_epoch=epoch, bad_epochs=0)
+            best_params = jax.device_get(params)
+        else:
+            meta["bad_epochs"] += 1
+        meta["done"] = int(meta["bad_epochs"] >= cfg.patience or epoch + 1 >= cfg.max_epochs)
+        bar.set_postfix(loss=f"{float(loss):.3f}", val=f"{val:.4f}", best=f"{meta['best_val']:.4f}")
+        save()
+    bar.close()
+    ckpt.close()
+    return RunResult(
+        method=method,
+        lr=lr,
+        seed=seed,
+        head=head,
+        params=best_params,
+        val_rmse=float(meta["best_val"]),
+        epochs=int(meta["step"]) // steps_per_epoch,
+        steps=int(meta["step"]),
+        resumed_from=resumed_from,
+        finished=not stopped,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def train_method(
+    method: str,
+    head: HeadConfig,
+    cfg: TrainConfig,
+    data: dict[str, Any],
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    *,
+    mesh: Mesh,
+    data_signature: str,
+    checkpoint_root: Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[float, list[RunResult]]:
+    """Choose the learning rate on ID validation, then train every seed.
+
+    With ``cfg.lr_on_first_seed`` the grid is searched on ``seeds[0]`` and the chosen rate is
+    reused for the other seeds; otherwise each seed searches the grid (full runs). With
+    checkpoints and ``cfg.lr_probe_epochs``, the search on ``seeds[0]`` trains every rate for
+    that many epochs and continues only the best one to early stopping.
+
+    Returns:
+        ``(chosen lr, one RunResult per seed)``.
+    """
+
+    steps = len(train_rows) // cfg.batch_size
+
+    def run(lr: float, seed: int, max_steps: int | None = None) -> RunResult:
+        directory = None
+        if checkpoint_root is not None:
+            directory = checkpoint_root / run_key(head, cfg, lr, seed, data_signature)
+        result = train_run(
+            method, head, cfg, data, train_rows, val_rows, lr=lr, seed=seed, mesh=mesh,
+            checkpoint_dir=directory, max_steps=max_steps, progress=progress,
+        )  # fmt: skip
+        resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
+        resumed += "" if result.finished else " (lr probe)"
+        log(
+            f"  {method:<14} lr={lr:<7g} seed={seed} val_rmse={result.val_rmse:.4f} "
+            f"epochs={result.epochs} {result.seconds:.1f}s{resumed}"
+        )
+        return result
+
+    if cfg.lr_on_first_seed or len(cfg.seeds) == 1:
+        seed = cfg.seeds[0]
+        if checkpoint_root is not None and cfg.lr_probe_epochs and len(cfg.lrs) > 1:
+            # Successive halving: every lr for a few epochs, then only the best goes on
+            # (resumed from its checkpoint), which is exactly the full run of that lr.
+            probes = [run(lr, seed, max_steps=cfg.lr_probe_epochs * steps) for lr in cfg.lrs]
+            lr = min(probes, key=lambda r: r.val_rmse).lr
+            best = run(lr, seed)
+        else:
+            best = min((run(lr, seed) for lr in cfg.lrs), key=lambda r: r.val_rmse)
+        return best.lr, [best] + [run(best.lr, s) for s in cfg.seeds[1:]]
+    per_seed = {s: [run(lr, s) for lr in cfg.lrs] for s in cfg.seeds}
+    mean_val = {lr: np.mean([r.val_rmse for s in cfg.seeds for r in per_seed[s] if r.lr == lr])
+                for lr in cfg.lrs}  # fmt: skip
+    lr = min(mean_val, key=mean_val.get)
+    return lr, [next(r for r in per_seed[s] if r.lr == lr) for s in cfg.seeds]
