@@ -1,0 +1,165 @@
+"""Backbone encode throughput: our jitted Flax encoder vs the reference PyTorch implementation.
+
+    .venv/bin/python -m bench.encode [--reference-python /tmp/refvenv/bin/python]
+
+Both sides encode the same MovieLens-100K entity texts (943 user texts + 1,682 item texts
+rendered with the default ``factored`` views) at the same batch size, sorted by token count
+and pooled per layer (attention-masked mean over layers 1..N), and report sentences per second
+after one untimed warm-up pass (our compiles, torch's allocator). The reference runs
+transformers ``BertModel`` in a subprocess under ``--reference-python`` (an interpreter with
+torch and transformers, which are not project dependencies); without one it is skipped.
+Target: ours / reference >= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_REFERENCE_PYTHON = "/tmp/refvenv/bin/python"
+
+# Runs under the reference interpreter: argv = texts.json, checkpoint dir, batch, repeats.
+REFERENCE_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+import torch
+from transformers import AutoTokenizer, BertModel
+
+texts = json.load(open(sys.argv[1]))
+path = sys.argv[2]
+batch_size, repeats, max_length = (int(a) for a in sys.argv[3:6])
+tok = AutoTokenizer.from_pretrained(path)
+model = BertModel.from_pretrained(path, add_pooling_layer=False).eval()
+lengths = [len(x) for x in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
+order = np.argsort(lengths, kind="stable")
+
+def run():
+    cfg = model.config
+    out = np.zeros((len(texts), cfg.num_hidden_layers, cfg.hidden_size), np.float32)
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            rows = order[s : s + batch_size]
+            b = tok([texts[i] for i in rows], padding=True, truncation=True,
+                    max_length=max_length, return_tensors="pt")
+            hs = model(**b, output_hidden_states=True).hidden_states[1:]
+            m = b["attention_mask"].float()[:, None, :, None]
+            x = torch.stack(hs, 1)
+            out[rows] = ((x * m).sum(2) / m.sum(2)).numpy()
+    return out
+
+run()
+times = []
+for _ in range(repeats):
+    t = time.perf_counter(); out = run(); times.append(time.perf_counter() - t)
+print(json.dumps({"seconds": min(times), "torch": torch.__version__,
+                  "threads": torch.get_num_threads(), "checksum": float(out.sum())}))
+"""
+
+
+def movielens_entity_texts() -> list[str]:
+    """The user and item texts of MovieLens-100K as the default factored views render them."""
+    import pandas as pd
+
+    from model.packaged import MOVIELENS_WHEEL, read_member
+    from model.templates import factored_views
+
+    def frame(name: str) -> pd.DataFrame:
+        data = read_member(MOVIELENS_WHEEL, f"MovieLens100k_{name}.parquet.brotli")
+        return pd.read_parquet(io.BytesIO(data))
+
+    user_view, item_view = factored_views().views
+    texts = [user_view.render(u, {}) for u in frame("users").to_dict("records")]
+    for m in frame("items").to_dict("records"):
+        item = {"item_id": m["movie_id"], "title": m["movie_title"]}
+        texts.append(item_view.render({}, item))
+    return texts
+
+
+def bench_ours(texts: list[str], batch_size: int, repeats: int, max_length: int) -> dict:
+    from model.backbone import load_backbone
+
+    backbone = load_backbone("minilm-l6", max_length=max_length)
+    t = time.perf_counter()
+    backbone.encode(texts, batch_size=batch_size)  # warm-up: compiles each bucket shape
+    warmup = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = backbone.encode(texts, batch_size=batch_size)
+        times.append(time.perf_counter() - t)
+    return {"seconds": min(times), "warmup_seconds": warmup, "checksum": float(out.sum())}
+
+
+def bench_reference(
+    python: str, texts: list[str], batch_size: int, repeats: int, max_length: int
+) -> dict | str:
+    """Reference timings, or the reason they were skipped."""
+    if not Path(python).exists():
+        return f"{python} does not exist"
+    from model.packaged import MINILM_WHEEL, extract_prefix
+
+    with tempfile.TemporaryDirectory() as tmp:
+        texts_file = Path(tmp) / "texts.json"
+        texts_file.write_text(json.dumps(texts))
+        proc = subprocess.run(
+            [python, "-c", REFERENCE_SCRIPT, str(texts_file), str(extract_prefix(MINILM_WHEEL)),
+             str(batch_size), str(repeats), str(max_length)],
+            capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+        )  # fmt: skip
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        return f"reference run failed (torch/transformers importable under {python}?): {tail}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes; the best counts")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument(
+        "--reference-python",
+        default=DEFAULT_REFERENCE_PYTHON,
+        help="interpreter with torch + transformers for the reference side ('' to skip)",
+    )
+    args = parser.parse_args(argv)
+
+    texts = movielens_entity_texts()
+    print(
+        f"{len(texts)} MovieLens-100K entity texts, batch {args.batch_size}, {os.cpu_count()} CPUs"
+    )
+    ours = bench_ours(texts, args.batch_size, args.repeats, args.max_length)
+    ours_rate = len(texts) / ours["seconds"]
+    print(
+        f"ours (flax, jit):        {ours_rate:8.1f} sentences/s  "
+        f"(warm-up with compiles {ours['warmup_seconds']:.1f} s)"
+    )
+    if not args.reference_python:
+        print("reference: skipped (--reference-python '')")
+        return 0
+    ref = bench_reference(
+        args.reference_python, texts, args.batch_size, args.repeats, args.max_length
+    )
+    if isinstance(ref, str):
+        print(f"reference: skipped ({ref})")
+        return 0
+    ref_rate = len(texts) / ref["seconds"]
+    print(
+        f"reference (torch {ref['torch']}, {ref['threads']} threads): {ref_rate:8.1f} sentences/s"
+    )
+    ratio = ours_rate / ref_rate
+    print(f"ratio ours / reference:  {ratio:.2f}x (target >= 1.5x)")
+    rel = abs(ours["checksum"] - ref["checksum"]) / max(abs(ref["checksum"]), 1e-9)
+    print(f"output checksum relative difference: {rel:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
