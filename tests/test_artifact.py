@@ -1,0 +1,313 @@
+"""Artifact: export -> load round trip equals the live model; corrupted artifacts are refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from model.artifact import (
+    ArtifactError,
+    export_artifact,
+    flatten_params,
+    head_function,
+    load_artifact,
+    unflatten_params,
+)
+from model.backbone import Backbone, compute_fingerprint
+from model.bert import BertConfig, BertEncoder
+from model.features import CategoricalFeature, FeatureSpec
+from model.head import HeadConfig, LeviHead
+from model.reference import ReferenceStats
+from model.templates import factored_views
+from model.tokenizer import TextTokenizer
+
+ROOT = Path(__file__).parent.parent
+WORDS = ("user", "id", "age", "movie", "title", "great", "awful", ",", *map(str, range(40)))
+GENRES = ("Action", "Comedy", "Horror")
+
+
+def _tiny_backbone(directory: Path) -> Backbone:
+    """BertConfig.tiny() at random init with a word-level tokenizer over a few words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + list(WORDS))}, "[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.save(str(directory / "tokenizer.json"))
+    tokenizer = TextTokenizer(directory / "tokenizer.json", max_length=32)
+    config = BertConfig.tiny()
+    ids = np.zeros((1, 8), np.int32)
+    params = BertEncoder(config).init(jax.random.key(0), ids, np.ones_like(ids))
+    fingerprint = compute_fingerprint("bert", config, params, tokenizer)
+    return Backbone("tiny", "bert", config, params, tokenizer, fingerprint, buckets=(16, 32))
+
+
+def _reference(n_views: int, n_layers: int, d: int, median: float = 0.2) -> ReferenceStats:
+    rng = np.random.default_rng(0)
+    edges = np.linspace(1.0, 5.0, 9)
+    return ReferenceStats(
+        activation_mean=rng.normal(size=(n_views, n_layers, d)),
+        activation_var=rng.uniform(0.5, 2.0, size=(n_views, n_layers, d)),
+        prediction_edges=edges,
+        prediction_hist=np.full(8, 1 / 8),
+        disagreement_quantiles=np.array([median, 2 * median, 4 * median]),
+    )
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory) -> dict:
+    """Everything export_artifact takes, for a tiny backbone and head."""
+    tmp = tmp_path_factory.mktemp("parts")
+    backbone = _tiny_backbone(tmp)
+    features = FeatureSpec(
+        (
+            CategoricalFeature("user_id", ("1", "2", "3")),
+            CategoricalFeature("occupation", ("artist", "doctor")),
+            CategoricalFeature("item_id", ("10", "11", "12", "13")),
+        ),
+        GENRES,
+    )
+    views = factored_views()
+    config = HeadConfig(
+        vocab_sizes=features.vocab_sizes, n_multi_hot=len(GENRES), layers=(0, 1),
+        embed_dim=4, mlp_dims=(16, 8), adapter_hidden=8,
+    )  # fmt: skip
+    acts = np.zeros((1, views.n_views, backbone.n_layers, backbone.hidden_size), np.float32)
+    head_params = LeviHead(config).init(
+        jax.random.key(1), np.zeros((1, 3), np.int32), np.zeros((1, 3), np.float32), acts
+    )
+    users = pd.DataFrame(
+        {"user_id": ["1", "2", "3"], "age": [20, 30, 40], "gender": ["M", "F", "M"],
+         "occupation": ["artist", "doctor", "artist"], "zip_code": ["1", "2", "3"]}
+    )  # fmt: skip
+    items = pd.DataFrame(
+        {"item_id": ["10", "11", "12", "13"], "title": ["great movie", "awful", "a", "b"],
+         "genres": [("Action", "Comedy"), (), ("Horror",), ("Action",)]}
+    )  # fmt: skip
+    report = tmp / "report"
+    (report / "plots").mkdir(parents=True)
+    (report / "report.json").write_text('{"methods": {}}')
+    (report / "report.md").write_text("# report\n")
+    (report / "plots" / "per_layer_rmse.png").write_bytes(b"\x89PNG fake")
+    (report / "checkpoint.bin").write_bytes(b"not part of the artifact")
+    return dict(
+        backbone=backbone, head_config=config, head_params=head_params, features=features,
+        views=views, users=users, items=items,
+        reference=_reference(views.n_views, backbone.n_layers, backbone.hidden_size),
+        report_dir=report, training_config={"seeds": (0, 1), "lr": np.float32(1e-3)},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def exported(parts, tmp_path_factory) -> Path:
+    return export_artifact(tmp_path_factory.mktemp("artifacts"), model_version="v1", **parts)
+
+
+@pytest.fixture(scope="module")
+def artifact(exported):
+    return load_artifact(exported)
+
+
+def test_round_trip_equals_live_functions(parts, artifact):
+    backbone, config = parts["backbone"], parts["head_config"]
+    live_encode = jax.jit(backbone.pooled_fn)
+    rng = np.random.default_rng(0)
+    for batch, length in [(3, 8), (5, 16)]:  # symbolic batch and length
+        ids = rng.integers(0, 40, (batch, length)).astype(np.int32)
+        mask = (np.arange(length)[None] < rng.integers(1, length + 1, (batch, 1))).astype(np.int32)
+        got = artifact.encode(ids, mask)
+        assert got.shape == (batch, backbone.n_layers, backbone.hidden_size)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, live_encode(backbone.params, ids, mask), atol=1e-5)
+
+    live_head = jax.jit(head_function(config))
+    for batch in (2, 7):  # symbolic batch
+        ids = rng.integers(0, 4, (batch, 3)).astype(np.int32)
+        multi_hot = rng.integers(0, 2, (batch, 3)).astype(np.float32)
+        acts = rng.normal(size=(batch, 2, backbone.n_layers, backbone.hidden_size))
+        acts = acts.astype(np.float32)
+        adapters, rating = artifact.score(ids, multi_hot, acts)
+        want_adapters, want_rating = live_head(parts["head_params"], ids, multi_hot, acts)
+        assert adapters.shape == (batch, 2) and rating.shape == (batch,)
+        np.testing.assert_allclose(adapters, want_adapters, atol=1e-5)
+        np.testing.assert_allclose(rating, want_rating, atol=1e-5)
+
+
+def test_loaded_contents_equal_exported(parts, artifact):
+    assert artifact.model_version == "v1"
+    assert artifact.head_config == parts["head_config"]
+    assert artifact.features == parts["features"]
+    assert artifact.views == parts["views"]
+    assert artifact.tokenizer.max_length == parts["backbone"].max_length
+    text = ["user id 3 , great movie"]
+    assert artifact.tokenizer.encode(text) == parts["backbone"].tokenizer.encode(text)
+    pd.testing.assert_frame_equal(artifact.users, parts["users"])
+    pd.testing.assert_frame_equal(artifact.items, parts["items"])  # genres back as tuples
+    for name, value in parts["reference"].to_dict().items():
+        np.testing.assert_array_equal(artifact.reference.to_dict()[name], value)
+
+
+def test_ood_score_is_spread_over_training_median(artifact):
+    median = artifact.reference.disagreement_median  # 0.2
+    adapters = np.array([[3.0 - median, 3.0 + median], [4.0, 4.0], [1.0, 1.0 + 4 * median]])
+    np.testing.assert_allclose(artifact.ood_score(adapters), [1.0, 0.0, 2.0], rtol=1e-6)
+
+
+def test_score_rejects_wrong_feature_width(artifact):
+    with pytest.raises(ValueError, match=r"ids must have shape \['b', 3\], got \(2, 4\)"):
+        artifact.score(np.zeros((2, 4)), np.zeros((2, 3)), np.zeros((2, 2, 2, 32)))
+
+
+def test_manifest_lists_every_file_with_sha256(exported, parts):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    on_disk = {p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == on_disk - {"manifest.json"}
+    for rel, digest in manifest["files"].items():
+        assert hashlib.sha256((exported / rel).read_bytes()).hexdigest() == digest
+    expected = {
+        "backbone.jaxexport", "backbone.safetensors", "head.jaxexport", "head.safetensors",
+        "tokenizer.json", "features.json", "users.parquet", "items.parquet",
+        "reference.safetensors", "report.json", "report.md", "plots/per_layer_rmse.png",
+    }  # fmt: skip
+    assert set(manifest["files"]) == expected  # checkpoint.bin of report_dir not copied
+    assert manifest["format_version"] == 1
+    assert "cpu" in manifest["platforms"]
+    bb = manifest["backbone"]
+    assert bb["fingerprint"] == parts["backbone"].fingerprint
+    assert (bb["n_layers"], bb["hidden_size"], bb["max_length"]) == (2, 32, 32)
+    assert bb["length_buckets"] == [16, 32]
+    assert set(manifest["libraries"]) == {"jax", "jaxlib", "flax", "numpy"}
+    assert manifest["rating_range"] == [1.0, 5.0]
+    assert manifest["training_config"] == {"seeds": [0, 1], "lr": pytest.approx(1e-3)}
+
+
+def test_params_are_arguments_not_constants(exported, parts):
+    from safetensors.numpy import load_file
+
+    stored = load_file(str(exported / "head.safetensors"))
+    assert stored.keys() == flatten_params(parts["head_params"]).keys()
+    assert unflatten_params(stored).keys() == parts["head_params"].keys()
+    # Constants baked in would make the export as large as the weights; arguments keep it small.
+    n_bytes = sum(v.nbytes for v in load_file(str(exported / "backbone.safetensors")).values())
+    assert (exported / "backbone.jaxexport").stat().st_size < n_bytes
+
+
+def test_latest_points_at_newest_and_versions_are_not_overwritten(parts, tmp_path):
+    first = export_artifact(tmp_path, model_version="2024-a", **parts)
+    assert (tmp_path / "latest").resolve() == first.resolve()
+    second = export_artifact(tmp_path, model_version="2024-b", **parts)
+    assert (tmp_path / "latest").is_symlink()
+    assert (tmp_path / "latest").resolve() == second.resolve()
+    assert load_artifact(tmp_path / "latest").model_version == "2024-b"
+    with pytest.raises(FileExistsError, match="2024-a already exists"):
+        export_artifact(tmp_path, model_version="2024-a", **parts)
+    with pytest.raises(ValueError, match="not a valid directory name"):
+        export_artifact(tmp_path, model_version="latest", **parts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2024-a", "2024-b", "latest"]
+
+
+def _truncate(d: Path) -> None:
+    data = (d / "backbone.jaxexport").read_bytes()
+    (d / "backbone.jaxexport").write_bytes(data[: len(data) // 2])
+
+
+def _flip_byte(d: Path) -> None:
+    data = bytearray((d / "head.safetensors").read_bytes())
+    data[-3] ^= 0x01
+    (d / "head.safetensors").write_bytes(bytes(data))
+
+
+def _edit_manifest(**changes):
+    def edit(d: Path) -> None:
+        manifest = json.loads((d / "manifest.json").read_text())
+        manifest.update(changes)
+        (d / "manifest.json").write_text(json.dumps(manifest))
+
+    return edit
+
+
+def _unlist(name: str):
+    def edit(d: Path) -> None:
+        manifest = json.loads((d / "manifest.json").read_text())
+        del manifest["files"][name]
+        (d / "manifest.json").write_text(json.dumps(manifest))
+
+    return edit
+
+
+def _wrong_param_shape(d: Path) -> None:
+    """A consistent-looking artifact whose head parameters no longer fit the export."""
+    from safetensors.numpy import load_file, save_file
+
+    flat = load_file(str(d / "head.safetensors"))
+    name = next(k for k in flat if k.endswith("mlp_0/kernel"))
+    flat[name] = np.zeros((flat[name].shape[0], 17), np.float32)
+    save_file(flat, str(d / "head.safetensors"))
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["files"]["head.safetensors"] = hashlib.sha256(
+        (d / "head.safetensors").read_bytes()
+    ).hexdigest()
+    (d / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (_truncate, r"backbone\.jaxexport: sha256 .* does not match .* truncated"),
+        (_flip_byte, r"head\.safetensors: sha256 .* does not match"),
+        (_edit_manifest(format_version=99), r"format_version 99 is not supported"),
+        (_edit_manifest(platforms=["tpu"]), r"exported for platforms \['tpu'\].* runs on '\w+'"),
+        (lambda d: (d / "tokenizer.json").unlink(), r"tokenizer\.json is missing"),
+        (lambda d: (d / "manifest.json").unlink(), r"manifest\.json does not exist"),
+        (lambda d: (d / "manifest.json").write_text("{"), r"manifest\.json is not valid JSON"),
+        (_unlist("features.json"), r"does not list required file\(s\) \['features\.json'\]"),
+        (_wrong_param_shape, r"head\.safetensors: parameter 'params/mlp/mlp_0/kernel' has shape"),
+    ],
+    ids=[
+        "truncated",
+        "flipped-byte",
+        "format-version",
+        "platform",
+        "no-tokenizer",
+        "no-manifest",
+        "bad-json",
+        "unlisted",
+        "param-shape",
+    ],  # fmt: skip
+)
+def test_refuses_broken_artifacts(exported, tmp_path, corrupt, message):
+    copy = tmp_path / "v1"
+    shutil.copytree(exported, copy)
+    load_artifact(copy)  # the untouched copy loads
+    corrupt(copy)
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(copy)
+
+
+def test_artifacts_root_is_refused_with_a_hint(exported):
+    with pytest.raises(ArtifactError, match=r"looks like the artifacts root: pass .*latest"):
+        load_artifact(exported.parent)
+
+
+def test_loader_does_not_import_training():
+    code = (
+        "import sys, model.artifact; "
+        "bad = sorted(m for m in sys.modules if m == 'training' or m.startswith('training.')); "
+        "assert not bad, bad"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
