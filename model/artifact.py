@@ -247,6 +247,27 @@ def export_artifact(
     return final
 
 
+def attach_report(path: str | Path, report_dir: str | Path) -> None:
+    """Copy report.json, report.md and plots/ into an exported artifact and re-seal it.
+
+    The trainer scores the *exported* model through :func:`load_artifact` before it writes
+    the report, so the report is attached after export: the copied files get their sha256 in
+    the manifest, which is replaced atomically.
+    """
+    root = Path(path).resolve()
+    manifest_path = root / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    _copy_report(Path(report_dir), root)
+    files = dict(manifest["files"])
+    for rel in _relative_files(root):
+        if rel in REPORT_FILES or rel.startswith(PLOTS_DIR + "/"):
+            files[rel] = _sha256(root / rel)
+    manifest["files"] = dict(sorted(files.items()))
+    tmp = root / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, manifest_path)
+
+
 def _write_contents(
     tmp: Path,
     *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -140,7 +141,7 @@ def test_activation_cache_hit_skips_the_encoder(tmp_path, tiny_dataset, tiny_bac
 def test_whole_path_on_tiny_data(tmp_path, tiny_dataset, tiny_backbone):
     from training.pipeline import run_pipeline
 
-    cfg = TrainConfig.tiny().replace(export=False, lrs=(1e-2,), max_epochs=2)
+    cfg = TrainConfig.tiny().replace(lrs=(1e-2,), max_epochs=2)
     result = run_pipeline(
         cfg, output_dir=tmp_path, dataset=tiny_dataset, backbone=tiny_backbone,
         cache=tmp_path / "cache", progress=False, log=lambda _: None,
@@ -155,8 +156,23 @@ def test_whole_path_on_tiny_data(tmp_path, tiny_dataset, tiny_backbone):
         assert set(m) == keys, name
         assert set(m["id_rmse"]) == {"mean", "std"} and np.isfinite(m["ood_rmse"]["mean"])
         assert m["ood_rmse_by_genre"], name
-    assert [e["layer"] for e in doc["methods"]["levi"]["per_layer"]] == [0, 1]
+    assert [e["layer"] for e in doc["methods"]["levi"]["per_layer"]] == [1, 2]
     assert set(doc["exported"]) == {"id_test_rmse", "ood_rmse"}
+    # The artifact loads with every check, carries the report under its checksums, and the
+    # report's `exported` numbers are those of the model in it (scored through the artifact).
+    from model.artifact import load_artifact
+
+    art = load_artifact(tmp_path / "latest")
+    assert art.path == result.artifact.resolve()
+    assert {"report.json", "report.md", "plots/per_layer_rmse.png"} <= set(art.manifest["files"])
+    assert json.loads((art.path / "report.json").read_text()) == doc
+    # Scored through the exported functions, the numbers match the live parameters' (up to
+    # the float16 activation cache the live path reads).
+    md = (result.report_dir / "report.md").read_text()
+    live = re.search(r"live parameters gave ID ([0-9.]+), OOD ([0-9.]+)", md)
+    assert live, md
+    assert doc["exported"]["id_test_rmse"] == pytest.approx(float(live[1]), abs=2e-3)
+    assert doc["exported"]["ood_rmse"] == pytest.approx(float(live[2]), abs=2e-3)
     assert (result.report_dir / "report.md").read_text().startswith("# LEVI report")
     for plot in ("plots/ood_rmse_by_genre.png", "plots/per_layer_rmse.png"):
         assert (result.report_dir / plot).read_bytes()[:4] == b"\x89PNG"

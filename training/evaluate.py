@@ -65,7 +65,7 @@ def score_layers(
     lo, hi = rating_range
     return [
         {
-            "layer": int(layer),
+            "layer": int(layer) + 1,  # 1-based, as the API answers (hidden_states[1:])
             "id_rmse": rmse(np.clip(adapters_id[:, a], lo, hi), y_id),
             "ood_rmse": rmse(np.clip(adapters_ood[:, a], lo, hi), y_ood),
         }
