@@ -100,20 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="cap per measured run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--cold", type=int, default=100, help="cold requests (sequential)")
-    parser.add_argument(
-        "--launcher", help="python source serving the model (tests' stand-in); default "
-        "`python -m service`",
-    )  # fmt: skip
     args = parser.parse_args(argv)
 
     api_port, noop_port = _free_port(), _free_port()
     env = dict(os.environ, LEVI_MODEL_DIR=str(args.model), LEVI_PORT=str(api_port))
     env.setdefault("LEVI_LOG_LEVEL", "warning")
-    cmd = (
-        [sys.executable, "-c", args.launcher]
-        if args.launcher
-        else [sys.executable, "-m", "service", "--port", str(api_port), "--model", args.model]
-    )
+    cmd = [sys.executable, "-m", "service", "--port", str(api_port), "--model", args.model]
     root = Path(__file__).resolve().parents[1]
     api = subprocess.Popen(cmd, cwd=root, env=env)
     noop = subprocess.Popen(

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
@@ -79,21 +77,19 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def create_app(
-    settings: Settings | None = None, *, loader: Callable[[Path], Any] | None = None
-) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; its lifespan loads and warms the model and runs the micro-batcher.
 
     Args:
-        settings: default ``Settings()`` (from the environment).
-        loader: ``path -> Artifact`` override (tests); default ``model.artifact.load_artifact``.
+        settings: default ``Settings()`` (from the environment). The model is loaded with
+            ``model.artifact.load_artifact`` from ``settings.model_dir``.
     """
     settings = settings or Settings()
     app_metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = Engine(settings, app_metrics, loader=loader)
+        engine = Engine(settings, app_metrics)
         app.state.engine = engine
         await engine.start()
         try:

@@ -11,9 +11,9 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from service.cache import ActivationCache, LocalLRU, RedisTier
 from service.metrics import Metrics
 from service.scorer import ScoreInput, Scorer, ScoreResult
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from model.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +41,15 @@ class ReloadError(RuntimeError):
     """The new artifact could not be loaded or warmed; the old model keeps serving (409)."""
 
 
-def _default_loader(path: Path) -> Any:
-    from model.artifact import load_artifact
-
-    return load_artifact(path)
-
-
-def activation_layout(artifact: Any) -> tuple[tuple[int, int], np.dtype]:
-    """``((n_layers, d), storage dtype)`` of one text's cached activations."""
-    backbone = artifact.manifest.get("backbone", {})
-    if "n_layers" in backbone and "hidden_size" in backbone:
-        shape = (int(backbone["n_layers"]), int(backbone["hidden_size"]))
-    else:
-        shape = tuple(np.shape(artifact.reference.activation_mean)[1:])
+def activation_layout(artifact: Artifact) -> tuple[tuple[int, int], np.dtype]:
+    """``((n_layers, d), storage dtype)`` of one text's cached activations (from the manifest)."""
+    backbone = artifact.manifest["backbone"]
+    shape = (int(backbone["n_layers"]), int(backbone["hidden_size"]))
     return shape, np.dtype(artifact.manifest.get("activation_dtype", "float32"))
 
 
 def build_scorer(
-    artifact: Any,
+    artifact: Artifact,
     settings: Settings,
     metrics: Metrics,
     *,
@@ -106,22 +100,15 @@ def make_redis_tier(settings: Settings, metrics: Metrics) -> RedisTier | None:
 class Engine:
     """Owns the served model and everything that scores with it.
 
-    Args:
-        loader: ``path -> Artifact`` (default :func:`model.artifact.load_artifact`).
+    Models are loaded only through :func:`model.artifact.load_artifact`, so every artifact
+    served has passed its checksum, format-version and platform checks.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        metrics: Metrics,
-        *,
-        loader: Callable[[Path], Any] | None = None,
-    ):
+    def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
         self.metrics = metrics
         if settings.compilation_cache_dir is not None:
             enable_compilation_cache(settings.compilation_cache_dir)
-        self.loader = loader or _default_loader
         self.redis = make_redis_tier(settings, metrics)
         self.scorer: Scorer | None = None
         self.path: Path | None = None
@@ -143,8 +130,10 @@ class Engine:
 
     def build(self, path: Path) -> Scorer:
         """Load and warm the artifact at ``path`` (blocking; run off the event loop)."""
+        from model.artifact import load_artifact
+
         return build_scorer(
-            self.loader(Path(path)), self.settings, self.metrics, redis=self.redis, warm=True
+            load_artifact(Path(path)), self.settings, self.metrics, redis=self.redis, warm=True
         )
 
     def _install(self, scorer: Scorer, path: Path) -> None:

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,11 @@ from model.tokenizer import LENGTH_BUCKETS, bucket_length
 from service.cache import ActivationCache
 from service.drift import DriftMonitor
 from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from model.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +90,7 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([array, pad], axis=0)
 
 
-def _records(table: Any, key: str) -> dict[str, dict[str, Any]]:
+def _records(table: pd.DataFrame, key: str) -> dict[str, dict[str, Any]]:
     """``{id: record}`` of an artifact entity table (a pandas DataFrame)."""
     out = {}
     for rec in table.to_dict("records"):
@@ -104,7 +109,9 @@ class Scorer:
         max_batch: the largest batch :meth:`score` is called with (larger calls are chunked).
     """
 
-    def __init__(self, artifact: Any, cache: ActivationCache, metrics: Metrics, *, max_batch: int):
+    def __init__(
+        self, artifact: Artifact, cache: ActivationCache, metrics: Metrics, *, max_batch: int
+    ):
         self.artifact = artifact
         self.cache = cache
         self.metrics = metrics
@@ -117,9 +124,9 @@ class Scorer:
         n_adapters = self.head_config.n_adapters
         layers = tuple(self.head_config.layers) or tuple(range(n_adapters))
         self.layers = tuple(int(lay) + 1 for lay in layers)  # 1-based, as answered
-        backbone = artifact.manifest.get("backbone", {})
+        backbone = artifact.manifest["backbone"]
         buckets = tuple(backbone.get("length_buckets") or LENGTH_BUCKETS)
-        max_len = int(getattr(self.tokenizer, "max_length", buckets[-1]))
+        max_len = int(backbone.get("max_length", self.tokenizer.max_length))
         self.length_buckets = tuple(b for b in buckets if b < max_len) + (
             bucket_length(max_len, buckets),
         )

@@ -20,10 +20,10 @@ async def model_summary(engine: EngineDep) -> ModelResponse:
     manifest = art.manifest
     backbone = manifest.get("backbone", {})
     cfg = scorer.head_config
-    ood = dict(manifest.get("ood_score") or manifest.get("ood") or {})
-    quantiles = getattr(art.reference, "disagreement_quantiles", None)
-    if quantiles is not None and "disagreement_quantiles" not in ood:
-        ood["disagreement_quantiles"] = [float(q) for q in quantiles]
+    ood = dict(manifest.get("ood_score") or {})
+    ood.setdefault(
+        "disagreement_quantiles", [float(q) for q in art.reference.disagreement_quantiles]
+    )
     return ModelResponse(
         model_version=scorer.model_version,
         format_version=manifest.get("format_version"),

@@ -1,4 +1,8 @@
-"""Fixtures of the service tests: tiny artifacts (two versions), Redis, a uvicorn server.
+"""Fixtures of the service tests: real tiny artifacts (two versions), Redis, a uvicorn server.
+
+The artifacts are written by the real ``model.artifact.export_artifact`` from a tiny random
+BERT (``BertConfig.tiny()``, a word-level tokenizer) and a tiny random ``LeviHead``, in one
+artifacts root with a ``latest`` link; everything loads through ``model.artifact.load_artifact``.
 
 Redis: ``REDIS_URL`` (default redis://127.0.0.1:6379/0). Unreachable Redis skips the tests
 that need it, or fails them with ``LEVI_REQUIRE_REDIS=1``. Every run writes under its own
@@ -20,39 +24,158 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import redis
-from standin import load_standin, write_standin
 from tcp_proxy import TcpProxy
-
-from model.packaged import MINILM_WHEEL, extract_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-" + uuid.uuid4().hex
 SERVER_MAX_BATCH = 4
+BACKBONE_NAME = "tiny-bert"
+
+USERS = [
+    {"user_id": "1", "age": 24, "gender": "M", "occupation": "writer", "zip_code": "55105"},
+    {"user_id": "2", "age": 61, "gender": "F", "occupation": "doctor", "zip_code": "02139"},
+    {"user_id": "3", "age": -1, "gender": "F", "occupation": "student", "zip_code": "94110"},
+    {"user_id": "4", "age": 33, "gender": "M", "occupation": "engineer", "zip_code": "10001"},
+]
+ITEMS = [
+    {"item_id": "10", "title": "Kolya (1996)", "genres": ("Comedy",)},
+    {"item_id": "11", "title": "Heat (1995)", "genres": ("Action", "Crime")},
+    {"item_id": "12", "title": "Toy Story (1995)", "genres": ("Animation", "Children's")},
+]
+GENRES = ("Action", "Animation", "Children's", "Comedy", "Crime")
+# Words of the rendered texts (lower-cased); anything else is [UNK], as cold starts may be.
+WORDS = (
+    "user", "id", "age", "occupation", "zip", "code", "movie", "title", "unknown", ",", "(",
+    ")", "writer", "doctor", "student", "engineer", "artist", "lawyer", "kolya", "heat", "toy",
+    "story", "brand", "new", "space", "oddity", "1995", "1996", "55105", "02139", "94110",
+    "10001", *map(str, range(64)),
+)  # fmt: skip
+
+
+def _write_tokenizer(path: Path) -> Path:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {t: i for i, t in enumerate(specials + list(dict.fromkeys(WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.save(str(path))
+    return path
+
+
+def random_params(module: Any, args: tuple, seed: int, *, out_bias: float = 0.0) -> Any:
+    """Random variables of ``module`` without compiling its initializers.
+
+    ``jax.eval_shape`` gives the tree (no XLA compile: a jitted Flax init costs seconds per
+    module on 2 cores); numpy fills it: LayerNorm scales 1, biases 0 (an ``out`` bias
+    ``out_bias``, so a head starts at the mean rating), weights ``N(0, 1 / fan_in)``.
+    """
+    import jax
+
+    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
+    rng = np.random.default_rng(seed)
+
+    def fill(path: tuple, leaf: Any) -> np.ndarray:
+        names = [str(getattr(p, "key", p)) for p in path]
+        if names[-1] == "scale":
+            return np.ones(leaf.shape, leaf.dtype)
+        if names[-1] == "bias":
+            return np.full(leaf.shape, out_bias if "out" in names else 0.0, leaf.dtype)
+        fan_in = leaf.shape[0] if leaf.ndim > 1 else 1
+        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _tiny_backbone(tokenizer_path: Path, seed: int):
+    """``BertConfig.tiny()`` with random weights (2 layers, hidden 32, max length 32)."""
+    from model.backbone import Backbone, compute_fingerprint
+    from model.bert import BertConfig, BertEncoder
+    from model.tokenizer import TextTokenizer
+
+    config = BertConfig.tiny()
+    tokenizer = TextTokenizer(tokenizer_path, max_length=32)
+    assert len(dict.fromkeys(WORDS)) + 4 <= config.vocab_size
+    ids = np.zeros((1, 8), np.int32)
+    params = random_params(BertEncoder(config), (ids, np.ones_like(ids)), seed)
+    return Backbone(
+        name=BACKBONE_NAME,
+        family="bert",
+        config=config,
+        params=params,
+        tokenizer=tokenizer,
+        fingerprint=compute_fingerprint("bert", config, params, tokenizer),
+        buckets=(16, 32),
+    )
+
+
+def export_tiny(root: Path, model_version: str, seed: int, tokenizer_path: Path) -> Path:
+    """A real artifact ``root/<model_version>`` (and ``root/latest``) from random weights."""
+    from model.artifact import export_artifact
+    from model.features import fit_feature_spec
+    from model.head import HeadConfig, LeviHead
+    from model.reference import ReferenceStats
+    from model.templates import factored_views
+
+    backbone = _tiny_backbone(tokenizer_path, seed)
+    features = fit_feature_spec(USERS, ITEMS, genres=GENRES)
+    views = factored_views()
+    config = HeadConfig(
+        vocab_sizes=features.vocab_sizes, n_multi_hot=features.n_multi_hot, layers=(0, 1),
+        embed_dim=8, mlp_dims=(16, 8), adapter_hidden=8,
+    )  # fmt: skip
+    n_views, n_layers, d = views.n_views, backbone.n_layers, backbone.hidden_size
+    head_args = (
+        np.zeros((1, len(config.vocab_sizes)), np.int32),
+        np.zeros((1, config.n_multi_hot), np.float32),
+        np.zeros((1, n_views, n_layers, d), np.float32),
+    )
+    head_params = random_params(
+        LeviHead(config), head_args, seed + 100, out_bias=config.rating_mean
+    )
+    rng = np.random.default_rng(seed)
+    reference = ReferenceStats(
+        activation_mean=rng.normal(size=(n_views, n_layers, d)) * 0.1,
+        activation_var=np.ones((n_views, n_layers, d)),
+        prediction_edges=np.linspace(1.0, 5.0, 9),
+        prediction_hist=np.array([1, 2, 5, 10, 20, 25, 15, 5]) / 83,
+        disagreement_quantiles=np.array([0.05, 0.1, 0.3]),
+    )
+    return export_artifact(
+        root, model_version=model_version, backbone=backbone, head_config=config,
+        head_params=head_params, features=features, views=views, users=pd.DataFrame(USERS),
+        items=pd.DataFrame(ITEMS), reference=reference,
+        training_config={"source": "tests/service (random weights)", "seed": seed},
+        platforms=("cpu",),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Artifacts:
+    root: Path
     v1: Path
     v2: Path
-    loader: Any  # path -> Artifact
-    launcher: str  # python -c source that serves LEVI_MODEL_DIR on LEVI_PORT
+    loader: Any  # path -> model.artifact.Artifact (cached)
 
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory) -> Artifacts:
+    from model.artifact import load_artifact
+
+    work = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = _write_tokenizer(work / "tokenizer.json")
     root = tmp_path_factory.mktemp("artifacts")
-    tokenizer = extract_prefix(MINILM_WHEEL) / "tokenizer.json"
-    v1 = write_standin(root, "tiny-v1", 0, tokenizer)
-    v2 = write_standin(root, "tiny-v2", 1, tokenizer)
-    launcher = (
-        "import uvicorn; from service.app import create_app; from service.settings import "
-        "Settings; from standin import load_standin; s = Settings(); "
-        "uvicorn.run(create_app(s, loader=load_standin), host=s.host, port=s.port, "
-        "log_level='warning')"
-    )
-    return Artifacts(v1, v2, functools.cache(load_standin), launcher)
+    v1 = export_tiny(root, "tiny-v1", 0, tokenizer)
+    v2 = export_tiny(root, "tiny-v2", 1, tokenizer)
+    assert (root / "latest").resolve() == v2.resolve()
+    return Artifacts(root, v1, v2, functools.cache(lambda p: load_artifact(Path(p))))
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +268,7 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server(artifacts, redis_url, redis_proxy, key_prefix, compile_cache, tmp_path_factory):
-    """One uvicorn process for the e2e tests, its Redis behind the stoppable proxy."""
+    """One ``python -m service`` (uvicorn) process for the e2e tests, Redis behind the proxy."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = dict(
@@ -160,12 +283,12 @@ def server(artifacts, redis_url, redis_proxy, key_prefix, compile_cache, tmp_pat
         LEVI_REDIS_BACKOFF_S="0.2",
         LEVI_REDIS_BACKOFF_MAX_S="0.5",
         LEVI_COMPILATION_CACHE_DIR=str(compile_cache),
-        PYTHONPATH=os.pathsep.join([str(ROOT), str(Path(__file__).parent)]),
+        PYTHONPATH=str(ROOT),
     )
     env.pop("LEVI_REDIS_URL", None)
     with open(log, "w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-c", artifacts.launcher], cwd=ROOT, env=env, stdout=sink,
+            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=sink,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

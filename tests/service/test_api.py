@@ -1,7 +1,8 @@
 """Input validation, errors, auth and readiness through the real app, in process.
 
-The app's model load is made to fail on purpose: every check here happens before scoring,
-so no model is needed and the test runs in well under a second.
+The app is pointed at a model directory that does not exist, so the real loader
+(``model.artifact.load_artifact``) refuses it: every check here happens before scoring, so
+no model is needed and the tests run in about a second.
 """
 
 from __future__ import annotations
@@ -17,10 +18,6 @@ from service.settings import Settings
 TOKEN = "an-admin-token-" + "x7Q2pL9w"
 
 
-def _refuse(path):
-    raise FileNotFoundError(f"no artifact at {path} (test)")
-
-
 @pytest.fixture(scope="module")
 def client():
     settings = Settings(
@@ -30,10 +27,10 @@ def client():
         max_body_bytes=4096,
         admin_token=TOKEN,
     )
-    with TestClient(create_app(settings, loader=_refuse)) as c:
-        for _ in range(100):  # the failed load is reported by /readyz
-            if "not loaded" in c.get("/readyz").json()["detail"]:
-                break
+    with TestClient(create_app(settings)) as c:
+        until = time.monotonic() + 60  # the failed load is reported by /readyz
+        while "not loaded" not in c.get("/readyz").json()["detail"]:
+            assert time.monotonic() < until, "the failed model load was never reported"
             time.sleep(0.02)
         yield c
 
@@ -104,6 +101,7 @@ def test_not_ready_answers_503_with_the_reason(client):
     assert client.get("/healthz").json() == {"status": "ok", "model_version": None}
     r = client.get("/readyz")
     assert r.status_code == 503 and "/nonexistent/model" in r.json()["detail"]
+    assert "ArtifactError" in r.json()["detail"]  # the real loader's reason
     r = client.post("/predict-rating", json=OK)
     assert r.status_code == 503 and r.headers["retry-after"]
     assert client.get("/v1/model").status_code == 503
@@ -122,7 +120,8 @@ def test_admin_needs_the_bearer_token(client):
 
 
 def test_admin_is_disabled_without_a_token():
-    with TestClient(create_app(Settings(redis_url=None), loader=_refuse)) as c:
+    settings = Settings(model_dir="/nonexistent/model", redis_url=None)
+    with TestClient(create_app(settings)) as c:
         r = c.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 403 and "admin disabled" in r.json()["detail"]
 

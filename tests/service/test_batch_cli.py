@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT
 
 from service import batch
 from service.engine import build_scorer
@@ -44,24 +49,55 @@ def scorer(artifacts, redis_url, key_prefix):
 
 @pytest.mark.redis
 @pytest.mark.e2e
-def test_batch_output_equals_the_http_answers(server, scorer, tmp_path):
+def test_batch_cli_output_equals_the_http_answers(
+    server, artifacts, redis_url, key_prefix, compile_cache, tmp_path
+):
+    """``python -m service.batch`` as its own process, over the real artifact and Redis."""
     source = tmp_path / "pairs.csv"
     pd.DataFrame(ROWS).to_csv(source, index=False)
     out = tmp_path / "scored.parquet"
-    result = batch.run(scorer, batch.read_table(source), out, batch_size=2, progress=False)
+    env = dict(
+        os.environ, REDIS_URL=redis_url, LEVI_CACHE_KEY_PREFIX=key_prefix,
+        LEVI_COMPILATION_CACHE_DIR=str(compile_cache), LEVI_MAX_BATCH="4", PYTHONPATH=str(ROOT),
+    )  # fmt: skip
+    env.pop("LEVI_REDIS_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.batch", "--model", str(artifacts.v1), "--input",
+         str(source), "--output", str(out), "--batch-size", "2", "--no-progress"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {len(ROWS)} rows to {out}" in proc.stderr
     written = pd.read_parquet(out)
     assert list(written["user_id"]) == [r["user_id"] for r in ROWS]  # input order
-    pd.testing.assert_frame_equal(written, result)
+    assert len(list((tmp_path / "scored.parquet.parts").rglob("rows-*.parquet"))) == 3
     answers = httpx.post(
         f"{server.base}/predict-rating/batch",
         json={"requests": [_http_body(r) for r in ROWS]},
         timeout=60,
     ).json()["predictions"]
+    assert {a["model_version"] for a in answers} == {"tiny-v1"}
     np.testing.assert_allclose(written["rating"], [a["rating"] for a in answers], atol=1e-5)
     np.testing.assert_allclose(written["ood_score"], [a["ood_score"] for a in answers], atol=1e-5)
-    for j, layer in enumerate(scorer.layers):
+    layers = [a["layer"] for a in answers[0]["adapters"]]
+    assert [c for c in written.columns if c.startswith("adapter_")] == [
+        f"adapter_{lay}" for lay in layers
+    ]
+    for j, layer in enumerate(layers):
         got = written[f"adapter_{layer}"]
         np.testing.assert_allclose(got, [a["adapters"][j]["rating"] for a in answers], atol=1e-5)
+
+
+def test_unloadable_model_exits_1_with_the_loaders_reason(tmp_path, capsys):
+    source = tmp_path / "ok.csv"
+    pd.DataFrame(ROWS[:1]).to_csv(source, index=False)
+    code = batch.main(
+        ["--model", str(tmp_path / "missing"), "--input", str(source),
+         "--output", str(tmp_path / "o.csv"), "--no-progress"]
+    )  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "cannot load the model" in err and "manifest.json does not exist" in err
 
 
 @pytest.mark.redis

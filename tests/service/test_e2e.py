@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import shutil
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import ADMIN_TOKEN, direct_scores
+from conftest import ADMIN_TOKEN, BACKBONE_NAME, direct_scores
 
 from service.cache import text_key
 
@@ -164,22 +168,83 @@ def test_metrics_parse_and_name_every_design_metric(server):
                for e in endpoints)  # fmt: skip
 
 
-def test_corrupted_artifact_is_refused_and_the_old_model_kept(server, artifacts, tmp_path):
-    bad = tmp_path / "corrupt"
+def _flip_byte(d: Path) -> None:
+    data = bytearray((d / "head.safetensors").read_bytes())
+    data[-3] ^= 0x01  # inside a tensor: the file still parses, only the checksum catches it
+    (d / "head.safetensors").write_bytes(bytes(data))
+
+
+def _truncate(d: Path) -> None:
+    data = (d / "backbone.jaxexport").read_bytes()
+    (d / "backbone.jaxexport").write_bytes(data[: len(data) // 2])
+
+
+def _edit_manifest(**changes):
+    def edit(d: Path) -> None:
+        manifest = json.loads((d / "manifest.json").read_text())
+        manifest.update(changes)
+        (d / "manifest.json").write_text(json.dumps(manifest))
+
+    return edit
+
+
+def _wrong_param_shape(d: Path) -> None:
+    """Checksums re-done, so only the parameter check can refuse it."""
+    from safetensors.numpy import load_file, save_file
+
+    flat = load_file(str(d / "head.safetensors"))
+    name = next(k for k in flat if k.endswith("mlp_0/kernel"))
+    flat[name] = np.zeros((flat[name].shape[0], 17), np.float32)
+    save_file(flat, str(d / "head.safetensors"))
+    manifest = json.loads((d / "manifest.json").read_text())
+    digest = hashlib.sha256((d / "head.safetensors").read_bytes()).hexdigest()
+    manifest["files"]["head.safetensors"] = digest
+    (d / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (_flip_byte, r"head\.safetensors: sha256 \w+\.\.\. does not match the manifest's"),
+        (_truncate, r"backbone\.jaxexport: sha256 .* \(changed or truncated"),
+        (lambda d: (d / "manifest.json").write_text("{"), r"manifest\.json is not valid JSON"),
+        (_edit_manifest(format_version=99), r"format_version 99 is not supported"),
+        (_edit_manifest(platforms=["tpu"]), r"exported for platforms \['tpu'\]"),
+        (lambda d: (d / "tokenizer.json").unlink(), r"tokenizer\.json is missing"),
+        (_wrong_param_shape, r"parameter 'params/mlp/mlp_0/kernel' has shape"),
+    ],
+    ids=["flipped-byte", "truncated", "bad-json", "format-version", "platform", "no-tokenizer",
+         "param-shape"],
+)  # fmt: skip
+def test_broken_artifact_is_refused_with_the_loaders_reason_and_the_old_model_kept(
+    server, artifacts, tmp_path, corrupt, message
+):
+    bad = tmp_path / "broken"
     shutil.copytree(artifacts.v1, bad)
-    target = next(p for p in sorted(bad.iterdir()) if p.name != "manifest.json" and p.is_file())
-    target.write_bytes(target.read_bytes() + b"tampered")
+    corrupt(bad)
     version = httpx.get(f"{server.base}/v1/model").json()["model_version"]
     failures = server.value("levi_model_reloads_total", result="failure")
     r = httpx.post(
         f"{server.base}/admin/reload", json={"path": str(bad)}, headers=ADMIN, timeout=120
     )
-    assert r.status_code == 409, r.text
-    assert "refused" in r.json()["detail"] and target.name in r.json()["detail"]
+    assert r.status_code == 409, r.text  # a 4xx with the reason, never a 500
+    detail = r.json()["detail"]
+    assert "refused (ArtifactError: " in detail and f"still serving model {version}" in detail
+    assert re.search(message, detail), detail
     assert httpx.get(f"{server.base}/v1/model").json()["model_version"] == version
     assert server.value("levi_model_reloads_total", result="failure") == failures + 1
     ok = httpx.post(f"{server.base}/predict-rating", json={"user_id": "1", "item_id": "10"})
     assert ok.status_code == 200 and ok.json()["model_version"] == version
+    assert httpx.get(f"{server.base}/readyz").status_code == 200
+
+
+def test_artifacts_root_is_refused_with_a_hint(server, artifacts):
+    r = httpx.post(
+        f"{server.base}/admin/reload", json={"path": str(artifacts.root)}, headers=ADMIN,
+        timeout=120,
+    )  # fmt: skip
+    assert r.status_code == 409, r.text
+    assert "looks like the artifacts root: pass" in r.json()["detail"]
 
 
 def test_reload_under_concurrent_load_fails_no_request(server, artifacts):
@@ -216,7 +281,8 @@ def test_reload_under_concurrent_load_fails_no_request(server, artifacts):
     assert statuses and set(statuses) == {200}
     assert versions == {"tiny-v1", "tiny-v2"}
     info = server.metrics()
-    assert info[("levi_model_info", (("backbone", "tiny-bert"), ("model_version", "tiny-v2")))]
+    v2 = (("backbone", BACKBONE_NAME), ("model_version", "tiny-v2"))
+    assert info[("levi_model_info", v2)]
     assert not any(
         name == "levi_model_info" and dict(labels)["model_version"] == "tiny-v1"
         for name, labels in info
