@@ -8,7 +8,7 @@ PORT   ?= 8000
 ARTIFACTS ?= artifacts
 TRAIN_ARGS ?=
 
-.PHONY: setup fetch test test-fast lint format train serve bench clean
+.PHONY: setup fetch test test-fast lint format train model serve bench drift-demo clean
 
 setup: $(STAMP)
 
@@ -40,10 +40,16 @@ format: setup
 train: setup fetch
 	$(PY) -m training --output-dir $(ARTIFACTS) $(TRAIN_ARGS)
 
-# Train the default model only when there is none, then serve it.
-serve: setup fetch
+# The default model, trained only when there is none.
+model: setup fetch
 	@test -e $(ARTIFACTS)/latest/manifest.json || $(PY) -m training --output-dir $(ARTIFACTS)
+
+serve: model
 	$(PY) -m service --host $(HOST) --port $(PORT) --model $(ARTIFACTS)/latest
+
+# ID then genre-shift traffic against the default model; plots the drift metrics it scrapes.
+drift-demo: model
+	$(PY) -m service.drift_demo --model $(ARTIFACTS)/latest --out drift_demo.png
 
 bench: setup fetch
 	$(PY) -m bench
