@@ -119,8 +119,7 @@ def test_export_with_symbolic_batch_and_length_round_trips():
     def fn(params, ids, mask):
         return masked_mean(T5Encoder(config).apply(params, ids, mask))
 
-    b, l = export.symbolic_shape("b, l")
-    spec = jax.ShapeDtypeStruct((b, l), jnp.int32)
+    spec = jax.ShapeDtypeStruct(export.symbolic_shape("b, l"), jnp.int32)
     shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
     exp = export.deserialize(export.export(jax.jit(fn))(shapes, spec, spec).serialize())
     for batch, length in ((1, 4), (3, 11)):
