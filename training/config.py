@@ -48,8 +48,9 @@ class TrainConfig:
         lrs: Adam learning-rate grid; the best on ID validation is chosen per method.
         lr_on_first_seed: choose the learning rate on ``seeds[0]`` only and reuse it for the
             other seeds (saves two thirds of the search); False searches every seed.
-        lr_probe_epochs: with ``lr_on_first_seed``, every rate is trained this many epochs
-            and only the best is continued to early stopping (0: a full run per rate).
+        lr_probe_epochs: with ``lr_on_first_seed``, successive halving: every rate is trained
+            this many epochs, the better half twice as many, ..., and the last one continues
+            to early stopping (0: a full run per rate).
         batch_size: global batch, split over the local devices.
         max_epochs, patience: early stopping on ID validation RMSE (best params kept).
         weight_decay: decoupled weight decay of ``optax.adamw``.

@@ -303,8 +303,8 @@ def training_notes(cfg: TrainConfig, lrs: dict[str, float]) -> list[str]:
         + ", ".join(f"{lr:g}" for lr in cfg.lrs)
         + (
             f" chosen on ID validation with seed {cfg.seeds[0]} only and reused for the other "
-            f"seeds; each rate trained {cfg.lr_probe_epochs} epoch(s), the best one continued "
-            "to early stopping (successive halving)."
+            f"seeds, by successive halving: every rate trained {cfg.lr_probe_epochs} epoch(s), "
+            "the better half twice as long, until one is left and continues to early stopping."
             if cfg.lr_on_first_seed and cfg.lr_probe_epochs
             else " chosen on ID validation."
         ),

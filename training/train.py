@@ -477,11 +477,17 @@ def train_method(
     if cfg.lr_on_first_seed or len(cfg.seeds) == 1:
         seed = cfg.seeds[0]
         if checkpoint_root is not None and cfg.lr_probe_epochs and len(cfg.lrs) > 1:
-            # Successive halving: every lr for a few epochs, then only the best goes on
-            # (resumed from its checkpoint), which is exactly the full run of that lr.
-            probes = [run(lr, seed, max_steps=cfg.lr_probe_epochs * steps) for lr in cfg.lrs]
-            lr = min(probes, key=lambda r: r.val_rmse).lr
-            best = run(lr, seed)
+            # Successive halving: every lr for a few epochs, the better half for twice as
+            # many (each resumed from its checkpoint), and so on; the last one goes on to
+            # early stopping, which is exactly the full run of that lr. One epoch alone
+            # favours large rates that plateau early.
+            alive, epochs = list(cfg.lrs), cfg.lr_probe_epochs
+            while len(alive) > 1:
+                probes = [run(lr, seed, max_steps=epochs * steps) for lr in alive]
+                probes.sort(key=lambda r: r.val_rmse)
+                alive = [r.lr for r in probes[: (len(probes) + 1) // 2]]
+                epochs *= 2
+            best = run(alive[0], seed)
         else:
             best = min((run(lr, seed) for lr in cfg.lrs), key=lambda r: r.val_rmse)
         return best.lr, [best] + [run(best.lr, s) for s in cfg.seeds[1:]]
