@@ -80,7 +80,7 @@ class TrainConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
     lr_on_first_seed: bool = True
-    lr_probe_epochs: int = 1
+    lr_probe_epochs: int = 2
     batch_size: int = 200
     max_epochs: int = 8
     patience: int = 1
