@@ -167,7 +167,7 @@ class SelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
         cfg = self.config
-        proj = lambda name: nn.DenseGeneral((cfg.num_heads, cfg.d_kv), use_bias=False, name=name)  # noqa: E731
+        proj = lambda name: nn.DenseGeneral((cfg.num_heads, cfg.d_kv), use_bias=False, name=name)
         q = proj("query")(x)  # [batch, length, heads, d_kv]
         k = proj("key")(x)
         v = proj("value")(x)
@@ -185,13 +185,12 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        dense = lambda n, name: nn.Dense(n, use_bias=False, name=name)  # noqa: E731
+        dense = lambda n, name: nn.Dense(n, use_bias=False, name=name)
         if cfg.gated:
-            h = jax.nn.gelu(dense(cfg.d_ff, "wi_0")(x), approximate=True) * dense(cfg.d_ff, "wi_1")(
-                x
-            )  # [batch, length, d_ff]
+            gate = jax.nn.gelu(dense(cfg.d_ff, "wi_0")(x), approximate=True)  # "gelu_new"
+            h = gate * dense(cfg.d_ff, "wi_1")(x)  # [batch, length, d_ff]
         else:
-            h = jax.nn.relu(dense(cfg.d_ff, "wi")(x))
+            h = jax.nn.relu(dense(cfg.d_ff, "wi")(x))  # [batch, length, d_ff]
         return dense(cfg.d_model, "wo")(h)
 
 
@@ -299,6 +298,12 @@ def t5_params_from_t5x(tree: Mapping[str, Any], config: T5Config) -> dict[str, A
     an abstract init of :class:`T5Encoder`.
     """
     tree = tree.get("params", tree)
+    missing = [k for k in ("token_embedder", "encoder") if k not in tree]
+    if missing:
+        raise CheckpointError(
+            f"T5X tree lacks {missing} (top-level names: {sorted(tree)}); expected the "
+            "parameters of t5x examples/t5/network.py Transformer"
+        )
     given = {"token_embedder": tree["token_embedder"], "encoder": tree["encoder"]}
     want = jax.eval_shape(
         lambda: T5Encoder(config).init(
