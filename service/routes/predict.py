@@ -91,10 +91,11 @@ async def predict_rating_batch(
     body: BatchPredictRequest, engine: EngineDep, settings: SettingsDep
 ) -> BatchPredictResponse:
     """Predict several pairs; answers keep the order of ``requests``."""
-    if len(body.requests) > settings.max_batch_request:
+    # A batch larger than the queue bound could never be admitted: 413, not a 503 to retry.
+    limit = min(settings.max_batch_request, settings.queue_bound)
+    if len(body.requests) > limit:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,
-            f"requests: {len(body.requests)} entries; at most {settings.max_batch_request} "
-            "per call (split the batch)",
+            f"requests: {len(body.requests)} entries; at most {limit} per call (split the batch)",
         )
     return BatchPredictResponse(predictions=await score(engine, settings, body.requests))
