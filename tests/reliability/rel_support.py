@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import itertools
-import os
 import signal
 import socket
 import subprocess
@@ -56,43 +55,12 @@ START_TIMEOUT_S = 180
 def start_server(
     model_dir: Path, log: Path, compile_cache: Path, **env_overrides: str | None
 ) -> Iterator[Server]:
-    """A ``python -m service`` subprocess on a free 127.0.0.1 port, stopped on exit.
-
-    ``env_overrides`` are ``LEVI_*`` / ``REDIS_URL`` variables; a value of None removes one.
-    """
-    port = free_port()
-    env = dict(
-        os.environ,
-        LEVI_MODEL_DIR=str(model_dir),
-        LEVI_HOST="127.0.0.1",
-        LEVI_PORT=str(port),
-        LEVI_COMPILATION_CACHE_DIR=str(compile_cache),
-        LEVI_LOG_LEVEL="warning",
-        PYTHONPATH=str(ROOT),
-    )
-    for k in ("REDIS_URL", "LEVI_REDIS_URL", "LEVI_ADMIN_TOKEN"):
-        env.pop(k, None)
-    for k, v in env_overrides.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = str(v)
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=sink,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc, log, timeout=START_TIMEOUT_S)
-        yield Server(base, proc, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    """The service conftest's server, quieter (warnings only) and with a longer start budget."""
+    with service_conftest.start_server(
+        model_dir, log, compile_cache, timeout=START_TIMEOUT_S,
+        **{"LEVI_LOG_LEVEL": "warning", **env_overrides},
+    ) as srv:  # fmt: skip
+        yield srv
 
 
 class Load:

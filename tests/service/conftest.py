@@ -11,6 +11,7 @@ key prefix and deletes it at the end.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,34 +268,39 @@ class Server:
         return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.fixture(scope="session")
-def server(artifacts, redis_url, redis_proxy, key_prefix, compile_cache, tmp_path_factory):
-    """One ``python -m service`` (uvicorn) process for the e2e tests, Redis behind the proxy."""
+@contextlib.contextmanager
+def start_server(
+    model_dir: Path, log: Path, compile_cache: Path, timeout: float = 240, **env: str | None
+) -> Iterator[Server]:
+    """A ``python -m service`` subprocess on a free 127.0.0.1 port, stopped on exit.
+
+    ``env`` holds ``LEVI_*`` / ``REDIS_URL`` variables; a value of None removes one. Redis and
+    the admin token are off unless given.
+    """
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = dict(
+    full = dict(
         os.environ,
-        LEVI_MODEL_DIR=str(artifacts.v1),
+        LEVI_MODEL_DIR=str(model_dir),
         LEVI_HOST="127.0.0.1",
         LEVI_PORT=str(port),
-        REDIS_URL=proxied_url(redis_url, redis_proxy),
-        LEVI_CACHE_KEY_PREFIX=key_prefix,
-        LEVI_ADMIN_TOKEN=ADMIN_TOKEN,
-        LEVI_MAX_BATCH=str(SERVER_MAX_BATCH),
-        LEVI_REDIS_BACKOFF_S="0.2",
-        LEVI_REDIS_BACKOFF_MAX_S="0.5",
         LEVI_COMPILATION_CACHE_DIR=str(compile_cache),
         PYTHONPATH=str(ROOT),
     )
-    env.pop("LEVI_REDIS_URL", None)
+    for k in ("REDIS_URL", "LEVI_REDIS_URL", "LEVI_ADMIN_TOKEN"):
+        full.pop(k, None)
+    for k, v in env.items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = str(v)
     with open(log, "w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=sink,
+            [sys.executable, "-m", "service"], cwd=ROOT, env=full, stdout=sink,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, proc, log)
+        wait_ready(base, proc, log, timeout=timeout)
         yield Server(base, proc, log)
     finally:
         proc.terminate()
@@ -301,6 +308,23 @@ def server(artifacts, redis_url, redis_proxy, key_prefix, compile_cache, tmp_pat
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server(artifacts, redis_url, redis_proxy, key_prefix, compile_cache, tmp_path_factory):
+    """One ``python -m service`` (uvicorn) process for the e2e tests, Redis behind the proxy."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with start_server(
+        artifacts.v1, log, compile_cache,
+        REDIS_URL=proxied_url(redis_url, redis_proxy),
+        LEVI_CACHE_KEY_PREFIX=key_prefix,
+        LEVI_ADMIN_TOKEN=ADMIN_TOKEN,
+        LEVI_MAX_BATCH=str(SERVER_MAX_BATCH),
+        LEVI_REDIS_BACKOFF_S="0.2",
+        LEVI_REDIS_BACKOFF_MAX_S="0.5",
+    ) as srv:  # fmt: skip
+        yield srv
 
 
 def direct_scores(art, pairs: list[dict]) -> list[dict]:
