@@ -5,9 +5,18 @@ For each selected encoder layer ``l`` one adapter reads
 Training averages the adapters' losses; the answer is the adapters' mean clipped to the
 rating range, and their spread is an out-of-distribution signal.
 
+The from-scratch model also carries a collaborative term, ``b_user + b_item + <p_user,
+q_item>`` (learned biases and factors of the user and item ids, as in NeuMF's GMF branch),
+added to every adapter's output. An MLP over concatenated id embeddings models the user-item
+dot product poorly (Rendle et al., 2020); with the term, the adapters model what is left.
+Unknown ids read the OOV row, which item-OOV training fits (cold-start movies). The term is
+regularised per example (:func:`collab_penalty`) like classic matrix factorisation, so rarely
+seen ids stay near zero.
+
 The same module also expresses the ablations of the report (paper Tables 1, 5): no task
 vector (A3: intermediates + adapters), no text (A4: MLP; A5: multi-head MLP) and a linear
-probe on one layer (LP).
+probe on one layer (LP). The collaborative term belongs to the from-scratch model, so A4, A5
+and LEVI have it and A3 and LP do not.
 """
 
 from __future__ import annotations
@@ -36,6 +45,10 @@ class HeadConfig:
         dropout: dropout rate in the MLP and adapters during training.
         rating_min, rating_max: the answer is clipped to this range.
         rating_mean: initial output bias, so training starts at the global mean.
+        user_id_feature, item_id_feature: columns of ``ids`` holding the user and item id
+            (-1: none); the collaborative term needs both.
+        factor_dim: width of the collaborative user and item factors (0: biases only).
+        id_biases: include the user and item biases in the collaborative term.
     """
 
     vocab_sizes: tuple[int, ...]
@@ -50,6 +63,10 @@ class HeadConfig:
     rating_min: float = 1.0
     rating_max: float = 5.0
     rating_mean: float = 3.5
+    user_id_feature: int = -1
+    item_id_feature: int = -1
+    factor_dim: int = 0
+    id_biases: bool = False
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -60,6 +77,12 @@ class HeadConfig:
     def uses_text(self) -> bool:
         return bool(self.layers)
 
+    @property
+    def uses_collab(self) -> bool:
+        """Whether the collaborative term is on (it belongs to the from-scratch model)."""
+        has_ids = self.user_id_feature >= 0 and self.item_id_feature >= 0
+        return self.use_task_vector and has_ids and (self.factor_dim > 0 or self.id_biases)
+
     def to_json(self) -> dict:
         data = asdict(self)
         data.pop("extra")
@@ -67,6 +90,8 @@ class HeadConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> HeadConfig:
+        # Artifacts written before the collaborative term lack its fields: the defaults (off)
+        # rebuild them exactly.
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**fields)
 
@@ -92,8 +117,69 @@ class EmbeddingMLP(nn.Module):
         return x
 
 
+class Collaborative(nn.Module):
+    """``b_user + b_item + <p_user, q_item>`` of the id columns: ``[batch]``.
+
+    Biases start at zero and factors near zero, so training starts from the adapters alone.
+    """
+
+    config: HeadConfig
+
+    @nn.compact
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        cfg = self.config
+        users = ids[:, cfg.user_id_feature]  # [batch]
+        items = ids[:, cfg.item_id_feature]  # [batch]
+        n_users = cfg.vocab_sizes[cfg.user_id_feature]
+        n_items = cfg.vocab_sizes[cfg.item_id_feature]
+        out = jnp.zeros(ids.shape[:1], jnp.float32)
+        if cfg.id_biases:
+            zeros = nn.initializers.zeros
+            out += nn.Embed(n_users, 1, embedding_init=zeros, name="user_bias")(users)[:, 0]
+            out += nn.Embed(n_items, 1, embedding_init=zeros, name="item_bias")(items)[:, 0]
+        if cfg.factor_dim:
+            small = nn.initializers.normal(0.01)
+            p = nn.Embed(n_users, cfg.factor_dim, embedding_init=small, name="user_factors")
+            q = nn.Embed(n_items, cfg.factor_dim, embedding_init=small, name="item_factors")
+            out += jnp.sum(p(users) * q(items), axis=-1)  # [batch]
+        return out
+
+
+def collab_penalty(params: dict, ids: jax.Array, config: HeadConfig) -> jax.Array:
+    """Mean over the batch of the squared norms of the biases and factors its ids read.
+
+    The per-example L2 of matrix factorisation: an id is pulled to zero in proportion to how
+    often it is seen, unlike decoupled weight decay, which shrinks every row at every step.
+
+    Args:
+        params: the head's variables (``{"params": ...}``).
+        ids: int32 ``[batch, F]``, the head's id input.
+    """
+    if not config.uses_collab:
+        return jnp.zeros((), jnp.float32)
+    collab = params["params"]["collab"]
+    total = jnp.zeros(ids.shape[:1], jnp.float32)
+    for table, col in (
+        ("user_bias", config.user_id_feature),
+        ("item_bias", config.item_id_feature),
+        ("user_factors", config.user_id_feature),
+        ("item_factors", config.item_id_feature),
+    ):
+        if table in collab:
+            rows = collab[table]["embedding"][ids[:, col]]  # [batch, k]
+            total += jnp.sum(rows**2, axis=-1)
+    return jnp.mean(total)
+
+
 class Adapter(nn.Module):
-    """One adapter: per-view layer-normed activations (+ task vector) -> hidden -> rating."""
+    """One adapter: per-view layer-normed activations (+ task vector) -> hidden -> rating.
+
+    The first layer is ``W [norm(views); task] + b`` written as one Dense per part (same
+    function, same initial distribution): the frozen activations need no input gradient, so
+    backpropagation skips their ``[batch, n_views * d]`` part, a third of the adapter's
+    training cost. The layer norm has no scale or shift of its own for the same reason; the
+    Dense after it absorbs both.
+    """
 
     config: HeadConfig
 
@@ -102,18 +188,43 @@ class Adapter(nn.Module):
         self, views: jax.Array | None, task: jax.Array | None, deterministic: bool
     ) -> jax.Array:
         cfg = self.config
-        parts = []
+        parts: list[tuple[str, jax.Array]] = []
         if views is not None:  # [batch, n_views, d]
             # Residual streams differ in scale across layers; normalise each view's vector.
-            parts.append(nn.LayerNorm(name="view_norm")(views).reshape(views.shape[0], -1))
+            norm = nn.LayerNorm(use_scale=False, use_bias=False, name="view_norm")(views)
+            parts.append(("views", norm.reshape(views.shape[0], -1)))  # [batch, n_views * d]
         if task is not None:
-            parts.append(task)
-        x = jnp.concatenate(parts, axis=-1)
+            parts.append(("task", task))  # [batch, mlp_dims[-1]]
         if cfg.adapter_hidden:
-            x = nn.relu(nn.Dense(cfg.adapter_hidden, name="hidden")(x))
+            x = nn.relu(_split_dense(parts, cfg.adapter_hidden, "hidden"))
             x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
-        out = nn.Dense(1, name="out", bias_init=nn.initializers.constant(cfg.rating_mean))(x)
+            out = nn.Dense(1, name="out", bias_init=nn.initializers.constant(cfg.rating_mean))(x)
+        else:
+            out = _split_dense(parts, 1, "out", bias=cfg.rating_mean)
         return out[:, 0]  # [batch]
+
+
+def _split_dense(
+    parts: list[tuple[str, jax.Array]], width: int, name: str, bias: float = 0.0
+) -> jax.Array:
+    """``Dense(width)`` of the concatenated parts, one kernel per part (``{name}_{part}``).
+
+    Each kernel is drawn as its rows of one LeCun-normal kernel over the whole input would be
+    (variance 1 / total fan-in); the first part carries the bias.
+    """
+    fan_in = sum(x.shape[-1] for _, x in parts)
+    out = None
+    for k, (part, x) in enumerate(parts):
+        init = nn.initializers.variance_scaling(x.shape[-1] / fan_in, "fan_in", "truncated_normal")
+        y = nn.Dense(
+            width,
+            use_bias=k == 0,
+            kernel_init=init,
+            bias_init=nn.initializers.constant(bias),
+            name=f"{name}_{part}",
+        )(x)
+        out = y if out is None else out + y
+    return out
 
 
 class LeviHead(nn.Module):
@@ -146,7 +257,10 @@ class LeviHead(nn.Module):
         else:
             for i in range(cfg.text_free_heads):
                 outs.append(Adapter(cfg, name=f"adapter_{i}")(None, task, deterministic))
-        return jnp.stack(outs, axis=-1)  # [batch, n_adapters]
+        adapters = jnp.stack(outs, axis=-1)  # [batch, n_adapters]
+        if cfg.uses_collab:
+            adapters += Collaborative(cfg, name="collab")(ids)[:, None]
+        return adapters
 
 
 def ensemble(adapters: jax.Array, config: HeadConfig) -> jax.Array:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model.head import HeadConfig, LeviHead, adapter_loss, ensemble
+from model.head import HeadConfig, LeviHead, adapter_loss, collab_penalty, ensemble
 
 B, V, L, D = 4, 2, 6, 16
 
@@ -65,9 +65,9 @@ def test_adapter_matches_numpy_reference():
     a = p["adapter_2"]
     v = acts[:, :, 2, :]
     v = (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-6)
-    v = v * a["view_norm"]["scale"] + a["view_norm"]["bias"]
     h = np.concatenate([v.reshape(B, -1), x], axis=-1)
-    h = np.maximum(h @ a["hidden"]["kernel"] + a["hidden"]["bias"], 0)
+    kernel = np.concatenate([a["hidden_views"]["kernel"], a["hidden_task"]["kernel"]], axis=0)
+    h = np.maximum(h @ kernel + a["hidden_views"]["bias"], 0)
     want = (h @ a["out"]["kernel"] + a["out"]["bias"])[:, 0]
     got = LeviHead(cfg).apply({"params": params}, ids, mh, acts)[:, 2]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -93,3 +93,94 @@ def test_dropout_only_in_training_mode():
         params, ids, mh, acts, deterministic=False, rngs={"dropout": jax.random.key(3)}
     )
     assert not np.allclose(a, train)
+
+
+COLLAB = {"user_id_feature": 0, "item_id_feature": 2, "factor_dim": 3, "id_biases": True}
+
+
+def _collab_by_hand(p, ids):
+    c = p["collab"]
+    u, i = ids[:, 0], ids[:, 2]
+    dot = np.sum(c["user_factors"]["embedding"][u] * c["item_factors"]["embedding"][i], -1)
+    return c["user_bias"]["embedding"][u, 0] + c["item_bias"]["embedding"][i, 0] + dot
+
+
+def test_collaborative_term_is_added_to_every_adapter():
+    cfg = HeadConfig(vocab_sizes=(5, 5, 5), n_multi_hot=2, mlp_dims=(32, 16), **COLLAB)
+    ids, mh, acts = _inputs()
+    params = LeviHead(cfg).init(jax.random.key(2), ids, mh, acts)
+    # Non-zero biases, so a term that dropped them would show.
+    rng = np.random.default_rng(0)
+    p = jax.tree_util.tree_map(np.asarray, params["params"])
+    for name in ("user_bias", "item_bias", "user_factors", "item_factors"):
+        table = p["collab"][name]["embedding"]
+        p["collab"][name]["embedding"] = rng.normal(size=table.shape).astype(np.float32)
+    got = np.asarray(LeviHead(cfg).apply({"params": p}, ids, mh, acts))  # [B, 6]
+    without = {k: v for k, v in p.items() if k != "collab"}
+    off = HeadConfig(vocab_sizes=(5, 5, 5), n_multi_hot=2, mlp_dims=(32, 16))
+    base = np.asarray(LeviHead(off).apply({"params": without}, ids, mh, acts))
+    np.testing.assert_allclose(got - base, np.repeat(_collab_by_hand(p, ids)[:, None], 6, 1),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides, has_collab",
+    [
+        ({}, True),  # LEVI
+        ({"layers": (), "text_free_heads": 1}, True),  # A4: the same from-scratch model
+        ({"use_task_vector": False}, False),  # A3: no from-scratch model
+        ({"layers": (5,), "use_task_vector": False, "adapter_hidden": 0}, False),  # LP
+        ({"user_id_feature": -1}, False),  # no user id column: nothing to factorise
+    ],
+)
+def test_collaborative_term_belongs_to_the_from_scratch_model(overrides, has_collab):
+    cfg = HeadConfig(vocab_sizes=(5, 5, 5), mlp_dims=(32, 16), **{**COLLAB, **overrides})
+    ids, mh, acts = _inputs()
+    params = LeviHead(cfg).init(jax.random.key(0), ids, mh[:, :0], acts)["params"]
+    assert ("collab" in params) is has_collab is cfg.uses_collab
+
+
+def test_collab_penalty_is_the_per_example_l2_of_the_rows_read():
+    cfg = HeadConfig(vocab_sizes=(5, 5, 5), n_multi_hot=2, mlp_dims=(32, 16), **COLLAB)
+    ids, mh, acts = _inputs()
+    params = LeviHead(cfg).init(jax.random.key(4), ids, mh, acts)
+    c = jax.tree_util.tree_map(np.asarray, params["params"]["collab"])
+    u, i = ids[:, 0], ids[:, 2]
+    want = np.mean(
+        c["user_bias"]["embedding"][u, 0] ** 2
+        + c["item_bias"]["embedding"][i, 0] ** 2
+        + np.sum(c["user_factors"]["embedding"][u] ** 2, -1)
+        + np.sum(c["item_factors"]["embedding"][i] ** 2, -1)
+    )
+    assert float(collab_penalty(params, jnp.asarray(ids), cfg)) == pytest.approx(want, rel=1e-5)
+    # Rows the batch does not read are not penalised.
+    unread = sorted(set(range(5)) - set(u.tolist()))  # 4 rows read of 5: at least one unread
+    p = jax.tree_util.tree_map(np.array, params)
+    p["params"]["collab"]["user_factors"]["embedding"][unread] += 100.0
+    assert float(collab_penalty(p, jnp.asarray(ids), cfg)) == pytest.approx(want, rel=1e-5)
+    off = HeadConfig(vocab_sizes=(5, 5, 5), n_multi_hot=2, mlp_dims=(32, 16))
+    assert float(collab_penalty(params, jnp.asarray(ids), off)) == 0.0
+
+
+def test_head_config_json_round_trip_and_old_manifests():
+    cfg = HeadConfig(vocab_sizes=(5, 5, 5), **COLLAB)
+    assert HeadConfig.from_json(cfg.to_json()) == cfg
+    old = {k: v for k, v in cfg.to_json().items() if k not in COLLAB}
+    assert not HeadConfig.from_json(old).uses_collab
+
+
+def test_split_first_layer_initialises_like_one_dense():
+    """Each part's kernel has the variance one LeCun-normal kernel over the whole input has."""
+    cfg = HeadConfig(vocab_sizes=(5,), mlp_dims=(64, 256), adapter_hidden=256)
+    rng = np.random.default_rng(0)
+    ids = np.zeros((2, 1), np.int32)
+    acts = rng.normal(size=(2, 1, 6, 768)).astype(np.float32)
+    params = LeviHead(cfg).init(jax.random.key(0), ids, np.zeros((2, 0), np.float32), acts)
+    a = params["params"]["adapter_0"]
+    fan_in = 768 + 256
+    for part, rows in (("views", 768), ("task", 256)):
+        kernel = np.asarray(a[f"hidden_{part}"]["kernel"])
+        assert kernel.shape == (rows, 256)
+        assert np.var(kernel) == pytest.approx(1 / fan_in, rel=0.05)
+    assert "bias" in a["hidden_views"] and "bias" not in a["hidden_task"]
+    assert "view_norm" not in a  # no scale or shift: the Dense after it absorbs both

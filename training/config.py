@@ -59,6 +59,10 @@ class TrainConfig:
             id with this probability, so the OOV slot is trained and the head learns to rely
             on the item text for cold-start items (the OOD movies).
         embed_dim, mlp_dims, adapter_hidden: head sizes (DESIGN.md: 512 -> 256, hidden 256).
+        factor_dim, id_biases: the from-scratch model's collaborative term
+            (``model.head.Collaborative``): user/item factor width (0: none) and biases.
+        factor_l2: per-example L2 on the biases and factors a batch reads
+            (``model.head.collab_penalty``).
         steps_per_chunk: training steps per jitted ``lax.scan`` call (None: a whole epoch).
         eval_batch_size: rows per jitted evaluation call.
         encode_batch_size: texts per backbone call during precompute.
@@ -90,6 +94,9 @@ class TrainConfig:
     embed_dim: int = 32
     mlp_dims: tuple[int, ...] = (512, 256)
     adapter_hidden: int = 256
+    factor_dim: int = 64
+    id_biases: bool = True
+    factor_l2: float = 0.02
     steps_per_chunk: int | None = None
     eval_batch_size: int = 4096
     encode_batch_size: int = 128
@@ -126,6 +133,7 @@ class TrainConfig:
             embed_dim=8,
             mlp_dims=(32, 16),
             adapter_hidden=16,
+            factor_dim=4,
             eval_batch_size=256,
             encode_batch_size=32,
             bias_regs=(1.0, 10.0),

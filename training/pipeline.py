@@ -125,9 +125,12 @@ def encode_views(
 
 def _head_for(method: str, cfg: TrainConfig, prep: Prepared, n_layers: int) -> HeadConfig:
     mu = float(prep.tables.rating[prep.rows["train"]].mean())
+    names = [f.name for f in prep.features.categorical]
+    id_features = tuple(names.index(n) if n in names else -1 for n in ("user_id", "item_id"))
     return head_config(
         method, cfg, vocab_sizes=prep.features.vocab_sizes,
         n_multi_hot=prep.features.n_multi_hot, n_layers=n_layers, rating_mean=mu,
+        id_features=id_features,
     )  # fmt: skip
 
 

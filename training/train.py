@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from model.head import HeadConfig, LeviHead, adapter_loss, ensemble
+from model.head import HeadConfig, LeviHead, adapter_loss, collab_penalty, ensemble
 from training.config import TrainConfig
 
 PyTree = Any
@@ -116,8 +116,14 @@ def head_config(
     n_multi_hot: int,
     n_layers: int,
     rating_mean: float,
+    id_features: tuple[int, int] = (-1, -1),
 ) -> HeadConfig:
-    """The head of a trained method (the ablations are configs of one module)."""
+    """The head of a trained method (the ablations are configs of one module).
+
+    Args:
+        id_features: columns of the id input holding the user and item id (-1: absent); the
+            collaborative term needs both.
+    """
     all_layers = tuple(range(n_layers))
     per_method = {
         "levi": {"layers": all_layers},
@@ -140,6 +146,10 @@ def head_config(
         "adapter_hidden": cfg.adapter_hidden,
         "dropout": cfg.dropout,
         "rating_mean": float(rating_mean),
+        "user_id_feature": id_features[0],
+        "item_id_feature": id_features[1],
+        "factor_dim": cfg.factor_dim,
+        "id_biases": cfg.id_biases,
     }
     return HeadConfig(**{**base, **per_method[method]})
 
@@ -171,7 +181,9 @@ def make_optimizer(weight_decay: float) -> optax.GradientTransformation:
 
 
 @functools.lru_cache(maxsize=32)
-def compiled_fns(head: HeadConfig, weight_decay: float, mesh: Mesh) -> dict[str, Callable]:
+def compiled_fns(
+    head: HeadConfig, weight_decay: float, mesh: Mesh, factor_l2: float = 0.0
+) -> dict[str, Callable]:
     """Jitted ``init``, ``train_chunk`` and ``predict`` of one head config (cached)."""
     model = LeviHead(head)
     tx = make_optimizer(weight_decay)
@@ -187,7 +199,7 @@ def compiled_fns(head: HeadConfig, weight_decay: float, mesh: Mesh) -> dict[str,
     def loss_fn(params, batch, rng):
         ids, mh, acts, y = batch
         adapters = model.apply(params, ids, mh, acts, deterministic=False, rngs={"dropout": rng})
-        return adapter_loss(adapters, y)
+        return adapter_loss(adapters, y) + factor_l2 * collab_penalty(params, ids, head)
 
     def train_chunk(state, data, rows, drop, key):
         """``rows``, ``drop``: ``[n_steps, batch]``; returns the new state and mean loss."""
@@ -266,7 +278,7 @@ def epoch_order(
 
 def run_key(head: HeadConfig, cfg: TrainConfig, lr: float, seed: int, data_signature: str) -> str:
     """Checkpoint directory name: everything that changes what a run computes."""
-    fields = ("batch_size", "max_epochs", "patience", "weight_decay", "item_oov_prob")
+    fields = ("batch_size", "max_epochs", "patience", "weight_decay", "item_oov_prob", "factor_l2")
     blob = json.dumps(
         [head.to_json(), cfg.digest(*fields), lr, seed, data_signature], sort_keys=True
     )
@@ -335,7 +347,7 @@ def train_run(
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_rows)} training pairs are fewer than one batch of {b}")
     chunk = cfg.steps_per_chunk or steps_per_epoch
-    fns = compiled_fns(head, cfg.weight_decay, mesh)
+    fns = compiled_fns(head, cfg.weight_decay, mesh, cfg.factor_l2)
     replicated = NamedSharding(mesh, P())
     rows_sharding = NamedSharding(mesh, P(None, "data"))
     val_y = np.asarray(jax.device_get(data["rating"]))[val_rows]
