@@ -11,6 +11,8 @@ Parts, each a figure next to a baseline measured in the same run:
   and the Redis tier (``REDIS_URL`` set, in-process LRU off), each vs its own no-op and vs
   the default (micro-batching on, in-process cache only).
 - encoder (bench/encode.py): our jitted encoder vs the reference PyTorch implementation.
+- scaling (bench/scaling.py): the exported head and backbone by batch size and text length,
+  each row relative to the smallest in the same run.
 - training: ``make train`` stage timings from the newest report, as shares of the total and
   the total vs the 10-minute target.
 - memory: RSS of the service with the model loaded and warm vs a no-op FastAPI process.
@@ -30,6 +32,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("serve", "variants", "encode", "train", "rss")
+PARTS = ("serve", "variants", "encode", "scaling", "train", "rss")
 TARGETS = {"noop_ratio": 0.75, "encode_ratio": 1.5, "train_s": 600.0, "warm_p99_ms": 20.0,
            "cold_p50_ms": 30.0}  # fmt: skip
 SERVE_LINE = re.compile(
@@ -100,6 +103,14 @@ def describe_machine() -> list[str]:
         f"- OS: {platform.platform()}; Python {platform.python_version()}; " + ", ".join(versions),
         "- client and server share the machine's cores, so absolute throughput is a lower "
         "bound; the ratios compare figures measured side by side in this run.",
+        "- load generator: "
+        + (
+            "wrk (C; a small share of one core)"
+            if shutil.which("wrk")
+            else "the Python asyncio + httpx client (wrk not installed: `apt-get install wrk`; "
+            "the Python client saturates a core before a no-op endpoint does, so the no-op "
+            "figure is the client's limit)"
+        ),
     ]
 
 
@@ -320,6 +331,22 @@ def bench_encode(args) -> Section:
     return sec
 
 
+def bench_scaling(args) -> Section:
+    sec = Section("Scaling: cost by batch size and text length (bench/scaling.py)")
+    code, out = run_module("bench.scaling", ["--model", str(args.model)], None, timeout=1800)
+    if code != 0:
+        sec.skipped = f"bench/scaling.py failed (exit {code}): {out.strip()[-500:]}"
+        return sec
+    sec.lines += [
+        "The exported functions called in process (median of 20 calls after a compile). A "
+        "micro-batch of b pairs costs far less than b single calls; a cold text costs about "
+        "its token count.",
+        "",
+        *out.strip().splitlines(),
+    ]
+    return sec
+
+
 def training_timings(model: Path) -> tuple[dict[str, float], Path] | None:
     """Stage -> seconds from report.json ("timings") or report.md ("## Stage timings")."""
     candidates = [model / "report.json", model / "report.md"]
@@ -499,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(bench_variants(args, results))
     if "encode" not in skip:
         sections.append(bench_encode(args))
+    if "scaling" not in skip:
+        if model is None:
+            sections.append(Section("Scaling", skipped=missing_model))
+        else:
+            sections.append(bench_scaling(args))
     if "train" not in skip:
         sections.append(bench_train(args))
     if "rss" not in skip:

@@ -125,9 +125,14 @@ def _load_wrk(url: str, bodies: list[dict], connections: int, seconds: float) ->
         cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, seconds):.0f}s",
                "--latency", "-s", str(script), url]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
-    out = proc.stdout
     if proc.returncode != 0:
-        raise SystemExit(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or out}")
+        raise SystemExit(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}")
+    return parse_wrk(proc.stdout)
+
+
+def parse_wrk(out: str) -> dict:
+    """Requests, errors (non-2xx and socket errors), req/s, p50 and p99 of a ``wrk --latency``
+    report."""
     pct = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)$", out, re.M))
     total = int(re.search(r"(\d+) requests in", out)[1])
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

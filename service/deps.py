@@ -1,4 +1,9 @@
-"""FastAPI dependencies as ``Annotated`` aliases: the engine, settings, metrics, admin auth."""
+"""FastAPI dependencies as ``Annotated`` aliases: the engine, settings, metrics, admin auth.
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency on its thread pool,
+which costs two thread hand-offs per request for what is an attribute read (profiled: a sixth
+of the service's CPU time at 32 connections went to waking pool threads).
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,15 @@ from service.metrics import Metrics
 from service.settings import Settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -29,7 +34,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def require_admin(
+async def require_admin(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header(description="Bearer <admin token>")] = None,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import threading
 import time
@@ -10,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import DeadlineError, MicroBatcher, QueueFullError
+from service.batcher import ArrivalRate, DeadlineError, MicroBatcher, QueueFullError
 from service.cache import ActivationCache, LocalLRU, RedisTier
 from service.drift import DriftMonitor
 from service.metrics import Metrics
@@ -110,3 +111,69 @@ def test_micro_batcher_deadline_and_errors_reach_the_caller():
         await b.stop()
 
     asyncio.run(scenario())
+
+
+def test_arrival_rate_tracks_a_steady_rate_and_decays_when_idle():
+    rate = ArrivalRate(tau_s=0.2)
+    assert rate.rate(0.0) == 0.0
+    t = 0.0
+    for _ in range(2000):  # 1000 pairs/s for 2 s
+        t += 0.001
+        rate.observe(t)
+    assert rate.rate(t) == pytest.approx(1000, rel=0.01)
+    assert rate.expected_within(t, 0.002) == pytest.approx(2.0, rel=0.01)
+    # Pending pairs are taken out: one lone arrival is no evidence of a second.
+    lone = ArrivalRate(tau_s=0.2)
+    lone.observe(5.0)
+    assert lone.expected_within(5.0, 0.5) == pytest.approx(2.5)
+    assert lone.expected_within(5.0, 0.5, pending=1) == 0.0
+    assert rate.rate(t + 1.0) < 1000 * math.exp(-4.9)  # five time constants later
+    rate.observe(t + 1.0, n=10)  # a batch request counts its pairs
+    assert rate.rate(t + 1.0) > 10 / 0.2
+
+
+def test_micro_batcher_skips_the_wait_for_a_lone_client():
+    """One request at a time: each is scored alone and none waits max_delay for company."""
+
+    async def scenario():
+        b = MicroBatcher(_results, Metrics(), max_batch=8, max_delay_s=0.3, queue_bound=10)
+        await b.start()
+        took = []
+        for i in range(3):
+            t0 = time.perf_counter()
+            assert await b.submit([ScoreInput(str(i), "x")], 5.0) == [f"{i}:1"]
+            took.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.4)  # 2.5 pairs/s: far fewer than 1 per max_delay
+        await b.stop()
+        return took
+
+    assert max(asyncio.run(scenario())) < 0.15  # waiting would take max_delay = 0.3 s
+
+
+def test_micro_batcher_waits_for_company_under_load():
+    """At a high arrival rate a lone pending pair waits, and the late ones join its batch."""
+
+    async def scenario():
+        seen = []
+
+        def score(batch):
+            seen.append(len(batch))
+            return _results(batch)
+
+        b = MicroBatcher(score, Metrics(), max_batch=8, max_delay_s=0.2, queue_bound=100)
+        for k in range(50):  # the recent past: 50 pairs within 10 ms
+            b.arrivals.observe(time.perf_counter() - 0.01 + k * 0.0002)
+        await b.start()
+
+        async def late(i):
+            await asyncio.sleep(0.05)
+            return await b.submit([ScoreInput(str(i), "x")], 5.0)
+
+        first = asyncio.ensure_future(b.submit([ScoreInput("0", "x")], 5.0))
+        answers = await asyncio.gather(first, *(late(i) for i in range(1, 4)))
+        await b.stop()
+        return seen, answers
+
+    seen, answers = asyncio.run(scenario())
+    assert seen == [4]  # the first pair waited for the three that came 50 ms later
+    assert [a[0] for a in answers] == [f"{i}:4" for i in range(4)]
