@@ -559,6 +559,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     else:
         head.append(f"Model: none ({missing_model}).")
+    head += [
+        "",
+        "What was profiled and fixed where a target was missed, with before/after figures: "
+        "[PROFILING.md](PROFILING.md).",
+    ]
     head += ["", "## Machine", "", *machine, ""]
     if skip:
         head += [f"Parts skipped on request (--skip): {', '.join(sorted(skip))}.", ""]

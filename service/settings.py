@@ -50,7 +50,11 @@ class Settings(BaseSettings):
     redis_backoff_max_s: float = Field(15.0, gt=0)
     max_batch: int = Field(32, ge=1, le=1024, description="most requests scored in one call")
     max_delay_ms: float = Field(
-        2.0, ge=0, le=1000, description="longest wait for more requests before scoring a batch"
+        2.0,
+        ge=0,
+        le=1000,
+        description="longest wait for more requests before scoring a batch; taken only when "
+        "the recent arrival rate expects another request within it (a lone client never waits)",
     )
     queue_bound: int = Field(
         4096, ge=1, description="pending predictions beyond which requests get 503"
