@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -97,6 +98,19 @@ def make_redis_tier(settings: Settings, metrics: Metrics) -> RedisTier | None:
     )
 
 
+def freeze_long_lived() -> None:
+    """Take every object alive now out of the cyclic garbage collector's scans.
+
+    The model, its entity tables and the imported libraries live as long as the process; a
+    full collection walks all of them while every in-flight request waits (profiled: p99 at 8
+    connections 89 ms with the collector, 10 ms without). Frozen objects are still freed by
+    reference counting; the previous model's cycles are collected first, by unfreezing.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class Engine:
     """Owns the served model and everything that scores with it.
 
@@ -143,6 +157,7 @@ class Engine:
         self.load_error = None
         backbone = scorer.artifact.manifest.get("backbone", {})
         self.metrics.set_model(scorer.model_version, str(backbone.get("name", "unknown")))
+        freeze_long_lived()
 
     def score(self, requests: Sequence[ScoreInput]) -> list[ScoreResult]:
         scorer = self.scorer

@@ -177,3 +177,27 @@ def test_micro_batcher_waits_for_company_under_load():
     seen, answers = asyncio.run(scenario())
     assert seen == [4]  # the first pair waited for the three that came 50 ms later
     assert [a[0] for a in answers] == [f"{i}:4" for i in range(4)]
+
+
+def test_freeze_long_lived_hides_the_model_from_the_collector_until_the_next_install():
+    import gc
+    import weakref
+
+    from service.engine import freeze_long_lived
+
+    class Node:
+        pass
+
+    old = Node()
+    old.cycle = old  # only the cyclic collector can free it
+    ref = weakref.ref(old)
+    try:
+        freeze_long_lived()  # a model was installed
+        assert gc.get_freeze_count() > 0
+        del old
+        gc.collect()
+        assert ref() is not None  # frozen: full collections no longer walk it
+        freeze_long_lived()  # the next install (a reload) unfreezes and collects first
+        assert ref() is None
+    finally:
+        gc.unfreeze()
