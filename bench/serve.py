@@ -95,14 +95,23 @@ async def _load(url: str, bodies: list[dict], connections: int, seconds: float) 
     }
 
 
-# Rotates through the bodies in a JSON array file, so a run touches every warm pair.
+# Each wrk thread has its own Lua state: thread k sends bodies k, k + T, k + 2T, ... (T threads),
+# so no body is sent twice until the list wraps (a cold run's list never does).
 WRK_SCRIPT = """
 local bodies = {}
 for line in io.lines("%s") do bodies[#bodies + 1] = line end
-local i = 0
+local threads = %d
+local counter = 0
+function setup(thread)
+  thread:set("first", counter)
+  counter = counter + 1
+end
+local i = nil
 request = function()
-  i = i %% #bodies + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[i])
+  i = i or first
+  local body = bodies[i %% #bodies + 1]
+  i = i + threads
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
 end
 """
 WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
@@ -120,9 +129,9 @@ def _load_wrk(url: str, bodies: list[dict], connections: int, seconds: float) ->
     with tempfile.TemporaryDirectory() as tmp:
         lines = Path(tmp) / "bodies.jsonl"
         lines.write_text("\n".join(json.dumps(b) for b in bodies) + "\n")
-        script = Path(tmp) / "rotate.lua"
-        script.write_text(WRK_SCRIPT % lines)
         threads = 1 if connections < 8 else 2
+        script = Path(tmp) / "rotate.lua"
+        script.write_text(WRK_SCRIPT % (lines, threads))
         cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, seconds):.0f}s",
                "--latency", "-s", str(script), url]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)

@@ -7,10 +7,11 @@ the next one fills up, so batches grow with load and stay small when idle.
 
 The wait for more pairs is adaptive: it happens only when the recent arrival rate expects at
 least one more pair within ``max_delay`` (:class:`ArrivalRate`). A lone client (one request
-in flight) is scored at once instead of paying ``max_delay`` for company that cannot come,
-while under load batches fill as before. Measured with wrk (docs/BENCHMARKS.md): at one
-connection this nearly doubles req/s over always waiting; at 32 it keeps the batches that a
-zero delay loses.
+in flight) is scored at once instead of paying ``max_delay`` for company that cannot come
+(while its round trip is longer than ``max_delay``: a client faster than that is itself the
+expected company), while under load batches fill as before. Measured with wrk
+(docs/PROFILING.md): at one connection this nearly doubles req/s over always waiting; at 32
+it keeps the batches that a zero delay loses.
 """
 
 from __future__ import annotations
@@ -132,6 +133,10 @@ class MicroBatcher:
             if not p.future.done():
                 p.future.set_exception(QueueFullError("the service is shutting down"))
         self._executor.shutdown(wait=True)
+
+    async def run_between_batches(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the scorer thread once the batch in flight (if any) has finished."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def submit(self, requests: Sequence[ScoreInput], timeout_s: float) -> list[ScoreResult]:
         """Score ``requests`` (in order) within ``timeout_s``.

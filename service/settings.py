@@ -54,7 +54,8 @@ class Settings(BaseSettings):
         ge=0,
         le=1000,
         description="longest wait for more requests before scoring a batch; taken only when "
-        "the recent arrival rate expects another request within it (a lone client never waits)",
+        "the recent arrival rate expects another request within it (so a lone client whose "
+        "round trip exceeds it never waits)",
     )
     queue_bound: int = Field(
         4096, ge=1, description="pending predictions beyond which requests get 503"

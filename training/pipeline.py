@@ -294,17 +294,26 @@ def model_version(cfg: TrainConfig, fingerprint: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{digest}"
 
 
+def collab_note(cfg: TrainConfig) -> str:
+    """How the report describes the from-scratch model's collaborative term."""
+    parts = ["user and item biases"] if cfg.id_biases else []
+    if cfg.factor_dim:
+        parts.append(f"a {cfg.factor_dim}-wide user-item factor dot product")
+    if not parts:
+        return "No collaborative term (factor_dim 0, id_biases off)."
+    return (
+        "The from-scratch model (LEVI, MLP, multi-head MLP) includes a collaborative term, "
+        f"{' plus '.join(parts)}, added to every adapter's output; its rows get per-example "
+        f"L2 {cfg.factor_l2:g}, as in matrix factorisation."
+    )
+
+
 def training_notes(cfg: TrainConfig, lrs: dict[str, float]) -> list[str]:
     return [
         f"Adam with decoupled weight decay (optax.adamw, {cfg.weight_decay:g}), batch "
         f"{cfg.batch_size}, dropout {cfg.dropout:g}; early stopping on ID validation RMSE "
         f"(patience {cfg.patience}, at most {cfg.max_epochs} epochs), best parameters kept.",
-        f"The from-scratch model (LEVI, MLP, multi-head MLP) includes a collaborative term, "
-        f"user and item biases plus a {cfg.factor_dim}-wide user-item factor dot product, "
-        "added to every adapter's output; its rows get per-example L2 "
-        f"{cfg.factor_l2:g}, as in matrix factorisation."
-        if cfg.factor_dim or cfg.id_biases
-        else "No collaborative term (factor_dim 0, id_biases off).",
+        collab_note(cfg),
         f"Item OOV training: each training pair's item features are replaced by the OOV id "
         f"with probability {cfg.item_oov_prob:g}, so the OOV slot is trained and cold-start "
         "(OOD) movies are carried by their item text.",
