@@ -132,8 +132,10 @@ def _load_wrk(url: str, bodies: list[dict], connections: int, seconds: float) ->
         threads = 1 if connections < 8 else 2
         script = Path(tmp) / "rotate.lua"
         script.write_text(WRK_SCRIPT % (lines, threads))
+        # --timeout as the Python client's: a slow answer is measured, not dropped (wrk's 2 s
+        # default turned overloaded runs into socket errors with no latency lines).
         cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, seconds):.0f}s",
-               "--latency", "-s", str(script), url]  # fmt: skip
+               "--timeout", "30s", "--latency", "-s", str(script), url]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     if proc.returncode != 0:
         raise SystemExit(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}")
@@ -144,6 +146,8 @@ def parse_wrk(out: str) -> dict:
     """Requests, errors (non-2xx and socket errors), req/s, p50 and p99 of a ``wrk --latency``
     report."""
     pct = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)$", out, re.M))
+    if not {"50", "99"} <= pct.keys():
+        raise ValueError(f"wrk printed no 50%/99% latency lines (no request finished?):\n{out}")
     total = int(re.search(r"(\d+) requests in", out)[1])
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)

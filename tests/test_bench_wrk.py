@@ -37,3 +37,9 @@ def test_counts_non_2xx_and_socket_errors():
 def test_latency_units(text, ms):
     report = REPORT.format(errors="").replace("24.45ms", text)
     assert parse_wrk(report)["p50_ms"] == pytest.approx(ms)
+
+
+def test_a_report_without_percentiles_is_a_clear_error():
+    report = REPORT.format(errors="").replace("     50%   24.45ms\n", "")
+    with pytest.raises(ValueError, match="no 50%/99% latency lines"):
+        parse_wrk(report)
