@@ -117,6 +117,19 @@ class EmbeddingMLP(nn.Module):
         return x
 
 
+def _collab_tables(cfg: HeadConfig) -> tuple[tuple[str, int, int], ...]:
+    """``(name, id column, width)`` of each table of the collaborative term."""
+    tables = []
+    if cfg.id_biases:
+        tables += [("user_bias", cfg.user_id_feature, 1), ("item_bias", cfg.item_id_feature, 1)]
+    if cfg.factor_dim:
+        tables += [
+            ("user_factors", cfg.user_id_feature, cfg.factor_dim),
+            ("item_factors", cfg.item_id_feature, cfg.factor_dim),
+        ]
+    return tuple(tables)
+
+
 class Collaborative(nn.Module):
     """``b_user + b_item + <p_user, q_item>`` of the id columns: ``[batch]``.
 
@@ -128,20 +141,16 @@ class Collaborative(nn.Module):
     @nn.compact
     def __call__(self, ids: jax.Array) -> jax.Array:
         cfg = self.config
-        users = ids[:, cfg.user_id_feature]  # [batch]
-        items = ids[:, cfg.item_id_feature]  # [batch]
-        n_users = cfg.vocab_sizes[cfg.user_id_feature]
-        n_items = cfg.vocab_sizes[cfg.item_id_feature]
+        rows = {}
+        for name, col, width in _collab_tables(cfg):
+            init = nn.initializers.zeros if width == 1 else nn.initializers.normal(0.01)
+            table = nn.Embed(cfg.vocab_sizes[col], width, embedding_init=init, name=name)
+            rows[name] = table(ids[:, col])  # [batch, width]
         out = jnp.zeros(ids.shape[:1], jnp.float32)
         if cfg.id_biases:
-            zeros = nn.initializers.zeros
-            out += nn.Embed(n_users, 1, embedding_init=zeros, name="user_bias")(users)[:, 0]
-            out += nn.Embed(n_items, 1, embedding_init=zeros, name="item_bias")(items)[:, 0]
+            out += rows["user_bias"][:, 0] + rows["item_bias"][:, 0]
         if cfg.factor_dim:
-            small = nn.initializers.normal(0.01)
-            p = nn.Embed(n_users, cfg.factor_dim, embedding_init=small, name="user_factors")
-            q = nn.Embed(n_items, cfg.factor_dim, embedding_init=small, name="item_factors")
-            out += jnp.sum(p(users) * q(items), axis=-1)  # [batch]
+            out += jnp.sum(rows["user_factors"] * rows["item_factors"], axis=-1)  # [batch]
         return out
 
 
@@ -159,15 +168,9 @@ def collab_penalty(params: dict, ids: jax.Array, config: HeadConfig) -> jax.Arra
         return jnp.zeros((), jnp.float32)
     collab = params["params"]["collab"]
     total = jnp.zeros(ids.shape[:1], jnp.float32)
-    for table, col in (
-        ("user_bias", config.user_id_feature),
-        ("item_bias", config.item_id_feature),
-        ("user_factors", config.user_id_feature),
-        ("item_factors", config.item_id_feature),
-    ):
-        if table in collab:
-            rows = collab[table]["embedding"][ids[:, col]]  # [batch, k]
-            total += jnp.sum(rows**2, axis=-1)
+    for name, col, _ in _collab_tables(config):
+        rows = collab[name]["embedding"][ids[:, col]]  # [batch, width]
+        total += jnp.sum(rows**2, axis=-1)
     return jnp.mean(total)
 
 

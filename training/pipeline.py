@@ -185,7 +185,7 @@ def evaluate_all(
         for r in results:
             a_test, a_ood = (
                 predict_adapters(r.head, r.params, data, rows, mesh=mesh,
-                                 batch_size=cfg.eval_batch_size, weight_decay=cfg.weight_decay)
+                                 batch_size=cfg.eval_batch_size)
                 for rows in (test, ood)
             )  # fmt: skip
             adapters_of.setdefault(method, []).append((a_test, a_ood))
@@ -272,9 +272,8 @@ def reference_stats(
         means.append(mean)
         variances.append(np.maximum(s1[1] / total - mean**2, 0.0))
     adapters = predict_adapters(
-        run.head, run.params, data, train, mesh=mesh, batch_size=cfg.eval_batch_size,
-        weight_decay=cfg.weight_decay,
-    )  # fmt: skip
+        run.head, run.params, data, train, mesh=mesh, batch_size=cfg.eval_batch_size
+    )
     head = run.head
     edges = np.linspace(head.rating_min, head.rating_max, HIST_BINS + 1)
     hist, _ = np.histogram(predict_ratings(head, adapters), bins=edges)

@@ -181,10 +181,28 @@ def make_optimizer(weight_decay: float) -> optax.GradientTransformation:
 
 
 @functools.lru_cache(maxsize=32)
+def compiled_predict(head: HeadConfig, mesh: Mesh) -> Callable:
+    """Jitted ``predict(params, data, rows [batch]) -> adapter ratings [batch, A]`` (cached).
+
+    Keyed by the head and the mesh only, so every run of a head config, whatever its
+    optimizer settings, and its evaluation share one compile.
+    """
+    model = LeviHead(head)
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    def predict(params, data, rows):
+        rows = jax.lax.with_sharding_constraint(rows, batch_sharding)
+        ids, mh, acts, _ = _gather(head, data, rows, None)
+        return model.apply(params, ids, mh, acts, deterministic=True)
+
+    return jax.jit(predict)
+
+
+@functools.lru_cache(maxsize=32)
 def compiled_fns(
     head: HeadConfig, weight_decay: float, mesh: Mesh, factor_l2: float = 0.0
 ) -> dict[str, Callable]:
-    """Jitted ``init``, ``train_chunk`` and ``predict`` of one head config (cached)."""
+    """Jitted ``init`` and ``train_chunk`` of one head config and its loss (cached)."""
     model = LeviHead(head)
     tx = make_optimizer(weight_decay)
     batch_sharding = NamedSharding(mesh, P("data"))
@@ -217,13 +235,7 @@ def compiled_fns(
         state, losses = jax.lax.scan(body, state, (rows, drop))
         return state, jnp.mean(losses)
 
-    def predict(params, data, rows):
-        """``rows`` ``[batch]`` -> adapter ratings ``[batch, A]``."""
-        rows = jax.lax.with_sharding_constraint(rows, batch_sharding)
-        ids, mh, acts, _ = _gather(head, data, rows, None)
-        return model.apply(params, ids, mh, acts, deterministic=True)
-
-    return {"init": jax.jit(init), "train_chunk": jax.jit(train_chunk), "predict": jax.jit(predict)}
+    return {"init": jax.jit(init), "train_chunk": jax.jit(train_chunk)}
 
 
 def predict_adapters(
@@ -234,19 +246,18 @@ def predict_adapters(
     *,
     mesh: Mesh,
     batch_size: int = 4096,
-    weight_decay: float = 0.0,
 ) -> np.ndarray:
     """Raw adapter ratings float32 ``[len(rows), n_adapters]`` of pair ``rows``."""
     # One fixed batch shape (a multiple of the device count): one compile per head config.
     batch_size = -(-batch_size // mesh.size) * mesh.size
-    fns = compiled_fns(head, weight_decay, mesh)
+    predict = compiled_predict(head, mesh)
     sharding = NamedSharding(mesh, P("data"))
     out = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         padded = np.zeros(batch_size, np.int32)
         padded[: len(chunk)] = chunk
-        adapters = fns["predict"](params, data, jax.device_put(padded, sharding))
+        adapters = predict(params, data, jax.device_put(padded, sharding))
         out.append(np.asarray(adapters)[: len(chunk)])  # [chunk, A]
     if not out:
         return np.zeros((0, head.n_adapters), np.float32)
@@ -414,9 +425,8 @@ def train_run(
         if end < steps_per_epoch:
             continue
         adapters = predict_adapters(
-            head, params, data, val_rows, mesh=mesh, batch_size=cfg.eval_batch_size,
-            weight_decay=cfg.weight_decay,
-        )  # fmt: skip
+            head, params, data, val_rows, mesh=mesh, batch_size=cfg.eval_batch_size
+        )
         val = rmse(predict_ratings(head, adapters), val_y)
         if val < meta["best_val"] - 1e-5:
             meta.update(best_val=val, best_epoch=epoch, bad_epochs=0)

@@ -68,13 +68,20 @@ def _results(batch):
     return [f"{r.user_id}:{len(batch)}" for r in batch]
 
 
+def _recording_scorer():
+    """A scorer that answers like ``_results`` and the list of batch sizes it was called with."""
+    seen = []
+
+    def score(batch):
+        seen.append(len(batch))
+        return _results(batch)
+
+    return score, seen
+
+
 def test_micro_batcher_gathers_concurrent_requests_and_bounds_the_queue():
     async def scenario():
-        seen = []
-
-        def score(batch):
-            seen.append(len(batch))
-            return _results(batch)
+        score, seen = _recording_scorer()
 
         b = MicroBatcher(score, Metrics(), max_batch=8, max_delay_s=0.05, queue_bound=10)
         await b.start()
@@ -154,11 +161,7 @@ def test_micro_batcher_waits_for_company_under_load():
     """At a high arrival rate a lone pending pair waits, and the late ones join its batch."""
 
     async def scenario():
-        seen = []
-
-        def score(batch):
-            seen.append(len(batch))
-            return _results(batch)
+        score, seen = _recording_scorer()
 
         b = MicroBatcher(score, Metrics(), max_batch=8, max_delay_s=0.2, queue_bound=100)
         for k in range(50):  # the recent past: 50 pairs within 10 ms
