@@ -59,6 +59,8 @@ class TrainConfig:
             id with this probability, so the OOV slot is trained and the head learns to rely
             on the item text for cold-start items (the OOD movies).
         embed_dim, mlp_dims, adapter_hidden: head sizes (DESIGN.md: 512 -> 256, hidden 256).
+            16-wide embeddings beat 32 on ID validation (3 seeds: 0.9067 vs 0.9112); the
+            collaborative term carries the id interactions, so wider id embeddings overfit.
         factor_dim, id_biases: the from-scratch model's collaborative term
             (``model.head.Collaborative``): user/item factor width (0: none) and biases.
         factor_l2: per-example L2 on the biases and factors a batch reads
@@ -91,7 +93,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     dropout: float = 0.1
     item_oov_prob: float = 0.1
-    embed_dim: int = 32
+    embed_dim: int = 16
     mlp_dims: tuple[int, ...] = (512, 256)
     adapter_hidden: int = 256
     factor_dim: int = 64
