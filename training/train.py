@@ -200,7 +200,7 @@ def compiled_predict(head: HeadConfig, mesh: Mesh) -> Callable:
 
 @functools.lru_cache(maxsize=32)
 def compiled_fns(
-    head: HeadConfig, weight_decay: float, mesh: Mesh, factor_l2: float = 0.0
+    head: HeadConfig, weight_decay: float, mesh: Mesh, factor_l2: float
 ) -> dict[str, Callable]:
     """Jitted ``init`` and ``train_chunk`` of one head config and its loss (cached)."""
     model = LeviHead(head)
