@@ -6,7 +6,8 @@ Layout of ``artifacts/<model_version>/``::
                              fingerprint, n_layers, hidden_size, max_length, length_buckets},
                              tokenizer (file name), views (ViewSet.to_json), head
                              (HeadConfig.to_json), features (file name), activation_dtype,
-                             rating_range, platforms (+ platforms_requested, platforms_note),
+                             rating_range, dataset (the resolved dataset spec),
+                             platforms (+ platforms_requested, platforms_note),
                              libraries {jax, jaxlib, flax, numpy}, ood_score (calibration),
                              training_config, files {relative path: sha256 of every other file}
     backbone.jaxexport       jax.export: (params, input_ids[b,l] int32, mask[b,l] int32)
@@ -17,7 +18,7 @@ Layout of ``artifacts/<model_version>/``::
                              -> (adapters[b, A] float32, rating[b] float32); symbolic b
     head.safetensors
     tokenizer.json | spiece.model
-    features.json            FeatureSpec.to_json
+    features.json            FeatureSpec.to_json (typed columns, vocabularies, bucket edges)
     users.parquet, items.parquet   entity tables (canonical schema of training.data)
     reference.safetensors    drift reference statistics (see model.reference.ReferenceStats)
     report.json, report.md, plots/*.png   (when a report directory is given)
@@ -61,8 +62,9 @@ from model.tokenizer import LENGTH_BUCKETS, TextTokenizer
 if TYPE_CHECKING:
     from model.backbone import Backbone
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+# 2: features.json holds the dataset spec's typed columns; the manifest has "dataset".
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (2,)
 MANIFEST = "manifest.json"
 BACKBONE_EXPORT, BACKBONE_PARAMS = "backbone.jaxexport", "backbone.safetensors"
 HEAD_EXPORT, HEAD_PARAMS = "head.jaxexport", "head.safetensors"
@@ -167,6 +169,7 @@ def export_artifact(
     users: pd.DataFrame,
     items: pd.DataFrame,
     reference: ReferenceStats | Mapping[str, np.ndarray],
+    dataset: Mapping[str, Any] | None = None,
     report_dir: str | Path | None = None,
     training_config: Mapping[str, Any] | Any | None = None,
     platforms: Sequence[str] = ("cpu", "cuda"),
@@ -181,6 +184,8 @@ def export_artifact(
         features, views: the feature spec and text views the head was trained with.
         users, items: the entity tables (canonical schema of ``training.data``).
         reference: training reference statistics, or their ``to_dict()`` form.
+        dataset: the resolved dataset spec (``training.spec.DatasetSpec.summary``): name,
+            rating scale, declared columns and types, split; recorded in the manifest.
         report_dir: a directory holding report.json, report.md and plots/ to copy along.
         training_config: a JSON-able dict (or dataclass) recorded in the manifest.
         platforms: jax.export lowering platforms; if lowering for all of them fails and cpu is
@@ -230,6 +235,7 @@ def export_artifact(
             users=users,
             items=items,
             reference=reference,
+            dataset=dataset,
             report_dir=Path(report_dir) if report_dir is not None else None,
             training_config=training_config,
             platforms=tuple(platforms),
@@ -280,6 +286,7 @@ def _write_contents(
     users: pd.DataFrame,
     items: pd.DataFrame,
     reference: ReferenceStats,
+    dataset: Mapping[str, Any] | None,
     report_dir: Path | None,
     training_config: Any,
     platforms: tuple[str, ...],
@@ -337,6 +344,7 @@ def _write_contents(
         "features": FEATURES,
         "activation_dtype": ACTIVATION_DTYPE,
         "rating_range": [float(head_config.rating_min), float(head_config.rating_max)],
+        "dataset": _jsonable(dict(dataset)) if dataset is not None else None,
         "platforms": list(done),
         "platforms_requested": list(platforms),
         "platforms_note": note,
@@ -469,6 +477,11 @@ class Artifact:
     @property
     def platforms(self) -> tuple[str, ...]:
         return tuple(self.manifest["platforms"])
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        """The resolved dataset spec of the manifest (name, rating scale, columns, split)."""
+        return dict(self.manifest.get("dataset") or {})
 
     def encode(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Pooled activations of every layer.
@@ -608,8 +621,9 @@ def _read_manifest(given: Path, root: Path) -> dict[str, Any]:
     if version not in SUPPORTED_FORMAT_VERSIONS:
         raise ArtifactError(
             f"{file}: format_version {version!r} is not supported (this loader reads "
-            f"{list(SUPPORTED_FORMAT_VERSIONS)}); re-export the artifact with this code version "
-            "or serve it with the matching service version"
+            f"{list(SUPPORTED_FORMAT_VERSIONS)}); retrain it with this code version (`make "
+            "train`, or `python -m training --config SPEC` for your own data) or serve it with "
+            "the matching service version"
         )
     missing = [k for k in ("model_version", "backbone", "head", "views", "tokenizer",
                            "platforms", "files") if k not in manifest]  # fmt: skip

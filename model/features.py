@@ -1,128 +1,218 @@
-"""Feature encoding for the from-scratch MLP: vocabularies fitted on ID train, OOV slot 0.
+"""Feature encoding for the from-scratch MLP, resolved from the dataset spec.
 
-Categorical features are user features first, then item features, so an answer's feature
-row is ``concat(user_ids, item_ids)`` and each entity's part can be encoded once and cached.
-Genres (behind a switch) are a multi-hot vector.
+Every declared column of the users and items tables is a :class:`Column` with its type and
+what was fitted on ID train (a vocabulary, bucket edges). Reserved ids, the same for every
+column (Merlin's Categorify convention):
+
+* categorical: 0 = out of vocabulary or missing, ``i + 1`` = ``vocab[i]``;
+* numeric: 0 = missing or not a number, ``k + 1`` = bucket ``k`` of
+  ``searchsorted(edges, value, side="right")`` (``len(edges) + 1`` buckets);
+* multi_categorical: a multi-hot vector over the vocabulary (unknown values are dropped).
+
+The ``ids`` input of the head is ``concat(user columns, item columns)`` of the categorical
+and numeric MLP columns (ids first on each side); ``multi_hot`` is ``concat(user multi-hot,
+item multi-hot)``. So each entity's part is encoded once and cached.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 OOV = 0
-AGE_BOUNDS = (18, 25, 35, 45, 50, 56)  # MovieLens age groups: <18, 18-24, ..., 56+
-AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+ENTITIES = ("user", "item")
+KINDS = ("categorical", "multi_categorical", "numeric", "text")
+ID_COLUMNS = {"user": "user_id", "item": "item_id"}
 
 
-def age_bucket(age: object) -> str | None:
-    """MovieLens age group label of an age in years; None when missing."""
-    try:
-        years = int(age)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    if years < 0:
-        return None
-    return AGE_LABELS[int(np.searchsorted(AGE_BOUNDS, years, side="right"))]
-
-
-def _clean(value: object) -> str | None:
+def clean_category(value: object, prefix: int | None = None) -> str | None:
+    """The vocabulary form of a categorical value: stripped, lower case, optionally cut to
+    ``prefix`` characters; None when missing."""
     if value is None or (isinstance(value, float) and value != value):
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     text = str(value).strip().lower()
+    if prefix:
+        text = text[:prefix]
     return text or None
 
 
-def _zip_prefix(value: object) -> str | None:
-    text = _clean(value)
-    return text[:3] if text else None
+def as_number(value: object) -> float | None:
+    """A float, or None when missing or not a number (bools are not numbers)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
 
 
-# feature name -> (entity, field read from the entity record, extractor)
-EXTRACTORS: dict[str, tuple[str, Callable[[Mapping], str | None]]] = {
-    "user_id": ("user", lambda r: _clean(r.get("user_id"))),
-    "age_bucket": ("user", lambda r: age_bucket(r.get("age"))),
-    "gender": ("user", lambda r: _clean(r.get("gender"))),
-    "occupation": ("user", lambda r: _clean(r.get("occupation"))),
-    "zip_prefix": ("user", lambda r: _zip_prefix(r.get("zip_code"))),
-    "item_id": ("item", lambda r: _clean(r.get("item_id"))),
-}
-DEFAULT_FEATURES = ("user_id", "age_bucket", "occupation", "zip_prefix", "item_id")
+def as_values(value: object, sep: str | None = None) -> tuple[str, ...]:
+    """The values of a multi-valued cell: a list/tuple/array, or a ``sep``-delimited string."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ()
+    if isinstance(value, str):
+        parts = value.split(sep) if sep else [value]
+    elif isinstance(value, Iterable):
+        parts = [str(v) for v in value]
+    else:
+        parts = [str(value)]
+    return tuple(p.strip() for p in parts if p is not None and str(p).strip())
 
 
 @dataclass(frozen=True)
-class CategoricalFeature:
-    """A categorical feature with its vocabulary; id ``i + 1`` is ``vocab[i]``, 0 is OOV."""
+class Column:
+    """One resolved column of the users or items table.
+
+    Attributes:
+        name: the column name (``user_id`` / ``item_id`` for the ids).
+        entity: ``"user"`` or ``"item"``.
+        kind: ``categorical``, ``multi_categorical``, ``numeric`` or ``text``.
+        mlp: whether the embedding MLP reads it (never for text).
+        vocab: categorical / multi_categorical values fitted on ID train (vocabulary form).
+        edges: numeric bucket edges.
+        prefix: categorical: values are cut to this many characters (0: whole value).
+        sep: multi_categorical: delimiter of string cells.
+    """
 
     name: str
-    vocab: tuple[str, ...]
+    entity: str
+    kind: str
+    mlp: bool = True
+    vocab: tuple[str, ...] = ()
+    edges: tuple[float, ...] = ()
+    prefix: int = 0
+    sep: str | None = None
+    _index: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.entity not in ENTITIES or self.kind not in KINDS:
+            raise ValueError(
+                f"column {self.name!r}: bad entity {self.entity!r} or kind {self.kind!r}"
+            )
+        self._index.update({v: i + 1 for i, v in enumerate(self.vocab)})
 
     @property
-    def entity(self) -> str:
-        return EXTRACTORS[self.name][0]
+    def is_id_input(self) -> bool:
+        """A column of the head's ``ids`` input (categorical or numeric, read by the MLP)."""
+        return self.mlp and self.kind in ("categorical", "numeric")
+
+    @property
+    def is_multi_hot_input(self) -> bool:
+        return self.mlp and self.kind == "multi_categorical"
 
     @property
     def size(self) -> int:
+        """Embedding rows (reserved 0 included) or multi-hot width."""
+        if self.kind == "numeric":
+            return len(self.edges) + 2
+        if self.kind == "multi_categorical":
+            return len(self.vocab)
         return len(self.vocab) + 1
+
+    def encode_one(self, value: object) -> int:
+        """The id of one value (0 when missing or unknown)."""
+        if self.kind == "numeric":
+            number = as_number(value)
+            if number is None:
+                return OOV
+            return int(np.searchsorted(self.edges, number, side="right")) + 1
+        return self._index.get(clean_category(value, self.prefix or None), OOV)
+
+    def known(self, value: object) -> bool:
+        """Whether a categorical / multi_categorical value is in the vocabulary."""
+        values = as_values(value, self.sep) if self.kind == "multi_categorical" else (value,)
+        return all(clean_category(v, self.prefix or None) in self._index for v in values)
+
+    def to_json(self) -> dict:
+        out: dict = {"name": self.name, "entity": self.entity, "kind": self.kind, "mlp": self.mlp}
+        if self.vocab:
+            out["vocab"] = list(self.vocab)
+        if self.kind == "numeric":
+            out["edges"] = [float(e) for e in self.edges]
+        if self.prefix:
+            out["prefix"] = self.prefix
+        if self.sep:
+            out["sep"] = self.sep
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Column:
+        return cls(
+            name=data["name"], entity=data["entity"], kind=data["kind"],
+            mlp=bool(data.get("mlp", True)), vocab=tuple(data.get("vocab", ())),
+            edges=tuple(float(e) for e in data.get("edges", ())),
+            prefix=int(data.get("prefix", 0)), sep=data.get("sep"),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Every input feature of the MLP and how to encode it.
+    """Every declared column and how the head reads it.
 
     Attributes:
-        categorical: user features first, then item features.
-        genres: genre names of the multi-hot item feature; empty when genres are off.
+        columns: the user columns (``user_id`` first), then the item columns (``item_id``
+            first), each in spec order.
     """
 
-    categorical: tuple[CategoricalFeature, ...]
-    genres: tuple[str, ...] = ()
+    columns: tuple[Column, ...]
 
     def __post_init__(self) -> None:
-        entities = [f.entity for f in self.categorical]
+        entities = [c.entity for c in self.columns]
         if entities != sorted(entities, key=lambda e: e != "user"):
-            raise ValueError("FeatureSpec.categorical must list user features before item features")
-        # Lookup tables, built once (frozen dataclass: bypass __setattr__).
-        object.__setattr__(
-            self,
-            "_index",
-            {f.name: {v: i + 1 for i, v in enumerate(f.vocab)} for f in self.categorical},
-        )
+            raise ValueError("FeatureSpec.columns must list user columns before item columns")
+
+    @property
+    def categorical(self) -> tuple[Column, ...]:
+        """The columns of the head's ``ids`` input, in order."""
+        return tuple(c for c in self.columns if c.is_id_input)
 
     @property
     def vocab_sizes(self) -> tuple[int, ...]:
-        return tuple(f.size for f in self.categorical)
+        return tuple(c.size for c in self.categorical)
 
     @property
     def n_multi_hot(self) -> int:
-        return len(self.genres)
+        return sum(c.size for c in self.columns if c.is_multi_hot_input)
 
-    def features_of(self, entity: str) -> tuple[CategoricalFeature, ...]:
-        return tuple(f for f in self.categorical if f.entity == entity)
+    def fields_of(self, entity: str) -> tuple[Column, ...]:
+        """The declared columns of an entity other than its id (what a request may send)."""
+        return tuple(c for c in self.columns if c.entity == entity and c.name != ID_COLUMNS[entity])
+
+    def id_column(self, entity: str) -> int:
+        """Position of the entity's id in the ``ids`` input (-1: not an input)."""
+        names = [(c.entity, c.name) for c in self.categorical]
+        key = (entity, ID_COLUMNS[entity])
+        return names.index(key) if key in names else -1
 
     def encode_entity(self, entity: str, records: Sequence[Mapping]) -> np.ndarray:
-        """int32 ``[n, n_features_of(entity)]`` ids of user or item records (OOV = 0)."""
-        feats = self.features_of(entity)
-        out = np.zeros((len(records), len(feats)), dtype=np.int32)
-        for j, f in enumerate(feats):
-            extract = EXTRACTORS[f.name][1]
-            index = self._index[f.name]  # type: ignore[attr-defined]
+        """int32 ``[n, F_entity]`` ids of user or item records (0 = OOV / missing)."""
+        cols = [c for c in self.categorical if c.entity == entity]
+        out = np.zeros((len(records), len(cols)), dtype=np.int32)
+        for j, col in enumerate(cols):
             for i, r in enumerate(records):
-                out[i, j] = index.get(extract(r), OOV)
+                out[i, j] = col.encode_one(r.get(col.name))
         return out
 
-    def encode_genres(self, records: Sequence[Mapping]) -> np.ndarray:
-        """float32 ``[n, n_multi_hot]`` multi-hot genres of item records."""
-        out = np.zeros((len(records), len(self.genres)), dtype=np.float32)
-        if not self.genres:
-            return out
-        col = {g: j for j, g in enumerate(self.genres)}
-        for i, r in enumerate(records):
-            for g in r.get("genres") or ():
-                if g in col:
-                    out[i, col[g]] = 1.0
+    def encode_multi_hot(self, entity: str, records: Sequence[Mapping]) -> np.ndarray:
+        """float32 ``[n, G_entity]`` multi-hot of the entity's multi_categorical columns."""
+        cols = [c for c in self.columns if c.entity == entity and c.is_multi_hot_input]
+        out = np.zeros((len(records), sum(c.size for c in cols)), dtype=np.float32)
+        offset = 0
+        for col in cols:
+            index = {v: offset + k for k, v in enumerate(col.vocab)}
+            for i, r in enumerate(records):
+                for v in as_values(r.get(col.name), col.sep):
+                    j = index.get(clean_category(v))
+                    if j is not None:
+                        out[i, j] = 1.0
+            offset += col.size
         return out
 
     def encode(self, users: Sequence[Mapping], items: Sequence[Mapping]) -> dict[str, np.ndarray]:
@@ -134,45 +224,89 @@ class FeatureSpec:
         ids = np.concatenate(
             [self.encode_entity("user", users), self.encode_entity("item", items)], axis=1
         )
-        return {"ids": ids, "multi_hot": self.encode_genres(items)}
+        multi_hot = np.concatenate(
+            [self.encode_multi_hot("user", users), self.encode_multi_hot("item", items)], axis=1
+        )
+        return {"ids": ids, "multi_hot": multi_hot}
 
     def to_json(self) -> dict:
-        return {
-            "categorical": [{"name": f.name, "vocab": list(f.vocab)} for f in self.categorical],
-            "genres": list(self.genres),
-        }
+        return {"columns": [c.to_json() for c in self.columns]}
 
     @classmethod
     def from_json(cls, data: Mapping) -> FeatureSpec:
-        cats = tuple(CategoricalFeature(c["name"], tuple(c["vocab"])) for c in data["categorical"])
-        return cls(cats, tuple(data.get("genres", ())))
+        """Raises: ValueError for the features.json of artifacts before the dataset spec."""
+        if "columns" not in data:
+            raise ValueError(
+                "features.json has no 'columns': the artifact predates the dataset spec; "
+                "retrain it with `make train` (or `python -m training --config SPEC`)"
+            )
+        return cls(tuple(Column.from_json(c) for c in data["columns"]))
+
+
+@dataclass(frozen=True)
+class ColumnDecl:
+    """What the spec declares of a column before fitting (see ``training.spec.ColumnSpec``).
+
+    Attributes:
+        quantiles: numeric: ``k`` of ``"quantile:k"`` (edges fitted), else 0.
+        edges: numeric: explicit edges.
+    """
+
+    name: str
+    entity: str
+    kind: str
+    mlp: bool = True
+    min_count: int = 1
+    max_size: int | None = None
+    prefix: int = 0
+    sep: str | None = None
+    edges: tuple[float, ...] = ()
+    quantiles: int = 0
+
+
+def _vocab(values: Iterable[str | None], min_count: int, max_size: int | None) -> tuple[str, ...]:
+    counts = Counter(v for v in values if v is not None)
+    kept = [v for v, n in counts.items() if n >= min_count]
+    if max_size is not None and len(kept) > max_size:
+        kept = sorted(kept, key=lambda v: (-counts[v], v))[:max_size]
+    return tuple(sorted(kept))
+
+
+def _fit(decl: ColumnDecl, records: Sequence[Mapping]) -> Column:
+    values = [r.get(decl.name) for r in records]
+    vocab: tuple[str, ...] = ()
+    edges = decl.edges
+    if decl.kind == "categorical":
+        vocab = _vocab(
+            (clean_category(v, decl.prefix or None) for v in values), decl.min_count, decl.max_size
+        )
+    elif decl.kind == "multi_categorical":
+        flat = (clean_category(x) for v in values for x in as_values(v, decl.sep))
+        vocab = _vocab(flat, decl.min_count, decl.max_size)
+    elif decl.kind == "numeric" and decl.quantiles:
+        numbers = np.array([x for x in map(as_number, values) if x is not None], dtype=np.float64)
+        if numbers.size:
+            qs = np.quantile(numbers, np.linspace(0, 1, decl.quantiles + 1)[1:-1])
+            edges = tuple(float(e) for e in np.unique(qs))
+    return Column(
+        decl.name, decl.entity, decl.kind, decl.mlp and decl.kind != "text", vocab, edges,
+        decl.prefix, decl.sep,
+    )  # fmt: skip
 
 
 def fit_feature_spec(
-    users: Sequence[Mapping],
-    items: Sequence[Mapping],
-    *,
-    names: Sequence[str] = DEFAULT_FEATURES,
-    gender: bool = False,
-    genres: Sequence[str] = (),
+    decls: Sequence[ColumnDecl], users: Sequence[Mapping], items: Sequence[Mapping]
 ) -> FeatureSpec:
-    """Vocabularies from the users and items seen in ID train (everything else maps to OOV).
+    """Vocabularies and quantile edges from the users and items seen in ID train.
 
     Args:
+        decls: the declared columns of both entities (ids are added first on each side).
         users: records of the users that occur in the training ratings.
         items: records of the items that occur in the training ratings.
-        names: categorical features to use (see ``EXTRACTORS``).
-        gender: add the user gender feature (off by default, as in the paper).
-        genres: genre names for the multi-hot item feature; empty turns genres off.
     """
-    wanted = list(names) + (["gender"] if gender and "gender" not in names else [])
-    unknown = [n for n in wanted if n not in EXTRACTORS]
-    if unknown:
-        raise ValueError(f"unknown feature(s) {unknown}; known: {sorted(EXTRACTORS)}")
-    wanted.sort(key=lambda n: EXTRACTORS[n][0] != "user")
-    cats = []
-    for name in wanted:
-        entity, extract = EXTRACTORS[name]
-        values = {extract(r) for r in (users if entity == "user" else items)}
-        cats.append(CategoricalFeature(name, tuple(sorted(v for v in values if v is not None))))
-    return FeatureSpec(tuple(cats), tuple(genres))
+    columns = []
+    for entity, records in (("user", users), ("item", items)):
+        id_decl = ColumnDecl(ID_COLUMNS[entity], entity, "categorical")
+        for decl in [id_decl, *(d for d in decls if d.entity == entity)]:
+            columns.append(_fit(decl, records))
+    return FeatureSpec(tuple(columns))

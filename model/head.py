@@ -34,7 +34,7 @@ class HeadConfig:
 
     Attributes:
         vocab_sizes: per categorical feature (OOV slot included), user features first.
-        n_multi_hot: width of the multi-hot genre input (0: genres off).
+        n_multi_hot: width of the multi-hot input (multi_categorical columns; 0: none).
         layers: 0-based encoder layers that get an adapter (empty: no text view).
         text_free_heads: adapters over the task vector alone, used only when ``layers`` is
             empty (1 = the MLP baseline A4, n = the multi-head MLP A5).
@@ -109,7 +109,7 @@ class EmbeddingMLP(nn.Module):
             for i, size in enumerate(cfg.vocab_sizes)
         ]
         if cfg.n_multi_hot:
-            parts.append(nn.Dense(cfg.embed_dim, name="genres")(multi_hot))
+            parts.append(nn.Dense(cfg.embed_dim, name="multi_hot")(multi_hot))
         x = jnp.concatenate(parts, axis=-1)  # [batch, n_features * embed_dim]
         for i, width in enumerate(cfg.mlp_dims):
             x = nn.relu(nn.Dense(width, name=f"mlp_{i}")(x))

@@ -12,6 +12,8 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 MISSING = "unknown"
 
 
@@ -21,9 +23,9 @@ class TextView:
 
     Attributes:
         name: short name, e.g. ``"user"``.
-        entity: ``"user"``, ``"item"`` or ``"pair"``: which fields the template reads. User
-            fields are named ``user_id, age, gender, occupation, zip_code``; item fields
-            ``item_id, title, genres``; a pair template may use both.
+        entity: ``"user"``, ``"item"`` or ``"pair"``: which record the template reads (the
+            user's ``user_id`` and declared columns, the item's ``item_id`` and declared
+            columns; a pair template reads both).
         template: ``str.format`` template over those field names.
     """
 
@@ -50,10 +52,10 @@ def _text(value: object) -> str:
         return MISSING
     if isinstance(value, float) and value != value:  # NaN from pandas
         return MISSING
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value) if value else MISSING
-    if isinstance(value, (int,)) and value < 0:  # -1 marks a missing age
-        return MISSING
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ", ".join(str(v) for v in value) if len(value) else MISSING
+    if isinstance(value, float) and value.is_integer():  # 24.0 from a column with gaps -> "24"
+        return str(int(value))
     text = str(value).strip()
     return text or MISSING
 
@@ -85,31 +87,18 @@ class ViewSet:
         return cls(data["name"], tuple(TextView(**v) for v in data["views"]))
 
 
-def factored_views(*, genres: bool = False, gender: bool = False) -> ViewSet:
-    """One user text and one item text (paper inputs; genres and gender behind switches)."""
-    user = "user id {user_id}, age {age}" + (", gender {gender}" if gender else "")
-    user += ", occupation {occupation}, zip code {zip_code}"
-    item = "movie id {item_id}, title {title}" + (", genres {genres}" if genres else "")
-    return ViewSet("factored", (TextView("user", "user", user), TextView("item", "item", item)))
+def views_from_templates(
+    *, user: str | None = None, item: str | None = None, pair: str | None = None
+) -> ViewSet:
+    """``factored`` views (one user text, one item text) or one ``pair`` view.
 
+    Templates read entity records: ``user_id`` / ``item_id`` and the declared columns.
 
-def pair_views(*, genres: bool = False, gender: bool = False) -> ViewSet:
-    """The paper's single LIFT-style sentence per user–item pair."""
-    text = "When the user id is {user_id}, the user age is {age}"
-    text += ", the user gender is {gender}" if gender else ""
-    text += (
-        ", the user occupation is {occupation}, the user zip code is {zip_code}, "
-        "the movie id is {item_id}, the movie title is {title}"
-    )
-    text += ", the movie genres are {genres}" if genres else ""
-    text += ", what can be the user rating on this movie?"
-    return ViewSet("pair", (TextView("pair", "pair", text),))
-
-
-def make_views(name: str, *, genres: bool = False, gender: bool = False) -> ViewSet:
-    """``"factored"`` or ``"pair"``."""
-    if name == "factored":
-        return factored_views(genres=genres, gender=gender)
-    if name == "pair":
-        return pair_views(genres=genres, gender=gender)
-    raise ValueError(f"unknown text views {name!r}: expected 'factored' or 'pair'")
+    Raises:
+        ValueError: neither (or both) styles given.
+    """
+    if pair is not None and user is None and item is None:
+        return ViewSet("pair", (TextView("pair", "pair", pair),))
+    if pair is None and user is not None and item is not None:
+        return ViewSet("factored", (TextView("user", "user", user), TextView("item", "item", item)))
+    raise ValueError("text views: give user and item templates, or one pair template")

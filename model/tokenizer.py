@@ -79,6 +79,14 @@ class TextTokenizer:
         eos = self._sp.eos_id()
         return [ids[: self.max_length - 1] + [eos] for ids in self._sp.encode(list(texts))]
 
+    def truncates(self, text: str) -> bool:
+        """Whether ``text`` has more tokens than ``max_length`` (and so is cut)."""
+        if len(text) < self.max_length // 2:  # cheap: fewer characters than half the limit
+            return False
+        if self._hf is not None:
+            return bool(self._hf.encode(text).overflowing)
+        return len(self._sp.encode(text)) > self.max_length - 1
+
     def decode(self, ids: Sequence[int]) -> str:
         if self._hf is not None:
             return self._hf.decode(list(ids), skip_special_tokens=True)

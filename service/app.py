@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from service.engine import Engine
+from service.entity_fields import with_model_fields
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.routes import admin, health, metrics, model_info, predict
@@ -107,6 +108,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = app_metrics
     for module in (predict, health, model_info, metrics, admin):
         app.include_router(module.router)
+    static_openapi = app.openapi
+
+    def openapi() -> dict:
+        # The user / item fields are the served model's (its dataset spec): typed once loaded.
+        engine = getattr(app.state, "engine", None)
+        scorer = engine.scorer if engine is not None else None
+        schema = static_openapi()
+        return schema if scorer is None else with_model_fields(schema, scorer.request_models)
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(MetricsMiddleware, metrics=app_metrics)

@@ -1,9 +1,10 @@
 """Batch scoring: ``python -m service.batch --model DIR --input FILE --output FILE``.
 
-Reads Parquet or CSV with columns ``user_id, item_id`` and optionally ``age, gender,
-occupation, zip_code`` (user features) and ``title, genres`` (item features; genres as a list
-or a ``|``-separated string). Writes the input columns plus ``rating``, ``adapter_<layer>``
-(1-based encoder layer) and ``ood_score``, in input order.
+Reads Parquet or CSV with columns ``user_id, item_id`` and optionally the model's user and
+item fields (its dataset spec's columns, ``GET /v1/model``), named as the field or as
+``user.<field>`` / ``item.<field>``; multi-valued fields as a list or a ``|``-separated string
+(or the column's own ``sep``). Other columns pass through. Writes the input columns plus
+``rating``, ``adapter_<layer>`` (1-based encoder layer) and ``ood_score``, in input order.
 
 The same scorer and activation cache as the service (``REDIS_URL`` is honoured, so a batch
 job warms the cache for the online replicas and reuses theirs). ``--shard i/N`` scores the
@@ -21,13 +22,17 @@ import argparse
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
+from model.features import Column, FeatureSpec
+from service.entity_fields import check_fields, request_models
 from service.metrics import Metrics
 from service.schemas import PredictRequest
 from service.scorer import ScoreInput, Scorer
@@ -35,8 +40,6 @@ from service.settings import Settings, describe_settings_error
 
 log = logging.getLogger("service.batch")
 
-USER_COLUMNS = ("age", "gender", "occupation", "zip_code")
-ITEM_COLUMNS = ("title", "genres")
 REQUIRED = ("user_id", "item_id")
 
 
@@ -75,7 +78,8 @@ def read_table(path: Path) -> pd.DataFrame:
     if missing:
         raise InputError(
             f"input file {path} lacks column(s) {missing}; it has {list(frame.columns)} "
-            f"(required: {list(REQUIRED)}; optional: {list(USER_COLUMNS + ITEM_COLUMNS)})"
+            f"(required: {list(REQUIRED)}; optional: the model's user and item fields, see "
+            "GET /v1/model)"
         )
     return frame
 
@@ -97,42 +101,93 @@ def _id(v: Any) -> Any:
     return str(v) if isinstance(v, int) else v
 
 
-def row_request(row: dict[str, Any]) -> dict[str, Any]:
+def field_columns(frame_columns: Sequence[str], features: FeatureSpec) -> dict[str, Column]:
+    """Input column -> the model's field it fills: ``<field>`` or ``user.<field>`` /
+    ``item.<field>`` (needed when users and items both have the field). Other columns pass
+    through to the output untouched.
+
+    Raises:
+        InputError: a bare column name that is a field of both users and items.
+    """
+    out: dict[str, Column] = {}
+    for entity in ("user", "item"):
+        for col in features.fields_of(entity):
+            if f"{entity}.{col.name}" in frame_columns:
+                out[f"{entity}.{col.name}"] = col
+    bare: dict[str, list[Column]] = {}
+    for col in (*features.fields_of("user"), *features.fields_of("item")):
+        if col.name in frame_columns:
+            bare.setdefault(col.name, []).append(col)
+    for name, cols in bare.items():
+        if len(cols) > 1:
+            raise InputError(
+                f"column {name!r} is a field of both users and items: name it user.{name} or "
+                f"item.{name}"
+            )
+        out[name] = cols[0]
+    return out
+
+
+def _cell(value: Any, col: Column) -> Any:
+    """A cell as the request field expects it (CSV cells arrive as strings)."""
+    value = _value(value)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if col.kind == "numeric" and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # refused by the field's validation, naming row and column
+    if col.kind == "multi_categorical" and isinstance(value, str) and not col.sep:
+        return [v for v in value.split("|") if v.strip()]
+    return value
+
+
+def row_request(row: dict[str, Any], columns: dict[str, Column]) -> dict[str, Any]:
     """A PredictRequest body from one input row (absent / empty cells are left out)."""
     body: dict[str, Any] = {"user_id": _id(row["user_id"]), "item_id": _id(row["item_id"])}
-    user = {c: _value(row[c]) for c in USER_COLUMNS if c in row and _value(row[c]) is not None}
-    item = {c: _value(row[c]) for c in ITEM_COLUMNS if c in row and _value(row[c]) is not None}
-    if isinstance(item.get("genres"), str):
-        item["genres"] = [g for g in item["genres"].split("|") if g]
-    if user:
-        body["user"] = user
-    if item:
-        body["item"] = item
+    for name, col in columns.items():
+        value = _cell(row.get(name), col)
+        if value is not None:
+            body.setdefault(col.entity, {})[col.name] = value
     return body
 
 
-def to_inputs(frame: pd.DataFrame, first_row: int) -> list[ScoreInput]:
-    """Validated scorer inputs of ``frame`` (rows numbered from ``first_row``, 0-based)."""
+def to_inputs(
+    frame: pd.DataFrame, first_row: int, scorer_fields: tuple[FeatureSpec, dict]
+) -> list[ScoreInput]:
+    """Validated scorer inputs of ``frame`` (rows numbered from ``first_row``, 0-based).
+
+    Args:
+        scorer_fields: the model's ``(FeatureSpec, request models)``.
+
+    Raises:
+        InputError: naming the row and column of the first bad cell.
+    """
+    features, models = scorer_fields
+    columns = field_columns(list(frame.columns), features)
+    by_field = {(c.entity, c.name): name for name, c in columns.items()}
     out = []
     for offset, row in enumerate(frame.to_dict("records")):
+        where = f"row {first_row + offset} (0-based, header excluded)"
         try:
-            req = PredictRequest.model_validate(row_request(row))
+            req = PredictRequest.model_validate(row_request(row, columns))
+            ((user, item),) = check_fields(models, [((), req.user, req.item)])
         except ValidationError as e:
             err = e.errors()[0]
             loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
             column = loc[-1] if loc else "?"
             raise InputError(
-                f"row {first_row + offset} (0-based, header excluded), column {column!r}: "
-                f"{err['msg']} (value {err.get('input')!r})"
+                f"{where}, column {column!r}: {err['msg']} (value {err.get('input')!r})"
             ) from None
-        out.append(
-            ScoreInput(
-                user_id=req.user_id,
-                item_id=req.item_id,
-                user=req.user.model_dump(exclude_none=True) if req.user else {},
-                item=req.item.model_dump(exclude_none=True) if req.item else {},
-            )
-        )
+        except RequestValidationError as e:
+            err = e.errors()[0]
+            entity, field = err["loc"][0], err["loc"][1]
+            column = by_field.get((entity, field), f"{entity}.{field}")
+            raise InputError(
+                f"{where}, column {column!r}: {err['msg']} (value {err.get('input')!r})"
+            ) from None
+        out.append(ScoreInput(user_id=req.user_id, item_id=req.item_id, user=user, item=item))
     return out
 
 
@@ -183,7 +238,7 @@ def run(
     i, n = shard
     start, stop = shard_range(len(frame), shard)
     if inputs is None:
-        inputs = to_inputs(frame.iloc[start:stop], start)
+        inputs = to_inputs(frame.iloc[start:stop], start, (scorer.features, scorer.request_models))
     parts_dir = parts_dir or output.with_name(output.name + ".parts")
     shard_dir = parts_dir / f"shard-{i:05d}-of-{n:05d}"
     parts = []
@@ -233,8 +288,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         frame = read_table(args.input)
-        start, stop = shard_range(len(frame), args.shard)
-        inputs = to_inputs(frame.iloc[start:stop], start)  # refuse bad rows before loading
     except InputError as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
         return 2
@@ -250,6 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the loader's message says what is wrong with which file
         print(f"error: cannot load the model {settings.model_dir}: {e}", file=sys.stderr)
         return 1
+    try:  # every row is checked against the model's fields before anything is scored
+        start, stop = shard_range(len(frame), args.shard)
+        inputs = to_inputs(
+            frame.iloc[start:stop], start, (artifact.features, request_models(artifact.features))
+        )
+    except InputError as e:
+        print(f"error: {args.input}: {e}", file=sys.stderr)
+        return 2
     redis = make_redis_tier(settings, metrics)
     scorer = build_scorer(artifact, settings, metrics, redis=redis, warm=False)
     try:

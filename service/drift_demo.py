@@ -1,8 +1,8 @@
 """``make drift-demo``: the dashboard's story without Grafana.
 
 Serves a model (``python -m service`` in a subprocess on 127.0.0.1), sends in-distribution
-traffic (known users rating movies of the training genres), then out-of-distribution traffic
-(the same users rating the genre-shift OOD movies, which the model never saw), scrapes
+traffic (known users rating items the model was trained on), then out-of-distribution traffic
+(the same users rating the items of the split's OOD side, which the model never saw), scrapes
 ``/metrics`` after every batch, and draws what Prometheus would have recorded: OOD score,
 adapter disagreement, per-layer activation drift, prediction PSI, unknown-item share.
 
@@ -24,8 +24,6 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-# The paper's MovieLens genre shift (DESIGN.md): a movie is in distribution if it has any.
-ID_GENRES = ("Action", "Comedy", "Drama", "Romance", "Thriller")
 WINDOWED = (
     "levi_ood_score_sum", "levi_ood_score_count",
     "levi_adapter_disagreement_sum", "levi_adapter_disagreement_count",
@@ -81,12 +79,24 @@ def _wait_ready(client: httpx.Client, proc: subprocess.Popen, timeout_s: float) 
 
 
 def traffic(model_dir: Path, n: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """``n`` in-distribution and ``n`` genre-shift requests over the artifact's tables."""
+    """``n`` in-distribution and ``n`` OOD requests over the artifact's tables.
+
+    In distribution: items of the training ratings (in the item id vocabulary of the
+    artifact's features.json); OOD: the other items of its table (the split's OOD side, e.g.
+    the genre-shift movies of MovieLens, the held-out items of a cold_items split).
+    """
+    import json
+
     import pandas as pd
+
+    from model.features import FeatureSpec, clean_category
 
     users = pd.read_parquet(model_dir / "users.parquet")["user_id"].astype(str).to_numpy()
     items = pd.read_parquet(model_dir / "items.parquet")
-    is_id = items["genres"].map(lambda gs: bool(set(gs if gs is not None else ()) & set(ID_GENRES)))
+    features = FeatureSpec.from_json(json.loads((model_dir / "features.json").read_text()))
+    (id_column,) = [c for c in features.columns if c.entity == "item" and c.name == "item_id"]
+    trained = set(id_column.vocab)
+    is_id = items["item_id"].map(lambda i: clean_category(i) in trained)
     rng = np.random.default_rng(seed)
 
     def pick(pool: np.ndarray) -> list[dict]:
@@ -98,7 +108,7 @@ def traffic(model_dir: Path, n: int, seed: int) -> tuple[list[dict], list[dict]]
     id_items = items.loc[is_id, "item_id"].astype(str).to_numpy()
     ood_items = items.loc[~is_id, "item_id"].astype(str).to_numpy()
     if not len(id_items) or not len(ood_items):
-        raise SystemExit("the artifact's item table has no ID or no OOD movies to send")
+        raise SystemExit("the artifact's item table has no ID or no OOD items to send")
     return pick(id_items), pick(ood_items)
 
 
@@ -173,8 +183,8 @@ def plot(series: Series, switch: int, out: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     for ax in axes.flat:
         ax.axvline(switch, color="red", linestyle="--", linewidth=1)
-        ax.set_xlabel("requests sent (red: ID -> genre-shift OOD traffic)")
-    fig.suptitle("LEVI Serve drift demo: in-distribution, then genre-shift traffic")
+        ax.set_xlabel("requests sent (red: ID -> OOD traffic)")
+    fig.suptitle("LEVI Serve drift demo: in-distribution, then OOD traffic")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 MAX_ID_LENGTH = 64
-MAX_TITLE_LENGTH = 256
-MAX_FIELD_LENGTH = 64
-MAX_GENRES = 32
 
 EntityId = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH),
     Field(examples=["196"]),
-]
-ShortText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_FIELD_LENGTH)
 ]
 
 
@@ -25,27 +19,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class UserFeatures(_Strict):
-    """Features of a user, for a user the model does not know or whose features changed."""
-
-    age: int | None = Field(None, ge=0, le=120, description="age in years")
-    gender: ShortText | None = Field(None, examples=["F"])
-    occupation: ShortText | None = Field(None, examples=["doctor"])
-    zip_code: (
-        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16)] | None
-    ) = Field(None, examples=["55105"])
-
-
-class ItemFeatures(_Strict):
-    """Features of an item; an unknown item needs a title for a good text view."""
-
-    title: (
-        Annotated[
-            str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_LENGTH)
-        ]
-        | None
-    ) = Field(None, examples=["Kolya (1996)"])
-    genres: list[ShortText] | None = Field(None, max_length=MAX_GENRES, examples=[["Comedy"]])
+EntityFields = Annotated[
+    dict[str, Any],
+    Field(
+        description="fields of the served model's dataset spec (GET /v1/model lists them; "
+        "an unknown field or a wrong type is a 422 naming it)",
+        max_length=256,
+        examples=[{"title": "Kolya (1996)"}],
+    ),
+]
 
 
 class PredictRequest(_Strict):
@@ -53,8 +35,8 @@ class PredictRequest(_Strict):
 
     user_id: EntityId
     item_id: EntityId
-    user: UserFeatures | None = None
-    item: ItemFeatures | None = None
+    user: EntityFields | None = None
+    item: EntityFields | None = None
 
 
 class AdapterRating(BaseModel):
@@ -112,6 +94,23 @@ class BackboneSummary(BaseModel):
     hidden_size: int
 
 
+class RequestField(BaseModel):
+    """A field the ``user`` / ``item`` objects accept (a declared column of the spec)."""
+
+    name: str
+    kind: str = Field(description="categorical, multi_categorical, numeric or text")
+    json_type: str
+    mlp: bool = Field(description="read by the embedding MLP (else only by the text views)")
+
+
+class DatasetSummary(BaseModel):
+    """The dataset spec the model was trained on."""
+
+    name: str
+    fields: dict[str, list[RequestField]] = Field(description="per entity: user, item")
+    split: dict = Field(default_factory=dict, description="the ID/OOD split of training")
+
+
 class ModelResponse(BaseModel):
     """Summary of the served artifact's manifest."""
 
@@ -123,6 +122,7 @@ class ModelResponse(BaseModel):
     views: list[str]
     layers: list[int] = Field(description="1-based encoder layers that have an adapter")
     rating_range: tuple[float, float]
+    dataset: DatasetSummary
     n_users: int
     n_items: int
     activation_dtype: str

@@ -25,6 +25,7 @@ import numpy as np
 from model.tokenizer import LENGTH_BUCKETS, bucket_length
 from service.cache import ActivationCache
 from service.drift import DriftMonitor
+from service.entity_fields import request_models
 from service.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-USER_FIELDS = ("age", "gender", "occupation", "zip_code")
-ITEM_FIELDS = ("title", "genres")
 PAIR_SAMPLE = 512  # pair views: entity pairs tokenized to find the length buckets in use
 
 
@@ -134,6 +133,16 @@ class Scorer:
         self.backbone_buckets = batch_buckets(max_batch * self.views.n_views)
         self.users = _records(artifact.users, "user_id")
         self.items = _records(artifact.items, "item_id")
+        self.request_models = request_models(self.features)
+        self._columns = {
+            e: {c.name: c for c in self.features.fields_of(e)} for e in ("user", "item")
+        }
+        # The fields the text views read, per entity: what a cold start should send.
+        used = {f for v in self.views.views for f in v.fields}
+        self._text_fields = {
+            e: [c.name for c in self.features.fields_of(e) if c.name in used]
+            for e in ("user", "item")
+        }
         ref = artifact.reference
         self.drift = DriftMonitor(
             ref.prediction_edges, ref.prediction_hist, ref.activation_mean, ref.activation_var
@@ -148,35 +157,41 @@ class Scorer:
     # -- entities and texts ---------------------------------------------------------------
 
     def resolve(self, req: ScoreInput) -> tuple[dict, dict, list[str]]:
-        """User and item records of a request, and its cold-start warnings."""
-        warnings = []
-        known_user = self.users.get(req.user_id)
-        user = dict(known_user) if known_user else {"user_id": req.user_id, "age": -1}
-        user.update({k: v for k, v in req.user.items() if v is not None})
-        if known_user is None:
-            if any(req.user.get(k) is not None for k in USER_FIELDS):
-                warnings.append("unknown user: answered from the request's user features")
-            else:
-                warnings.append(
-                    "unknown user without features: answered from the out-of-vocabulary slot; "
-                    "send user.age/occupation/zip_code for a better answer"
-                )
-        known_item = self.items.get(req.item_id)
-        item = dict(known_item) if known_item else {"item_id": req.item_id, "genres": ()}
-        item.update({k: (tuple(v) if k == "genres" else v) for k, v in req.item.items() if v})
-        if known_item is None:
-            if item.get("title"):
-                warnings.append("unknown item: answered from its title (cold start)")
-            else:
-                warnings.append(
-                    "unknown item without title: answered from the id slot and genres only; "
-                    "send item.title for a better answer"
-                )
-        if self.features.genres and req.item.get("genres"):
-            unknown = sorted(set(req.item["genres"]) - set(self.features.genres))
-            if unknown:
-                warnings.append(f"genres not known to the model were ignored: {unknown}")
-        return user, item, warnings
+        """User and item records of a request, and its cold-start and field warnings.
+
+        Known entities start from the artifact's tables; the request's fields (already
+        checked against the model's spec) override them; unknown ids get a record with only
+        their id and the request's fields (cold start: OOV slots and their text views).
+        """
+        warnings: list[str] = []
+        records = []
+        for entity, entity_id, given, table in (
+            ("user", req.user_id, req.user, self.users),
+            ("item", req.item_id, req.item, self.items),
+        ):
+            known = table.get(entity_id)
+            record = dict(known) if known else {f"{entity}_id": entity_id}
+            record.update({k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+            records.append(record)
+            if known is None:
+                warnings.append(self._cold_warning(entity, bool(given)))
+            for name, value in given.items():
+                col = self._columns[entity].get(name)
+                if col is not None and col.mlp and col.kind != "numeric" and not col.known(value):
+                    warnings.append(
+                        f"{entity}.{name}: value(s) not in the model's vocabulary were read as "
+                        "out-of-vocabulary (the text view still reads them)"
+                    )
+        return records[0], records[1], warnings
+
+    def _cold_warning(self, entity: str, has_fields: bool) -> str:
+        if has_fields:
+            return f"unknown {entity}: answered from the request's {entity} fields (cold start)"
+        fields = self._text_fields[entity] or [c.name for c in self.features.fields_of(entity)]
+        hint = f"; send {', '.join(f'{entity}.{f}' for f in fields)} for a better answer"
+        return f"unknown {entity} without fields: answered from the out-of-vocabulary slot" + (
+            hint if fields else ""
+        )
 
     # -- model calls ----------------------------------------------------------------------
 
@@ -233,6 +248,12 @@ class Scorer:
         users = [u for u, _, _ in resolved]
         items = [i for _, i, _ in resolved]
         texts = [self.views.render(u, i) for u, i, _ in resolved]  # [b][n_views]
+        for req, row, (_, _, warnings) in zip(requests, texts, resolved, strict=True):
+            if (req.user or req.item) and any(self.tokenizer.truncates(t) for t in row):
+                warnings.append(
+                    f"a text view is longer than the backbone's {self.tokenizer.max_length} "
+                    "tokens: it was truncated"
+                )
         table = self.activations([t for row in texts for t in row])
         acts = np.stack([np.stack([table[t] for t in row]) for row in texts])
         encoded = self.features.encode(users, items)

@@ -63,6 +63,58 @@ def tiny_dataset():
     return make_tiny_dataset()
 
 
+TINY_SPEC = """
+name = "tiny-synthetic"
+[ratings]
+path = "ratings.parquet"
+timestamp = "timestamp"
+[rating_scale]
+min = 1
+max = 5
+[users]
+path = "users.csv"
+[users.columns]
+age = { type = "numeric", buckets = [18, 25, 35, 45, 50, 56] }
+occupation = "categorical"
+zip_code = { type = "categorical", prefix = 3 }
+[items]
+path = "items.jsonl"
+[items.columns]
+title = "text"
+genres = { type = "multi_categorical", mlp = false }
+[text]
+user = "user id {user_id}, age {age}, occupation {occupation}, zip code {zip_code}"
+item = "movie id {item_id}, title {title}"
+[split]
+kind = "item_attribute"
+column = "genres"
+in_distribution = ["Action", "Comedy", "Drama", "Romance", "Thriller"]
+min_group = 5
+"""
+
+
+def write_tiny_catalog(directory, spec_text: str = TINY_SPEC):
+    """The tiny data set as the files a user has (Parquet ratings, CSV users, JSON-lines
+    items) and a spec over them; returns the spec's path."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ds = make_tiny_dataset()
+    ds.ratings.to_parquet(directory / "ratings.parquet", index=False)
+    ds.users.to_csv(directory / "users.csv", index=False)
+    items = ds.items.assign(genres=ds.items["genres"].map(list))
+    items.to_json(directory / "items.jsonl", orient="records", lines=True)
+    (directory / "spec.toml").write_text(spec_text)
+    return directory / "spec.toml"
+
+
+@pytest.fixture
+def tiny_spec(tmp_path):
+    """Path of the tiny data set's spec file (files written under tmp_path/data)."""
+    return write_tiny_catalog(tmp_path / "data")
+
+
 def _tiny_tokenizer_file(path, texts_words) -> str:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 

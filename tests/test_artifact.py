@@ -24,10 +24,10 @@ from model.artifact import (
 )
 from model.backbone import Backbone, compute_fingerprint
 from model.bert import BertConfig, BertEncoder
-from model.features import CategoricalFeature, FeatureSpec
+from model.features import Column, FeatureSpec
 from model.head import HeadConfig, LeviHead
 from model.reference import ReferenceStats
-from model.templates import factored_views
+from model.templates import views_from_templates
 from model.tokenizer import TextTokenizer
 
 ROOT = Path(__file__).parent.parent
@@ -73,13 +73,16 @@ def parts(tmp_path_factory) -> dict:
     backbone = _tiny_backbone(tmp)
     features = FeatureSpec(
         (
-            CategoricalFeature("user_id", ("1", "2", "3")),
-            CategoricalFeature("occupation", ("artist", "doctor")),
-            CategoricalFeature("item_id", ("10", "11", "12", "13")),
-        ),
-        GENRES,
+            Column("user_id", "user", "categorical", vocab=("1", "2", "3")),
+            Column("occupation", "user", "categorical", vocab=("artist", "doctor")),
+            Column("item_id", "item", "categorical", vocab=("10", "11", "12", "13")),
+            Column("title", "item", "text", mlp=False),
+            Column("genres", "item", "multi_categorical", vocab=tuple(g.lower() for g in GENRES)),
+        )
     )
-    views = factored_views()
+    views = views_from_templates(
+        user="user id {user_id}, occupation {occupation}", item="movie id {item_id}, title {title}"
+    )
     config = HeadConfig(
         vocab_sizes=features.vocab_sizes, n_multi_hot=len(GENRES), layers=(0, 1),
         embed_dim=4, mlp_dims=(16, 8), adapter_hidden=8,
@@ -182,7 +185,7 @@ def test_manifest_lists_every_file_with_sha256(exported, parts):
         "reference.safetensors", "report.json", "report.md", "plots/per_layer_rmse.png",
     }  # fmt: skip
     assert set(manifest["files"]) == expected  # checkpoint.bin of report_dir not copied
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert "cpu" in manifest["platforms"]
     bb = manifest["backbone"]
     assert bb["fingerprint"] == parts["backbone"].fingerprint

@@ -1,4 +1,5 @@
-"""Ratings sources: every MovieLens source gives the same canonical tables; Amazon JSON lines."""
+"""Readers: every MovieLens reader gives the same canonical tables; Amazon JSON lines; the
+presets type them through their spec."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from training.data import (
     from_widedeep_parquet,
     load_amazon,
     load_amazon_directory,
-    load_dataset,
     load_grouplens,
     load_packaged,
+    load_spec_dataset,
     load_tfds,
     main_category,
 )
@@ -190,9 +191,9 @@ def test_genres_are_ordered_and_unknown_names_refused() -> None:
 
 
 def test_validate_names_the_missing_column(grouplens: RatingsDataset) -> None:
-    broken = RatingsDataset("x", grouplens.ratings, grouplens.users.drop(columns="zip_code"),
+    broken = RatingsDataset("x", grouplens.ratings, grouplens.users.drop(columns="user_id"),
                             grouplens.items)  # fmt: skip
-    with pytest.raises(ValueError, match="users table has no column 'zip_code'"):
+    with pytest.raises(ValueError, match="users table has no column 'user_id'"):
         broken.validate()
 
 
@@ -245,12 +246,21 @@ def test_tfds_without_the_extra_says_how_to_install(monkeypatch: pytest.MonkeyPa
         load_tfds()
 
 
-def test_load_dataset_dispatch(tmp_path: Path, grouplens: RatingsDataset) -> None:
-    assert_same_tables(load_dataset("grouplens", tmp_path / "ml-100k"), grouplens)
-    with pytest.raises(ValueError, match="unknown ratings source 'movielens'.*packaged"):
-        load_dataset("movielens")
-    with pytest.raises(ValueError, match="'grouplens' source reads a directory"):
-        load_dataset("grouplens")
+def test_presets_read_through_their_spec(tmp_path: Path, grouplens: RatingsDataset) -> None:
+    from training.spec import SpecError, load_spec
+
+    spec = load_spec("movielens-100k")
+    ds = load_spec_dataset(spec, tmp_path / "ml-100k", reader="movielens-grouplens")
+    # typed as the spec declares: undeclared columns (gender) dropped, age a number
+    assert list(ds.users.columns) == ["user_id", "age", "occupation", "zip_code"]
+    assert list(ds.items.columns) == ["item_id", "title", "genres"]
+    assert ds.users["age"].dtype == np.float64 and ds.users.loc[2, "zip_code"] == "02138"
+    pd.testing.assert_frame_equal(ds.ratings, grouplens.ratings)
+    assert ds.items["genres"].tolist() == grouplens.items["genres"].tolist()
+    with pytest.raises(SpecError, match="unknown reader 'movielens'"):
+        load_spec_dataset(spec, reader="movielens")
+    with pytest.raises(SpecError, match="'movielens-grouplens' reader reads a directory"):
+        load_spec_dataset(spec, reader="movielens-grouplens")
 
 
 # --- Amazon -----------------------------------------------------------------------------------
@@ -295,7 +305,21 @@ def test_amazon_json_lines(tmp_path: Path) -> None:
     assert ds.users.to_dict("records")[0] == {
         "user_id": "A1", "age": -1, "gender": "", "occupation": "", "zip_code": ""
     }  # fmt: skip
-    assert_same_tables(load_dataset("amazon", tmp_path / "amazon"), ds)
+    from training.spec import load_spec
+    from training.split import make_split
+
+    for preset in ("amazon-products", "amazon-books-time"):
+        spec = load_spec(preset)
+        typed = load_spec_dataset(spec, tmp_path / "amazon")
+        assert list(typed.items.columns) == ["item_id", "title", "category"], preset
+        assert typed.ratings.equals(ds.ratings)
+        split = make_split(typed, spec.split)
+        id_items = set(pd.concat([split.train, split.val, split.test])["item_id"])
+        if preset == "amazon-products":  # Books are ID, everything else OOD
+            assert id_items == {"B01", "B02"} and set(split.ood["item_id"]) == {"C01"}
+        else:  # within Books, the latest reviews are OOD
+            assert "C01" not in id_items | set(split.ood["item_id"])
+            assert split.ood["timestamp"].min() > split.train["timestamp"].max()
 
 
 def test_amazon_errors_name_file_and_line(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def test_adapter_matches_numpy_reference():
     m = p["mlp"]
     x = np.concatenate(
         [m[f"embed_{i}"]["embedding"][ids[:, i]] for i in range(3)]
-        + [mh @ m["genres"]["kernel"] + m["genres"]["bias"]],
+        + [mh @ m["multi_hot"]["kernel"] + m["multi_hot"]["bias"]],
         axis=-1,
     )
     for i in range(2):

@@ -1,4 +1,5 @@
-"""ID / OOD splits: the genre-shift rule, its 80/10/10 partition, OOD groups, Amazon shifts."""
+"""ID / OOD splits of the dataset spec: item_attribute (the genre shift), random, time,
+cold_items; partitions, OOD groups, expected counts."""
 
 from __future__ import annotations
 
@@ -11,18 +12,17 @@ from training.data import (
     canonical_items,
     canonical_ratings,
     canonical_users,
-    load_packaged,
 )
-from training.split import (
-    ID_GENRES,
-    ML100K_GENRE_SHIFT,
-    YEAR_SECONDS,
-    Split,
-    amazon_product_split,
-    amazon_time_split,
-    check_ml100k_genre_shift,
-    genre_shift_split,
-)
+from training.spec import SplitSpec
+from training.split import Split, make_split
+
+ID_GENRES = ("Action", "Comedy", "Drama", "Romance", "Thriller")
+
+
+def genre_shift(ds: RatingsDataset, **changes) -> Split:
+    args = {"kind": "item_attribute", "column": "genres", "in_distribution": list(ID_GENRES)}
+    return make_split(ds, SplitSpec(**{**args, **changes}))
+
 
 # item_id -> (genres, number of ratings)
 TINY = {
@@ -67,8 +67,8 @@ def tiny() -> RatingsDataset:
     return make_dataset(TINY)
 
 
-def test_genre_shift_rule_and_partition(tiny: RatingsDataset) -> None:
-    split = genre_shift_split(tiny, seed=3, min_group=5)
+def test_item_attribute_rule_and_partition(tiny: RatingsDataset) -> None:
+    split = genre_shift(tiny, seed=3, min_group=5)
     ratings = tiny.ratings
     id_ratings = ratings[ratings["item_id"].isin(ID_ITEMS)]
     # Train, val and test are exactly the ID ratings, each once; OOD is every other rating.
@@ -80,134 +80,113 @@ def test_genre_shift_rule_and_partition(tiny: RatingsDataset) -> None:
         assert list(part.columns) == list(ratings.columns)
         assert part.index.equals(pd.RangeIndex(len(part)))
     assert split.summary() == {
-        "name": "genre_shift", "seed": 3, "train": 80, "val": 10, "test": 10, "ood": 18,
+        "name": "item_attribute", "seed": 3, "train": 80, "val": 10, "test": 10, "ood": 18,
         "id_ratings": 100, "ood_ratings": 18, "id_items": 3, "ood_items": 4,
         "ood_groups": {"Horror": 13, "Sci-Fi": 5},
     }  # fmt: skip
 
 
-def test_ood_groups_are_row_positions_of_each_genre(tiny: RatingsDataset) -> None:
-    split = genre_shift_split(tiny, min_group=5)
-    assert list(split.ood_groups) == ["Horror", "Sci-Fi"]  # GroupLens order; < 5 left out
+def test_ood_groups_are_row_positions_of_each_value(tiny: RatingsDataset) -> None:
+    split = genre_shift(tiny, min_group=5)
+    assert list(split.ood_groups) == ["Horror", "Sci-Fi"]  # < 5 ratings left out
     horror = split.ood_groups["Horror"]
     assert horror.dtype == np.int64
     assert sorted(split.ood["item_id"].iloc[horror]) == ["3"] * 8 + ["4"] * 5
     assert set(split.ood["item_id"].iloc[split.ood_groups["Sci-Fi"]]) == {"4"}
-    assert list(genre_shift_split(tiny, min_group=6).ood_groups) == ["Horror"]
-    assert list(genre_shift_split(tiny, min_group=2).ood_groups) == [
-        "unknown", "Horror", "Sci-Fi", "Western"
+    assert list(genre_shift(tiny, min_group=6).ood_groups) == ["Horror"]
+    assert sorted(genre_shift(tiny, min_group=2).ood_groups) == [
+        "Horror", "Sci-Fi", "Western", "unknown"
     ]  # fmt: skip
 
 
 def test_split_is_a_function_of_the_seed(tiny: RatingsDataset) -> None:
-    a, b, c = (genre_shift_split(tiny, seed=s) for s in (0, 0, 1))
+    a, b, c = (genre_shift(tiny, seed=s) for s in (0, 0, 1))
     for part in ("train", "val", "test", "ood"):
         pd.testing.assert_frame_equal(getattr(a, part), getattr(b, part))
     assert not a.test.equals(c.test)
     assert rows(a.ood) == rows(c.ood)
+    # the seed argument replaces the spec's
+    assert make_split(tiny, SplitSpec(kind="random"), seed=1).test.equals(
+        make_split(tiny, SplitSpec(kind="random", seed=1)).test
+    )
 
 
-def test_genre_shift_errors(tiny: RatingsDataset) -> None:
-    with pytest.raises(ValueError, match=r"id_genres \['SciFi'\] name no genre"):
-        genre_shift_split(tiny, id_genres=("SciFi",))
-    with pytest.raises(ValueError, match="summing to less than 1"):
-        genre_shift_split(tiny, val_frac=0.5, test_frac=0.5)
-    everything = ("Action", "Comedy", "Drama", "Horror", "Western", "unknown")
+def test_item_attribute_errors(tiny: RatingsDataset) -> None:
+    with pytest.raises(ValueError, match=r"in_distribution: \['SciFi'\] is no value"):
+        genre_shift(tiny, in_distribution=["SciFi"])
+    with pytest.warns(UserWarning, match=r"\['Thrillr'\] is no value"):
+        genre_shift(tiny, in_distribution=["Action", "Thrillr"])
+    everything = ["Action", "Comedy", "Drama", "Horror", "Western", "unknown"]
     with pytest.raises(ValueError, match="115 ID and 0 OOD"):
-        genre_shift_split(make_dataset({k: v for k, v in TINY.items() if k != "6"}),
-                          id_genres=everything)  # fmt: skip
+        genre_shift(make_dataset({k: v for k, v in TINY.items() if k != "6"}),
+                    in_distribution=everything)  # fmt: skip
+    # values match whatever their case
+    assert len(genre_shift(tiny, in_distribution=["action", "COMEDY", "drama"]).ood) == 18
 
 
-def test_paper_counts_are_enforced_on_full_size_movielens() -> None:
-    with pytest.raises(ValueError, match="id_items: expected 1461, got 3"):
-        check_ml100k_genre_shift(genre_shift_split(make_dataset(TINY)))
-    # 100,000 ratings of 1,682 movies is taken for ml-100k: wrong genres must not pass silently.
-    items = {str(i): (("Action",) if i < 1_600 else ("Horror",), 0) for i in range(1, 1_683)}
-    items = {k: (g, 59 + (int(k) > 920)) for k, (g, _) in items.items()}  # 100,000
-    ds = make_dataset(items, name="looks-like-ml-100k")
-    assert (len(ds.ratings), len(ds.items)) == (100_000, 1_682)
-    with pytest.raises(ValueError, match="does not match the paper.*ood_items: expected 221"):
-        genre_shift_split(ds)
+def test_expected_counts_are_enforced(tiny: RatingsDataset) -> None:
+    genre_shift(tiny, expect={"id_items": 3, "ood_ratings": 18})
+    with pytest.raises(ValueError, match="id_items: expected 1,461, got 3"):
+        genre_shift(tiny, expect={"id_items": 1461, "ood_ratings": 18})
+    with pytest.raises(ValueError, match="unknown count"):
+        genre_shift(tiny, expect={"movies": 3})
+
+
+def test_random_split_has_no_ood_set(tiny: RatingsDataset) -> None:
+    split = make_split(tiny, SplitSpec(kind="random", valid_fraction=0.2, test_fraction=0.1))
+    assert len(split.ood) == 0 and split.ood_groups == {}
+    assert (len(split.train), len(split.val), len(split.test)) == (82, 24, 12)
+    assert rows(pd.concat([split.train, split.val, split.test])) == rows(tiny.ratings)
+
+
+def test_time_split_one_global_cutoff_and_month_groups(tiny: RatingsDataset) -> None:
+    # make_dataset: timestamps 1000..1117 (seconds): all in January 1970
+    split = make_split(tiny, SplitSpec(kind="time", ood_fraction=0.25, min_group=1))
+    assert split.ood["timestamp"].min() > pd.concat([split.train, split.val])["timestamp"].max()
+    assert len(split.ood) == 30 and list(split.ood_groups) == ["1970-01"]
+    later = make_split(tiny, SplitSpec(kind="time", cutoff="1970-01-01T00:18:00", min_group=1))
+    assert (later.ood["timestamp"] >= 1080).all() and len(later.ood) == 1117 - 1080 + 1
+    with pytest.raises(ValueError, match="both must be non-empty"):
+        make_split(tiny, SplitSpec(kind="time", cutoff="2030-01-01"))
+
+
+def test_cold_items_hold_out_whole_items(tiny: RatingsDataset) -> None:
+    split = make_split(tiny, SplitSpec(kind="cold_items", ood_fraction=0.3, seed=2, min_group=1))
+    id_items = set(pd.concat([split.train, split.val, split.test])["item_id"])
+    ood_items = set(split.ood["item_id"])
+    assert not id_items & ood_items and len(ood_items) == 2  # round(7 * 0.3)
+    assert list(split.ood_groups) == ["all"] and len(split.ood_groups["all"]) == len(split.ood)
+
+
+def test_within_restricts_the_split(tiny: RatingsDataset) -> None:
+    split = genre_shift(tiny, within={"column": "genres", "values": ["Horror", "Drama"]})
+    together = pd.concat([split.train, split.val, split.test, split.ood])
+    assert set(together["item_id"]) == {"2", "3", "4", "7"}
 
 
 def test_split_type() -> None:
-    assert ID_GENRES == ("Action", "Comedy", "Drama", "Romance", "Thriller")
-    assert "Split(name='genre_shift'" in repr(genre_shift_split(make_dataset(TINY)))
-    assert isinstance(genre_shift_split(make_dataset(TINY)), Split)
-
-
-# --- Amazon -----------------------------------------------------------------------------------
-
-
-def amazon_dataset(reviews: list[tuple[str, float]]) -> RatingsDataset:
-    """reviews: (item_id, years after the first review) -> a dataset with categories."""
-    categories = {"B1": "Books", "B2": "Books", "E1": "Electronics", "T1": "Toys"}
-    ratings = pd.DataFrame(
-        {
-            "user_id": [f"U{k}" for k in range(len(reviews))],
-            "item_id": [i for i, _ in reviews],
-            "rating": 4.0,
-            "timestamp": [int(1e9 + y * YEAR_SECONDS) for _, y in reviews],
-        }
-    )
-    items = pd.DataFrame(
-        {
-            "item_id": list(categories),
-            "title": list(categories),
-            "genres": [(c,) for c in categories.values()],
-            "category": list(categories.values()),
-        }
-    )
-    users = pd.DataFrame({"user_id": ratings["user_id"]})
-    return RatingsDataset(
-        "amazon", canonical_ratings(ratings), canonical_users(users), canonical_items(items)
-    ).validate()
-
-
-def test_amazon_time_split() -> None:
-    book_years = [0.0, 1.0, 2.0, 3.0, 3.9, 4.1, 5.0, 5.6, 6.0, 6.5]  # span 6.5 years
-    reviews = [("B1" if k % 2 else "B2", y) for k, y in enumerate(book_years)]
-    reviews += [("E1", 0.5), ("E1", 6.2)]  # other categories take no part
-    split = amazon_time_split(amazon_dataset(reviews), val_frac=0.2, test_frac=0.2, min_group=3)
-
-    def years(frame: pd.DataFrame) -> list[float]:
-        return sorted(round((t - 1e9) / YEAR_SECONDS, 1) for t in frame["timestamp"])
-
-    assert years(pd.concat([split.train, split.val, split.test])) == [0.0, 1.0, 2.0, 3.0, 3.9]
-    assert years(split.ood) == [5.6, 6.0, 6.5]  # the last year; 4.1 and 5.0 are unused
-    assert (len(split.train), len(split.val), len(split.test)) == (3, 1, 1)
-    assert split.ood_groups.keys() == {"Books"}
-    assert split.ood_groups["Books"].tolist() == [0, 1, 2]
-    with pytest.raises(ValueError, match="no rating of category 'Music'"):
-        amazon_time_split(amazon_dataset(reviews), category="Music")
-
-
-def test_amazon_product_split() -> None:
-    reviews = [("B1", 0.0)] * 10 + [("B2", 1.0)] * 10 + [("E1", 2.0)] * 4 + [("T1", 3.0)] * 2
-    split = amazon_product_split(amazon_dataset(reviews), min_group=3)
-    together = pd.concat([split.train, split.val, split.test])
-    assert set(together["item_id"]) == {"B1", "B2"} and len(together) == 20
-    assert sorted(split.ood["item_id"]) == ["E1"] * 4 + ["T1"] * 2
-    assert split.ood_groups.keys() == {"Electronics"}  # Toys has 2 < 3 ratings
-    assert set(split.ood["item_id"].iloc[split.ood_groups["Electronics"]]) == {"E1"}
-
-
-def test_amazon_splits_need_categories(tiny: RatingsDataset) -> None:
-    with pytest.raises(ValueError, match="no items.category column"):
-        amazon_product_split(tiny)
+    assert "Split(name='item_attribute'" in repr(genre_shift(make_dataset(TINY)))
+    assert isinstance(genre_shift(make_dataset(TINY)), Split)
 
 
 # --- the real MovieLens-100K ------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_genre_shift_on_movielens_100k_matches_the_paper() -> None:
-    ds = load_packaged()
-    split = genre_shift_split(ds, seed=0)
+def test_movielens_preset_gives_the_papers_genre_shift() -> None:
+    from training.data import load_spec_dataset
+    from training.spec import load_spec
+
+    spec = load_spec("movielens-100k")
+    ds = load_spec_dataset(spec)
+    split = make_split(ds, spec.split)  # the preset's `expect` checks the paper's counts too
     s = split.summary()
     assert (s["id_items"], s["id_ratings"]) == (1_461, 91_142)
     assert (s["ood_items"], s["ood_ratings"]) == (221, 8_858)
-    assert tuple(s["ood_groups"]) == ML100K_GENRE_SHIFT["ood_groups"]
+    assert tuple(s["ood_groups"]) == (
+        "Adventure", "Animation", "Children's", "Crime", "Documentary", "Film-Noir", "Horror",
+        "Musical", "Mystery", "Sci-Fi", "War", "Western",
+    )  # fmt: skip
     assert (s["train"], s["val"], s["test"]) == (72_914, 9_114, 9_114)
     genres = ds.items.set_index("item_id")["genres"]
     ood_genres = split.ood["item_id"].map(genres)

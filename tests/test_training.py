@@ -38,6 +38,7 @@ def synthetic_tables(seed: int = 0, noise: float = 0.2) -> TrainTables:
     return TrainTables(
         user_ids=(np.arange(N_USERS)[:, None] + 1).astype(np.int32),
         item_ids=(np.arange(N_ITEMS)[:, None] + 1).astype(np.int32),
+        user_multi_hot=np.zeros((N_USERS, 0), np.float32),
         multi_hot=np.zeros((N_ITEMS, 0), np.float32),
         views=(rng.normal(size=(N_USERS, L, D)).astype(np.float16), item_text.astype(np.float16)),
         pair_user=u.astype(np.int32),
@@ -53,7 +54,7 @@ def _setup(method="levi", **overrides):
     mesh = make_mesh()
     head = head_config(
         method, cfg, vocab_sizes=(N_USERS + 1, N_ITEMS + 1), n_multi_hot=0, n_layers=L,
-        rating_mean=float(tables.rating[:300].mean()),
+        rating_mean=float(tables.rating[:300].mean()), rating_range=(1.0, 5.0),
     )  # fmt: skip
     return cfg, tables, mesh, head, device_tables(tables, mesh)
 
@@ -112,10 +113,12 @@ class CountingEncoder:
         return self.backbone.encode(texts, batch_size=batch_size)
 
 
-def test_activation_cache_hit_skips_the_encoder(tmp_path, tiny_dataset, tiny_backbone):
-    from model.templates import make_views
+def test_activation_cache_hit_skips_the_encoder(tmp_path, tiny_spec, tiny_backbone):
+    from training.data import load_spec_dataset
+    from training.spec import load_spec
 
-    ds, views = tiny_dataset, make_views("factored")
+    spec = load_spec(tiny_spec)
+    ds, views = load_spec_dataset(spec), spec.views()
     pairs = ds.ratings[["user_id", "item_id"]]
     first = CountingEncoder(tiny_backbone)
     a = precompute(first, views, ds.users, ds.items, pairs, cache=tmp_path, progress=False)
@@ -138,24 +141,24 @@ def test_activation_cache_hit_skips_the_encoder(tmp_path, tiny_dataset, tiny_bac
     )
 
 
-def test_whole_path_on_tiny_data(tmp_path, tiny_dataset, tiny_backbone):
+def test_whole_path_on_tiny_data(tmp_path, tiny_spec, tiny_backbone):
     from training.pipeline import run_pipeline
 
-    cfg = TrainConfig.tiny().replace(lrs=(1e-2,), max_epochs=2)
+    cfg = TrainConfig.tiny().replace(lrs=(1e-2,), max_epochs=2, dataset=str(tiny_spec))
     result = run_pipeline(
-        cfg, output_dir=tmp_path, dataset=tiny_dataset, backbone=tiny_backbone,
+        cfg, output_dir=tmp_path, backbone=tiny_backbone,
         cache=tmp_path / "cache", progress=False, log=lambda _: None,
     )  # fmt: skip
     doc = json.loads((result.report_dir / "report.json").read_text())
     assert list(doc) == ["dataset", "split", "backbone", "seeds", "methods", "exported"]
     assert doc["seeds"] == [0, 1] and list(doc["methods"]) == list(METHODS)
     for name, m in doc["methods"].items():
-        keys = {"id_rmse", "ood_rmse", "ood_rmse_by_genre"} | (
+        keys = {"id_rmse", "ood_rmse", "ood_rmse_by_group"} | (
             {"per_layer"} if name == "levi" else set()
         )
         assert set(m) == keys, name
         assert set(m["id_rmse"]) == {"mean", "std"} and np.isfinite(m["ood_rmse"]["mean"])
-        assert m["ood_rmse_by_genre"], name
+        assert m["ood_rmse_by_group"], name
     assert [e["layer"] for e in doc["methods"]["levi"]["per_layer"]] == [1, 2]
     assert set(doc["exported"]) == {"id_test_rmse", "ood_rmse"}
     # The artifact loads with every check, carries the report under its checksums, and the
@@ -174,7 +177,7 @@ def test_whole_path_on_tiny_data(tmp_path, tiny_dataset, tiny_backbone):
     assert doc["exported"]["id_test_rmse"] == pytest.approx(float(live[1]), abs=2e-3)
     assert doc["exported"]["ood_rmse"] == pytest.approx(float(live[2]), abs=2e-3)
     assert (result.report_dir / "report.md").read_text().startswith("# LEVI report")
-    for plot in ("plots/ood_rmse_by_genre.png", "plots/per_layer_rmse.png"):
+    for plot in ("plots/ood_rmse_by_group.png", "plots/per_layer_rmse.png"):
         assert (result.report_dir / plot).read_bytes()[:4] == b"\x89PNG"
     assert set(result.timings) >= {"data", "encode", "train", "evaluate"}
 
@@ -184,8 +187,11 @@ def test_biases_recover_known_biases():
     bu, bi = rng.normal(0, 0.5, 30), rng.normal(0, 0.5, 40)
     u, i = rng.integers(0, 30, 5000), rng.integers(0, 40, 5000)
     y = 3.5 + bu[u] + bi[i]
-    model = baselines.fit_biases(u, i, y, n_users=30, n_items=40, reg=0.01)
+    model = baselines.fit_biases(u, i, y, n_users=30, n_items=40, reg=0.01, rating_range=(1, 5))
     np.testing.assert_allclose(model.predict(u, i), np.clip(y, 1, 5), atol=0.02)
+    # the clip is the spec's rating scale, not 1-5
+    wide = baselines.fit_biases(u, i, y, n_users=30, n_items=40, reg=0.01, rating_range=(3, 4))
+    assert wide.predict(u, i).min() == 3 and wide.predict(u, i).max() == 4
 
 
 def test_auroc_matches_pairwise_count():
@@ -198,8 +204,8 @@ def test_auroc_matches_pairwise_count():
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="unknown method"):
         TrainConfig(methods=("levi", "nope"))
-    with pytest.raises(ValueError, match="views"):
-        TrainConfig(views="triple")
+    with pytest.raises(ValueError, match="seeds must name"):
+        TrainConfig(seeds=())
 
 
 def test_data_parallel_on_two_host_devices_matches_one_device():

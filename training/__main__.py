@@ -10,6 +10,7 @@ import sys
 import time
 
 from training.config import METHODS, TrainConfig
+from training.spec import READERS, preset_names
 
 
 def _csv(kind):
@@ -20,16 +21,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m training",
         description="Train LEVI and the report's baselines on a ratings data set, write "
-        "report.json/report.md/plots and export a versioned artifact.",
+        "report.json/report.md/plots and export a versioned artifact. "
+        "`python -m training init --ratings FILE ...` drafts a dataset spec from your files.",
     )
-    p.add_argument("--tiny", action="store_true", help="the tiny preset (smoke runs)")
-    p.add_argument("--source", help="packaged (default), grouplens, tfds or amazon")
-    p.add_argument("--data-path", help="directory of a grouplens or amazon source")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--config", dest="dataset", metavar="SPEC", help="a dataset spec file (TOML)")
+    data.add_argument(
+        "--preset", dest="dataset", metavar="NAME",
+        help=f"a shipped dataset spec: {', '.join(preset_names())} (default: movielens-100k)",
+    )  # fmt: skip
+    p.add_argument("--data-path", help="replaces the spec's ratings.path (a file or directory)")
+    p.add_argument("--reader", choices=READERS, help="replaces the spec's reader")
+    p.add_argument("--split-seed", type=int, help="replaces the spec's split.seed")
+    p.add_argument("--tiny", action="store_true", help="the tiny training preset (smoke runs)")
     p.add_argument("--backbone", help="minilm-l6 (default), bert or t5")
     p.add_argument("--checkpoint", help="Hugging Face-format directory of the backbone")
-    p.add_argument("--views", choices=("factored", "pair"))
-    p.add_argument("--genres", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--gender", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--methods", type=_csv(str), help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--seeds", type=_csv(int), help="comma list, e.g. 0,1,2")
     p.add_argument("--lrs", type=_csv(float), help="learning-rate grid, e.g. 1e-4,1e-3,1e-2")
@@ -42,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.tiny() if args.tiny else TrainConfig.default()
-    names = ("source", "data_path", "backbone", "checkpoint", "views", "genres", "gender")
+    names = ("dataset", "data_path", "reader", "split_seed", "backbone", "checkpoint")
     names += ("methods", "seeds", "lrs", "max_epochs")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.no_export:
@@ -51,16 +57,27 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["init"]:
+        from training.init_spec import main as init_main
+
+        return init_main(argv[1:])
     args = parse_args(argv)
     try:
         cfg = config_from_args(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from training.data.tables import DataError
     from training.pipeline import run_pipeline
+    from training.spec import SpecError
 
     start = time.perf_counter()
-    result = run_pipeline(cfg, output_dir=args.output_dir, progress=not args.quiet)
+    try:
+        result = run_pipeline(cfg, output_dir=args.output_dir, progress=not args.quiet)
+    except (SpecError, DataError) as e:  # a bad spec or data: the message says what to fix
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"stage timings: {', '.join(f'{k} {v:.1f}s' for k, v in result.timings.items())}")
     print(f"total: {time.perf_counter() - start:.1f}s")
     print(f"report: {result.report_dir / 'report.md'} (report.json, plots/ beside it)")

@@ -1,8 +1,10 @@
 """Training configuration: one frozen dataclass with named presets.
 
-The MovieLens-100K default runs with::
+The MovieLens-100K default (the ``movielens-100k`` preset) runs with::
 
     python -m training --output-dir artifacts        # or: make train
+
+and a user's own data with ``python -m training --config spec.toml`` (``training.spec``),
 
 and the tiny preset (tests, smoke runs) with::
 
@@ -36,13 +38,13 @@ class TrainConfig:
     """Everything that decides what `python -m training` produces.
 
     Attributes:
-        source, data_path: the ratings source of ``training.data.load_dataset``.
-        split_seed: seed of the 80/10/10 ID split (one split; ``seeds`` vary the model init,
-            dropout and batch order).
-        min_ood_group: an OOD genre is reported when it has at least this many ratings.
+        dataset: the dataset spec: a preset name (``training/presets/<name>.toml``) or the
+            path of a spec file; it declares the tables, columns, text views, rating scale
+            and split.
+        data_path, reader: replace the spec's ``ratings.path`` and ``reader``.
+        split_seed: replaces the spec's ``split.seed`` (None: the spec's). One split;
+            ``seeds`` vary the model init, dropout and batch order.
         backbone, checkpoint, max_length: the frozen text encoder (``model.backbone``).
-        views: ``"factored"`` (one user text + one item text) or ``"pair"``.
-        genres, gender: side inputs behind switches (off in the paper).
         methods: which rows of the report to compute (see ``METHODS``).
         seeds: model seeds; the report gives mean and std over them.
         lrs: Adam learning-rate grid; the best on ID validation is chosen per method.
@@ -72,16 +74,13 @@ class TrainConfig:
         export: write the artifact at the end.
     """
 
-    source: str = "packaged"
+    dataset: str = "movielens-100k"
     data_path: str | None = None
-    split_seed: int = 0
-    min_ood_group: int = 200
+    reader: str | None = None
+    split_seed: int | None = None
     backbone: str = "minilm-l6"
     checkpoint: str | None = None
     max_length: int = 128
-    views: str = "factored"
-    genres: bool = False
-    gender: bool = False
     methods: tuple[str, ...] = METHODS
     seeds: tuple[int, ...] = (0, 1, 2)
     lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
@@ -109,8 +108,6 @@ class TrainConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
-        if self.views not in ("factored", "pair"):
-            raise ValueError(f"views must be 'factored' or 'pair', got {self.views!r}")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
         if not self.lrs:
@@ -120,7 +117,7 @@ class TrainConfig:
 
     @classmethod
     def default(cls) -> TrainConfig:
-        """MovieLens-100K (packaged), MiniLM-L6, factored views, all methods, 3 seeds."""
+        """The movielens-100k preset, MiniLM-L6, all methods, 3 seeds."""
         return cls()
 
     @classmethod
@@ -139,7 +136,6 @@ class TrainConfig:
             eval_batch_size=256,
             encode_batch_size=32,
             bias_regs=(1.0, 10.0),
-            min_ood_group=5,
         )
 
     def replace(self, **changes) -> TrainConfig:

@@ -1,4 +1,4 @@
-"""Scores of one method and seed: RMSE on ID test and OOD (overall, per genre, per adapter
+"""Scores of one method and seed: RMSE on ID test and OOD (overall, per OOD group, per adapter
 layer) and the AUROC of adapter disagreement as an OOD detector; then mean/std over seeds."""
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ import numpy as np
 
 
 def rmse(pred: np.ndarray, target: np.ndarray) -> float:
+    """Root mean squared error; NaN for no rows (a split without an OOD test set)."""
+    if len(target) == 0:
+        return float("nan")
     return float(np.sqrt(np.mean((np.asarray(pred, np.float64) - target) ** 2)))
 
 
@@ -18,7 +21,10 @@ def disagreement(adapters: np.ndarray) -> np.ndarray:
 
 
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney U)."""
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney U);
+    NaN when either side is empty."""
+    if len(negatives) == 0 or len(positives) == 0:
+        return float("nan")
     scores = np.concatenate([negatives, positives])
     order = np.argsort(scores, kind="mergesort")
     ranks = np.empty(len(scores), np.float64)
@@ -39,11 +45,11 @@ def score_method(
     y_ood: np.ndarray,
     ood_groups: Mapping[str, np.ndarray],
 ) -> dict:
-    """``{"id_rmse", "ood_rmse", "ood_rmse_by_genre": {genre: rmse}}`` of one seed."""
+    """``{"id_rmse", "ood_rmse", "ood_rmse_by_group": {group: rmse}}`` of one seed."""
     return {
         "id_rmse": rmse(pred_id, y_id),
         "ood_rmse": rmse(pred_ood, y_ood),
-        "ood_rmse_by_genre": {
+        "ood_rmse_by_group": {
             g: rmse(pred_ood[rows], y_ood[rows]) for g, rows in ood_groups.items() if len(rows)
         },
     }
@@ -55,7 +61,7 @@ def score_layers(
     adapters_ood: np.ndarray,
     y_ood: np.ndarray,
     layers: Sequence[int],
-    rating_range: tuple[float, float] = (1.0, 5.0),
+    rating_range: tuple[float, float],
 ) -> list[dict]:
     """RMSE of each single adapter (clipped) on ID test and OOD (paper Fig. 4).
 
@@ -85,9 +91,9 @@ def aggregate(per_seed: Sequence[dict]) -> dict:
     out = {
         "id_rmse": mean_std([s["id_rmse"] for s in per_seed]),
         "ood_rmse": mean_std([s["ood_rmse"] for s in per_seed]),
-        "ood_rmse_by_genre": {
-            g: mean_std([s["ood_rmse_by_genre"][g] for s in per_seed])
-            for g in per_seed[0]["ood_rmse_by_genre"]
+        "ood_rmse_by_group": {
+            g: mean_std([s["ood_rmse_by_group"][g] for s in per_seed])
+            for g in per_seed[0]["ood_rmse_by_group"]
         },
     }
     if "per_layer" in per_seed[0]:

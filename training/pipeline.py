@@ -1,12 +1,14 @@
 """The whole offline run: data -> split -> features -> encode -> train -> evaluate -> export.
 
 ``run_pipeline(TrainConfig.default(), output_dir="artifacts")`` is what ``make train`` does.
-Each stage is a function of the previous stages' outputs; the dataset and the backbone can
-be passed in (tests use a tiny synthetic data set and a tiny random backbone).
+Each stage is a function of the previous stages' outputs. Everything dataset-specific comes
+from the dataset spec (``cfg.dataset``: a preset or a spec file); the spec, the dataset and
+the backbone can be passed in (tests use small generated data and a tiny random backbone).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
@@ -21,10 +23,11 @@ from tqdm.auto import tqdm
 
 from model.features import FeatureSpec, fit_feature_spec
 from model.head import HeadConfig
-from model.templates import ViewSet, make_views
+from model.templates import ViewSet
 from training import baselines, evaluate, report
 from training.config import TRAINED_METHODS, TrainConfig
 from training.precompute import ViewActivations, precompute
+from training.spec import DatasetSpec, load_spec
 from training.train import (
     RunResult,
     TrainTables,
@@ -48,9 +51,11 @@ class Prepared:
     Attributes:
         pairs: ``user_id, item_id, rating`` of train, val, test and OOD, concatenated.
         rows: part name -> int32 row positions in ``pairs``.
-        ood_groups: genre -> row positions in ``pairs`` (OOD rows of that genre).
+        ood_groups: OOD group (a value of the split column, a month, ...) -> row positions
+            in ``pairs`` (OOD rows of that group).
     """
 
+    spec: DatasetSpec
     dataset: Any
     pairs: pd.DataFrame
     rows: dict[str, np.ndarray]
@@ -70,15 +75,16 @@ class PipelineResult:
     runs: dict[str, list[RunResult]]
 
 
-def prepare_data(cfg: TrainConfig, dataset=None) -> Prepared:
-    """Load (unless given), split, and fit the feature vocabularies on ID train."""
+def prepare_data(cfg: TrainConfig, dataset=None, spec: DatasetSpec | None = None) -> Prepared:
+    """Read the spec and the data (unless given), split, and fit the features on ID train."""
+    spec = spec or load_spec(cfg.dataset)
     if dataset is None:
-        from training.data import load_dataset
+        from training.data import load_spec_dataset
 
-        dataset = load_dataset(cfg.source, cfg.data_path)
-    from training.split import genre_shift_split
+        dataset = load_spec_dataset(spec, cfg.data_path, cfg.reader)
+    from training.split import make_split
 
-    split = genre_shift_split(dataset, seed=cfg.split_seed, min_group=cfg.min_ood_group)
+    split = make_split(dataset, spec.split, cfg.split_seed)
     parts = [getattr(split, p) for p in PARTS]
     pairs = pd.concat(parts, ignore_index=True)[["user_id", "item_id", "rating"]]
     pairs = pairs.astype({"user_id": str, "item_id": str})
@@ -91,12 +97,10 @@ def prepare_data(cfg: TrainConfig, dataset=None) -> Prepared:
     train = split.train
     users = dataset.users[dataset.users["user_id"].astype(str).isin(set(train["user_id"]))]
     items = dataset.items[dataset.items["item_id"].astype(str).isin(set(train["item_id"]))]
-    genres = sorted({g for gs in items["genres"] for g in gs}) if cfg.genres else ()
     features = fit_feature_spec(
-        users.to_dict("records"), items.to_dict("records"), gender=cfg.gender, genres=genres
+        spec.column_decls(), users.to_dict("records"), items.to_dict("records")
     )
-    views = make_views(cfg.views, genres=cfg.genres, gender=cfg.gender)
-    return Prepared(dataset, pairs, rows, ood_groups, features, views)
+    return Prepared(spec, dataset, pairs, rows, ood_groups, features, spec.views())
 
 
 def encode_views(
@@ -110,28 +114,33 @@ def encode_views(
     )  # fmt: skip
     user_pos = pd.Index(ds.users["user_id"].astype(str))
     item_pos = pd.Index(ds.items["item_id"].astype(str))
+    user_records, item_records = ds.users.to_dict("records"), ds.items.to_dict("records")
     tables = TrainTables(
-        user_ids=prep.features.encode_entity("user", ds.users.to_dict("records")),
-        item_ids=prep.features.encode_entity("item", ds.items.to_dict("records")),
-        multi_hot=prep.features.encode_genres(ds.items.to_dict("records")),
+        user_ids=prep.features.encode_entity("user", user_records),
+        item_ids=prep.features.encode_entity("item", item_records),
+        user_multi_hot=prep.features.encode_multi_hot("user", user_records),
+        multi_hot=prep.features.encode_multi_hot("item", item_records),
         views=acts.matrices,
         pair_user=user_pos.get_indexer(prep.pairs["user_id"]).astype(np.int32),
         pair_item=item_pos.get_indexer(prep.pairs["item_id"]).astype(np.int32),
         pair_text=acts.index,
         rating=prep.pairs["rating"].to_numpy(np.float32),
     )
-    return Prepared(**{**prep.__dict__, "tables": tables, "activations": acts})
+    return dataclasses.replace(prep, tables=tables, activations=acts)
 
 
 def _head_for(method: str, cfg: TrainConfig, prep: Prepared, n_layers: int) -> HeadConfig:
     mu = float(prep.tables.rating[prep.rows["train"]].mean())
-    names = [f.name for f in prep.features.categorical]
-    id_features = tuple(names.index(n) if n in names else -1 for n in ("user_id", "item_id"))
+    id_features = (prep.features.id_column("user"), prep.features.id_column("item"))
     return head_config(
         method, cfg, vocab_sizes=prep.features.vocab_sizes,
         n_multi_hot=prep.features.n_multi_hot, n_layers=n_layers, rating_mean=mu,
-        id_features=id_features,
+        rating_range=rating_range(prep.spec), id_features=id_features,
     )  # fmt: skip
+
+
+def rating_range(spec: DatasetSpec) -> tuple[float, float]:
+    return float(spec.rating_scale.min), float(spec.rating_scale.max)
 
 
 def methods_to_train(cfg: TrainConfig) -> list[str]:
@@ -203,7 +212,7 @@ def evaluate_all(
         part = lambda rows: (t.pair_user[rows], t.pair_item[rows], y[rows])  # noqa: E731
         model = baselines.tune_biases(
             part(prep.rows["train"]), part(prep.rows["val"]), n_users=len(t.user_ids),
-            n_items=len(t.item_ids), regs=cfg.bias_regs,
+            n_items=len(t.item_ids), regs=cfg.bias_regs, rating_range=rating_range(prep.spec),
         )  # fmt: skip
         p_test = model.predict(t.pair_user[test], t.pair_item[test])
         p_ood = model.predict(t.pair_user[ood], t.pair_item[ood])
@@ -213,7 +222,7 @@ def evaluate_all(
             evaluate.score_method(pt, y_test, po, y_ood, groups) for pt, po in seeds_preds
         ]
     if "mlp_lp_ensemble" in cfg.methods:
-        lo, hi = 1.0, 5.0
+        lo, hi = rating_range(prep.spec)
         per_seed["mlp_lp_ensemble"] = [
             evaluate.score_method(
                 np.clip((m[0] + lp[0]) / 2, lo, hi),
@@ -315,7 +324,7 @@ def training_notes(cfg: TrainConfig, lrs: dict[str, float]) -> list[str]:
         collab_note(cfg),
         f"Item OOV training: each training pair's item features are replaced by the OOV id "
         f"with probability {cfg.item_oov_prob:g}, so the OOV slot is trained and cold-start "
-        "(OOD) movies are carried by their item text.",
+        "(OOD) items are carried by their item text.",
         "Learning rate from "
         + ", ".join(f"{lr:g}" for lr in cfg.lrs)
         + (
@@ -337,12 +346,17 @@ def run_pipeline(
     *,
     output_dir: str | Path = "artifacts",
     dataset=None,
+    spec: DatasetSpec | None = None,
     backbone=None,
     cache: Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> PipelineResult:
-    """Run every stage, write the report and (``cfg.export``) the artifact."""
+    """Run every stage, write the report and (``cfg.export``) the artifact.
+
+    Args:
+        dataset, spec: given instead of reading ``cfg.dataset`` (tests).
+    """
     output_dir = Path(output_dir)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -353,9 +367,9 @@ def run_pipeline(
         log(f"[{stage}] {timings[stage]:.1f}s")
         clock = time.perf_counter()
 
-    prep = prepare_data(cfg, dataset)
+    prep = prepare_data(cfg, dataset, spec)
     sizes = {p: len(r) for p, r in prep.rows.items()}
-    log(f"data: {prep.dataset!r}; split {sizes}; {len(prep.ood_groups)} OOD genres")
+    log(f"data: {prep.dataset!r}; split {sizes}; {len(prep.ood_groups)} OOD groups")
     lap("data")
 
     if backbone is None:
@@ -397,12 +411,13 @@ def run_pipeline(
             )
             lap("export")
     doc = report.build_report(
-        dataset=getattr(prep.dataset, "name", "ratings"),
+        dataset=prep.spec.name,
         split={
-            "name": "genre_shift",
-            "seed": cfg.split_seed,
+            "name": prep.spec.split.kind,
+            "column": prep.spec.split.column,
+            "seed": prep.spec.split.seed if cfg.split_seed is None else cfg.split_seed,
             "sizes": sizes,
-            "ood_genres": sorted(prep.ood_groups),
+            "ood_groups": list(prep.ood_groups),
         },
         backbone={
             "name": backbone.name,
@@ -455,6 +470,7 @@ def export(
         users=ds.users,
         items=ds.items,
         reference=reference,
+        dataset=prep.spec.summary(),
         training_config={
             **cfg.to_json(),
             "chosen_lrs": lrs,

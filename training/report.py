@@ -10,7 +10,7 @@ import numpy as np
 
 from training.config import METHODS
 
-PLOTS = ("plots/ood_rmse_by_genre.png", "plots/per_layer_rmse.png")
+PLOTS = ("plots/ood_rmse_by_group.png", "plots/per_layer_rmse.png")
 
 
 def build_report(
@@ -38,7 +38,7 @@ def _pm(stat: Mapping[str, float]) -> str:
 
 
 def render_markdown(report: Mapping, notes: Mapping) -> str:
-    """report.md: overall table, per-genre OOD table, per-layer table, detection, notes.
+    """report.md: overall table, per-group OOD table, per-layer table, detection, notes.
 
     Args:
         notes: ``lrs`` (method -> chosen lr), ``auroc`` (``{"mean","std"}`` or None),
@@ -64,14 +64,14 @@ def render_markdown(report: Mapping, notes: Mapping) -> str:
             f"| {name} | {_pm(m['id_rmse'])} | {_pm(m['ood_rmse'])} | "
             f"{'' if lr is None else f'{lr:g}'} |"
         )
-    genres = sorted({g for m in methods.values() for g in m["ood_rmse_by_genre"]})
-    if genres:
-        lines += ["", "## OOD RMSE per genre (mean over seeds)", ""]
-        lines.append("| genre | " + " | ".join(methods) + " |")
+    groups = sorted({g for m in methods.values() for g in m["ood_rmse_by_group"]})
+    if groups:
+        lines += ["", "## OOD RMSE per OOD group (mean over seeds)", ""]
+        lines.append("| OOD group | " + " | ".join(methods) + " |")
         lines.append("|---" * (len(methods) + 1) + "|")
-        for g in genres:
+        for g in groups:
             row = [
-                f"{m['ood_rmse_by_genre'][g]['mean']:.4f}" if g in m["ood_rmse_by_genre"] else ""
+                f"{m['ood_rmse_by_group'][g]['mean']:.4f}" if g in m["ood_rmse_by_group"] else ""
                 for m in methods.values()
             ]
             lines.append(f"| {g} | " + " | ".join(row) + " |")
@@ -105,13 +105,13 @@ def render_markdown(report: Mapping, notes: Mapping) -> str:
     if notes.get("timings"):
         lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in notes["timings"].items()]
-    lines += ["", "![OOD RMSE per genre](plots/ood_rmse_by_genre.png)"]
+    lines += ["", "![OOD RMSE per OOD group](plots/ood_rmse_by_group.png)"]
     lines += ["", "![Per-layer adapter RMSE](plots/per_layer_rmse.png)", ""]
     return "\n".join(lines)
 
 
 def plot_report(report: Mapping, out_dir: Path) -> list[Path]:
-    """Per-genre OOD RMSE by method (grouped bars) and LEVI's per-layer adapter RMSE."""
+    """Per-group OOD RMSE by method (grouped bars) and LEVI's per-layer adapter RMSE."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,16 +120,16 @@ def plot_report(report: Mapping, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     methods = report["methods"]
-    genres = sorted({g for m in methods.values() for g in m["ood_rmse_by_genre"]})
-    fig, ax = plt.subplots(figsize=(max(8, len(genres) * 0.9), 4.5))
+    groups = sorted({g for m in methods.values() for g in m["ood_rmse_by_group"]})
+    fig, ax = plt.subplots(figsize=(max(8, len(groups) * 0.9), 4.5))
     width = 0.8 / max(1, len(methods))
-    x = np.arange(len(genres))
+    x = np.arange(len(groups))
     for k, (name, m) in enumerate(methods.items()):
-        vals = [m["ood_rmse_by_genre"].get(g, {"mean": np.nan})["mean"] for g in genres]
+        vals = [m["ood_rmse_by_group"].get(g, {"mean": np.nan})["mean"] for g in groups]
         ax.bar(x + k * width - 0.4 + width / 2, vals, width, label=name)
-    ax.set_xticks(x, genres, rotation=45, ha="right")
+    ax.set_xticks(x, groups, rotation=45, ha="right")
     ax.set_ylabel("OOD RMSE")
-    ax.set_title("OOD RMSE per genre")
+    ax.set_title("OOD RMSE per OOD group")
     lows = [m["ood_rmse"]["mean"] for m in methods.values()]
     if lows:
         ax.set_ylim(max(0.0, min(lows) - 0.3), None)

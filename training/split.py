@@ -1,39 +1,30 @@
-"""In-distribution / out-of-distribution splits (paper Sec. 5 and D.1).
+"""In-distribution / out-of-distribution splits, as the dataset spec's ``[split]`` declares.
 
-* ``genre_shift_split``: MovieLens-100K genre shift. A movie is ID when it has any of
-  ``ID_GENRES``; ID ratings are shuffled and split 80/10/10; OOD = every rating of the other
-  movies (cold-start items), reported per genre for genres with >= 200 OOD ratings.
-* ``amazon_time_split``: Books reviews of the first 4 years are ID, of the last year OOD.
-* ``amazon_product_split``: Books reviews are ID, other categories OOD.
+``make_split(dataset, spec.split)``; the kinds (``training.spec.SplitSpec``):
+
+* ``random``: every rating is ID (shuffled into train/val/test); no OOD test set;
+* ``time``: ratings at or after a cutoff date (or the latest ``ood_fraction``) are OOD, one
+  global cutoff (a per-user cutoff leaks the future); OOD groups are calendar months;
+* ``item_attribute``: an item is ID when its column has ANY of the ``in_distribution``
+  values; OOD groups are the column's values (the paper's MovieLens genre shift: ID genres
+  Action, Comedy, Drama, Romance, Thriller; Sec. 5, D.1);
+* ``cold_items``: a seeded share of the items, with all their ratings, is OOD (cold start);
+  one OOD group, ``all``.
+
+ID ratings are shuffled with ``default_rng(seed)`` and cut into train / val / test.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from training.data.amazon import BOOKS
 from training.data.dataset import RatingsDataset
-from training.data.genres import MOVIELENS_GENRES
-from training.data.movielens import is_ml100k
-
-ID_GENRES: tuple[str, ...] = ("Action", "Comedy", "Drama", "Romance", "Thriller")
-YEAR_SECONDS = 365 * 24 * 3600 + 6 * 3600  # a Julian year, 365.25 days
-
-# The paper's numbers for the genre shift of the full MovieLens-100K (DESIGN.md).
-ML100K_GENRE_SHIFT = {
-    "id_items": 1_461,
-    "id_ratings": 91_142,
-    "ood_items": 221,
-    "ood_ratings": 8_858,
-    "ood_groups": (
-        "Adventure", "Animation", "Children's", "Crime", "Documentary", "Film-Noir", "Horror",
-        "Musical", "Mystery", "Sci-Fi", "War", "Western",
-    ),
-}  # fmt: skip
+from training.spec import SplitSpec
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no truth value to compare by
@@ -122,144 +113,152 @@ def _make_split(
     min_group: int,
     order: Callable[[str], object] = str,
 ) -> Split:
-    if not is_id.any() or not is_ood.any():
+    if not is_id.any() or (name != "random" and not is_ood.any()):
         raise ValueError(
-            f"{name}: the rule gives {int(is_id.sum()):,} ID and {int(is_ood.sum()):,} OOD "
-            "ratings; both must be non-empty (check the genres/category/years passed)"
+            f"split {name}: the rule gives {int(is_id.sum()):,} ID and {int(is_ood.sum()):,} "
+            "OOD ratings; both must be non-empty (check the spec's [split] values)"
         )
     train, val, test = _partition(ratings[is_id], seed, val_frac, test_frac)
     ood = ratings[is_ood].reset_index(drop=True)
     return Split(name, seed, train, val, test, ood, _groups(ood, item_groups, min_group, order))
 
 
-def _genre_order(genre: str) -> tuple[int, str]:
-    """GroupLens order for MovieLens genres, then any other names alphabetically."""
-    known = {g: i for i, g in enumerate(MOVIELENS_GENRES)}
-    return (known.get(genre, len(known)), genre)
+def _item_values(ds: RatingsDataset, column: str) -> pd.Series:
+    """item_id -> tuple of the column's values (a single value for a categorical column)."""
+    values = ds.items[column].to_numpy()
+    as_tuple = [
+        tuple(str(x) for x in v) if isinstance(v, tuple | list | np.ndarray)
+        else (() if v is None or (isinstance(v, float) and v != v) else (str(v),))
+        for v in values
+    ]  # fmt: skip
+    return pd.Series(as_tuple, index=ds.items["item_id"].to_numpy(), dtype=object)
 
 
-def check_ml100k_genre_shift(split: Split) -> None:
-    """Raise unless ``split`` has the paper's counts for the full MovieLens-100K.
+def _fold(value: str) -> str:
+    return value.strip().casefold()
+
+
+def _item_attribute(ds: RatingsDataset, spec: SplitSpec, ratings: pd.DataFrame):
+    item_values = _item_values(ds, spec.column)
+    wanted = {_fold(v) for v in spec.in_distribution}
+    known = {_fold(v) for vs in item_values for v in vs}
+    absent = sorted(v for v in spec.in_distribution if _fold(v) not in known)
+    sample = sorted({v for vs in item_values for v in vs})[:20]
+    if len(absent) == len(spec.in_distribution):
+        raise ValueError(
+            f"split.in_distribution: {absent} is no value of items.{spec.column}; values "
+            f"present: {sample}"
+        )
+    if absent:  # a misspelling, or values this data happens not to have
+        warnings.warn(
+            f"split.in_distribution: {absent} is no value of items.{spec.column} (values "
+            f"present: {sample})",
+            stacklevel=3,
+        )
+    id_items = item_values.index[item_values.map(lambda vs: any(_fold(v) in wanted for v in vs))]
+    is_id = ratings["item_id"].isin(id_items).to_numpy()
+    return is_id, ~is_id, item_values
+
+
+def _cutoff_seconds(text: str) -> int:
+    try:
+        when = pd.Timestamp(text)
+    except ValueError:
+        raise ValueError(
+            f"split.cutoff {text!r} is not a date (expected e.g. 2024-05-01)"
+        ) from None
+    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    return int(when.timestamp())
+
+
+def _month(seconds: int) -> str:
+    return pd.Timestamp(int(seconds), unit="s", tz="UTC").strftime("%Y-%m")
+
+
+def make_split(ds: RatingsDataset, spec: SplitSpec, seed: int | None = None) -> Split:
+    """The spec's split of a dataset.
+
+    Args:
+        ds: typed tables (``training.data.load_spec_dataset``).
+        spec: the spec's ``[split]``.
+        seed: replaces ``spec.seed`` (the ID shuffle).
+
+    Returns:
+        A :class:`Split`; ``ood_groups`` hold row positions in ``ood`` per group with at
+        least ``spec.min_group`` ratings.
+
+    Raises:
+        ValueError: a value of the spec absent from the data, an empty ID or OOD side, or
+            counts that differ from ``spec.expect``.
+    """
+    seed = spec.seed if seed is None else seed
+    ratings = ds.ratings
+    if spec.within is not None:
+        values = _item_values(ds, spec.within.column)
+        keep = {_fold(v) for v in spec.within.values}
+        inside = values.index[values.map(lambda vs: any(_fold(v) in keep for v in vs))]
+        ratings = ratings[ratings["item_id"].isin(inside)].reset_index(drop=True)
+        if ratings.empty:
+            raise ValueError(
+                f"split.within: no rating of an item with {spec.within.column} in "
+                f"{spec.within.values}"
+            )
+    n = len(ratings)
+    everything = pd.Series([("all",)] * len(ds.items), index=ds.items["item_id"].to_numpy())
+    if spec.kind == "random":
+        is_id, is_ood, groups = np.ones(n, bool), np.zeros(n, bool), everything
+    elif spec.kind == "item_attribute":
+        is_id, is_ood, groups = _item_attribute(ds, spec, ratings)
+    elif spec.kind == "cold_items":
+        items = np.array(sorted(ratings["item_id"].unique()), dtype=object)
+        order = np.random.default_rng(seed).permutation(len(items))
+        n_ood = max(1, round(len(items) * spec.ood_fraction))
+        is_ood = ratings["item_id"].isin(set(items[order[:n_ood]])).to_numpy()
+        is_id, groups = ~is_ood, everything
+    else:  # time
+        ts = ratings["timestamp"].to_numpy()
+        if spec.cutoff is not None:
+            cutoff = _cutoff_seconds(spec.cutoff)
+        else:
+            cutoff = int(np.sort(ts)[min(n - 1, int(round(n * (1 - spec.ood_fraction))))])
+        is_ood = ts >= cutoff
+        is_id = ~is_ood
+        groups = None
+    split = _make_split(
+        spec.kind, seed, ratings, is_id, is_ood,
+        groups if groups is not None else everything,
+        spec.valid_fraction, spec.test_fraction, spec.min_group,
+    )  # fmt: skip
+    if spec.kind == "time":  # groups by month of the rating, not by item
+        months = split.ood["timestamp"].map(_month)
+        counts = months.value_counts()
+        kept = sorted(m for m, c in counts.items() if c >= spec.min_group)
+        split = Split(
+            split.name, split.seed, split.train, split.val, split.test, split.ood,
+            {m: np.flatnonzero(months.to_numpy() == m).astype(np.int64) for m in kept},
+        )  # fmt: skip
+    if spec.expect:
+        check_counts(split, spec.expect)
+    return split
+
+
+def check_counts(split: Split, expect: dict[str, int]) -> None:
+    """Raise unless the split has the expected counts (keys of :meth:`Split.summary`;
+    ``ood_groups`` counts the groups).
 
     Raises:
         ValueError: listing each count expected and found.
     """
     s = split.summary()
-    got = {k: s[k] for k in ML100K_GENRE_SHIFT if k != "ood_groups"}
-    got["ood_groups"] = tuple(s["ood_groups"])
-    wrong = {k: (v, got[k]) for k, v in ML100K_GENRE_SHIFT.items() if got[k] != v}
+    got = {**s, "ood_groups": len(s["ood_groups"])}
+    unknown = sorted(set(expect) - set(got))
+    if unknown:
+        raise ValueError(f"split.expect: unknown count(s) {unknown}; known: {sorted(got)}")
+    wrong = {k: (v, got[k]) for k, v in expect.items() if got[k] != v}
     if wrong:
-        detail = "; ".join(f"{k}: expected {e}, got {g}" for k, (e, g) in wrong.items())
+        detail = "; ".join(f"{k}: expected {e:,}, got {g:,}" for k, (e, g) in wrong.items())
         raise ValueError(
-            f"genre shift of the full MovieLens-100K does not match the paper: {detail}. The "
-            "items' genres are probably not canonical (see training/data/genres.py: every "
-            "spelling must map to the 19 GroupLens names, 'unknown' included, and an "
-            "'unknown'-only movie is OOD)."
+            f"split {split.name} does not have the counts the spec expects: {detail}. The data "
+            "differ from what the spec was written for (a truncated download, other value "
+            "spellings); fix the data or the spec's split.expect."
         )
-
-
-def genre_shift_split(
-    ds: RatingsDataset,
-    seed: int = 0,
-    id_genres: Sequence[str] = ID_GENRES,
-    val_frac: float = 0.1,
-    test_frac: float = 0.1,
-    min_group: int = 200,
-) -> Split:
-    """The MovieLens genre-shift split.
-
-    Args:
-        ds: a dataset whose items carry canonical ``genres``.
-        seed: seed of the ID shuffle (``np.random.default_rng``).
-        id_genres: a movie with any of these genres is ID; all other movies are OOD.
-        val_frac, test_frac: shares of the ID ratings for validation and test.
-        min_group: an OOD genre becomes a group of ``ood_groups`` with at least this many
-            OOD ratings.
-
-    Raises:
-        ValueError: the split is degenerate, or ``ds`` is the full MovieLens-100K and the
-            counts differ from the paper's (1,461 / 91,142 ID; 221 / 8,858 OOD; 12 groups).
-    """
-    wanted = set(id_genres)
-    unknown = wanted - set(MOVIELENS_GENRES)
-    known_in_data = set(ds.items["genres"].explode().dropna())
-    if unknown - known_in_data:
-        raise ValueError(
-            f"id_genres {sorted(unknown - known_in_data)} name no genre of the items; "
-            f"expected names such as {', '.join(MOVIELENS_GENRES)}"
-        )
-    item_genres = pd.Series(ds.items["genres"].to_numpy(), index=ds.items["item_id"])
-    id_items = item_genres.index[item_genres.map(lambda gs: not wanted.isdisjoint(gs))]
-    is_id = ds.ratings["item_id"].isin(id_items).to_numpy()
-    split = _make_split(
-        "genre_shift", seed, ds.ratings, is_id, ~is_id, item_genres,
-        val_frac, test_frac, min_group, _genre_order,
-    )  # fmt: skip
-    if is_ml100k(ds) and tuple(id_genres) == ID_GENRES and min_group == 200:
-        check_ml100k_genre_shift(split)
-    return split
-
-
-def _categories(ds: RatingsDataset) -> pd.Series:
-    if "category" not in ds.items.columns:
-        raise ValueError(
-            f"dataset {ds.name!r} has no items.category column; the Amazon splits need one "
-            "(load the data with training.data.load_amazon)"
-        )
-    return pd.Series(ds.items["category"].to_numpy(), index=ds.items["item_id"])
-
-
-def amazon_time_split(
-    ds: RatingsDataset,
-    seed: int = 0,
-    category: str = BOOKS,
-    id_years: float = 4,
-    ood_years: float = 1,
-    val_frac: float = 0.1,
-    test_frac: float = 0.1,
-    min_group: int = 200,
-) -> Split:
-    """Time shift within one category: its first ``id_years`` are ID, its last ``ood_years``
-    OOD, years in between unused.
-
-    Years count from the category's first and last review (365.25 days each); ID stops
-    where the OOD window starts if the data are shorter than ``id_years + ood_years``.
-    ``ood_groups`` has the category itself (when it has ``min_group`` OOD ratings).
-    """
-    cats = _categories(ds)
-    in_cat = (ds.ratings["item_id"].map(cats) == category).to_numpy()
-    if not in_cat.any():
-        raise ValueError(
-            f"no rating of category {category!r}; categories present: {sorted(set(cats))[:10]}"
-        )
-    ts = ds.ratings["timestamp"].to_numpy()
-    first, last = ts[in_cat].min(), ts[in_cat].max()
-    ood_start = last - int(ood_years * YEAR_SECONDS)
-    id_end = min(first + int(id_years * YEAR_SECONDS), ood_start)
-    is_id = in_cat & (ts < id_end)
-    is_ood = in_cat & (ts >= ood_start)
-    groups = cats.map(lambda c: (c,))
-    return _make_split(
-        "amazon_time_shift", seed, ds.ratings, is_id, is_ood, groups,
-        val_frac, test_frac, min_group,
-    )  # fmt: skip
-
-
-def amazon_product_split(
-    ds: RatingsDataset,
-    seed: int = 0,
-    id_categories: Iterable[str] = (BOOKS,),
-    val_frac: float = 0.1,
-    test_frac: float = 0.1,
-    min_group: int = 200,
-) -> Split:
-    """Product shift: reviews of ``id_categories`` (Books) are ID, all others OOD; each OOD
-    category with ``min_group`` ratings is a group."""
-    cats = _categories(ds)
-    wanted = set(id_categories)
-    is_id = ds.ratings["item_id"].map(cats).isin(wanted).to_numpy()
-    groups = cats.map(lambda c: (c,) if c else ())
-    return _make_split(
-        "amazon_product_shift", seed, ds.ratings, is_id, ~is_id, groups,
-        val_frac, test_frac, min_group,
-    )  # fmt: skip

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from model.head import HeadConfig, LeviHead, adapter_loss, collab_penalty, ensemble
 from training.config import TrainConfig
+from training.evaluate import rmse
 
 PyTree = Any
 
@@ -42,7 +43,8 @@ class TrainTables:
     Attributes:
         user_ids: int32 ``[n_users, F_user]`` categorical ids of every user (OOV = 0).
         item_ids: int32 ``[n_items, F_item]``.
-        multi_hot: float32 ``[n_items, G]`` genres (G may be 0).
+        user_multi_hot: float32 ``[n_users, G_user]`` multi-hot user columns (G may be 0).
+        multi_hot: float32 ``[n_items, G_item]`` multi-hot item columns.
         views: per view, ``[n_texts_v, n_layers, d]`` pooled activations (float16 or 32).
         pair_user, pair_item: int32 ``[n_pairs]`` rows in the entity tables.
         pair_text: int32 ``[n_pairs, n_views]`` rows in the view matrices.
@@ -51,6 +53,7 @@ class TrainTables:
 
     user_ids: np.ndarray
     item_ids: np.ndarray
+    user_multi_hot: np.ndarray
     multi_hot: np.ndarray
     views: tuple[np.ndarray, ...]
     pair_user: np.ndarray
@@ -116,11 +119,13 @@ def head_config(
     n_multi_hot: int,
     n_layers: int,
     rating_mean: float,
+    rating_range: tuple[float, float],
     id_features: tuple[int, int] = (-1, -1),
 ) -> HeadConfig:
     """The head of a trained method (the ablations are configs of one module).
 
     Args:
+        rating_range: the spec's rating scale; answers are clipped to it.
         id_features: columns of the id input holding the user and item id (-1: absent); the
             collaborative term needs both.
     """
@@ -146,6 +151,8 @@ def head_config(
         "adapter_hidden": cfg.adapter_hidden,
         "dropout": cfg.dropout,
         "rating_mean": float(rating_mean),
+        "rating_min": float(rating_range[0]),
+        "rating_max": float(rating_range[1]),
         "user_id_feature": id_features[0],
         "item_id_feature": id_features[1],
         "factor_dim": cfg.factor_dim,
@@ -164,7 +171,9 @@ def _gather(
     if drop_item is not None:  # train the OOV slot: the item looks unseen, its text remains
         item_ids = jnp.where(drop_item[:, None], 0, item_ids)
     ids = jnp.concatenate([data["user_ids"][users], item_ids], axis=1)  # [b, F]
-    multi_hot = data["multi_hot"][items]  # [b, G]
+    multi_hot = jnp.concatenate(
+        [data["user_multi_hot"][users], data["multi_hot"][items]], axis=1
+    )  # [b, G_user + G_item]
     if head.uses_text:
         text_rows = data["pair_text"][rows]  # [b, n_views]
         acts = jnp.stack([m[text_rows[:, v]] for v, m in enumerate(data["views"])], axis=1).astype(
@@ -262,10 +271,6 @@ def predict_adapters(
     if not out:
         return np.zeros((0, head.n_adapters), np.float32)
     return np.concatenate(out)
-
-
-def rmse(pred: np.ndarray, target: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((np.asarray(pred, np.float64) - target) ** 2)))
 
 
 def predict_ratings(head: HeadConfig, adapters: np.ndarray) -> np.ndarray:

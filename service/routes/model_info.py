@@ -5,14 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from service.deps import EngineDep
-from service.schemas import BackboneSummary, ErrorResponse, ModelResponse
+from service.entity_fields import describe
+from service.schemas import BackboneSummary, DatasetSummary, ErrorResponse, ModelResponse
 
 router = APIRouter(tags=["model"])
 
 
 @router.get("/v1/model", responses={503: {"model": ErrorResponse}})
 async def model_summary(engine: EngineDep) -> ModelResponse:
-    """The served model: version, backbone, text views, adapter layers, tables, calibration."""
+    """The served model: version, backbone, text views, adapter layers, the dataset spec's
+    request fields and split, tables, calibration."""
     scorer = engine.scorer
     if scorer is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, engine.not_ready_reason())
@@ -38,6 +40,11 @@ async def model_summary(engine: EngineDep) -> ModelResponse:
         views=[v.name for v in scorer.views.views],
         layers=list(scorer.layers),
         rating_range=(float(cfg.rating_min), float(cfg.rating_max)),
+        dataset=DatasetSummary(
+            name=str(art.dataset.get("name", "unknown")),
+            fields=describe(scorer.features),
+            split=dict(art.dataset.get("split") or {}),
+        ),
         n_users=len(scorer.users),
         n_items=len(scorer.items),
         activation_dtype=str(scorer.cache.dtype),

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, status
 from service.batcher import DeadlineError, QueueFullError
 from service.deps import EngineDep, SettingsDep
 from service.engine import Engine, ModelNotReadyError
+from service.entity_fields import check_fields
 from service.schemas import (
     AdapterRating,
     BatchPredictRequest,
@@ -31,12 +32,33 @@ ERRORS = {
 }
 
 
-def to_input(req: PredictRequest) -> ScoreInput:
-    return ScoreInput(
-        user_id=req.user_id,
-        item_id=req.item_id,
-        user=req.user.model_dump(exclude_none=True) if req.user else {},
-        item=req.item.model_dump(exclude_none=True) if req.item else {},
+def to_inputs(
+    engine: Engine, requests: Sequence[PredictRequest], prefix: tuple
+) -> list[ScoreInput]:
+    """Score inputs, the ``user`` / ``item`` objects checked against the served model's fields.
+
+    Raises:
+        RequestValidationError: an unknown field or a wrong type (422 naming the field).
+    """
+    scorer = engine.scorer
+    if scorer is None:
+        raise _not_ready(engine)
+    many = len(prefix) > 1
+    fields = check_fields(
+        scorer.request_models,
+        [((*prefix, i) if many else prefix, r.user, r.item) for i, r in enumerate(requests)],
+    )
+    return [
+        ScoreInput(user_id=r.user_id, item_id=r.item_id, user=user, item=item)
+        for r, (user, item) in zip(requests, fields, strict=True)
+    ]
+
+
+def _not_ready(engine: Engine) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        engine.not_ready_reason(),
+        headers={"Retry-After": "5"},
     )
 
 
@@ -52,19 +74,22 @@ def to_response(res: ScoreResult) -> PredictResponse:
 
 
 async def score(
-    engine: Engine, settings: Settings, requests: Sequence[PredictRequest]
+    engine: Engine,
+    settings: Settings,
+    requests: Sequence[PredictRequest],
+    prefix: tuple = ("body",),
 ) -> list[PredictResponse]:
-    """Score through the micro-batcher, mapping overload and deadlines to 503 / 504."""
+    """Score through the micro-batcher, mapping overload and deadlines to 503 / 504.
+
+    Args:
+        prefix: where the requests sit in the body, for error locations (``("body",)`` or
+            ``("body", "requests")``).
+    """
     if not engine.ready:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            engine.not_ready_reason(),
-            headers={"Retry-After": "5"},
-        )
+        raise _not_ready(engine)
+    inputs = to_inputs(engine, requests, prefix)
     try:
-        results = await engine.batcher.submit(
-            [to_input(r) for r in requests], settings.request_timeout_s
-        )
+        results = await engine.batcher.submit(inputs, settings.request_timeout_s)
     except QueueFullError as e:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, f"overloaded: {e}", headers={"Retry-After": "1"}
@@ -98,4 +123,6 @@ async def predict_rating_batch(
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"requests: {len(body.requests)} entries; at most {limit} per call (split the batch)",
         )
-    return BatchPredictResponse(predictions=await score(engine, settings, body.requests))
+    return BatchPredictResponse(
+        predictions=await score(engine, settings, body.requests, ("body", "requests"))
+    )

@@ -1,6 +1,7 @@
 """Property-based fuzzing of the prediction API over real HTTP: never a 5xx.
 
-Hypothesis strategies follow the request schemas (service/schemas.py, service/openapi.json):
+Hypothesis strategies follow the request schemas (service/schemas.py, service/openapi.json,
+and the tiny model's request fields, service/entity_fields.py):
 near-valid bodies whose fields take wrong types, out-of-range numbers, huge or unicode
 strings (lone surrogates included), extra keys and nested junk; arbitrary JSON; raw bytes
 with assorted content types. Each property runs a bounded number of examples against the
@@ -19,7 +20,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from service.schemas import MAX_GENRES, MAX_ID_LENGTH, MAX_TITLE_LENGTH
+from service.entity_fields import MAX_LIST_VALUES as MAX_GENRES
+from service.entity_fields import MAX_VALUE_CHARS as MAX_TITLE_LENGTH
+from service.schemas import MAX_ID_LENGTH
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 

@@ -39,7 +39,7 @@ BACKBONE_NAME = "tiny-bert"
 USERS = [
     {"user_id": "1", "age": 24, "gender": "M", "occupation": "writer", "zip_code": "55105"},
     {"user_id": "2", "age": 61, "gender": "F", "occupation": "doctor", "zip_code": "02139"},
-    {"user_id": "3", "age": -1, "gender": "F", "occupation": "student", "zip_code": "94110"},
+    {"user_id": "3", "age": None, "gender": "F", "occupation": "student", "zip_code": "94110"},
     {"user_id": "4", "age": 33, "gender": "M", "occupation": "engineer", "zip_code": "10001"},
 ]
 ITEMS = [
@@ -48,6 +48,34 @@ ITEMS = [
     {"item_id": "12", "title": "Toy Story (1995)", "genres": ("Animation", "Children's")},
 ]
 GENRES = ("Action", "Animation", "Children's", "Comedy", "Crime")
+# What a dataset spec resolves to (training.spec.DatasetSpec.column_decls / views / summary).
+USER_TEMPLATE = "user id {user_id}, age {age}, occupation {occupation}, zip code {zip_code}"
+ITEM_TEMPLATE = "movie id {item_id}, title {title}"
+DATASET = {
+    "name": "tiny-service",
+    "rating_scale": [1.0, 5.0],
+    "columns": {
+        "user": {"age": "numeric", "gender": "categorical", "occupation": "categorical",
+                 "zip_code": "categorical"},
+        "item": {"title": "text", "genres": "multi_categorical"},
+    },
+    "split": {"kind": "item_attribute", "column": "genres", "in_distribution": ["Comedy"]},
+}  # fmt: skip
+
+
+def column_decls() -> tuple:
+    from model.features import ColumnDecl
+
+    return (
+        ColumnDecl("age", "user", "numeric", edges=(18.0, 25.0, 35.0, 45.0, 50.0, 56.0)),
+        ColumnDecl("gender", "user", "categorical", mlp=False),
+        ColumnDecl("occupation", "user", "categorical"),
+        ColumnDecl("zip_code", "user", "categorical", prefix=3),
+        ColumnDecl("title", "item", "text", mlp=False),
+        ColumnDecl("genres", "item", "multi_categorical"),
+    )
+
+
 # Words of the rendered texts (lower-cased); anything else is [UNK], as cold starts may be.
 WORDS = (
     "user", "id", "age", "occupation", "zip", "code", "movie", "title", "unknown", ",", "(",
@@ -124,11 +152,12 @@ def export_tiny(root: Path, model_version: str, seed: int, tokenizer_path: Path)
     from model.features import fit_feature_spec
     from model.head import HeadConfig, LeviHead
     from model.reference import ReferenceStats
-    from model.templates import factored_views
+    from model.templates import views_from_templates
 
     backbone = _tiny_backbone(tokenizer_path, seed)
-    features = fit_feature_spec(USERS, ITEMS, genres=GENRES)
-    views = factored_views()
+    features = fit_feature_spec(column_decls(), USERS, ITEMS)
+    assert features.n_multi_hot == len(GENRES)
+    views = views_from_templates(user=USER_TEMPLATE, item=ITEM_TEMPLATE)
     config = HeadConfig(
         vocab_sizes=features.vocab_sizes, n_multi_hot=features.n_multi_hot, layers=(0, 1),
         embed_dim=8, mlp_dims=(16, 8), adapter_hidden=8,
@@ -153,7 +182,7 @@ def export_tiny(root: Path, model_version: str, seed: int, tokenizer_path: Path)
     return export_artifact(
         root, model_version=model_version, backbone=backbone, head_config=config,
         head_params=head_params, features=features, views=views, users=pd.DataFrame(USERS),
-        items=pd.DataFrame(ITEMS), reference=reference,
+        items=pd.DataFrame(ITEMS), reference=reference, dataset=DATASET,
         training_config={"source": "tests/service (random weights)", "seed": seed},
         platforms=("cpu",),
     )  # fmt: skip
@@ -331,15 +360,15 @@ def direct_scores(art, pairs: list[dict]) -> list[dict]:
     """What the artifact itself answers, one pair and one text at a time (no service code).
 
     Known ids take their table records, request fields override; unknown ids start from an
-    empty record (missing age -1, no genres).
+    empty record (every field missing).
     """
     users = {str(r["user_id"]): r for r in art.users.to_dict("records")}
     items = {str(r["item_id"]): r for r in art.items.to_dict("records")}
     out = []
     for p in pairs:
-        user = dict(users.get(p["user_id"], {"user_id": p["user_id"], "age": -1}))
+        user = dict(users.get(p["user_id"], {"user_id": p["user_id"]}))
         user.update({k: v for k, v in (p.get("user") or {}).items() if v is not None})
-        item = dict(items.get(p["item_id"], {"item_id": p["item_id"], "genres": ()}))
+        item = dict(items.get(p["item_id"], {"item_id": p["item_id"]}))
         item.update({k: v for k, v in (p.get("item") or {}).items() if v is not None})
         acts = []
         for text in art.views.render(user, item):

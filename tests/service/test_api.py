@@ -2,7 +2,8 @@
 
 The app is pointed at a model directory that does not exist, so the real loader
 (``model.artifact.load_artifact``) refuses it: every check here happens before scoring, so
-no model is needed and the tests run in about a second.
+no model is needed and the tests run in about a second. The ``user`` / ``item`` fields depend
+on the served model's dataset spec: tests/service/test_request_fields.py checks them.
 """
 
 from __future__ import annotations
@@ -48,15 +49,8 @@ OK = {"user_id": "1", "item_id": "10"}
         ({**OK, "item_id": "x" * 65}, ["body", "item_id"]),
         ({**OK, "user_id": 7}, ["body", "user_id"]),
         ({**OK, "rating": 5}, ["body", "rating"]),
-        ({**OK, "user": {"age": -1}}, ["body", "user", "age"]),
-        ({**OK, "user": {"age": 121}}, ["body", "user", "age"]),
-        ({**OK, "user": {"age": "old"}}, ["body", "user", "age"]),
-        ({**OK, "user": {"zip_code": "1" * 17}}, ["body", "user", "zip_code"]),
-        ({**OK, "user": {"height": 180}}, ["body", "user", "height"]),
-        ({**OK, "item": {"title": "t" * 257}}, ["body", "item", "title"]),
-        ({**OK, "item": {"genres": "Comedy"}}, ["body", "item", "genres"]),
-        ({**OK, "item": {"genres": ["G"] * 33}}, ["body", "item", "genres"]),
-        ({**OK, "item": {"genres": [""]}}, ["body", "item", "genres", 0]),
+        ({**OK, "user": ["age", 3]}, ["body", "user"]),
+        ({**OK, "item": "Kolya"}, ["body", "item"]),
         ([OK], ["body"]),
     ],
 )

@@ -125,19 +125,23 @@ def test_shards_cover_the_input_and_parts_are_reused(scorer, tmp_path):
 @pytest.mark.parametrize(
     "rows, message",
     [
-        ([{"user_id": "1", "item_id": "10", "age": "200"}], "row 0 (0-based, header excluded), "
+        ([{"user_id": "1", "item_id": "10", "age": "old"}], "row 0 (0-based, header excluded), "
          "column 'age'"),
         ([{"user_id": "1", "item_id": "10"}, {"user_id": "", "item_id": "3"}],
          "row 1 (0-based, header excluded), column 'user_id'"),
-        ([{"user_id": "1", "item_id": "10", "title": "x" * 300}], "column 'title'"),
+        ([{"user_id": "1", "item_id": "10", "title": "x" * 20_001}], "column 'title'"),
         ([{"user": "1", "item_id": "10"}], "lacks column(s) ['user_id']"),
     ],
 )  # fmt: skip
-def test_malformed_input_exits_2_naming_row_and_column(tmp_path, capsys, rows, message):
+def test_malformed_input_exits_2_naming_row_and_column(
+    tmp_path, capsys, monkeypatch, artifacts, rows, message
+):
+    # The rows are checked against the model's fields before anything is scored.
+    monkeypatch.delenv("REDIS_URL", raising=False)
     source = tmp_path / "bad.csv"
     pd.DataFrame(rows).to_csv(source, index=False)
     code = batch.main(
-        ["--model", str(tmp_path / "unused"), "--input", str(source),
+        ["--model", str(artifacts.v1), "--input", str(source),
          "--output", str(tmp_path / "o.csv")]
     )  # fmt: skip
     assert code == 2

