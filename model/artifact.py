@@ -59,7 +59,7 @@ from model.head import HeadConfig, LeviHead, ensemble
 from model.reference import ReferenceStats
 from model.safetensors_file import save_tensors
 from model.templates import ViewSet
-from model.tokenizer import LENGTH_BUCKETS, TextTokenizer
+from model.tokenizer import LENGTH_BUCKETS, TextTokenizer, buckets_up_to
 
 if TYPE_CHECKING:
     from model.backbone import Backbone
@@ -332,7 +332,7 @@ def _write_contents(
             "n_layers": n_layers,
             "hidden_size": d,
             "max_length": max_length,
-            "length_buckets": [int(x) for x in buckets if x < max_length] + [max_length],
+            "length_buckets": list(buckets_up_to(max_length, buckets)),
         },
         "tokenizer": tok_name,
         "views": views.to_json(),

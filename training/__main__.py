@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-path", help="directory of a grouplens or amazon source")
     p.add_argument("--backbone", help="minilm-l6 (default), bert or t5")
     p.add_argument("--checkpoint", help="Hugging Face-format directory of the backbone")
+    p.add_argument(
+        "--max-length", type=int, help="tokens per text (default: the checkpoint's own limit)"
+    )
     p.add_argument("--views", choices=("factored", "pair"))
     p.add_argument("--genres", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--gender", action=argparse.BooleanOptionalAction, default=None)
@@ -43,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.tiny() if args.tiny else TrainConfig.default()
     names = ("source", "data_path", "backbone", "checkpoint", "views", "genres", "gender")
-    names += ("methods", "seeds", "lrs", "max_epochs")
+    names += ("max_length", "methods", "seeds", "lrs", "max_epochs")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.no_export:
         overrides["export"] = False

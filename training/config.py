@@ -40,7 +40,9 @@ class TrainConfig:
         split_seed: seed of the 80/10/10 ID split (one split; ``seeds`` vary the model init,
             dropout and batch order).
         min_ood_group: an OOD genre is reported when it has at least this many ratings.
-        backbone, checkpoint, max_length: the frozen text encoder (``model.backbone``).
+        backbone, checkpoint, max_length: the frozen text encoder (``model.backbone``);
+            max_length None takes the checkpoint's own token limit (256 for the packaged
+            MiniLM), a number may only lower it.
         views: ``"factored"`` (one user text + one item text) or ``"pair"``.
         genres, gender: side inputs behind switches (off in the paper).
         methods: which rows of the report to compute (see ``METHODS``).
@@ -78,7 +80,7 @@ class TrainConfig:
     min_ood_group: int = 200
     backbone: str = "minilm-l6"
     checkpoint: str | None = None
-    max_length: int = 128
+    max_length: int | None = None
     views: str = "factored"
     genres: bool = False
     gender: bool = False
