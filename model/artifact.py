@@ -25,7 +25,9 @@ Layout of ``artifacts/<model_version>/``::
 
 ``artifacts/latest`` is a symlink to the newest version directory. A version directory is
 written under a temporary name and renamed into place, and ``latest`` is replaced atomically,
-so a reader never sees a half-written artifact.
+so a reader never sees a half-written artifact. The version directory is 0755 and every file
+gets the mode an ordinary file gets under the process umask (the safetensors files too, see
+``model.safetensors_file``), so a service running as another user can read a mounted artifact.
 
 The loader imports nothing from ``training``.
 """
@@ -56,8 +58,9 @@ from jax import export
 from model.features import FeatureSpec
 from model.head import HeadConfig, LeviHead, ensemble
 from model.reference import ReferenceStats
+from model.safetensors_file import save_tensors
 from model.templates import ViewSet
-from model.tokenizer import LENGTH_BUCKETS, TextTokenizer
+from model.tokenizer import LENGTH_BUCKETS, TextTokenizer, buckets_up_to
 
 if TYPE_CHECKING:
     from model.backbone import Backbone
@@ -336,7 +339,7 @@ def _write_contents(
             "n_layers": n_layers,
             "hidden_size": d,
             "max_length": max_length,
-            "length_buckets": [int(x) for x in buckets if x < max_length] + [max_length],
+            "length_buckets": list(buckets_up_to(max_length, buckets)),
         },
         "tokenizer": tok_name,
         "views": views.to_json(),
@@ -359,9 +362,9 @@ def _write_contents(
 
 
 def _save_params(flat: dict[str, np.ndarray], path: Path) -> None:
-    from safetensors.numpy import save_file
-
-    save_file(flat, str(path))
+    # Not safetensors' save_file directly: it writes 0600 files, which a service running as
+    # another user cannot read.
+    save_tensors(flat, path)
 
 
 def _table_for_parquet(frame: pd.DataFrame) -> pd.DataFrame:

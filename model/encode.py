@@ -27,7 +27,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--checkpoint", type=Path, default=None, help="Hugging Face-format directory"
     )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per text, special tokens included (default: the checkpoint's own limit)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output .npy file")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     return parser.parse_args(argv)

@@ -7,6 +7,7 @@ mismatched tensor, never a ``KeyError`` from deep inside a conversion.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -91,6 +92,82 @@ def tokenizer_file(directory: str | Path) -> Path:
     raise CheckpointError(
         f"{directory}: no tokenizer found (expected one of {', '.join(TOKENIZER_FILES)})"
     )
+
+
+# Where a checkpoint declares the longest input it takes, in order of precedence: what
+# sentence-transformers trained and uses the model with, then the tokenizer's limit, then T5's
+# nominal length. (file, field) pairs.
+LENGTH_DECLARATIONS = (
+    ("sentence_bert_config.json", "max_seq_length"),
+    ("tokenizer_config.json", "model_max_length"),
+    ("config.json", "n_positions"),
+)
+# transformers writes int(1e30) as model_max_length when a tokenizer has no limit.
+_NO_LIMIT = 10**9
+# A relative-position encoder (T5) that declares nothing: the length T5 was pre-trained at.
+UNDECLARED_MAX_LENGTH = 512
+
+
+def declared_max_length(directory: str | Path, hf_config: Mapping) -> tuple[int, str]:
+    """The most tokens per text the checkpoint allows, and which file says so.
+
+    The first of ``LENGTH_DECLARATIONS`` present (a ``model_max_length`` of 1e9 or more means
+    "no limit" and is skipped), capped by ``config.json`` ``max_position_embeddings`` (the size
+    of a learned position table: a hard limit). With nothing declared: that table size, else
+    ``UNDECLARED_MAX_LENGTH``.
+
+    Args:
+        directory: the checkpoint directory.
+        hf_config: its parsed ``config.json`` (:func:`read_config`).
+
+    Returns:
+        ``(tokens, source)``, e.g. ``(256, "sentence_bert_config.json max_seq_length")``.
+
+    Raises:
+        CheckpointError: a declaring file is not valid JSON or its field is not a positive
+            whole number.
+    """
+    directory = Path(directory)
+    declared: tuple[int, str] | None = None
+    for name, key in LENGTH_DECLARATIONS:
+        data = hf_config if name == "config.json" else _optional_json(directory / name)
+        value = (data or {}).get(key)
+        if value is None or (_is_number(value) and value >= _NO_LIMIT):
+            continue
+        declared = (_positive_int(value, directory / name, key), f"{name} {key}")
+        break
+    positions = hf_config.get("max_position_embeddings")
+    if positions is None:
+        return declared or (UNDECLARED_MAX_LENGTH, "none declared; T5's pre-training length")
+    positions = _positive_int(positions, directory / "config.json", "max_position_embeddings")
+    if declared is None or declared[0] > positions:
+        return positions, "config.json max_position_embeddings"
+    return declared
+
+
+def _optional_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    return data if isinstance(data, dict) else None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive_int(value: object, path: Path, key: str) -> int:
+    if not _is_number(value) or not math.isfinite(value) or value < 1:
+        raise CheckpointError(
+            f"{path}: {key} is {value!r}; expected a positive number of tokens (fix the field "
+            "or delete it)"
+        )
+    if value != int(value):
+        raise CheckpointError(f"{path}: {key} is {value!r}; expected a whole number of tokens")
+    return int(value)
 
 
 def take(

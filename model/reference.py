@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.safetensors_file import save_tensors
+
 QUANTILE_LEVELS: tuple[float, ...] = (0.5, 0.9, 0.99)
 # Below this training median the adapters agree everywhere; do not divide by ~0.
 _MIN_MEDIAN = 1e-6
@@ -97,9 +99,8 @@ class ReferenceStats:
         return cls(**{n: np.asarray(data[n]) for n in names})
 
     def save(self, path: str | Path) -> None:
-        from safetensors.numpy import save_file
-
-        save_file({k: np.ascontiguousarray(v) for k, v in self.to_dict().items()}, str(path))
+        """Write the statistics as safetensors, with an ordinary file's mode (not 0600)."""
+        save_tensors({k: np.ascontiguousarray(v) for k, v in self.to_dict().items()}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> ReferenceStats:

@@ -17,6 +17,15 @@ from model.hf_checkpoint import CheckpointError
 LENGTH_BUCKETS: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
 
 
+def buckets_up_to(max_length: int, buckets: Sequence[int] = LENGTH_BUCKETS) -> tuple[int, ...]:
+    """The buckets shorter than ``max_length``, then ``max_length`` itself.
+
+    A batch is never padded past the tokenizer's limit (a BERT position table may end there),
+    and texts cut at the limit get a bucket of their own, e.g. ``(.., 128, 192, 256)`` at 256.
+    """
+    return (*(int(b) for b in buckets if b < max_length), int(max_length))
+
+
 def bucket_length(n: int, buckets: Sequence[int] = LENGTH_BUCKETS) -> int:
     """The smallest bucket that holds ``n`` tokens (the largest bucket if none does)."""
     for b in buckets:

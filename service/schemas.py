@@ -92,6 +92,10 @@ class BackboneSummary(BaseModel):
     fingerprint: str
     n_layers: int
     hidden_size: int
+    max_length: int = Field(
+        description="token limit: each text view is cut to this many tokens, special tokens "
+        "included (the backbone checkpoint's own limit unless training lowered it)"
+    )
 
 
 class RequestField(BaseModel):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +196,54 @@ def test_manifest_lists_every_file_with_sha256(exported, parts):
     assert set(manifest["libraries"]) == {"jax", "jaxlib", "flax", "numpy"}
     assert manifest["rating_range"] == [1.0, 5.0]
     assert manifest["training_config"] == {"seeds": [0, 1], "lr": pytest.approx(1e-3)}
+
+
+def _file_modes(root: Path) -> dict[str, int]:
+    return {
+        p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_every_file_has_the_manifests_mode(exported):
+    # safetensors' own save_file makes 0600 files, which the service's uid could not read.
+    modes = _file_modes(exported)
+    assert {rel: m for rel, m in modes.items() if m != modes["manifest.json"]} == {}
+    assert modes["backbone.safetensors"] & 0o400
+
+
+def test_file_modes_follow_the_umask(parts, tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = export_artifact(tmp_path, model_version="umask-027", **parts)
+    finally:
+        os.umask(old)
+    modes = _file_modes(path)
+    assert "head.safetensors" in modes and "reference.safetensors" in modes
+    assert modes == dict.fromkeys(modes, 0o640)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755  # the version directory, on purpose
+
+
+def test_save_tensors_writes_like_an_ordinary_file(tmp_path):
+    from safetensors.numpy import load_file
+
+    from model.safetensors_file import save_tensors
+
+    old = os.umask(0o002)
+    try:
+        save_tensors({"a": np.arange(3, dtype=np.float32)}, tmp_path / "new.safetensors")
+        (tmp_path / "kept.safetensors").touch(mode=0o600)
+        save_tensors({"b": np.ones(2, np.int32)}, tmp_path / "kept.safetensors")
+        with pytest.raises(Exception, match="Unknown dtype"):
+            save_tensors({"c": np.array(["text"])}, tmp_path / "failed.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.safetensors").stat().st_mode) == 0o664
+    np.testing.assert_array_equal(load_file(str(tmp_path / "new.safetensors"))["a"], [0, 1, 2])
+    assert stat.S_IMODE((tmp_path / "kept.safetensors").stat().st_mode) == 0o600
+    assert load_file(str(tmp_path / "kept.safetensors")).keys() == {"b"}
+    assert not (tmp_path / "failed.safetensors").exists()
 
 
 def test_params_are_arguments_not_constants(exported, parts):

@@ -67,6 +67,7 @@ def test_minilm_encode_matches_reference():
 
     golden = np.load(GOLDEN)
     backbone = load_backbone("minilm-l6")
+    assert backbone.max_length == 256  # the checkpoint's sentence_bert_config.json
     got = backbone.encode(list(golden["texts"]), batch_size=3)
     np.testing.assert_allclose(got, golden["pooled"], atol=1e-4)
 

@@ -162,3 +162,29 @@ def test_minilm_matches_reference_every_layer():
     assert got.shape == golden["pooled"].shape == (8, 6, 384)
     for layer in range(6):
         np.testing.assert_allclose(got[:, layer], golden["pooled"][:, layer], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_minilm_reads_past_128_tokens_like_the_numpy_recomputation():
+    """The golden texts are all under 128 tokens; a 200-token one is checked against NumPy.
+
+    The default limit is the packaged checkpoint's (sentence_bert_config.json: 256), so
+    positions 128..255 of the position table are read; nothing may be cut at 128 any more.
+    """
+    from model.backbone import load_backbone
+
+    golden = np.load(GOLDEN)
+    assert golden["mask"].sum(1).max() < 128
+    backbone = load_backbone("minilm-l6")
+    assert backbone.max_length == 256
+    text = " ".join(str(t) for t in golden["texts"]) + " and so on" * 10
+    (ids,) = backbone.tokenizer.encode([text])
+    cls, sep = golden["input_ids"][0, 0], golden["input_ids"][0, golden["mask"][0].sum() - 1]
+    assert 128 < len(ids) < 256 and ids[0] == cls and ids[-1] == sep  # whole, not truncated
+    got = backbone.encode([text])  # [1, 6, 384], padded to the 256 bucket
+    ids = np.array([ids], np.int32)
+    states = _numpy_bert(backbone.params, ids, np.ones_like(ids), backbone.config)
+    want = np.stack([h.mean(axis=1) for h in states], axis=1)  # every position is a token
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    cut = np.concatenate([ids[:, :127], ids[:, -1:]], axis=1)  # what max_length 128 read
+    assert not np.allclose(_pooled(backbone.config)(backbone.params, cut, np.ones_like(cut)), got)

@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 
 from model.backbone import load_backbone
 from model.bert import BertConfig, BertEncoder
-from model.hf_checkpoint import CheckpointError
+from model.hf_checkpoint import CheckpointError, declared_max_length
 
 CFG = BertConfig.tiny()
 WORDS = ["user", "id", "movie", "title", "age", "hello", "world", "caf", "##e", ","]
@@ -178,7 +178,7 @@ def test_wrong_family_or_no_checkpoint(checkpoint, tmp_path):
         load_backbone("t5")
     with pytest.raises(CheckpointError, match="describes a bert model.*--backbone bert"):
         load_backbone("t5", checkpoint)
-    with pytest.raises(ValueError, match="exceeds the 64 positions"):
+    with pytest.raises(ValueError, match="exceeds the 64 tokens .*max_position_embeddings"):
         load_backbone("bert", checkpoint, max_length=100)
     config = json.loads((checkpoint / "config.json").read_text())
     (checkpoint / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
@@ -188,3 +188,57 @@ def test_wrong_family_or_no_checkpoint(checkpoint, tmp_path):
         load_backbone("bert", tmp_path / "nowhere")
     with pytest.raises(ValueError, match="unknown backbone 'gpt'"):
         load_backbone("gpt", checkpoint)
+
+
+@pytest.mark.parametrize(
+    "files, want",
+    [
+        ({}, (64, "config.json max_position_embeddings")),
+        ({"sentence_bert_config.json": {"max_seq_length": 48}},
+         (48, "sentence_bert_config.json max_seq_length")),
+        ({"sentence_bert_config.json": {"max_seq_length": 48},
+          "tokenizer_config.json": {"model_max_length": 40}},
+         (48, "sentence_bert_config.json max_seq_length")),
+        ({"tokenizer_config.json": {"model_max_length": 40}},
+         (40, "tokenizer_config.json model_max_length")),
+        ({"tokenizer_config.json": {"model_max_length": 1e30}},  # transformers' "no limit"
+         (64, "config.json max_position_embeddings")),
+        ({"sentence_bert_config.json": {"max_seq_length": 1000}},  # past the position table
+         (64, "config.json max_position_embeddings")),
+    ],
+    ids=["positions", "sentence-transformers", "st-first", "tokenizer", "no-limit", "capped"],
+)  # fmt: skip
+def test_declared_max_length(tmp_path, files, want):
+    for name, data in files.items():
+        (tmp_path / name).write_text(json.dumps(data))
+    assert declared_max_length(tmp_path, hf_config(CFG)) == want
+
+
+def test_declared_max_length_without_a_position_table(tmp_path):
+    t5_like = {"model_type": "t5", "d_model": 64}
+    assert declared_max_length(tmp_path, t5_like)[0] == 512
+    assert declared_max_length(tmp_path, {**t5_like, "n_positions": 256})[0] == 256
+    (tmp_path / "tokenizer_config.json").write_text('{"model_max_length": 128}')
+    assert declared_max_length(tmp_path, t5_like)[0] == 128
+
+
+@pytest.mark.parametrize("value", ['"long"', "0", "12.5", "true"])
+def test_bad_declared_max_length_names_the_file_and_field(tmp_path, value):
+    (tmp_path / "sentence_bert_config.json").write_text(f'{{"max_seq_length": {value}}}')
+    with pytest.raises(CheckpointError, match="sentence_bert_config.json: max_seq_length is"):
+        declared_max_length(tmp_path, hf_config(CFG))
+
+
+def test_default_max_length_is_the_checkpoints_and_can_only_be_lowered(checkpoint):
+    assert load_backbone("bert", checkpoint).max_length == 64  # max_position_embeddings
+    (checkpoint / "sentence_bert_config.json").write_text('{"max_seq_length": 48}')
+    backbone = load_backbone("bert", checkpoint)
+    assert backbone.max_length == backbone.tokenizer.max_length == 48
+    assert len(backbone.tokenizer.encode(["hello " * 100])[0]) == 48
+    assert load_backbone("bert", checkpoint, max_length=16).max_length == 16
+    with pytest.raises(
+        ValueError,
+        match=r"max_length 49 exceeds the 48 tokens that .* allows \(sentence_bert_config\.json "
+        r"max_seq_length\); pass --max-length 48 or less",
+    ):
+        load_backbone("bert", checkpoint, max_length=49)

@@ -211,10 +211,15 @@ def test_t5x_tree_maps_one_to_one(version):
 
 
 def test_load_backbone_reads_a_t5_directory():
-    backbone = load_backbone("t5", checkpoint=ASSETS / "t5_v1_1_tiny", max_length=128)
+    # The directory declares no length (no tokenizer_config.json, no n_positions): 512.
+    backbone = load_backbone("t5", checkpoint=ASSETS / "t5_v1_1_tiny")
     assert (backbone.family, backbone.n_layers, backbone.hidden_size) == ("t5", 3, 64)
+    assert backbone.max_length == 512
     golden = np.load(GOLDEN / "t5_v1_1_tiny.npz")
-    texts = [str(t) for t in golden["texts"][:2]]
-    np.testing.assert_allclose(backbone.encode(texts), golden["pooled"][:2], atol=1e-4)
+    texts = [str(t) for t in golden["texts"]]
+    assert golden["mask"].sum(1).max() > 128  # the short texts and one of 159 tokens, uncut
+    np.testing.assert_allclose(backbone.encode(texts), golden["pooled"], atol=1e-4)
+    shorter = load_backbone("t5", checkpoint=ASSETS / "t5_v1_1_tiny", max_length=128)
+    assert max(len(ids) for ids in shorter.tokenizer.encode(texts)) == 128
     with pytest.raises(CheckpointError, match="describes a t5 model"):
         load_backbone("bert", checkpoint=ASSETS / "t5_v1_1_tiny")

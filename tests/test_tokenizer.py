@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.tokenizer import TextTokenizer, bucket_length
+from model.tokenizer import TextTokenizer, bucket_length, buckets_up_to
 
 GOLDEN = Path(__file__).parent / "golden" / "minilm_l6.npz"
 
@@ -28,6 +28,15 @@ def test_pad_to_bucket(tiny_tokenizer):
     assert (input_ids[mask == 0] == tiny_tokenizer.pad_id).all()
     assert tiny_tokenizer.pad([[1] * 17])[0].shape == (1, 32)
     assert [bucket_length(n) for n in (1, 16, 17, 512, 600)] == [16, 16, 32, 512, 512]
+
+
+def test_buckets_end_at_max_length():
+    from model.backbone import ENCODE_BUCKETS
+
+    assert buckets_up_to(256, ENCODE_BUCKETS)[-4:] == (96, 128, 192, 256)
+    assert buckets_up_to(256) == (16, 32, 64, 128, 256)
+    assert buckets_up_to(200) == (16, 32, 64, 128, 200)  # never padded past the limit
+    assert buckets_up_to(32, (16, 32)) == (16, 32)
 
 
 def test_truncates_to_max_length_keeping_special_tokens(tiny_tokenizer):

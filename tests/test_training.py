@@ -208,6 +208,13 @@ def test_config_errors_name_the_field():
         TrainConfig(seeds=())
 
 
+def test_max_length_defaults_to_the_checkpoints_and_can_be_set_on_the_command_line():
+    from training.__main__ import config_from_args, parse_args
+
+    assert config_from_args(parse_args([])).max_length is None  # load_backbone decides
+    assert config_from_args(parse_args(["--max-length", "64"])).max_length == 64
+
+
 def test_data_parallel_on_two_host_devices_matches_one_device():
     """The batch is sharded over a 2-device mesh (forced host devices in a subprocess)."""
     import os

@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="the tiny training preset (smoke runs)")
     p.add_argument("--backbone", help="minilm-l6 (default), bert or t5")
     p.add_argument("--checkpoint", help="Hugging Face-format directory of the backbone")
+    p.add_argument(
+        "--max-length", type=int, help="tokens per text (default: the checkpoint's own limit)"
+    )
     p.add_argument("--methods", type=_csv(str), help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--seeds", type=_csv(int), help="comma list, e.g. 0,1,2")
     p.add_argument("--lrs", type=_csv(float), help="learning-rate grid, e.g. 1e-4,1e-3,1e-2")
@@ -49,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.tiny() if args.tiny else TrainConfig.default()
     names = ("dataset", "data_path", "reader", "split_seed", "backbone", "checkpoint")
-    names += ("methods", "seeds", "lrs", "max_epochs")
+    names += ("max_length", "methods", "seeds", "lrs", "max_epochs")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.no_export:
         overrides["export"] = False

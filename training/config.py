@@ -44,7 +44,9 @@ class TrainConfig:
         data_path, reader: replace the spec's ``ratings.path`` and ``reader``.
         split_seed: replaces the spec's ``split.seed`` (None: the spec's). One split;
             ``seeds`` vary the model init, dropout and batch order.
-        backbone, checkpoint, max_length: the frozen text encoder (``model.backbone``).
+        backbone, checkpoint, max_length: the frozen text encoder (``model.backbone``);
+            max_length None takes the checkpoint's own token limit (256 for the packaged
+            MiniLM), a number may only lower it.
         methods: which rows of the report to compute (see ``METHODS``).
         seeds: model seeds; the report gives mean and std over them.
         lrs: Adam learning-rate grid; the best on ID validation is chosen per method.
@@ -80,7 +82,7 @@ class TrainConfig:
     split_seed: int | None = None
     backbone: str = "minilm-l6"
     checkpoint: str | None = None
-    max_length: int = 128
+    max_length: int | None = None
     methods: tuple[str, ...] = METHODS
     seeds: tuple[int, ...] = (0, 1, 2)
     lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2)

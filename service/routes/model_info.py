@@ -36,6 +36,7 @@ async def model_summary(engine: EngineDep) -> ModelResponse:
             fingerprint=str(backbone.get("fingerprint", "")),
             n_layers=scorer.cache.shape[0],
             hidden_size=scorer.cache.shape[1],
+            max_length=scorer.tokenizer.max_length,
         ),
         views=[v.name for v in scorer.views.views],
         layers=list(scorer.layers),

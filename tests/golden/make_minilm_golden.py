@@ -8,6 +8,11 @@ It reads the packaged all-MiniLM-L6-v2 directory (``make fetch`` puts it in the 
 writes, per text: the Hugging Face tokenizer's ids (``input_ids``/``mask``, [n, 128] padded with
 0) and the attention-masked mean of each layer's hidden states 1..6 (``pooled``,
 float32 [n, 6, 384]).
+
+Every text here is under 128 tokens (the longest is 67). The default limit is now the
+checkpoint's 256, so positions past 128 are checked without torch in
+``tests/test_bert.py::test_minilm_reads_past_128_tokens_like_the_numpy_recomputation`` (a
+206-token text against the NumPy re-computation of BERT on the real weights).
 """
 
 from __future__ import annotations

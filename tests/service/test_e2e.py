@@ -59,6 +59,13 @@ def test_single_and_batch_predictions_equal_the_artifacts_scores(server, artifac
         _check(answer, exp, layers)
 
 
+def test_model_summary_says_the_token_limit(server, artifacts):
+    backbone = httpx.get(f"{server.base}/v1/model", timeout=10).json()["backbone"]
+    manifest = artifacts.loader(artifacts.v1).manifest["backbone"]
+    assert backbone["name"] == BACKBONE_NAME
+    assert backbone["max_length"] == manifest["max_length"] == 32  # the tiny tokenizer's
+
+
 def test_cold_start_item_without_title_is_answered_and_says_so(server, artifacts):
     art = artifacts.loader(artifacts.v1)
     before = server.value("levi_unknown_entities_total", kind="item")
