@@ -14,7 +14,6 @@ Target: ours / reference >= 1.5.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -64,21 +63,15 @@ print(json.dumps({"seconds": min(times), "torch": torch.__version__,
 
 
 def movielens_entity_texts() -> list[str]:
-    """The user and item texts of MovieLens-100K as the default factored views render them."""
-    import pandas as pd
+    """The user and item texts of MovieLens-100K as the default preset's views render them."""
+    from training.data import load_spec_dataset
+    from training.spec import load_spec
 
-    from model.packaged import MOVIELENS_WHEEL, read_member
-    from model.templates import factored_views
-
-    def frame(name: str) -> pd.DataFrame:
-        data = read_member(MOVIELENS_WHEEL, f"MovieLens100k_{name}.parquet.brotli")
-        return pd.read_parquet(io.BytesIO(data))
-
-    user_view, item_view = factored_views().views
-    texts = [user_view.render(u, {}) for u in frame("users").to_dict("records")]
-    for m in frame("items").to_dict("records"):
-        item = {"item_id": m["movie_id"], "title": m["movie_title"]}
-        texts.append(item_view.render({}, item))
+    spec = load_spec("movielens-100k")
+    ds = load_spec_dataset(spec)
+    user_view, item_view = spec.views().views
+    texts = [user_view.render(u, {}) for u in ds.users.to_dict("records")]
+    texts += [item_view.render({}, i) for i in ds.items.to_dict("records")]
     return texts
 
 

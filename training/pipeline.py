@@ -162,6 +162,11 @@ def train_all(
 ) -> tuple[dict[str, float], dict[str, list[RunResult]], Any]:
     """Every trained method over the seeds. Returns ``(chosen lrs, runs, device tables)``."""
     mesh = mesh or make_mesh()
+    n_train = len(prep.rows["train"])
+    if n_train < cfg.batch_size:  # a small catalog: one batch is the whole training set
+        smaller = max(mesh.size, n_train // mesh.size * mesh.size)
+        log(f"{n_train} training pairs: batch size {cfg.batch_size} -> {smaller}")
+        cfg = dataclasses.replace(cfg, batch_size=smaller)
     data = device_tables(prep.tables, mesh)
     signature = prep.tables.signature()
     lrs, runs = {}, {}
