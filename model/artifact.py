@@ -17,6 +17,12 @@ Layout of ``artifacts/<model_version>/``::
                              activations[b, n_views, n_layers, d] float32)
                              -> (adapters[b, A] float32, rating[b] float32); symbolic b
     head.safetensors
+    user_side.jaxexport, item_side.jaxexport, pair.jaxexport
+                             the first-layer decomposition of the head (factored views only,
+                             model.decomposed): (params, ids[b,F_side], multi_hot[b,G_side],
+                             views[b,V_side,n_layers,d]) -> parts; (params, user parts, item
+                             parts) -> (adapters[b, A], rating[b]); manifest "decomposed"
+                             holds the layout
     tokenizer.json | spiece.model
     features.json            FeatureSpec.to_json (typed columns, vocabularies, bucket edges)
     users.parquet, items.parquet   entity tables (canonical schema of training.data)
@@ -55,6 +61,7 @@ import numpy as np
 import pandas as pd
 from jax import export
 
+from model.decomposed import Layout, decomposable, pair_function, part_widths, side_function
 from model.features import FeatureSpec
 from model.head import HeadConfig, LeviHead, ensemble
 from model.reference import ReferenceStats
@@ -71,6 +78,9 @@ SUPPORTED_FORMAT_VERSIONS = (2,)
 MANIFEST = "manifest.json"
 BACKBONE_EXPORT, BACKBONE_PARAMS = "backbone.jaxexport", "backbone.safetensors"
 HEAD_EXPORT, HEAD_PARAMS = "head.jaxexport", "head.safetensors"
+# The first-layer decomposition (model.decomposed), for views that split by side.
+SIDE_EXPORTS = {"user": "user_side.jaxexport", "item": "item_side.jaxexport"}
+PAIR_EXPORT = "pair.jaxexport"
 FEATURES, USERS, ITEMS, REFERENCE = (
     "features.json",
     "users.parquet",
@@ -155,6 +165,40 @@ def _export_both(
         note = f"lowering for {list(platforms)} failed ({type(e).__name__}: {e}); cpu only"
         warnings.warn(f"artifact export: {note}", stacklevel=3)
         return *run(("cpu",)), ("cpu",), note
+
+
+def _export_decomposed(
+    cfg: HeadConfig,
+    layout: Layout,
+    params: Any,
+    acts: tuple[int, int],
+    platforms: tuple[str, ...],
+) -> list[tuple[str, export.Exported]]:
+    """The side and pair functions of :mod:`model.decomposed`, symbolic in the batch."""
+    (b,) = export.symbolic_shape("b")
+    n_layers, d = acts
+    n_ids, n_mh = len(cfg.vocab_sizes), cfg.n_multi_hot
+    sizes = {
+        "user": (layout.n_user_ids, layout.n_user_multi_hot),
+        "item": (n_ids - layout.n_user_ids, n_mh - layout.n_user_multi_hot),
+    }
+    out = []
+    for side, (f, g) in sizes.items():
+        n_views = layout.view_sides.count(side)
+        args = (
+            params,
+            jax.ShapeDtypeStruct((b, f), jnp.int32),
+            jax.ShapeDtypeStruct((b, g), jnp.float32),
+            jax.ShapeDtypeStruct((b, n_views, n_layers, d), jnp.float32),
+        )
+        fn = jax.jit(side_function(cfg, layout, side))
+        out.append((SIDE_EXPORTS[side], export.export(fn, platforms=platforms)(*args)))
+    parts = {
+        k: jax.ShapeDtypeStruct((b, *shape), jnp.float32) for k, shape in part_widths(cfg).items()
+    }
+    pair = jax.jit(pair_function(cfg))
+    out.append((PAIR_EXPORT, export.export(pair, platforms=platforms)(params, parts, parts)))
+    return out
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -313,6 +357,18 @@ def _write_contents(
     )  # fmt: skip
     (tmp / BACKBONE_EXPORT).write_bytes(bb_exp.serialize())
     (tmp / HEAD_EXPORT).write_bytes(hd_exp.serialize())
+    decomposed = None
+    if decomposable([v.entity for v in views.views]):
+        layout = Layout(
+            n_user_ids=sum(c.entity == "user" for c in features.categorical),
+            n_user_multi_hot=sum(
+                c.size for c in features.columns if c.entity == "user" and c.is_multi_hot_input
+            ),
+            view_sides=tuple(v.entity for v in views.views),
+        )
+        for name, exp in _export_decomposed(head_config, layout, hd_params, (n_layers, d), done):
+            (tmp / name).write_bytes(exp.serialize())
+        decomposed = {"layout": layout.to_json()}
     _save_params(flatten_params(bb_params), tmp / BACKBONE_PARAMS)
     _save_params(flatten_params(hd_params), tmp / HEAD_PARAMS)
 
@@ -344,6 +400,7 @@ def _write_contents(
         "tokenizer": tok_name,
         "views": views.to_json(),
         "head": head_config.to_json(),
+        "decomposed": decomposed,
         "features": FEATURES,
         "activation_dtype": ACTIVATION_DTYPE,
         "rating_range": [float(head_config.rating_min), float(head_config.rating_max)],
@@ -472,6 +529,46 @@ class Artifact:
     head_params: Any = field(repr=False)
     _encode_fn: Callable = field(repr=False)
     _score_fn: Callable = field(repr=False)
+    layout: Layout | None = field(default=None, repr=False)
+    _side_fns: dict[str, Callable] = field(default_factory=dict, repr=False)
+    _pair_fn: Callable | None = field(default=None, repr=False)
+
+    @property
+    def decomposed(self) -> bool:
+        """Whether the first-layer decomposition functions are exported (factored views)."""
+        return self.layout is not None
+
+    def side(
+        self, side: str, ids: np.ndarray, multi_hot: np.ndarray, views: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """One side's partial products (``model.decomposed.side_parts``).
+
+        Args:
+            side: ``"user"`` or ``"item"``.
+            ids: int32 ``[n, F_side]``; multi_hot: float32 ``[n, G_side]``; views: float32
+                ``[n, V_side, n_layers, d]`` pooled activations of the side's views.
+
+        Returns:
+            ``mlp [n, M]``, ``adapters [n, A, H]``, ``bias [n]``, ``factors [n, k]``.
+        """
+        if self.layout is None:
+            raise ArtifactError(f"{self.path}: no decomposed functions (pair views)")
+        out = self._side_fns[side](
+            self.head_params,
+            np.asarray(ids, np.int32),
+            np.asarray(multi_hot, np.float32),
+            np.asarray(views, np.float32),
+        )
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def pair(
+        self, user: dict[str, np.ndarray], item: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Adapter ratings ``[b, A]`` and the ensembled rating ``[b]`` from aligned parts."""
+        if self._pair_fn is None:
+            raise ArtifactError(f"{self.path}: no decomposed functions (pair views)")
+        adapters, rating = self._pair_fn(self.head_params, user, item)
+        return np.asarray(adapters), np.asarray(rating)
 
     @property
     def model_version(self) -> str:
@@ -585,6 +682,16 @@ def load_artifact(path: str | Path) -> Artifact:
             "re-export it with model.artifact.export_artifact"
         ) from e
     _check_consistency(root, manifest, features, head_config, views, reference)
+    layout, side_fns, pair_fn = None, {}, None
+    if manifest.get("decomposed"):
+        try:
+            layout = Layout.from_json(manifest["decomposed"]["layout"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(
+                f"{root / MANIFEST}: 'decomposed' is malformed ({e}); re-export the artifact"
+            ) from e
+        side_fns = {s: jax.jit(_deserialize(root / f).call) for s, f in SIDE_EXPORTS.items()}
+        pair_fn = jax.jit(_deserialize(root / PAIR_EXPORT).call)
     return Artifact(
         path=root,
         manifest=manifest,
@@ -601,6 +708,9 @@ def load_artifact(path: str | Path) -> Artifact:
         head_params=jax.device_put(head_params),
         _encode_fn=jax.jit(exported_backbone.call),
         _score_fn=jax.jit(exported_head.call),
+        layout=layout,
+        _side_fns=side_fns,
+        _pair_fn=pair_fn,
     )
 
 
@@ -657,6 +767,8 @@ def _check_files(root: Path, manifest: dict[str, Any]) -> None:
             )
     required = [BACKBONE_EXPORT, BACKBONE_PARAMS, HEAD_EXPORT, HEAD_PARAMS, FEATURES, USERS,
                 ITEMS, REFERENCE, str(manifest["tokenizer"])]  # fmt: skip
+    if manifest.get("decomposed"):
+        required += [*SIDE_EXPORTS.values(), PAIR_EXPORT]
     unlisted = [r for r in required if r not in files]
     if unlisted:
         raise ArtifactError(

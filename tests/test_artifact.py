@@ -150,6 +150,25 @@ def test_round_trip_equals_live_functions(parts, artifact):
         np.testing.assert_allclose(rating, want_rating, atol=1e-5)
 
 
+def test_exported_decomposition_equals_the_exported_head(artifact):
+    """The side and pair functions (first-layer decomposition) answer as the whole head."""
+    assert artifact.decomposed and artifact.layout.view_sides == ("user", "item")
+    assert (artifact.layout.n_user_ids, artifact.layout.n_user_multi_hot) == (2, 0)
+    rng = np.random.default_rng(5)
+    n_layers, d = artifact.reference.activation_mean.shape[1:]
+    for batch in (1, 6):  # symbolic batch
+        sizes = artifact.head_config.vocab_sizes
+        ids = np.stack([rng.integers(0, v, batch) for v in sizes], axis=1).astype(np.int32)
+        multi_hot = rng.integers(0, 2, (batch, 3)).astype(np.float32)
+        acts = rng.normal(size=(batch, 2, n_layers, d)).astype(np.float32)
+        user = artifact.side("user", ids[:, :2], multi_hot[:, :0], acts[:, :1])
+        item = artifact.side("item", ids[:, 2:], multi_hot, acts[:, 1:])
+        adapters, rating = artifact.pair(user, item)
+        want_adapters, want_rating = artifact.score(ids, multi_hot, acts)
+        np.testing.assert_allclose(adapters, want_adapters, atol=1e-5)
+        np.testing.assert_allclose(rating, want_rating, atol=1e-5)
+
+
 def test_loaded_contents_equal_exported(parts, artifact):
     assert artifact.model_version == "v1"
     assert artifact.head_config == parts["head_config"]
@@ -185,6 +204,7 @@ def test_manifest_lists_every_file_with_sha256(exported, parts):
         "backbone.jaxexport", "backbone.safetensors", "head.jaxexport", "head.safetensors",
         "tokenizer.json", "features.json", "users.parquet", "items.parquet",
         "reference.safetensors", "report.json", "report.md", "plots/per_layer_rmse.png",
+        "user_side.jaxexport", "item_side.jaxexport", "pair.jaxexport",
     }  # fmt: skip
     assert set(manifest["files"]) == expected  # checkpoint.bin of report_dir not copied
     assert manifest["format_version"] == 2
