@@ -8,7 +8,7 @@ import pytest
 
 from model.decomposed import Layout, pair_function, side_function
 from model.head import LeviHead
-from training.config import TrainConfig
+from training.config import TRAINED_METHODS, TrainConfig
 from training.train import head_config
 
 N_LAYERS, D = 3, 8
@@ -33,7 +33,7 @@ def _noisy_params(cfg, seed: int):
     return jax.tree.map(lambda x: x + rng.normal(0, 0.1, x.shape).astype(x.dtype), params)
 
 
-@pytest.mark.parametrize("method", ["levi", "intermediates", "mlp", "multihead_mlp", "linear_probe"])
+@pytest.mark.parametrize("method", TRAINED_METHODS)
 def test_split_functions_equal_the_whole_head(method):
     cfg = head_config(
         method, TrainConfig.tiny().replace(factor_dim=4), vocab_sizes=VOCAB, n_multi_hot=G,
@@ -43,18 +43,12 @@ def test_split_functions_equal_the_whole_head(method):
     ids, mh, acts = _inputs(64, 1)
     whole = np.asarray(LeviHead(cfg).apply(params, ids, mh, acts))
 
-    user = jax.jit(side_function(cfg, LAYOUT, "user"))(
-        params, ids[:, :3], mh[:, :2], acts[:, :1]
-    )
-    item = jax.jit(side_function(cfg, LAYOUT, "item"))(
-        params, ids[:, 3:], mh[:, 2:], acts[:, 1:]
-    )
+    user = jax.jit(side_function(cfg, LAYOUT, "user"))(params, ids[:, :3], mh[:, :2], acts[:, :1])
+    item = jax.jit(side_function(cfg, LAYOUT, "item"))(params, ids[:, 3:], mh[:, 2:], acts[:, 1:])
     adapters, rating = jax.jit(pair_function(cfg))(params, user, item)
     np.testing.assert_allclose(np.asarray(adapters), whole, atol=1e-5, rtol=1e-5)
     assert np.abs(whole).max() > 0.5  # the comparison is not between zeros
-    np.testing.assert_allclose(
-        np.asarray(rating), np.clip(whole.mean(axis=1), 1.0, 5.0), atol=1e-5
-    )
+    np.testing.assert_allclose(np.asarray(rating), np.clip(whole.mean(axis=1), 1.0, 5.0), atol=1e-5)
 
 
 def test_one_user_broadcast_over_many_items():
