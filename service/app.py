@@ -19,7 +19,7 @@ from service.engine import Engine
 from service.entity_fields import with_model_fields
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.routes import admin, health, metrics, model_info, predict
+from service.routes import admin, health, metrics, model_info, predict, rank
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = app_metrics
-    for module in (predict, health, model_info, metrics, admin):
+    for module in (predict, rank, health, model_info, metrics, admin):
         app.include_router(module.router)
     static_openapi = app.openapi
 

@@ -21,12 +21,17 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from tqdm.auto import tqdm
@@ -34,13 +39,14 @@ from tqdm.auto import tqdm
 from model.features import Column, FeatureSpec
 from service.entity_fields import check_fields, request_models
 from service.metrics import Metrics
-from service.schemas import PredictRequest
+from service.schemas import MAX_ID_LENGTH
 from service.scorer import ScoreInput, Scorer
 from service.settings import Settings, describe_settings_error
 
 log = logging.getLogger("service.batch")
 
 REQUIRED = ("user_id", "item_id")
+REJECT_COLUMNS = ("row", "column", "reason")
 
 
 class InputError(ValueError):
@@ -153,52 +159,105 @@ def row_request(row: dict[str, Any], columns: dict[str, Column]) -> dict[str, An
     return body
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A shard's rows after validation.
+
+    Attributes:
+        inputs: scorer inputs of the accepted rows, in order.
+        kept: int64 positions (in the shard's frame) of the accepted rows.
+        rejects: ``row`` (0-based in the input), ``column``, ``reason`` of refused rows.
+    """
+
+    inputs: list[ScoreInput]
+    kept: np.ndarray
+    rejects: pd.DataFrame
+
+
+def _id_column(values: pd.Series) -> pd.Series:
+    """Ids as stripped strings ("" when missing); whole floats lose their ".0"."""
+    if pd.api.types.is_float_dtype(values) and values.dropna().mod(1).eq(0).all():
+        values = values.astype("Int64")
+    text = values.astype(str).where(values.notna(), "")
+    return text.str.strip()
+
+
 def to_inputs(
-    frame: pd.DataFrame, first_row: int, scorer_fields: tuple[FeatureSpec, dict]
-) -> list[ScoreInput]:
+    frame: pd.DataFrame,
+    first_row: int,
+    scorer_fields: tuple[FeatureSpec, dict],
+    *,
+    on_error: str = "fail",
+) -> Checked:
     """Validated scorer inputs of ``frame`` (rows numbered from ``first_row``, 0-based).
+
+    Ids are checked column-wise; only rows that carry feature cells go through the model's
+    field models (the same as the HTTP API's).
 
     Args:
         scorer_fields: the model's ``(FeatureSpec, request models)``.
+        on_error: ``"fail"`` raises on the first bad row; ``"skip"`` leaves bad rows out and
+            lists them in :attr:`Checked.rejects`.
 
     Raises:
-        InputError: naming the row and column of the first bad cell.
+        InputError: (``fail``) naming the row and column of the first bad cell.
     """
     features, models = scorer_fields
     columns = field_columns(list(frame.columns), features)
     by_field = {(c.entity, c.name): name for name, c in columns.items()}
-    out = []
-    for offset, row in enumerate(frame.to_dict("records")):
-        where = f"row {first_row + offset} (0-based, header excluded)"
-        try:
-            req = PredictRequest.model_validate(row_request(row, columns))
-            ((user, item),) = check_fields(models, [((), req.user, req.item)])
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
-            column = loc[-1] if loc else "?"
-            raise InputError(
-                f"{where}, column {column!r}: {err['msg']} (value {err.get('input')!r})"
-            ) from None
-        except RequestValidationError as e:
-            err = e.errors()[0]
-            entity, field = err["loc"][0], err["loc"][1]
-            column = by_field.get((entity, field), f"{entity}.{field}")
-            raise InputError(
-                f"{where}, column {column!r}: {err['msg']} (value {err.get('input')!r})"
-            ) from None
-        out.append(ScoreInput(user_id=req.user_id, item_id=req.item_id, user=user, item=item))
-    return out
+    frame = frame.reset_index(drop=True)
+    ids = {c: _id_column(frame[c]) for c in REQUIRED}
+    bad_id: dict[int, tuple[str, str]] = {}
+    for c in reversed(REQUIRED):
+        text = ids[c]
+        for k in np.flatnonzero((text.eq("") | (text.str.len() > MAX_ID_LENGTH)).to_numpy()):
+            reason = "the id is empty" if not text.iloc[k] else f"longer than {MAX_ID_LENGTH}"
+            bad_id[int(k)] = (c, reason)
+    has_fields = (
+        frame[list(columns)].notna().any(axis=1).to_numpy()
+        if columns
+        else np.zeros(len(frame), bool)
+    )
+    records = frame[list(columns)].to_dict("records") if columns else None
+    users, items = ids["user_id"].tolist(), ids["item_id"].tolist()
+    inputs, kept, rejects = [], [], []
+    for k in range(len(frame)):
+        problem = bad_id.get(k)
+        user: dict = {}
+        item: dict = {}
+        if problem is None and has_fields[k]:
+            body = row_request({"user_id": users[k], "item_id": items[k], **records[k]}, columns)
+            try:
+                ((user, item),) = check_fields(models, [((), body.get("user"), body.get("item"))])
+            except RequestValidationError as e:
+                err = e.errors()[0]
+                column = by_field.get(tuple(err["loc"][:2]), ".".join(map(str, err["loc"][:2])))
+                problem = (column, f"{err['msg']} (value {err.get('input')!r})")
+        if problem is not None:
+            column, reason = problem
+            if on_error == "fail":
+                raise InputError(
+                    f"row {first_row + k} (0-based, header excluded), column {column!r}: {reason}"
+                )
+            rejects.append({"row": first_row + k, "column": column, "reason": reason})
+            continue
+        inputs.append(ScoreInput(user_id=users[k], item_id=items[k], user=user, item=item))
+        kept.append(k)
+    return Checked(
+        inputs, np.asarray(kept, np.int64), pd.DataFrame(rejects, columns=REJECT_COLUMNS)
+    )
 
 
 def score_rows(scorer: Scorer, frame: pd.DataFrame, inputs: list[ScoreInput]) -> pd.DataFrame:
     """``frame`` with ``rating``, ``adapter_<layer>`` and ``ood_score`` columns added."""
-    results = scorer.score(inputs)
     out = frame.reset_index(drop=True).copy()
-    out["rating"] = [r.rating for r in results]
+    batch = scorer.score(inputs) if inputs else None  # None: every row here was refused
+    n_adapters = len(scorer.layers)
+    out["rating"] = batch.rating if batch else np.zeros(0, np.float32)
+    adapters = batch.adapters if batch else np.zeros((0, n_adapters), np.float32)
     for j, layer in enumerate(scorer.layers):
-        out[f"adapter_{layer}"] = [r.adapters[j][1] for r in results]
-    out["ood_score"] = [r.ood_score for r in results]
+        out[f"adapter_{layer}"] = adapters[:, j]
+    out["ood_score"] = batch.ood_score if batch else np.zeros(0, np.float32)
     return out
 
 
@@ -211,12 +270,23 @@ def shard_range(n_rows: int, shard: tuple[int, int]) -> tuple[int, int]:
 def write_table(frame: pd.DataFrame, path: Path) -> None:
     """Write atomically (temp file, then rename) as CSV or Parquet by suffix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if path.suffix.lower() == ".csv":
         frame.to_csv(tmp, index=False)
     else:
         frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    os.replace(tmp, path)
+
+
+def part_ok(part: Path, rows: int) -> bool:
+    """Whether a part file from an earlier run is whole: a readable Parquet file holding
+    ``rows`` rows (a run killed while writing leaves at most a temporary file, but a copied
+    or damaged folder can hold anything)."""
+    try:
+        return pq.ParquetFile(part).metadata.num_rows == rows
+    except (OSError, pa.ArrowException) as e:
+        log.warning("part file %s is damaged (%s): scoring its rows again", part, e)
+        return False
 
 
 def run(
@@ -228,27 +298,36 @@ def run(
     batch_size: int = 1024,
     parts_dir: Path | None = None,
     progress: bool = True,
-    inputs: list[ScoreInput] | None = None,
+    checked: Checked | None = None,
+    on_error: str = "fail",
 ) -> pd.DataFrame:
     """Score this shard's rows chunk by chunk into part files, then write ``output``.
 
+    A rerun keeps the finished parts whose row count checks out and redoes the others.
+
     Args:
-        inputs: the shard's validated rows (from :func:`to_inputs`); validated here if None.
+        checked: the shard's validated rows (from :func:`to_inputs`); validated here if None.
+        on_error: ``fail`` or ``skip`` (refused rows go to ``<output>.rejects.parquet``).
     """
     i, n = shard
     start, stop = shard_range(len(frame), shard)
-    if inputs is None:
-        inputs = to_inputs(frame.iloc[start:stop], start, (scorer.features, scorer.request_models))
+    shard_frame = frame.iloc[start:stop].reset_index(drop=True)
+    if checked is None:
+        checked = to_inputs(
+            shard_frame, start, (scorer.features, scorer.request_models), on_error=on_error
+        )
     parts_dir = parts_dir or output.with_name(output.name + ".parts")
     shard_dir = parts_dir / f"shard-{i:05d}-of-{n:05d}"
     parts = []
+    position = np.searchsorted(checked.kept, np.arange(0, len(shard_frame) + 1))
     with tqdm(total=stop - start, unit="row", desc="score", disable=not progress) as bar:
-        for lo in range(start, stop, batch_size):
-            hi = min(lo + batch_size, stop)
-            part = shard_dir / f"rows-{lo:012d}-{hi:012d}.parquet"
-            if not part.exists():  # resumable: finished parts are kept
-                chunk = score_rows(scorer, frame.iloc[lo:hi], inputs[lo - start : hi - start])
-                write_table(chunk, part)
+        for lo in range(0, len(shard_frame), batch_size):
+            hi = min(lo + batch_size, len(shard_frame))
+            a, b = int(position[lo]), int(position[hi])  # accepted rows in [lo, hi)
+            part = shard_dir / f"rows-{start + lo:012d}-{start + hi:012d}.parquet"
+            if not (part.exists() and part_ok(part, b - a)):  # resumable: whole parts kept
+                rows = shard_frame.iloc[checked.kept[a:b]]
+                write_table(score_rows(scorer, rows, checked.inputs[a:b]), part)
             parts.append(part)
             bar.update(hi - lo)
     columns = list(frame.columns)
@@ -263,6 +342,10 @@ def run(
             "delete that folder and rerun"
         )
     write_table(result, output)
+    rejects_path = output.with_name(output.name + ".rejects.parquet")
+    if len(checked.rejects):
+        write_table(checked.rejects, rejects_path)
+        log.warning("%d row(s) refused, listed in %s", len(checked.rejects), rejects_path)
     return result
 
 
@@ -276,6 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/N (default 0/1)")
     parser.add_argument("--batch-size", type=int, default=1024, help="rows per part file")
     parser.add_argument("--parts-dir", type=Path, help="default: <output>.parts")
+    parser.add_argument(
+        "--on-error", choices=("fail", "skip"), default="fail",
+        help="fail (default): stop at the first bad row, naming it; skip: score the rest and "
+        "write the refused rows with the reason to <output>.rejects.parquet",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -305,9 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:  # every row is checked against the model's fields before anything is scored
         start, stop = shard_range(len(frame), args.shard)
-        inputs = to_inputs(
-            frame.iloc[start:stop], start, (artifact.features, request_models(artifact.features))
-        )
+        checked = to_inputs(
+            frame.iloc[start:stop], start, (artifact.features, request_models(artifact.features)),
+            on_error=args.on_error,
+        )  # fmt: skip
     except InputError as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
         return 2
@@ -322,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             parts_dir=args.parts_dir,
             progress=not args.no_progress,
-            inputs=inputs,
+            checked=checked,
         )
     except InputError as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
@@ -330,7 +419,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if redis is not None:
             redis.close()
-    print(f"wrote {len(result)} rows to {args.output}", file=sys.stderr)
+    refused = (
+        f" ({len(checked.rejects)} refused: see the .rejects.parquet)"
+        if len(checked.rejects)
+        else ""
+    )
+    print(f"wrote {len(result)} rows to {args.output}{refused}", file=sys.stderr)
     return 0
 
 

@@ -1,5 +1,10 @@
 """Dynamic micro-batching: concurrent requests scored together, off the event loop.
 
+A request enqueues its pairs as one job (a single prediction, a batch, a ranking) and awaits
+one future; the scorer gets the pairs of several jobs at once and returns arrays
+(:class:`service.results.ScoreBatch`), which are sliced back per job. No per-pair futures or
+result objects.
+
 Requests enqueue their pairs and await a future. One collector task takes the first pending
 pair, gathers more until ``max_batch`` pairs or ``max_delay`` has passed, and runs the scorer
 on a single worker thread (the model itself uses every core). While a batch is being scored
@@ -27,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from service.metrics import Metrics
-from service.scorer import ScoreInput, ScoreResult
+from service.results import ScoreBatch
+from service.scorer import ScoreInput
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ class DeadlineError(TimeoutError):
 
 @dataclass
 class _Pending:
-    request: ScoreInput
+    requests: Sequence[ScoreInput]
     future: asyncio.Future
     enqueued: float  # perf_counter
     deadline: float  # perf_counter
@@ -88,16 +94,16 @@ class MicroBatcher:
     """Gathers pairs from concurrent requests into batches for ``score``.
 
     Args:
-        score: scores a batch of at most ``max_batch`` pairs (called on the worker thread);
-            read again for every batch, so a model swap takes effect on the next batch.
-        max_batch: most pairs per call.
+        score: scores the pairs of one or more jobs (called on the worker thread); read again
+            for every batch, so a model swap takes effect on the next batch.
+        max_batch: most pairs per call, except that a job larger than it is scored alone.
         max_delay_s: longest wait for more pairs once one is pending.
         queue_bound: most pending pairs; beyond it :meth:`submit` raises QueueFullError.
     """
 
     def __init__(
         self,
-        score: Callable[[Sequence[ScoreInput]], list[ScoreResult]],
+        score: Callable[[Sequence[ScoreInput]], ScoreBatch],
         metrics: Metrics,
         *,
         max_batch: int,
@@ -110,6 +116,7 @@ class MicroBatcher:
         self.max_delay_s = max_delay_s
         self.queue_bound = queue_bound
         self._queue: deque[_Pending] = deque()
+        self._pending_pairs = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levi-scorer")
@@ -117,7 +124,8 @@ class MicroBatcher:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Pairs waiting to be scored."""
+        return self._pending_pairs
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -132,14 +140,15 @@ class MicroBatcher:
             p = self._queue.popleft()
             if not p.future.done():
                 p.future.set_exception(QueueFullError("the service is shutting down"))
+        self._pending_pairs = 0
         self._executor.shutdown(wait=True)
 
     async def run_between_batches(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` on the scorer thread once the batch in flight (if any) has finished."""
         await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def submit(self, requests: Sequence[ScoreInput], timeout_s: float) -> list[ScoreResult]:
-        """Score ``requests`` (in order) within ``timeout_s``.
+    async def submit(self, requests: Sequence[ScoreInput], timeout_s: float) -> ScoreBatch:
+        """Score ``requests`` (in order) within ``timeout_s``, as one job.
 
         Raises:
             QueueFullError: the queue is full.
@@ -147,30 +156,22 @@ class MicroBatcher:
         """
         if self._task is None or self._wakeup is None:
             raise QueueFullError("the micro-batcher is not running")
-        if len(self._queue) + len(requests) > self.queue_bound:
+        if self._pending_pairs + len(requests) > self.queue_bound:
             raise QueueFullError(
-                f"{len(self._queue)} predictions are queued and this request adds "
+                f"{self._pending_pairs} predictions are queued and this request adds "
                 f"{len(requests)}; the bound is {self.queue_bound}"
             )
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         self.arrivals.observe(now, len(requests))
-        futures = []
-        for r in requests:
-            fut = loop.create_future()
-            self._queue.append(_Pending(r, fut, now, now + timeout_s))
-            futures.append(fut)
+        future = loop.create_future()
+        self._queue.append(_Pending(requests, future, now, now + timeout_s))
+        self._pending_pairs += len(requests)
         self._wakeup.set()
         try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*futures, return_exceptions=True), timeout_s
-            )
+            return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             raise DeadlineError(f"not scored within the {timeout_s:g}s request timeout") from None
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return list(results)
 
     async def _run(self) -> None:
         assert self._wakeup is not None
@@ -183,15 +184,15 @@ class MicroBatcher:
             # Give concurrent requests up to max_delay to join a batch that is not full yet,
             # when the arrival rate says one is likely to come in that time.
             if (
-                len(self._queue) < self.max_batch
+                self._pending_pairs < self.max_batch
                 and self.max_delay_s > 0
                 and self.arrivals.expected_within(
-                    time.perf_counter(), self.max_delay_s, pending=len(self._queue)
+                    time.perf_counter(), self.max_delay_s, pending=self._pending_pairs
                 )
                 >= 1.0
             ):
                 until = self._queue[0].enqueued + self.max_delay_s
-                while len(self._queue) < self.max_batch:
+                while self._pending_pairs < self.max_batch:
                     left = until - time.perf_counter()
                     if left <= 0:
                         break
@@ -202,33 +203,42 @@ class MicroBatcher:
             if not batch:
                 continue
             started = time.perf_counter()
+            pairs = [r for p in batch for r in p.requests]
             for p in batch:
                 self.metrics.queue_wait.observe(started - p.enqueued)
-            self.metrics.batch_size.observe(len(batch))
+            self.metrics.batch_size.observe(len(pairs))
             try:
-                results = await loop.run_in_executor(
-                    self._executor, self.score, [p.request for p in batch]
-                )
+                results = await loop.run_in_executor(self._executor, self.score, pairs)
             except Exception as e:  # delivered to each waiting request, logged once here
-                log.exception("scoring a batch of %d failed", len(batch))
+                log.exception("scoring a batch of %d pairs failed", len(pairs))
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(e)
                 continue
-            for p, res in zip(batch, results, strict=True):
+            start = 0
+            for p in batch:
+                stop = start + len(p.requests)
                 if not p.future.done():
-                    p.future.set_result(res)
+                    p.future.set_result(results.slice(start, stop))
+                start = stop
 
     def _take(self) -> list[_Pending]:
-        """Up to ``max_batch`` pending pairs whose request is still waiting."""
+        """Pending jobs whose request is still waiting, up to ``max_batch`` pairs (one job
+        larger than that is taken alone)."""
         now = time.perf_counter()
-        batch = []
-        while self._queue and len(batch) < self.max_batch:
-            p = self._queue.popleft()
+        batch: list[_Pending] = []
+        pairs = 0
+        while self._queue:
+            p = self._queue[0]
+            if batch and pairs + len(p.requests) > self.max_batch:
+                break
+            self._queue.popleft()
+            self._pending_pairs -= len(p.requests)
             if p.future.done():  # the request gave up (timeout or disconnect)
                 continue
             if now > p.deadline:
                 p.future.set_exception(DeadlineError("deadline passed while queued"))
                 continue
             batch.append(p)
+            pairs += len(p.requests)
         return batch

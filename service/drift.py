@@ -68,26 +68,59 @@ class DriftMonitor:
         Returns:
             ``(psi, drift)``: the PSI over the window and the per-layer drift ``[n_layers]``.
         """
+        return self.update_distances(ratings, self.view_distances(activations).mean(axis=1))
+
+    def view_distances(self, activations: np.ndarray, views: np.ndarray | None = None):
+        """RMS z-distance of each view's activations from the training mean.
+
+        Args:
+            activations: ``[b, V, n_layers, d]``.
+            views: which reference views the ``V`` views are (default: all, in order).
+
+        Returns:
+            ``[b, V, n_layers]``; a pair's drift input is the mean over its views.
+        """
+        mean = self.mean if views is None else self.mean[views]
+        inv_std = self.inv_std if views is None else self.inv_std[views]
+        z = (activations - mean[None]) * inv_std[None]  # [b, V, n_layers, d]
+        return np.sqrt(np.mean(z * z, axis=-1))
+
+    def update_distances(self, ratings: np.ndarray, dist: np.ndarray) -> tuple[float, np.ndarray]:
+        """Fold one batch in from its per-pair distances ``[b, n_layers]`` (the mean over a
+        pair's views of :meth:`view_distances`); returns ``(psi, drift)`` as :meth:`update`."""
         inner = self.edges[1:-1]
         bins = np.searchsorted(inner, np.asarray(ratings, np.float64), side="right")
-        z = (activations - self.mean[None]) * self.inv_std[None]  # [b, n_views, n_layers, d]
-        dist = np.sqrt(np.mean(z * z, axis=-1)).mean(axis=1)  # [b, n_layers]
+        dist = np.asarray(dist, np.float64)
         with self._lock:
-            for b in bins:
-                old = self._ring[self._pos]
-                if old >= 0:
-                    self._counts[old] -= 1
-                else:
-                    self._filled += 1
-                self._ring[self._pos] = b
-                self._counts[b] += 1
-                self._pos = (self._pos + 1) % self.window
-            for row in dist:
-                # Warm start: a plain mean over the first predictions, then exponential.
+            self._push_bins(bins[-self.window :])
+            k = 0
+            # Warm start: a plain mean over the first predictions, then exponential.
+            while k < len(dist) and 1.0 - 1.0 / (self._seen + 1) < self.decay:
                 self._seen += 1
-                w = min(self.decay, 1.0 - 1.0 / self._seen)
-                self._drift = w * self._drift + (1.0 - w) * row
+                w = 1.0 - 1.0 / self._seen
+                self._drift = w * self._drift + (1.0 - w) * dist[k]
+                k += 1
+            rest = dist[k:]
+            if len(rest):  # w = decay from here on: the recurrence in closed form
+                n = len(rest)
+                weights = (1.0 - self.decay) * self.decay ** np.arange(n - 1, -1, -1)
+                self._drift = self.decay**n * self._drift + weights @ rest
+                self._seen += n
             return self._psi(), self._drift.copy()
+
+    def _push_bins(self, bins: np.ndarray) -> None:
+        """Write bins into the ring (at most ``window`` of them), keeping the counts."""
+        n = len(bins)
+        if not n:
+            return
+        positions = (self._pos + np.arange(n)) % self.window
+        old = self._ring[positions]
+        gone = old[old >= 0]
+        np.subtract.at(self._counts, gone, 1)
+        self._filled += int(np.sum(old < 0))
+        self._ring[positions] = bins
+        np.add.at(self._counts, bins, 1)
+        self._pos = int((self._pos + n) % self.window)
 
     def _psi(self) -> float:
         if self._filled == 0:

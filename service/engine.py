@@ -21,7 +21,8 @@ import numpy as np
 from service.batcher import MicroBatcher
 from service.cache import ActivationCache, LocalLRU, RedisTier
 from service.metrics import Metrics
-from service.scorer import ScoreInput, Scorer, ScoreResult
+from service.results import ScoreBatch
+from service.scorer import ScoreInput, Scorer
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -68,7 +69,10 @@ def build_scorer(
         remote=redis,
         key_prefix=settings.cache_key_prefix,
     )
-    scorer = Scorer(artifact, cache, metrics, max_batch=settings.max_batch)
+    scorer = Scorer(
+        artifact, cache, metrics, max_batch=settings.max_batch,
+        projection_cache_size=settings.projection_cache_size,
+    )  # fmt: skip
     if warm:
         scorer.warm_up()
     return scorer
@@ -164,7 +168,7 @@ class Engine:
         # previous model, which must be unreferenced before it is collected.
         await self.batcher.run_between_batches(freeze_long_lived)
 
-    def score(self, requests: Sequence[ScoreInput]) -> list[ScoreResult]:
+    def score(self, requests: Sequence[ScoreInput]) -> ScoreBatch:
         scorer = self.scorer
         if scorer is None:
             raise ModelNotReadyError(self.not_ready_reason())

@@ -6,6 +6,7 @@ encoder layers, entity kinds and the model version.
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (
@@ -67,6 +68,12 @@ class Metrics:
             "1 while Redis is in use, 0 while backing off after errors (absent: no Redis).",
             registry=r,
         )
+        self.projection_lookups = Counter(
+            "levi_projection_cache_lookups",
+            "Per-entity head projections found in (hit) or added to (miss) the in-process "
+            "cache, by side (user, item).",
+            ["side", "result"], registry=r,
+        )  # fmt: skip
         self.prediction_rating = Histogram(
             "levi_prediction_rating", "Predicted ratings (ensemble, clipped).",
             buckets=RATING_BUCKETS, registry=r,
@@ -121,3 +128,28 @@ class Metrics:
         """Make ``levi_model_info`` name exactly the model now served."""
         self.model_info.clear()
         self.model_info.labels(model_version=model_version, backbone=backbone).set(1)
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every value, as one vectorised update.
+
+    Counts per bucket come from one ``np.searchsorted`` (a value goes to the first bucket
+    whose upper bound is >= it, as ``Histogram.observe`` does), then each bucket and the sum
+    are incremented once. Falls back to per-value observations if prometheus-client's
+    histogram internals (``_upper_bounds``, ``_buckets``, ``_sum``) ever change.
+    """
+    values = np.asarray(values, np.float64).ravel()
+    if not values.size:
+        return
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for v in values:
+            histogram.observe(float(v))
+        return
+    index = np.searchsorted(np.asarray(bounds, np.float64), values, side="left")
+    counts = np.bincount(index, minlength=len(bounds))
+    for i in np.flatnonzero(counts):
+        buckets[int(i)].inc(int(counts[i]))
+    total.inc(float(values.sum()))

@@ -74,6 +74,43 @@ class BatchPredictResponse(BaseModel):
     predictions: list[PredictResponse]
 
 
+class RankCandidate(_Strict):
+    """One item to rank; an unknown item needs its fields for a good answer (cold start)."""
+
+    item_id: EntityId
+    item: EntityFields | None = None
+
+
+class RankRequest(_Strict):
+    """Candidates for one user, to be ordered by predicted rating."""
+
+    user_id: EntityId
+    user: EntityFields | None = None
+    candidates: list[RankCandidate] = Field(min_length=1)
+    top_k: int | None = Field(None, ge=1, description="return only the best k (default: all)")
+    adapters: bool = Field(False, description="include each candidate's per-adapter ratings")
+
+
+class RankedItem(BaseModel):
+    """A candidate with its predicted rating."""
+
+    item_id: str
+    rating: float
+    ood_score: float
+    cold_start: bool = Field(description="the item is not in the model's tables")
+    warnings: list[str] = Field(default_factory=list)
+    adapters: list[AdapterRating] | None = None
+
+
+class RankResponse(BaseModel):
+    """Candidates sorted by rating, highest first (ties keep the request's order)."""
+
+    model_version: str
+    user_id: str
+    cold_start: bool = Field(description="the user is not in the model's tables")
+    ranked: list[RankedItem]
+
+
 class ReloadRequest(_Strict):
     """``path``: an artifact version directory; default: the configured model dir."""
 

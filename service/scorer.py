@@ -1,15 +1,21 @@
-"""The scoring engine: requests in, ratings + per-adapter ratings + OOD score out.
+"""The scoring engine: pairs in, ratings + per-adapter ratings + OOD scores out, as arrays.
 
-One :meth:`Scorer.score` call handles a whole micro-batch:
+One vectorised path serves single pairs, batches, ``/rank`` and the batch CLI
+(:meth:`Scorer.score` -> :class:`service.results.ScoreBatch`).
 
-resolve entity records (artifact tables; request fields override; unknown ids go through the
-OOV slot and their text) → render text views → activation cache (texts deduplicated within
-the batch) → cache misses encoded in one backbone call → head on the batch → ensemble,
-adapter ratings, OOD score → metrics and drift windows.
+Factored views (the default) use the head's first-layer decomposition (``model.decomposed``):
+per side, the pairs' distinct entities (id + request fields) are looked up in the in-process
+projection cache (``service.entity_store``); the missing ones are resolved (artifact table,
+request fields override, unknown ids are cold starts), rendered, encoded through the
+activation cache (LRU, then Redis, then the backbone in one call) and projected by the
+exported side function; then the pair function runs once over the batch. Ranking 1,000
+candidates for one user computes the user's side once (request-level user broadcast).
 
-Every array handed to the exported functions is padded to a batch bucket (powers of two) and
-the token arrays to a length bucket, so after :meth:`Scorer.warm_up` nothing compiles while
-serving.
+``pair`` views (one text per user-item pair) cannot be split: they run the whole exported head
+per pair, through the same interface.
+
+Arrays handed to the exported functions are padded to batch buckets (powers of two) and token
+arrays to length buckets, so after :meth:`Scorer.warm_up` nothing compiles while serving.
 """
 
 from __future__ import annotations
@@ -22,20 +28,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from model.decomposed import SIDES, part_widths
+from model.features import as_values
 from model.tokenizer import LENGTH_BUCKETS, bucket_length
 from service.cache import ActivationCache
 from service.drift import DriftMonitor
 from service.entity_fields import request_models
-from service.metrics import Metrics
+from service.entity_store import EntityTable, ProjectionCache, freeze
+from service.metrics import Metrics, observe_many
+from service.results import NO_WARNINGS, ScoreBatch
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from model.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
 PAIR_SAMPLE = 512  # pair views: entity pairs tokenized to find the length buckets in use
+MIN_PAIR_CHUNK = 512  # the pair function runs on up to this many pairs per call
+ID_FIELD = {"user": "user_id", "item": "item_id"}
 
 
 @dataclass(frozen=True)
@@ -48,37 +58,12 @@ class ScoreInput:
     item: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class ScoreResult:
-    """The answer for one pair.
-
-    Attributes:
-        rating: adapters' mean clipped to the rating range.
-        adapters: ``((layer 1-based, rating), ...)`` in head order.
-    """
-
-    rating: float
-    adapters: tuple[tuple[int, float], ...]
-    ood_score: float
-    model_version: str
-    cold_user: bool
-    cold_item: bool
-    warnings: tuple[str, ...] = ()
-
-
 def batch_buckets(largest: int) -> tuple[int, ...]:
     """Powers of two from 1 up to the first one that holds ``largest``."""
     sizes = [1]
     while sizes[-1] < largest:
         sizes.append(sizes[-1] * 2)
     return tuple(sizes)
-
-
-def _bucket(n: int, buckets: Sequence[int]) -> int:
-    for b in buckets:
-        if n <= b:
-            return b
-    return buckets[-1]
 
 
 def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
@@ -89,27 +74,24 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([array, pad], axis=0)
 
 
-def _records(table: pd.DataFrame, key: str) -> dict[str, dict[str, Any]]:
-    """``{id: record}`` of an artifact entity table (a pandas DataFrame)."""
-    out = {}
-    for rec in table.to_dict("records"):
-        rec = {k: (tuple(v) if isinstance(v, (list, np.ndarray)) else v) for k, v in rec.items()}
-        rec[key] = str(rec[key])
-        out[rec[key]] = rec
-    return out
-
-
 class Scorer:
-    """Scores micro-batches with one loaded artifact.
+    """Scores pairs with one loaded artifact.
 
     Args:
         artifact: a loaded :class:`model.artifact.Artifact`.
         cache: the activation cache keyed by this artifact's backbone fingerprint.
-        max_batch: the largest batch :meth:`score` is called with (larger calls are chunked).
+        max_batch: the micro-batch size; sets the smallest compiled shapes.
+        projection_cache_size: entities per side whose projections are kept in process.
     """
 
     def __init__(
-        self, artifact: Artifact, cache: ActivationCache, metrics: Metrics, *, max_batch: int
+        self,
+        artifact: Artifact,
+        cache: ActivationCache,
+        metrics: Metrics,
+        *,
+        max_batch: int,
+        projection_cache_size: int = 20_000,
     ):
         self.artifact = artifact
         self.cache = cache
@@ -129,69 +111,102 @@ class Scorer:
         self.length_buckets = tuple(b for b in buckets if b < max_len) + (
             bucket_length(max_len, buckets),
         )
+        self.decomposed = artifact.decomposed
         self.head_buckets = batch_buckets(max_batch)
+        self.pair_buckets = batch_buckets(max(max_batch, MIN_PAIR_CHUNK))
         self.backbone_buckets = batch_buckets(max_batch * self.views.n_views)
-        self.users = _records(artifact.users, "user_id")
-        self.items = _records(artifact.items, "item_id")
-        self.request_models = request_models(self.features)
-        self._columns = {
-            e: {c.name: c for c in self.features.fields_of(e)} for e in ("user", "item")
+        self.tables = {
+            "user": EntityTable(artifact.users, "user_id"),
+            "item": EntityTable(artifact.items, "item_id"),
         }
-        # The fields the text views read, per entity: what a cold start should send.
-        used = {f for v in self.views.views for f in v.fields}
+        self.request_models = request_models(self.features)
+        self._columns = {e: {c.name: c for c in self.features.fields_of(e)} for e in SIDES}
+        used = {f for v in self.views.views for f in v.fields}  # what the text views read
         self._text_fields = {
-            e: [c.name for c in self.features.fields_of(e) if c.name in used]
-            for e in ("user", "item")
+            e: [c.name for c in self.features.fields_of(e) if c.name in used] for e in SIDES
+        }
+        self._entity_columns = {
+            e: [j for j, c in enumerate(self.features.categorical) if c.entity == e] for e in SIDES
         }
         ref = artifact.reference
         self.drift = DriftMonitor(
             ref.prediction_edges, ref.prediction_hist, ref.activation_mean, ref.activation_var
         )
+        self.projections: dict[str, ProjectionCache] = {}
+        if self.decomposed:
+            shapes = {**part_widths(self.head_config), "dist": (self.drift.n_layers,)}
+            self.projections = {s: ProjectionCache(shapes, projection_cache_size) for s in SIDES}
+            sides = artifact.layout.view_sides
+            self._side_views = {
+                s: np.array([v for v, x in enumerate(sides) if x == s]) for s in SIDES
+            }
         self.warmed: tuple[tuple[int, int], ...] = ()
         self._adapter_hist = [metrics.adapter_rating.labels(layer=str(lay)) for lay in self.layers]
         self._drift_gauges = [
             metrics.activation_drift.labels(layer=str(i + 1)) for i in range(self.drift.n_layers)
         ]
-        self._unknown = {k: metrics.unknown_entities.labels(kind=k) for k in ("user", "item")}
+        self._unknown = {k: metrics.unknown_entities.labels(kind=k) for k in SIDES}
 
-    # -- entities and texts ---------------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return len(self.tables["user"])
 
-    def resolve(self, req: ScoreInput) -> tuple[dict, dict, list[str]]:
-        """User and item records of a request, and its cold-start and field warnings.
+    @property
+    def n_items(self) -> int:
+        return len(self.tables["item"])
 
-        Known entities start from the artifact's tables; the request's fields (already
-        checked against the model's spec) override them; unknown ids get a record with only
-        their id and the request's fields (cold start: OOV slots and their text views).
+    # -- entities -------------------------------------------------------------------------
+
+    def resolve(
+        self, side: str, keys: Sequence[tuple[str, tuple]]
+    ) -> tuple[list[dict], list[bool], list[tuple[str, ...]]]:
+        """Records of distinct ``(id, frozen fields)`` keys of one side, whether each is a
+        cold start, and its warnings.
+
+        Known entities start from the artifact's table; the request's fields (already checked
+        against the model's spec) override them; unknown ids get a record with only their id
+        and the request's fields (cold start: OOV slots and their text views). Multi-valued
+        fields are split as training split them (the column's ``sep``).
         """
-        warnings: list[str] = []
-        records = []
-        for entity, entity_id, given, table in (
-            ("user", req.user_id, req.user, self.users),
-            ("item", req.item_id, req.item, self.items),
-        ):
-            known = table.get(entity_id)
-            record = dict(known) if known else {f"{entity}_id": entity_id}
-            record.update({k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
-            records.append(record)
-            if known is None:
-                warnings.append(self._cold_warning(entity, bool(given)))
-            for name, value in given.items():
-                col = self._columns[entity].get(name)
+        ids = [k[0] for k in keys]
+        rows = self.tables[side].rows(ids)
+        records = self.tables[side].records(ids, rows)
+        cold = (rows < 0).tolist()
+        warnings: list[tuple[str, ...]] = []
+        columns = self._columns[side]
+        for j, (_, frozen) in enumerate(keys):
+            notes = []
+            if cold[j]:
+                notes.append(self._cold_warning(side, bool(frozen)))
+            for name, value in frozen:
+                col = columns.get(name)
+                if col is not None and col.kind == "multi_categorical":
+                    value = as_values(value, col.sep)
+                records[j][name] = value
                 if col is not None and col.mlp and col.kind != "numeric" and not col.known(value):
-                    warnings.append(
-                        f"{entity}.{name}: value(s) not in the model's vocabulary were read as "
+                    notes.append(
+                        f"{side}.{name}: value(s) not in the model's vocabulary were read as "
                         "out-of-vocabulary (the text view still reads them)"
                     )
-        return records[0], records[1], warnings
+            warnings.append(tuple(notes) if notes else NO_WARNINGS)
+        return records, cold, warnings
 
-    def _cold_warning(self, entity: str, has_fields: bool) -> str:
+    def _cold_warning(self, side: str, has_fields: bool) -> str:
         if has_fields:
-            return f"unknown {entity}: answered from the request's {entity} fields (cold start)"
-        fields = self._text_fields[entity] or [c.name for c in self.features.fields_of(entity)]
-        hint = f"; send {', '.join(f'{entity}.{f}' for f in fields)} for a better answer"
-        return f"unknown {entity} without fields: answered from the out-of-vocabulary slot" + (
+            return f"unknown {side}: answered from the request's {side} fields (cold start)"
+        fields = self._text_fields[side] or [c.name for c in self.features.fields_of(side)]
+        hint = f"; send {', '.join(f'{side}.{f}' for f in fields)} for a better answer"
+        return f"unknown {side} without fields: answered from the out-of-vocabulary slot" + (
             hint if fields else ""
         )
+
+    def _truncation(self, texts: Sequence[str]) -> str | None:
+        if any(self.tokenizer.truncates(t) for t in texts):
+            return (
+                f"a text view is longer than the backbone's {self.tokenizer.max_length} tokens: "
+                "it was truncated"
+            )
+        return None
 
     # -- model calls ----------------------------------------------------------------------
 
@@ -202,26 +217,12 @@ class Scorer:
         for start in range(0, len(texts), chunk):
             part = texts[start : start + chunk]
             input_ids, mask = self.tokenizer.pad(self.tokenizer.encode(part), self.length_buckets)
-            rows = _bucket(len(part), self.backbone_buckets)
+            rows = bucket_length(len(part), self.backbone_buckets)
             t0 = time.perf_counter()
             acts = self.artifact.encode(_pad_rows(input_ids, rows), _pad_rows(mask, rows))
             self.metrics.backbone_seconds.observe(time.perf_counter() - t0)
             outs.append(np.asarray(acts, dtype=np.float32)[: len(part)])
         return np.concatenate(outs, axis=0)
-
-    def _head(
-        self, ids: np.ndarray, multi_hot: np.ndarray, acts: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n = ids.shape[0]
-        rows = _bucket(n, self.head_buckets)
-        t0 = time.perf_counter()
-        adapters, rating = self.artifact.score(
-            _pad_rows(ids, rows), _pad_rows(multi_hot, rows), _pad_rows(acts, rows)
-        )
-        adapters = np.asarray(adapters, dtype=np.float32)[:n]  # [n, n_adapters]
-        ood = np.asarray(self.artifact.ood_score(adapters), dtype=np.float32)
-        self.metrics.head_seconds.observe(time.perf_counter() - t0)
-        return adapters, np.asarray(rating, dtype=np.float32)[:n], ood
 
     def activations(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """``{text: [n_layers, d]}`` from the cache, encoding and caching the misses."""
@@ -234,67 +235,189 @@ class Scorer:
             found.update(stored)
         return {t: found[k] for t, k in keys.items()}
 
-    # -- scoring --------------------------------------------------------------------------
-
-    def score(self, requests: Sequence[ScoreInput]) -> list[ScoreResult]:
-        """Answers for requests, in order (chunked by ``max_batch``)."""
-        results: list[ScoreResult] = []
-        for start in range(0, len(requests), self.max_batch):
-            results.extend(self._score_batch(requests[start : start + self.max_batch]))
-        return results
-
-    def _score_batch(self, requests: Sequence[ScoreInput]) -> list[ScoreResult]:
-        resolved = [self.resolve(r) for r in requests]
-        users = [u for u, _, _ in resolved]
-        items = [i for _, i, _ in resolved]
-        texts = [self.views.render(u, i) for u, i, _ in resolved]  # [b][n_views]
-        for req, row, (_, _, warnings) in zip(requests, texts, resolved, strict=True):
-            if (req.user or req.item) and any(self.tokenizer.truncates(t) for t in row):
-                warnings.append(
-                    f"a text view is longer than the backbone's {self.tokenizer.max_length} "
-                    "tokens: it was truncated"
-                )
-        table = self.activations([t for row in texts for t in row])
-        acts = np.stack([np.stack([table[t] for t in row]) for row in texts])
-        encoded = self.features.encode(users, items)
-        adapters, rating, ood = self._head(encoded["ids"], encoded["multi_hot"], acts)
-        self._observe(requests, resolved, acts, adapters, rating, ood)
+    def _chunked(self, n: int, buckets: Sequence[int], call) -> list:
+        """``call(start, stop, padded_rows)`` over ``n`` rows in bucket-sized chunks."""
         out = []
-        for i, (req, (_, _, warnings)) in enumerate(zip(requests, resolved, strict=True)):
-            out.append(
-                ScoreResult(
-                    rating=float(rating[i]),
-                    adapters=tuple(
-                        (lay, float(adapters[i, j])) for j, lay in enumerate(self.layers)
-                    ),
-                    ood_score=float(ood[i]),
-                    model_version=self.model_version,
-                    cold_user=req.user_id not in self.users,
-                    cold_item=req.item_id not in self.items,
-                    warnings=tuple(warnings),
-                )
-            )
+        for start in range(0, n, buckets[-1]):
+            stop = min(n, start + buckets[-1])
+            out.append(call(start, stop, bucket_length(stop - start, buckets)))
         return out
 
-    def _observe(self, requests, resolved, acts, adapters, rating, ood) -> None:
+    # -- the decomposed path --------------------------------------------------------------
+
+    def _project(self, side: str, keys: Sequence[tuple[str, tuple]]) -> dict[str, np.ndarray]:
+        """Projections of new entities: ``model.decomposed`` parts + drift distances."""
+        records, cold, warnings = self.resolve(side, keys)
+        views = [self.views.views[v] for v in self._side_views[side]]
+        texts = [
+            [v.render(r, {}) if side == "user" else v.render({}, r) for v in views] for r in records
+        ]  # [n][V_side]
+        table = self.activations([t for row in texts for t in row])
+        acts = np.stack([np.stack([table[t] for t in row]) for row in texts])  # [n, V, L, d]
+        for j, (key, row) in enumerate(zip(keys, texts, strict=True)):
+            if key[1] and (note := self._truncation(row)):
+                warnings[j] = (*warnings[j], note)
+        columns = self._entity_columns[side]
+        ids = self.features.encode_entity(side, records)  # [n, F_side]
+        multi_hot = self.features.encode_multi_hot(side, records)  # [n, G_side]
+        assert ids.shape[1] == len(columns)
+
+        def call(start: int, stop: int, rows: int) -> dict[str, np.ndarray]:
+            parts = self.artifact.side(
+                side, _pad_rows(ids[start:stop], rows), _pad_rows(multi_hot[start:stop], rows),
+                _pad_rows(acts[start:stop], rows),
+            )  # fmt: skip
+            return {k: v[: stop - start] for k, v in parts.items()}
+
+        t0 = time.perf_counter()
+        chunks = self._chunked(len(keys), self.head_buckets, call)
+        self.metrics.head_seconds.observe(time.perf_counter() - t0)
+        parts = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        parts["dist"] = self.drift.view_distances(acts, self._side_views[side]).sum(axis=1)
+        self.projections[side].put(keys, parts, cold, warnings)
+        return {**parts, "_cold": np.asarray(cold), "_warnings": warnings}
+
+    def _side(self, side: str, keys: list[tuple[str, tuple]]):
+        """Parts ``[n_distinct, ...]`` of the distinct keys (cached or projected), their cold
+        flags and warnings, and each key's row in them."""
+        distinct = list(dict.fromkeys(keys))
+        row_of = {k: j for j, k in enumerate(distinct)}
+        index = np.fromiter((row_of[k] for k in keys), np.int64, len(keys))
+        cache = self.projections[side]
+        found = cache.lookup(distinct)
+        shapes = {k: a.shape[1:] for k, a in cache.arrays.items()}
+        parts = {k: np.empty((len(distinct), *s), np.float32) for k, s in shapes.items()}
+        cold = np.zeros(len(distinct), bool)
+        warnings: list[tuple[str, ...]] = [NO_WARNINGS] * len(distinct)
+        if found:
+            hit = [row_of[k] for k in found]
+            slots = list(found.values())
+            for k, v in cache.take(slots).items():
+                parts[k][hit] = v
+            cold[hit] = [s.cold for s in slots]
+            for j, s in zip(hit, slots, strict=True):
+                warnings[j] = s.warnings
+        missing = [k for k in distinct if k not in found]
+        self.metrics.projection_lookups.labels(side=side, result="hit").inc(len(found))
+        if missing:
+            self.metrics.projection_lookups.labels(side=side, result="miss").inc(len(missing))
+            new = self._project(side, missing)
+            rows = [row_of[k] for k in missing]
+            for k in parts:
+                parts[k][rows] = new[k]
+            cold[rows] = new["_cold"]
+            for j, w in zip(rows, new["_warnings"], strict=True):
+                warnings[j] = w
+        return parts, cold, warnings, index
+
+    def _score_decomposed(self, inputs: Sequence[ScoreInput]) -> ScoreBatch:
+        sides = {}
+        for side in SIDES:
+            keys = [
+                (r.user_id, freeze(r.user)) if side == "user" else (r.item_id, freeze(r.item))
+                for r in inputs
+            ]
+            sides[side] = self._side(side, keys)
+        (u_parts, u_cold, u_warn, u_index), (i_parts, i_cold, i_warn, i_index) = (
+            sides["user"],
+            sides["item"],
+        )
+        model_parts = [k for k in u_parts if k != "dist"]
+        n = len(inputs)
+
+        def call(start: int, stop: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+            u = {k: _pad_rows(u_parts[k][u_index[start:stop]], rows) for k in model_parts}
+            i = {k: _pad_rows(i_parts[k][i_index[start:stop]], rows) for k in model_parts}
+            adapters, rating = self.artifact.pair(u, i)
+            return adapters[: stop - start], rating[: stop - start]
+
+        t0 = time.perf_counter()
+        chunks = self._chunked(n, self.pair_buckets, call)
+        self.metrics.head_seconds.observe(time.perf_counter() - t0)
+        adapters = np.concatenate([c[0] for c in chunks]).astype(np.float32)
+        rating = np.concatenate([c[1] for c in chunks]).astype(np.float32)
+        warnings = tuple(
+            (u_warn[a] + i_warn[b]) if (u_warn[a] or i_warn[b]) else NO_WARNINGS
+            for a, b in zip(u_index.tolist(), i_index.tolist(), strict=True)
+        )
+        dist = (u_parts["dist"][u_index] + i_parts["dist"][i_index]) / self.views.n_views
+        return self._finish(adapters, rating, u_cold[u_index], i_cold[i_index], warnings, dist)
+
+    # -- the whole-head path (pair views) --------------------------------------------------
+
+    def _score_whole(self, inputs: Sequence[ScoreInput]) -> ScoreBatch:
+        recs, cold, warn = {}, {}, {}
+        for side in SIDES:
+            keys = [
+                (r.user_id, freeze(r.user)) if side == "user" else (r.item_id, freeze(r.item))
+                for r in inputs
+            ]
+            distinct = list(dict.fromkeys(keys))
+            records, c, w = self.resolve(side, distinct)
+            row_of = {k: j for j, k in enumerate(distinct)}
+            index = [row_of[k] for k in keys]
+            recs[side] = [records[j] for j in index]
+            cold[side] = np.asarray([c[j] for j in index], bool)
+            warn[side] = [w[j] for j in index]
+        texts = [self.views.render(u, i) for u, i in zip(recs["user"], recs["item"], strict=True)]
+        warnings = []
+        for r, row, wu, wi in zip(inputs, texts, warn["user"], warn["item"], strict=True):
+            notes = wu + wi
+            if (r.user or r.item) and (note := self._truncation(row)):
+                notes = (*notes, note)
+            warnings.append(notes or NO_WARNINGS)
+        table = self.activations([t for row in texts for t in row])
+        acts = np.stack([np.stack([table[t] for t in row]) for row in texts])
+        encoded = self.features.encode(recs["user"], recs["item"])
+
+        def call(start: int, stop: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+            adapters, rating = self.artifact.score(
+                _pad_rows(encoded["ids"][start:stop], rows),
+                _pad_rows(encoded["multi_hot"][start:stop], rows),
+                _pad_rows(acts[start:stop], rows),
+            )
+            return adapters[: stop - start], rating[: stop - start]
+
+        t0 = time.perf_counter()
+        chunks = self._chunked(len(inputs), self.head_buckets, call)
+        self.metrics.head_seconds.observe(time.perf_counter() - t0)
+        adapters = np.concatenate([c[0] for c in chunks]).astype(np.float32)
+        rating = np.concatenate([c[1] for c in chunks]).astype(np.float32)
+        dist = self.drift.view_distances(acts).mean(axis=1)
+        return self._finish(adapters, rating, cold["user"], cold["item"], tuple(warnings), dist)
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def score(self, inputs: Sequence[ScoreInput]) -> ScoreBatch:
+        """Answers for ``inputs``, in order."""
+        if not inputs:
+            raise ValueError("score() needs at least one pair")
+        if self.decomposed:
+            return self._score_decomposed(inputs)
+        return self._score_whole(inputs)
+
+    def _finish(self, adapters, rating, cold_user, cold_item, warnings, dist) -> ScoreBatch:
+        ood = np.asarray(self.artifact.ood_score(adapters), dtype=np.float32)
+        batch = ScoreBatch(
+            rating, adapters, ood, np.asarray(cold_user, bool), np.asarray(cold_item, bool),
+            tuple(warnings), self.layers, self.model_version,
+        )  # fmt: skip
+        self._observe(batch, dist)
+        return batch
+
+    def _observe(self, batch: ScoreBatch, dist: np.ndarray) -> None:
+        """Metrics and drift windows, once per batch (vectorised histogram updates)."""
         m = self.metrics
-        m.predictions.inc(len(requests))
-        for r in rating:
-            m.prediction_rating.observe(float(r))
+        m.predictions.inc(len(batch))
+        observe_many(m.prediction_rating, batch.rating)
         for j, hist in enumerate(self._adapter_hist):
-            for v in adapters[:, j]:
-                hist.observe(float(v))
-        for s in np.std(adapters, axis=1):
-            m.adapter_disagreement.observe(float(s))
-        for s in ood:
-            m.ood_score.observe(float(s))
-        cold_users = sum(r.user_id not in self.users for r in requests)
-        cold_items = sum(r.item_id not in self.items for r in requests)
-        if cold_users:
-            self._unknown["user"].inc(cold_users)
-        if cold_items:
-            self._unknown["item"].inc(cold_items)
-        psi, drift = self.drift.update(rating, acts)
+            observe_many(hist, batch.adapters[:, j])
+        observe_many(m.adapter_disagreement, np.std(batch.adapters, axis=1))
+        observe_many(m.ood_score, batch.ood_score)
+        for side, flags in (("user", batch.cold_user), ("item", batch.cold_item)):
+            if (count := int(flags.sum())) > 0:
+                self._unknown[side].inc(count)
+        psi, drift = self.drift.update_distances(batch.rating, dist)
         m.prediction_psi.set(psi)
         for gauge, value in zip(self._drift_gauges, drift, strict=True):
             gauge.set(float(value))
@@ -303,8 +426,12 @@ class Scorer:
 
     def length_buckets_in_use(self) -> tuple[int, ...]:
         """Length buckets of the tables' texts, plus the next one for longer cold starts."""
-        users = list(self.users.values()) or [{"user_id": "0"}]
-        items = list(self.items.values()) or [{"item_id": "0"}]
+        users = self.tables["user"].frame.head(PAIR_SAMPLE * 4).to_dict("records") or [
+            {"user_id": "0"}
+        ]
+        items = self.tables["item"].frame.head(PAIR_SAMPLE * 4).to_dict("records") or [
+            {"item_id": "0"}
+        ]
         if any(v.entity == "pair" for v in self.views.views):
             rng = np.random.default_rng(0)
             ui = rng.integers(0, len(users), PAIR_SAMPLE)
@@ -323,7 +450,7 @@ class Scorer:
         return self.length_buckets[: min(top + 2, len(self.length_buckets))]
 
     def warm_up(self) -> float:
-        """Call both functions once per batch bucket × length bucket in use; seconds taken."""
+        """Call every exported function once per shape in use; seconds taken."""
         t0 = time.perf_counter()
         lengths = self.length_buckets_in_use()
         for rows in self.backbone_buckets:
@@ -332,13 +459,32 @@ class Scorer:
                 mask = np.ones((rows, length), dtype=np.int32)
                 acts = np.asarray(self.artifact.encode(ids, mask))
         n_layers, d = acts.shape[1:]
-        n_feats = len(self.features.categorical)
-        for rows in self.head_buckets:
-            self.artifact.score(
-                np.zeros((rows, n_feats), np.int32),
-                np.zeros((rows, self.features.n_multi_hot), np.float32),
-                np.zeros((rows, self.views.n_views, n_layers, d), np.float32),
-            )
+        if self.decomposed:
+            widths = part_widths(self.head_config)
+            for side in SIDES:
+                f = len(self._entity_columns[side])
+                g = sum(
+                    c.size
+                    for c in self.features.columns
+                    if c.entity == side and c.is_multi_hot_input
+                )
+                v = len(self._side_views[side])
+                for rows in self.head_buckets:
+                    self.artifact.side(
+                        side, np.zeros((rows, f), np.int32), np.zeros((rows, g), np.float32),
+                        np.zeros((rows, v, n_layers, d), np.float32),
+                    )  # fmt: skip
+            for rows in self.pair_buckets:
+                zeros = {k: np.zeros((rows, *w), np.float32) for k, w in widths.items()}
+                self.artifact.pair(zeros, zeros)
+        else:
+            n_feats = len(self.features.categorical)
+            for rows in self.head_buckets:
+                self.artifact.score(
+                    np.zeros((rows, n_feats), np.int32),
+                    np.zeros((rows, self.features.n_multi_hot), np.float32),
+                    np.zeros((rows, self.views.n_views, n_layers, d), np.float32),
+                )
         self.artifact.ood_score(np.zeros((1, self.head_config.n_adapters), np.float32))
         self.warmed = tuple((r, n) for r in self.backbone_buckets for n in lengths)
         seconds = time.perf_counter() - t0

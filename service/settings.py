@@ -58,10 +58,19 @@ class Settings(BaseSettings):
         "round trip exceeds it never waits)",
     )
     queue_bound: int = Field(
-        4096, ge=1, description="pending predictions beyond which requests get 503"
+        16_384, ge=1, description="pending pairs beyond which requests get 503"
     )
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline (504 after)")
     max_batch_request: int = Field(1000, ge=1, description="most entries in one batch request")
+    max_rank_candidates: int = Field(
+        10_000, ge=1, description="most candidates in one POST /rank (beyond: 413)"
+    )
+    projection_cache_size: int = Field(
+        20_000,
+        ge=1,
+        description="entities per side (users, items) whose first-layer head projections are "
+        "kept in process (about 8 KB each for the default model)",
+    )
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest request body")
     admin_token: SecretStr | None = Field(
         None, description="bearer token of /admin/*; unset = admin endpoints disabled (403)"

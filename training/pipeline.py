@@ -321,7 +321,7 @@ def collab_note(cfg: TrainConfig) -> str:
     )
 
 
-def training_notes(cfg: TrainConfig, lrs: dict[str, float]) -> list[str]:
+def training_notes(cfg: TrainConfig, lrs: dict[str, float], split_seed: int) -> list[str]:
     return [
         f"Adam with decoupled weight decay (optax.adamw, {cfg.weight_decay:g}), batch "
         f"{cfg.batch_size}, dropout {cfg.dropout:g}; early stopping on ID validation RMSE "
@@ -339,7 +339,7 @@ def training_notes(cfg: TrainConfig, lrs: dict[str, float]) -> list[str]:
             if cfg.lr_on_first_seed and cfg.lr_probe_epochs
             else " chosen on ID validation."
         ),
-        f"One ID split (split seed {cfg.split_seed}); seeds vary initialisation, dropout and "
+        f"One ID split (split seed {split_seed}); seeds vary initialisation, dropout and "
         "batch order. Baselines are deterministic (std 0).",
         "Activations cached as float16 and cast to float32 in the head.",
         "Chosen learning rates: " + ", ".join(f"{m} {lr:g}" for m, lr in lrs.items()) + ".",
@@ -415,12 +415,13 @@ def run_pipeline(
                 f"{live['id_rmse']:.4f}, OOD {live['ood_rmse']:.4f}"
             )
             lap("export")
+    split_seed = prep.spec.split.seed if cfg.split_seed is None else cfg.split_seed
     doc = report.build_report(
         dataset=prep.spec.name,
         split={
             "name": prep.spec.split.kind,
             "column": prep.spec.split.column,
-            "seed": prep.spec.split.seed if cfg.split_seed is None else cfg.split_seed,
+            "seed": split_seed,
             "sizes": sizes,
             "ood_groups": list(prep.ood_groups),
         },
@@ -438,7 +439,7 @@ def run_pipeline(
         "lrs": lrs,
         "auroc": extras.get("auroc"),
         "timings": timings,
-        "text": training_notes(cfg, lrs),
+        "text": training_notes(cfg, lrs, split_seed),
         "exported_source": exported_source,
     }
     report_dir = report.write_report(doc, notes, output_dir / "reports" / version)

@@ -56,8 +56,10 @@ def killable_redis(tmp_path_factory, request):
 def rel_server(artifacts, killable_redis, compile_cache, tmp_path_factory):
     """The server of the outage, reload, fuzzing and admin tests.
 
-    Its in-process LRU is off (``LEVI_LOCAL_CACHE_SIZE=0``) so every lookup reaches Redis
-    and a Redis outage is visible on every request; back-off is short so recovery is quick.
+    Its in-process LRU is off (``LEVI_LOCAL_CACHE_SIZE=0``) and its per-entity projection
+    cache holds one entity per side (``LEVI_PROJECTION_CACHE_SIZE=1``), so cycling requests
+    keep reaching Redis and a Redis outage is visible on every request; back-off is short so
+    recovery is quick.
     """
     prefix = f"levi:rel:{uuid.uuid4().hex[:12]}"
     log = tmp_path_factory.mktemp("rel-server") / "server.log"
@@ -66,6 +68,7 @@ def rel_server(artifacts, killable_redis, compile_cache, tmp_path_factory):
         REDIS_URL=killable_redis.url,
         LEVI_CACHE_KEY_PREFIX=prefix,
         LEVI_LOCAL_CACHE_SIZE=0,
+        LEVI_PROJECTION_CACHE_SIZE=1,
         LEVI_ADMIN_TOKEN=ADMIN_TOKEN,
         LEVI_MAX_BATCH=8,
         LEVI_REDIS_TIMEOUT_S=0.2,

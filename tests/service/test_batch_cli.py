@@ -122,6 +122,43 @@ def test_shards_cover_the_input_and_parts_are_reused(scorer, tmp_path):
     assert (again["rating"][len(marked) :] > 0).all()
 
 
+@pytest.mark.redis
+def test_resume_redoes_a_truncated_or_missing_part(scorer, tmp_path, caplog):
+    frame = pd.DataFrame(ROWS * 4)  # 20 rows, 5 parts of 4
+    out = tmp_path / "all.parquet"
+    full = batch.run(scorer, frame, out, batch_size=4, progress=False)
+    parts = sorted((tmp_path / "all.parquet.parts").rglob("rows-*.parquet"))
+    assert len(parts) == 5
+    data = parts[1].read_bytes()
+    parts[1].write_bytes(data[: len(data) // 2])  # a part cut short (a copy interrupted)
+    parts[3].unlink()  # and one missing
+    with caplog.at_level("WARNING", logger="service.batch"):
+        again = batch.run(scorer, frame, out, batch_size=4, progress=False)
+    assert any(str(parts[1]) in r.getMessage() for r in caplog.records)  # named, redone
+    assert parts[3].exists()
+    pd.testing.assert_frame_equal(again, full)
+
+
+@pytest.mark.redis
+def test_on_error_skip_scores_the_rest_and_lists_the_rejects(scorer, tmp_path):
+    rows = [dict(r) for r in ROWS]
+    rows[1]["user_id"] = "  "  # a blank id
+    rows[3]["age"] = "old"  # a wrong type
+    frame = pd.DataFrame(rows)
+    out = tmp_path / "scored.parquet"
+    with pytest.raises(batch.InputError, match=r"row 1 .*column 'user_id': the id is empty"):
+        batch.run(scorer, frame, out, batch_size=2, progress=False)
+    result = batch.run(scorer, frame, out, batch_size=2, progress=False, on_error="skip")
+    assert list(result["user_id"]) == [rows[k]["user_id"] for k in (0, 2, 4)]  # order kept
+    rejects = pd.read_parquet(tmp_path / "scored.parquet.rejects.parquet")
+    assert rejects["row"].tolist() == [1, 3]
+    assert rejects["column"].tolist() == ["user_id", "age"]
+    assert "empty" in rejects["reason"][0] and "old" in rejects["reason"][1]
+    single = batch.run(scorer, pd.DataFrame([ROWS[2]]), tmp_path / "one.parquet",
+                       progress=False)  # fmt: skip
+    assert result["rating"][1] == pytest.approx(single["rating"][0], abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "rows, message",
     [

@@ -81,24 +81,32 @@ def test_cold_start_item_without_title_is_answered_and_says_so(server, artifacts
     assert server.value("levi_unknown_entities_total", kind="item") == before + 1
 
 
-def test_second_request_hits_the_local_cache(server):
+def test_second_request_hits_the_projection_cache(server):
+    """A repeated pair needs no text work at all: both sides' head projections are kept in
+    process (first-layer decomposition), so neither the activation LRU nor Redis is asked."""
     pair = {**_fresh_user(), "item_id": "10"}
     url = f"{server.base}/predict-rating"
-    assert httpx.post(url, json=pair, timeout=30).status_code == 200
-    hits = server.value("levi_activation_cache_lookups_total", tier="local", result="hit")
-    redis_lookups = sum(
-        server.value("levi_activation_cache_lookups_total", tier="redis", result=r)
-        for r in ("hit", "miss")
-    )
-    assert httpx.post(url, json=pair, timeout=30).status_code == 200
-    # Both views (user text, item text) come from the LRU; Redis is not asked.
-    assert server.value("levi_activation_cache_lookups_total", tier="local", result="hit") == (
-        hits + 2
-    )
-    assert redis_lookups == sum(
-        server.value("levi_activation_cache_lookups_total", tier="redis", result=r)
-        for r in ("hit", "miss")
-    )
+
+    def counts():
+        acts = sum(
+            server.value("levi_activation_cache_lookups_total", tier=t, result=r)
+            for t in ("local", "redis")
+            for r in ("hit", "miss")
+        )
+        hits = {
+            s: server.value("levi_projection_cache_lookups_total", side=s, result="hit")
+            for s in ("user", "item")
+        }
+        return acts, hits
+
+    first = httpx.post(url, json=pair, timeout=30)
+    assert first.status_code == 200
+    acts, hits = counts()
+    second = httpx.post(url, json=pair, timeout=30)
+    assert second.json() == first.json()
+    acts_after, hits_after = counts()
+    assert acts_after == acts
+    assert hits_after == {"user": hits["user"] + 1, "item": hits["item"] + 1}
 
 
 def test_redis_tier_is_read_with_the_design_key(server, artifacts, redis_client, key_prefix):

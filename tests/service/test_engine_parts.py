@@ -64,8 +64,15 @@ def test_redis_tier_backs_off_counts_errors_and_comes_back():
     assert stored["k"].dtype == np.float32 and stored["k"][0, 0] == np.float16(1 / 3)
 
 
+class _Answers(list):
+    """What a recording scorer returns: one label per pair, sliceable like a ScoreBatch."""
+
+    def slice(self, start, stop):
+        return _Answers(self[start:stop])
+
+
 def _results(batch):
-    return [f"{r.user_id}:{len(batch)}" for r in batch]
+    return _Answers(f"{r.user_id}:{len(batch)}" for r in batch)
 
 
 def _recording_scorer():
@@ -95,6 +102,25 @@ def test_micro_batcher_gathers_concurrent_requests_and_bounds_the_queue():
         return seen
 
     assert asyncio.run(scenario()) == [6]
+
+
+def test_micro_batcher_keeps_jobs_whole():
+    """A request's pairs are one job: never split across calls, a large job scored alone."""
+
+    async def scenario():
+        score, seen = _recording_scorer()
+        b = MicroBatcher(score, Metrics(), max_batch=8, max_delay_s=0.05, queue_bound=100)
+        await b.start()
+        big = [ScoreInput(f"b{i}", "x") for i in range(11)]
+        small = [ScoreInput(f"s{i}", "x") for i in range(3)]
+        answers = await asyncio.gather(b.submit(big, 5.0), b.submit(small, 5.0))
+        assert b.pending == 0
+        await b.stop()
+        return seen, answers
+
+    seen, (big, small) = asyncio.run(scenario())
+    assert sorted(seen) == [3, 11]  # the 11-pair job alone, whole; the 3-pair job after it
+    assert big == [f"b{i}:11" for i in range(11)] and small == [f"s{i}:3" for i in range(3)]
 
 
 def test_micro_batcher_deadline_and_errors_reach_the_caller():

@@ -27,18 +27,28 @@ def test_warm_up_covers_every_batch_and_length_bucket_in_use(warmed):
     art, scorer = warmed
     assert scorer.backbone_buckets == (1, 2, 4)  # max_batch 2 x 2 views
     assert scorer.head_buckets == (1, 2)
+    assert scorer.pair_buckets == tuple(2**k for k in range(10))  # up to 512 pairs per call
     assert scorer.length_buckets == tuple(art.manifest["backbone"]["length_buckets"]) == (16, 32)
     lengths = scorer.length_buckets_in_use()
     assert lengths == (16, 32)
     assert set(scorer.warmed) == set(itertools.product(scorer.backbone_buckets, lengths))
     # One compiled executable per shape, no more: the exported functions are jitted once.
     assert art._encode_fn._cache_size() == len(scorer.warmed)
-    assert art._score_fn._cache_size() == len(scorer.head_buckets)
+    # factored views: the decomposed functions are compiled, the whole head is not needed
+    assert scorer.decomposed and art._score_fn._cache_size() == 0
+    for side in ("user", "item"):
+        assert art._side_fns[side]._cache_size() == len(scorer.head_buckets)
+    assert art._pair_fn._cache_size() == len(scorer.pair_buckets)
 
 
 def test_serving_after_warm_up_compiles_nothing(warmed):
     art, scorer = warmed
-    encode_before, score_before = art._encode_fn._cache_size(), art._score_fn._cache_size()
+
+    def compiled():
+        fns = [art._encode_fn, art._score_fn, art._pair_fn, *art._side_fns.values()]
+        return [f._cache_size() for f in fns]
+
+    before = compiled()
     long_title = " ".join(["space oddity"] * 20)  # truncated at max_length 32
     requests = [
         ScoreInput("1", "10"),
@@ -49,14 +59,14 @@ def test_serving_after_warm_up_compiles_nothing(warmed):
     ]
     for n in (1, 2, 3, 5):
         results = scorer.score(requests[:n])
-        assert len(results) == n
+        assert len(results) == n and results.adapters.shape == (n, len(scorer.layers))
     for i, req in enumerate(requests):  # one at a time, new texts each round
         scorer.score([ScoreInput(f"u{i}", req.item_id, item=dict(req.item))])
-    assert art._encode_fn._cache_size() == encode_before
-    assert art._score_fn._cache_size() == score_before
+    assert compiled() == before
     # ... and what it answers is the artifact's own score.
     pairs = [{"user_id": "3", "item_id": "cold-item", "item": {"title": long_title}}]
-    got = scorer.score([ScoreInput("3", "cold-item", item={"title": long_title})])[0]
+    got = scorer.score([ScoreInput("3", "cold-item", item={"title": long_title})])
     want = direct_scores(art, pairs)[0]
-    assert got.rating == pytest.approx(want["rating"], abs=1e-5)
-    np.testing.assert_allclose([r for _, r in got.adapters], want["adapters"], atol=1e-5)
+    assert float(got.rating[0]) == pytest.approx(want["rating"], abs=1e-5)
+    np.testing.assert_allclose(got.adapters[0], want["adapters"], atol=1e-5)
+    assert any("truncated" in w for w in got.warnings[0])

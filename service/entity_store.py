@@ -1,0 +1,137 @@
+"""Columnar entity store: the model's known users and items, and per-entity projections.
+
+* :class:`EntityTable`: one side's artifact table, looked up by id in batches
+  (``pandas.Index.get_indexer``: one hash-table probe per id, in C). Nothing is encoded or
+  rendered per entity at load time, so start-up and memory stay flat per entity; records are
+  materialised only for the entities whose projections are computed.
+* :class:`ProjectionCache`: an LRU of per-entity partial products of the head (the
+  first-layer decomposition, ``model.decomposed``) in preallocated arrays (one row per slot),
+  keyed by ``(entity id, the request's fields)``. It lives in process and belongs to one
+  model version (a reload builds a new scorer and a new cache), so a reload never reads
+  another model's projections; the model-independent backbone activations stay in the shared
+  activation cache (Redis).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+Key = tuple[str, tuple]  # (entity id, sorted request fields)
+
+
+def freeze(fields: Mapping[str, Any]) -> tuple:
+    """A hashable, order-independent form of a request's fields (lists become tuples)."""
+    if not fields:
+        return ()
+    return tuple(
+        sorted((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in fields.items())
+    )
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, np.ndarray | list):
+        return tuple(value)
+    return value
+
+
+class EntityTable:
+    """One side's known entities (the artifact's users or items table).
+
+    Args:
+        frame: the table; ``key`` its id column (strings).
+    """
+
+    def __init__(self, frame: pd.DataFrame, key: str):
+        self.key = key
+        self.frame = frame.reset_index(drop=True)
+        self.index = pd.Index(self.frame[key].astype(str).to_numpy())
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def rows(self, ids: Sequence[str]) -> np.ndarray:
+        """int64 ``[n]`` table rows of ``ids``; -1 for an unknown id."""
+        if not len(ids):
+            return np.zeros(0, np.int64)
+        return self.index.get_indexer(list(ids)).astype(np.int64)
+
+    def records(self, ids: Sequence[str], rows: np.ndarray) -> list[dict[str, Any]]:
+        """Records of ``ids`` (known rows from the table; unknown ones hold only their id)."""
+        known = rows >= 0
+        out: list[dict[str, Any]] = [{self.key: i} for i in ids]
+        if known.any():
+            picked = self.frame.iloc[rows[known]].to_dict("records")
+            for j, rec in zip(np.flatnonzero(known), picked, strict=True):
+                rec = {k: _cell(v) for k, v in rec.items()}
+                rec[self.key] = ids[j]
+                out[j] = rec
+        return out
+
+
+@dataclass
+class Slot:
+    """Where one entity's projections live, and what its answers say about it."""
+
+    row: int
+    cold: bool
+    warnings: tuple[str, ...]
+
+
+class ProjectionCache:
+    """LRU of per-entity projections in preallocated arrays.
+
+    Args:
+        shapes: part name -> per-entity shape (``model.decomposed.part_widths`` + extras).
+        capacity: most entities kept; the least recently used is replaced.
+    """
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], capacity: int):
+        self.capacity = max(1, int(capacity))
+        # np.zeros maps untouched pages lazily: memory grows with the entities seen.
+        self.arrays = {k: np.zeros((self.capacity, *s), np.float32) for k, s in shapes.items()}
+        self._slots: OrderedDict[Hashable, Slot] = OrderedDict()
+        self._free = list(range(self.capacity - 1, -1, -1))
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def lookup(self, keys: Sequence[Hashable]) -> dict[Hashable, Slot]:
+        """The cached keys among ``keys`` (each marked as recently used)."""
+        found = {}
+        for k in keys:
+            slot = self._slots.get(k)
+            if slot is not None:
+                self._slots.move_to_end(k)
+                found[k] = slot
+        return found
+
+    def take(self, slots: Sequence[Slot]) -> dict[str, np.ndarray]:
+        """Copies of the parts of ``slots``: ``{name: [n, ...]}``."""
+        rows = np.fromiter((s.row for s in slots), np.int64, len(slots))
+        return {k: a[rows] for k, a in self.arrays.items()}
+
+    def put(
+        self,
+        keys: Sequence[Hashable],
+        parts: Mapping[str, np.ndarray],
+        cold: Sequence[bool],
+        warnings: Sequence[tuple[str, ...]],
+    ) -> None:
+        """Store the parts of new keys (rows aligned with ``keys``), evicting the oldest."""
+        for j, k in enumerate(keys):
+            if k in self._slots:
+                continue
+            if self._free:
+                row = self._free.pop()
+            else:
+                _, old = self._slots.popitem(last=False)
+                row = old.row
+            for name, a in self.arrays.items():
+                a[row] = parts[name][j]
+            self._slots[k] = Slot(row, bool(cold[j]), tuple(warnings[j]))

@@ -1,0 +1,66 @@
+"""``POST /rank``: one user's candidates ordered by predicted rating.
+
+Scored by the same vectorised path as ``/predict-rating/batch`` (so the ratings are the
+same for the same pairs); the user's side of the head is computed once for all candidates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, status
+
+from service.deps import EngineDep, SettingsDep
+from service.results import ScoreBatch, adapter_list
+from service.routes.predict import ERRORS, checked_inputs, json_response, score
+from service.schemas import RankRequest, RankResponse
+
+router = APIRouter(tags=["predictions"])
+
+
+def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
+    """The response body: candidates by rating, highest first; ties keep request order."""
+    order = np.argsort(-batch.rating, kind="stable")
+    if body.top_k is not None:
+        order = order[: body.top_k]
+    top = batch.take(order)
+    items = [body.candidates[i].item_id for i in order.tolist()]
+    out = []
+    adapters = top.adapters.tolist() if body.adapters else None
+    for k, (item_id, r, o, cold, w) in enumerate(
+        zip(items, top.rating.tolist(), top.ood_score.tolist(), top.cold_item.tolist(),
+            top.warnings, strict=True)
+    ):  # fmt: skip
+        entry = {"item_id": item_id, "rating": r, "ood_score": o, "cold_start": cold}
+        entry["warnings"] = list(w)
+        if adapters is not None:
+            entry["adapters"] = adapter_list(batch.layers, adapters[k])
+        out.append(entry)
+    return {
+        "model_version": batch.model_version,
+        "user_id": body.user_id,
+        "cold_start": bool(batch.cold_user[0]),
+        "ranked": out,
+    }
+
+
+@router.post("/rank", responses=ERRORS, response_model=RankResponse)
+async def rank(body: RankRequest, engine: EngineDep, settings: SettingsDep):
+    """Rank candidate items for one user by predicted rating (``top_k`` to cut the list)."""
+    limit = min(settings.max_rank_candidates, settings.queue_bound)
+    if len(body.candidates) > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"candidates: {len(body.candidates)} entries; at most {limit} per call "
+            "(LEVI_MAX_RANK_CANDIDATES; split the list)",
+        )
+    payloads = [(("body",), body.user_id, "", body.user, None)]  # the user's fields, once
+    payloads += [
+        (("body", "candidates", i), body.user_id, c.item_id, None, c.item)
+        for i, c in enumerate(body.candidates)
+    ]
+    checked = checked_inputs(engine, payloads)
+    user = checked[0].user
+    inputs = [
+        type(c)(user_id=c.user_id, item_id=c.item_id, user=user, item=c.item) for c in checked[1:]
+    ]
+    return json_response(ranked(body, await score(engine, settings, inputs)))
