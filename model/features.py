@@ -32,11 +32,9 @@ ID_COLUMNS = {"user": "user_id", "item": "item_id"}
 def clean_category(value: object, prefix: int | None = None) -> str | None:
     """The vocabulary form of a categorical value: stripped, lower case, optionally cut to
     ``prefix`` characters; None when missing."""
-    if value is None or (isinstance(value, float) and value != value):
+    if _missing(value):
         return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value).strip().lower()
+    text = _as_text(value).strip().lower()
     if prefix:
         text = text[:prefix]
     return text or None
@@ -55,15 +53,26 @@ def as_number(value: object) -> float | None:
 
 def as_values(value: object, sep: str | None = None) -> tuple[str, ...]:
     """The values of a multi-valued cell: a list/tuple/array, or a ``sep``-delimited string."""
-    if value is None or (isinstance(value, float) and value != value):
+    if _missing(value):
         return ()
     if isinstance(value, str):
         parts = value.split(sep) if sep else [value]
     elif isinstance(value, Iterable):
-        parts = [str(v) for v in value]
+        parts = [_as_text(v) for v in value if not _missing(v)]
     else:
-        parts = [str(value)]
-    return tuple(p.strip() for p in parts if p is not None and str(p).strip())
+        parts = [_as_text(value)]
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _as_text(value: object) -> str:
+    """A value as text, whole floats without ".0" (as tables read them: 3.0 -> "3")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 @dataclass(frozen=True)

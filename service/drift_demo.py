@@ -83,7 +83,9 @@ def traffic(model_dir: Path, n: int, seed: int) -> tuple[list[dict], list[dict]]
 
     In distribution: items of the training ratings (in the item id vocabulary of the
     artifact's features.json); OOD: the other items of its table (the split's OOD side, e.g.
-    the genre-shift movies of MovieLens, the held-out items of a cold_items split).
+    the genre-shift movies of MovieLens, the held-out items of a cold_items split), or, when
+    every item was trained on (random and time splits), new item ids that carry the fields
+    of existing items (cold starts).
     """
     import json
 
@@ -107,9 +109,30 @@ def traffic(model_dir: Path, n: int, seed: int) -> tuple[list[dict], list[dict]]
 
     id_items = items.loc[is_id, "item_id"].astype(str).to_numpy()
     ood_items = items.loc[~is_id, "item_id"].astype(str).to_numpy()
-    if not len(id_items) or not len(ood_items):
-        raise SystemExit("the artifact's item table has no ID or no OOD items to send")
-    return pick(id_items), pick(ood_items)
+    if not len(id_items):
+        raise SystemExit("the artifact's item table has no item of the training ratings")
+    if len(ood_items):
+        return pick(id_items), pick(ood_items)
+    # Every item was trained on (random or time splits): new items, cold starts that carry
+    # the fields of existing ones, stand in for the OOD side.
+    fields = [c.name for c in features.fields_of("item")]
+    rows = items.iloc[rng.integers(0, len(items), n)][fields].to_dict("records")
+    cold = [
+        {"user_id": str(u), "item_id": f"drift-demo-new-{k}", "item": _json_fields(r)}
+        for k, (u, r) in enumerate(zip(rng.choice(users, n), rows, strict=True))
+    ]
+    return pick(id_items), cold
+
+
+def _json_fields(record: dict) -> dict:
+    """A table record as request fields: missing values left out, arrays as lists."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, np.ndarray | list | tuple):
+            out[k] = [x.item() if hasattr(x, "item") else x for x in v]
+        elif v is not None and not (isinstance(v, float) and v != v):
+            out[k] = v.item() if hasattr(v, "item") else v
+    return out
 
 
 def run(args: argparse.Namespace) -> Series:

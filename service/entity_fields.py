@@ -8,10 +8,11 @@ or a wrong type is a 422 whose ``loc`` is ``["body", "item", "<field>"]`` (batch
 
 Types per column kind:
 
-* ``categorical``: a string or an integer (ids such as zip codes arrive as numbers);
+* ``categorical``: a string, a number or a boolean (codes such as zip codes arrive as
+  numbers; they are read as training read them: 3.0 is "3", true is "True");
 * ``numeric``: a JSON number (not a string, not a boolean; no NaN or infinity);
-* ``multi_categorical``: a list of strings (or one delimited string when the column has a
-  ``sep``);
+* ``multi_categorical``: a list of such values (or one delimited string when the column has
+  a ``sep``);
 * ``text``: a string of up to ``MAX_TEXT_CHARS`` characters; the backbone truncates it at its
   token limit and the answer then carries a warning.
 """
@@ -23,7 +24,15 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+)
 from pydantic import create_model as _create_model
 
 from model.features import Column, FeatureSpec
@@ -36,19 +45,20 @@ Short = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_VALUE_CHARS)
 ]
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Category = Short | StrictInt | Number | StrictBool
 LongText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)
 ]
 KIND_TYPES: dict[str, Any] = {
-    "categorical": Short | StrictInt,
+    "categorical": Category,
     "numeric": Number,
-    "multi_categorical": Annotated[list[Short], Field(max_length=MAX_LIST_VALUES)],
+    "multi_categorical": Annotated[list[Category], Field(max_length=MAX_LIST_VALUES)],
     "text": LongText,
 }
 KIND_JSON = {
-    "categorical": "string",
+    "categorical": "string, number or boolean",
     "numeric": "number",
-    "multi_categorical": "array of strings",
+    "multi_categorical": "array of strings, numbers or booleans",
     "text": "string",
 }
 

@@ -69,6 +69,15 @@ def test_multi_hot_and_json_round_trip():
     assert FeatureSpec.from_json(spec.to_json()) == spec
 
 
+def test_multi_valued_cells_drop_missing_elements_and_read_numbers_like_tables():
+    from model.features import as_values, clean_category
+
+    assert as_values(["fiction", None, float("nan"), 1.0, " "]) == ("fiction", "1")
+    assert as_values(np.array([2.0, 2.5])) == ("2", "2.5")
+    assert as_values("a|b||c", "|") == ("a", "b", "c") and as_values("a|b") == ("a|b",)
+    assert clean_category(3.0) == clean_category(3) == clean_category("3 ") == "3"
+
+
 def test_min_count_and_max_size_cap_the_vocabulary():
     users = [{"user_id": str(i), "city": c} for i, c in enumerate("aaabbc")]
     decls = (ColumnDecl("city", "user", "categorical", min_count=2),)

@@ -238,3 +238,34 @@ def test_data_parallel_on_two_host_devices_matches_one_device():
     one = train_run("levi", head, cfg, data, TRAIN, VAL, lr=1e-2, seed=0, mesh=mesh,
                     progress=False)  # fmt: skip
     assert float(out.stdout.strip().splitlines()[-1]) == pytest.approx(one.val_rmse, abs=1e-4)
+
+
+def test_item_oov_training_hides_the_item_id_only():
+    """A cold start with fields keeps its features: training shows the model that case."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from training.train import _gather
+
+    cfg, tables, mesh, head, data = _setup()
+    data = dict(data)
+    data["item_ids"] = jnp.stack([data["item_ids"][:, 0], data["item_ids"][:, 0] + 100], axis=1)
+    rows = jnp.arange(4)
+    drop = jnp.array([True, False, True, False])
+    items = np.asarray(data["item_ids"])[np.asarray(data["pair_item"])[:4]]
+    with_ids = dataclasses.replace(head, user_id_feature=0, item_id_feature=1)
+    ids, *_ = _gather(with_ids, data, rows, drop)
+    np.testing.assert_array_equal(np.asarray(ids)[:, 1], np.where(drop, 0, items[:, 0]))
+    np.testing.assert_array_equal(np.asarray(ids)[:, 2], items[:, 1])  # kept
+    ids, *_ = _gather(head, data, rows, drop)  # no id column known: every item column hides
+    np.testing.assert_array_equal(np.asarray(ids)[:, 2], np.where(drop, 0, items[:, 1]))
+
+
+def test_report_json_writes_missing_numbers_as_null(tmp_path):
+    """A random split has no OOD set: its OOD RMSE is NaN, which JSON cannot hold."""
+    from training import report
+
+    doc = {"methods": {"levi": {"id_rmse": 0.9, "ood_rmse": {"mean": float("nan")}}}}
+    assert report._finite(doc)["methods"]["levi"]["ood_rmse"]["mean"] is None
+    assert json.loads(json.dumps(report._finite(doc)))  # strict JSON

@@ -27,7 +27,7 @@ from model.templates import ViewSet
 from training import baselines, evaluate, report
 from training.config import TRAINED_METHODS, TrainConfig
 from training.precompute import ViewActivations, precompute
-from training.spec import DatasetSpec, load_spec
+from training.spec import DatasetSpec, SpecError, load_spec
 from training.train import (
     RunResult,
     TrainTables,
@@ -84,7 +84,10 @@ def prepare_data(cfg: TrainConfig, dataset=None, spec: DatasetSpec | None = None
         dataset = load_spec_dataset(spec, cfg.data_path, cfg.reader)
     from training.split import make_split
 
-    split = make_split(dataset, spec.split, cfg.split_seed)
+    try:
+        split = make_split(dataset, spec.split, cfg.split_seed)
+    except ValueError as e:  # the data do not fit the spec's [split]: name the file
+        raise SpecError(f"{spec.source or spec.name}: [split]: {e}") from None
     parts = [getattr(split, p) for p in PARTS]
     pairs = pd.concat(parts, ignore_index=True)[["user_id", "item_id", "rating"]]
     pairs = pairs.astype({"user_id": str, "item_id": str})

@@ -164,11 +164,22 @@ def plot_report(report: Mapping, out_dir: Path) -> list[Path]:
     return paths
 
 
+def _finite(value):
+    """NaN (e.g. the OOD RMSE of a split without an OOD set) as null: JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_report(report: Mapping, notes: Mapping, out_dir: Path) -> Path:
     """Write report.json, report.md and the plots into ``out_dir``; return the directory."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.json").write_text(json.dumps(_finite(report), indent=2) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report, notes))
     plot_report(report, out_dir)
     return out_dir

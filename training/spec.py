@@ -203,7 +203,7 @@ class SplitSpec(_Strict):
     in_distribution: list[str] | None = None
     cutoff: str | None = None
     ood_fraction: float | None = Field(None, gt=0, lt=1)
-    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="early stopping needs it")
     test_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     min_group: int = Field(200, ge=1, description="smallest OOD group that gets a report row")
@@ -227,6 +227,15 @@ class SplitSpec(_Strict):
             raise ValueError(f"split kind {self.kind!r} needs {', '.join(missing)}")
         if self.kind == "time" and (self.cutoff is None) == (self.ood_fraction is None):
             raise ValueError("split kind 'time' needs exactly one of cutoff or ood_fraction")
+        if self.cutoff is not None:
+            import pandas as pd
+
+            try:
+                pd.Timestamp(self.cutoff)
+            except ValueError:
+                raise ValueError(
+                    f"cutoff {self.cutoff!r} is not a date (expected e.g. 2024-05-01)"
+                ) from None
         unused = {
             "random": ("column", "in_distribution", "cutoff", "ood_fraction"),
             "time": ("column", "in_distribution"),
@@ -265,6 +274,14 @@ class DatasetSpec(_Strict):
                 raise ValueError(
                     f"{entity}.columns: {clash} is reserved for the id; the key column is "
                     f"named by {entity}.key"
+                )
+        for entity, id_name in (("users", "user_id"), ("items", "item_id")):
+            key = self.key(entity)
+            if key in getattr(self, entity).columns:
+                raise ValueError(
+                    f"{entity}.columns: {key!r} is the table's key; the id is always an input "
+                    f"of the model and templates read it as {{{id_name}}} (or {{{key}}}): "
+                    "remove it from the columns"
                 )
         shared = sorted(set(self.users.columns) & set(self.items.columns))
         if self.text.pair is not None and shared:

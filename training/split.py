@@ -119,6 +119,12 @@ def _make_split(
             "OOD ratings; both must be non-empty (check the spec's [split] values)"
         )
     train, val, test = _partition(ratings[is_id], seed, val_frac, test_frac)
+    if not len(train) or not len(val):
+        raise ValueError(
+            f"split {name}: {int(is_id.sum()):,} ID ratings give {len(train)} training and "
+            f"{len(val)} validation ratings; both must be non-empty (early stopping reads the "
+            "validation set): raise split.valid_fraction or use more data"
+        )
     ood = ratings[is_ood].reset_index(drop=True)
     return Split(name, seed, train, val, test, ood, _groups(ood, item_groups, min_group, order))
 

@@ -65,13 +65,17 @@ class TrainTables:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     def signature(self) -> str:
-        """Hash of shapes and ratings: keys checkpoints to the data they were trained on."""
+        """Hash of every table's shape and contents: keys checkpoints to the exact inputs
+        they were trained on."""
         h = hashlib.sha256()
         for k, v in self.as_dict().items():
             shapes = [a.shape for a in v] if isinstance(v, tuple) else v.shape
             h.update(f"{k}{shapes}".encode())
-        h.update(np.ascontiguousarray(self.rating).tobytes())
-        h.update(np.ascontiguousarray(self.pair_item).tobytes())
+        # contents too: a spec edit (buckets, vocabulary, templates) or another backbone
+        # changes the inputs without changing their shapes
+        for v in self.as_dict().values():
+            for a in v if isinstance(v, tuple) else (v,):
+                h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
 
 
@@ -169,7 +173,13 @@ def _gather(
     items = data["pair_item"][rows]  # [b]
     item_ids = data["item_ids"][items]  # [b, F_item]
     if drop_item is not None:  # train the OOV slot: the item looks unseen, its text remains
-        item_ids = jnp.where(drop_item[:, None], 0, item_ids)
+        n_user = data["user_ids"].shape[1]
+        col = head.item_id_feature - n_user  # the item id among the item columns
+        hide = jnp.zeros(item_ids.shape[1], bool)
+        hide = hide.at[col].set(True) if col >= 0 else jnp.ones(item_ids.shape[1], bool)
+        # the id reads its OOV slot; the item's other features are kept, as a cold start
+        # with fields sends them
+        item_ids = jnp.where(drop_item[:, None] & hide[None], 0, item_ids)
     ids = jnp.concatenate([data["user_ids"][users], item_ids], axis=1)  # [b, F]
     multi_hot = jnp.concatenate(
         [data["user_multi_hot"][users], data["multi_hot"][items]], axis=1

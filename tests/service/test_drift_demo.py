@@ -38,3 +38,21 @@ def test_window_means_come_from_deltas_between_scrapes():
     table = summary(series, switch=2)
     assert "| mean OOD score | 1.000 | 3.000 |" in table
     assert "| prediction PSI (end) | 0.050 | 0.400 |" in table
+
+
+def test_traffic_falls_back_to_cold_starts_when_every_item_was_trained_on(artifacts):
+    """The tiny artifact's features were fitted on all of its items (as after a random or
+    time split): the OOD side becomes new item ids carrying existing items' fields."""
+    import json
+
+    from model.features import FeatureSpec
+    from service.drift_demo import traffic
+    from service.entity_fields import check_fields, request_models
+
+    id_reqs, ood_reqs = traffic(artifacts.v1, 6, seed=0)
+    assert len(id_reqs) == len(ood_reqs) == 6
+    assert all(r["item_id"].startswith("drift-demo-new-") for r in ood_reqs)
+    assert all(r["item"].get("title") for r in ood_reqs)
+    json.dumps(ood_reqs)  # plain JSON values
+    features = FeatureSpec.from_json(json.loads((artifacts.v1 / "features.json").read_text()))
+    check_fields(request_models(features), [((), None, r["item"]) for r in ood_reqs])

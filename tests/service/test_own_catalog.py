@@ -51,7 +51,7 @@ key = "isbn"
 [items.columns]
 title = "text"
 author = "categorical"
-subjects = { type = "multi_categorical" }
+subjects = { type = "multi_categorical", sep = "|" }  # lists in the file; "a|b" at serving
 year = { type = "numeric", buckets = "quantile:4" }
 blurb = "text"
 
@@ -179,6 +179,17 @@ def test_served_over_http_with_its_own_fields_and_scale(books, compile_cache, tm
         )
         assert known.status_code == 200, known.text
         assert 0.0 <= known.json()["rating"] <= 10.0
+        # the catalog's ratings average about 6: answers on a 1-5 scale could not get there
+        pairs = [{"user_id": f"r{u:03d}", "item_id": f"978{i:07d}"} for u in range(5)
+                 for i in range(8)]  # fmt: skip
+        many = httpx.post(f"{srv.base}/predict-rating/batch", json={"requests": pairs}).json()
+        assert np.mean([p["rating"] for p in many["predictions"]]) > 5.0
+        # a delimited string of a column with `sep` reads as the list it stands for
+        as_list = {"user_id": "r002", "item_id": "x-1", "item": {"subjects": ["history", "poetry"]}}
+        as_text = {"user_id": "r002", "item_id": "x-1", "item": {"subjects": "history|poetry"}}
+        a = httpx.post(f"{srv.base}/predict-rating", json=as_list).json()
+        b = httpx.post(f"{srv.base}/predict-rating", json=as_text).json()
+        assert a["rating"] == b["rating"] and a["adapters"] == b["adapters"]
         cold = {
             "user_id": "r001",
             "item_id": "new-book",
@@ -201,7 +212,7 @@ def test_served_over_http_with_its_own_fields_and_scale(books, compile_cache, tm
         for bad, loc in (
             ({"item": {"genres": ["Comedy"]}}, ["body", "item", "genres"]),
             ({"user": {"age": "old"}}, ["body", "user", "age"]),
-            ({"item": {"subjects": "history"}}, ["body", "item", "subjects"]),
+            ({"item": {"subjects": {"a": 1}}}, ["body", "item", "subjects"]),
         ):
             r = httpx.post(
                 f"{srv.base}/predict-rating", json={"user_id": "r1", "item_id": "b", **bad}
@@ -286,3 +297,28 @@ def test_spec_errors_name_the_key(tmp_path):
     path.write_text(SPEC.replace("[rating_scale]\nmin = 0", "[rating_scale]\nminimum = 0"))
     with pytest.raises(SpecError, match=r"rating_scale.minimum: unknown key"):
         load_spec(path)
+
+
+def test_spec_refuses_what_would_serve_differently_than_it_trained(tmp_path):
+    from training.data import DataError, load_spec_dataset
+    from training.spec import SpecError, load_spec
+
+    path = write_books(tmp_path / "data")
+    # the key declared as a column: it always equals the id in training, never at serving
+    path.write_text(SPEC.replace('title = "text"', 'title = "text"\nisbn = "categorical"'))
+    with pytest.raises(SpecError, match=r"items.columns: 'isbn' is the table's key"):
+        load_spec(path)
+    # early stopping needs validation rows
+    path.write_text(SPEC.replace("valid_fraction = 0.1", "valid_fraction = 0"))
+    with pytest.raises(SpecError, match=r"split.valid_fraction"):
+        load_spec(path)
+    path.write_text(SPEC.replace('kind = "item_attribute"', 'kind = "time"\ncutoff = "soon"')
+                    .replace('column = "subjects"\n', "")
+                    .replace('in_distribution = ["fiction", "romance"]\n', ""))  # fmt: skip
+    with pytest.raises(SpecError, match=r"cutoff 'soon' is not a date"):
+        load_spec(path)
+    # a list in a column declared categorical
+    path.write_text(SPEC.replace('subjects = { type = "multi_categorical", sep = "|" }',
+                                 'subjects = "categorical"'))  # fmt: skip
+    with pytest.raises(DataError, match=r"books.jsonl: row 1, column 'subjects': holds a list"):
+        load_spec_dataset(load_spec(path))

@@ -84,6 +84,20 @@ def test_declared_fields_are_accepted_and_used(client):
     assert any("answered from the request's item fields" in w for w in body["warnings"])
 
 
+def test_categorical_values_are_read_as_training_read_them(client):
+    """A code sent as a number or a boolean is the same category as its text form."""
+    url = "/predict-rating"
+
+    def rating(user):
+        r = client.post(url, json={**OK, "user_id": "77", "user": user})
+        assert r.status_code == 200, r.text
+        return r.json()["rating"]
+
+    assert rating({"zip_code": "55105"}) == rating({"zip_code": 55105})
+    assert rating({"zip_code": 55105.0}) == rating({"zip_code": 55105})
+    assert rating({"occupation": True}) == rating({"occupation": "True"})
+
+
 def test_long_text_is_truncated_with_a_warning_not_refused(client):
     title = " ".join(["kolya"] * 400)  # far over the tiny backbone's 32 tokens
     r = client.post("/predict-rating", json={**OK, "item": {"title": title}})

@@ -184,6 +184,12 @@ def _typed_column(values: pd.Series, kind: str, sep: str | None, where: str, nam
         return numbers.astype(np.float64)
     if kind == "multi_categorical":
         return pd.Series([as_values(v, sep) for v in values], dtype=object)
+    lists = np.flatnonzero([isinstance(v, list | tuple | np.ndarray) for v in values])
+    if len(lists):
+        raise DataError(
+            f"{where}: {_row(int(lists[0]))}, column {name!r}: holds a list "
+            f"({values.iloc[int(lists[0])]!r}); declare it multi_categorical"
+        )
     text = _text(values)
     return text.where(text.ne(""), None).astype(object)
 
