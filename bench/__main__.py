@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench [--model artifacts/latest] [--output docs/BENCHMARKS.md]
         [--connections 1,8,32,128] [--requests 4000] [--seconds 20] [--cold 100]
-        [--skip encode,serve,variants,train,rss] [--reference-python PATH]
+        [--skip encode,serve,variants,rank,train,rss] [--reference-python PATH]
 
 Parts, each a figure next to a baseline measured in the same run:
 - serving (bench/serve.py): warm ``/predict-rating`` req/s, p50, p99 at each connection count
@@ -10,6 +10,9 @@ Parts, each a figure next to a baseline measured in the same run:
 - variants at the largest connection count <= 32: micro-batching off (``LEVI_MAX_BATCH=1``)
   and the Redis tier (``REDIS_URL`` set, in-process LRU off), each vs its own no-op and vs
   the default (micro-batching on, in-process cache only).
+- ranking and batch scoring (bench/rank.py): ``/rank`` with 1,000 candidates next to the
+  batch endpoint on the same pairs and the compute floor; the pair function (first-layer
+  decomposition) vs the whole head; the batch CLI on 1,000,000 pairs, cold and warm.
 - encoder (bench/encode.py): our jitted encoder vs the reference PyTorch implementation.
 - scaling (bench/scaling.py): the exported head and backbone by batch size and text length,
   each row relative to the smallest in the same run.
@@ -44,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("serve", "variants", "encode", "scaling", "train", "rss")
+PARTS = ("serve", "variants", "rank", "encode", "scaling", "train", "rss")
 TARGETS = {"noop_ratio": 0.75, "encode_ratio": 1.5, "train_s": 600.0, "warm_p99_ms": 20.0,
            "cold_p50_ms": 30.0}  # fmt: skip
 SERVE_LINE = re.compile(
@@ -357,6 +360,24 @@ def bench_scaling(args) -> Section:
     return sec
 
 
+def bench_rank(args) -> Section:
+    sec = Section("Ranking and batch scoring (bench/rank.py)")
+    code, out = run_module("bench.rank", ["--model", str(args.model)], None, timeout=1800)
+    if code != 0:
+        sec.skipped = f"bench/rank.py failed (exit {code}): {out.strip()[-500:]}"
+        return sec
+    sec.lines += [
+        "The vectorised scoring path: per-entity projections of the head's first layers "
+        "(first-layer decomposition), one pair function per batch. Targets: /rank 1,000 "
+        "candidates p50 <= 20 ms, p99 <= 40 ms; pair function >= 2x the whole head; batch CLI "
+        "1,000,000 pairs <= 40 s. The floor is the pair function's FLOPs over the GEMM rate "
+        "measured in the same run.",
+        "",
+        *[f"- {line}" for line in out.strip().splitlines()],
+    ]
+    return sec
+
+
 def training_timings(model: Path) -> tuple[dict[str, float], Path] | None:
     """Stage -> seconds from report.json ("timings") or report.md ("## Stage timings")."""
     candidates = [model / "report.json", model / "report.md"]
@@ -534,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(Section("Serving variants", skipped=missing_model))
         else:
             sections.append(bench_variants(args, results))
+    if "rank" not in skip:
+        if model is None:
+            sections.append(Section("Ranking and batch scoring", skipped=missing_model))
+        else:
+            sections.append(bench_rank(args))
     if "encode" not in skip:
         sections.append(bench_encode(args))
     if "scaling" not in skip:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAIR_SAMPLE = 512  # pair views: entity pairs tokenized to find the length buckets in use
-MIN_PAIR_CHUNK = 512  # the pair function runs on up to this many pairs per call
+MIN_PAIR_CHUNK = 1024  # the pair function runs on up to this many pairs per call
 ID_FIELD = {"user": "user_id", "item": "item_id"}
 
 
@@ -72,6 +72,13 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
         return array
     pad = np.zeros((rows - array.shape[0], *array.shape[1:]), dtype=array.dtype)
     return np.concatenate([array, pad], axis=0)
+
+
+def _padded_index(index: np.ndarray, start: int, stop: int, rows: int) -> np.ndarray:
+    """``index[start:stop]`` padded with zeros to ``rows`` entries."""
+    out = np.zeros(rows, np.int64)
+    out[: stop - start] = index[start:stop]
+    return out
 
 
 class Scorer:
@@ -245,8 +252,11 @@ class Scorer:
 
     # -- the decomposed path --------------------------------------------------------------
 
-    def _project(self, side: str, keys: Sequence[tuple[str, tuple]]) -> dict[str, np.ndarray]:
-        """Projections of new entities: ``model.decomposed`` parts + drift distances."""
+    def _project(
+        self, side: str, keys: Sequence[tuple[str, tuple]], *, store: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Projections of new entities: ``model.decomposed`` parts + drift distances, stored
+        in the side's projection cache unless ``store`` is False."""
         records, cold, warnings = self.resolve(side, keys)
         views = [self.views.views[v] for v in self._side_views[side]]
         texts = [
@@ -274,41 +284,40 @@ class Scorer:
         self.metrics.head_seconds.observe(time.perf_counter() - t0)
         parts = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
         parts["dist"] = self.drift.view_distances(acts, self._side_views[side]).sum(axis=1)
-        self.projections[side].put(keys, parts, cold, warnings)
+        if store:
+            self.projections[side].put(keys, parts, cold, warnings)
         return {**parts, "_cold": np.asarray(cold), "_warnings": warnings}
 
     def _side(self, side: str, keys: list[tuple[str, tuple]]):
-        """Parts ``[n_distinct, ...]`` of the distinct keys (cached or projected), their cold
-        flags and warnings, and each key's row in them."""
+        """One side's projections for the pairs' keys, without copying cached rows.
+
+        Returns:
+            ``(arrays, rows, cold, warnings, index)``: part arrays (the cache's own), each
+            pair's row in them ``[n]``, the distinct keys' cold flags and warnings, and each
+            pair's distinct key ``[n]``.
+        """
         distinct = list(dict.fromkeys(keys))
         row_of = {k: j for j, k in enumerate(distinct)}
         index = np.fromiter((row_of[k] for k in keys), np.int64, len(keys))
         cache = self.projections[side]
         found = cache.lookup(distinct)
-        shapes = {k: a.shape[1:] for k, a in cache.arrays.items()}
-        parts = {k: np.empty((len(distinct), *s), np.float32) for k, s in shapes.items()}
-        cold = np.zeros(len(distinct), bool)
-        warnings: list[tuple[str, ...]] = [NO_WARNINGS] * len(distinct)
-        if found:
-            hit = [row_of[k] for k in found]
-            slots = list(found.values())
-            for k, v in cache.take(slots).items():
-                parts[k][hit] = v
-            cold[hit] = [s.cold for s in slots]
-            for j, s in zip(hit, slots, strict=True):
-                warnings[j] = s.warnings
         missing = [k for k in distinct if k not in found]
         self.metrics.projection_lookups.labels(side=side, result="hit").inc(len(found))
         if missing:
             self.metrics.projection_lookups.labels(side=side, result="miss").inc(len(missing))
-            new = self._project(side, missing)
-            rows = [row_of[k] for k in missing]
-            for k in parts:
-                parts[k][rows] = new[k]
-            cold[rows] = new["_cold"]
-            for j, w in zip(rows, new["_warnings"], strict=True):
-                warnings[j] = w
-        return parts, cold, warnings, index
+        if len(distinct) > cache.capacity:  # more than the cache holds: this batch's own rows
+            new = self._project(side, distinct, store=False)
+            arrays = {k: new[k] for k in cache.arrays}
+            return arrays, index, new["_cold"], new["_warnings"], index
+        if missing:
+            # Stored in the cache's arrays; what they evict is older than every key here.
+            self._project(side, missing)
+            found = cache.lookup(distinct)
+        slots = [found[k] for k in distinct]
+        slot_rows = np.fromiter((s.row for s in slots), np.int64, len(slots))
+        cold = np.fromiter((s.cold for s in slots), bool, len(slots))
+        warnings = [s.warnings for s in slots]
+        return cache.arrays, slot_rows[index], cold, warnings, index
 
     def _score_decomposed(self, inputs: Sequence[ScoreInput]) -> ScoreBatch:
         sides = {}
@@ -318,16 +327,18 @@ class Scorer:
                 for r in inputs
             ]
             sides[side] = self._side(side, keys)
-        (u_parts, u_cold, u_warn, u_index), (i_parts, i_cold, i_warn, i_index) = (
-            sides["user"],
-            sides["item"],
-        )
+        u_parts, u_rows, u_cold, u_warn, u_index = sides["user"]
+        i_parts, i_rows, i_cold, i_warn, i_index = sides["item"]
         model_parts = [k for k in u_parts if k != "dist"]
         n = len(inputs)
 
         def call(start: int, stop: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-            u = {k: _pad_rows(u_parts[k][u_index[start:stop]], rows) for k in model_parts}
-            i = {k: _pad_rows(i_parts[k][i_index[start:stop]], rows) for k in model_parts}
+            # One gather per part straight into the padded shape (padding rows read row 0;
+            # their answers are dropped).
+            ui = _padded_index(u_rows, start, stop, rows)
+            ii = _padded_index(i_rows, start, stop, rows)
+            u = {k: u_parts[k][ui] for k in model_parts}
+            i = {k: i_parts[k][ii] for k in model_parts}
             adapters, rating = self.artifact.pair(u, i)
             return adapters[: stop - start], rating[: stop - start]
 
@@ -340,7 +351,7 @@ class Scorer:
             (u_warn[a] + i_warn[b]) if (u_warn[a] or i_warn[b]) else NO_WARNINGS
             for a, b in zip(u_index.tolist(), i_index.tolist(), strict=True)
         )
-        dist = (u_parts["dist"][u_index] + i_parts["dist"][i_index]) / self.views.n_views
+        dist = (u_parts["dist"][u_rows] + i_parts["dist"][i_rows]) / self.views.n_views
         return self._finish(adapters, rating, u_cold[u_index], i_cold[i_index], warnings, dist)
 
     # -- the whole-head path (pair views) --------------------------------------------------

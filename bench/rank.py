@@ -1,0 +1,232 @@
+"""Ranking and batch-scoring benchmark (the vectorised scoring path), each figure next to a
+baseline or a floor measured in the same run.
+
+    .venv/bin/python -m bench.rank --model artifacts/latest [--requests 100] [--pairs 1000000]
+
+- ``POST /rank`` with 1,000 candidates for one user over HTTP, caches warm: p50 / p99, next
+  to ``POST /predict-rating/batch`` with the same 1,000 pairs, and the compute floor: the
+  pair function's FLOPs per pair x 1,000 / the GEMM rate measured in this run.
+- the pair function (first-layer decomposition) vs the whole exported head at batch 128:
+  pairs/s of each and the ratio.
+- the batch CLI on ``--pairs`` generated pairs of known users and items (wall time with
+  start-up), next to the exported pair function alone on the same number of pairs.
+
+Targets (issue 12): rank p50 <= 20 ms, p99 <= 40 ms; pair function >= 2x the whole head;
+batch CLI 1,000,000 pairs <= 40 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.serve import _free_port, _wait
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"rank_p50_ms": 20.0, "rank_p99_ms": 40.0, "pair_ratio": 2.0, "batch_1m_s": 40.0}
+
+
+def pair_flops(cfg) -> float:
+    """Multiply-adds x 2 of the pair function per pair (the first layer's sums excluded)."""
+    macs = 0
+    dims = list(cfg.mlp_dims)
+    for a, b in zip(dims, dims[1:], strict=False):
+        macs += a * b
+    hidden = cfg.adapter_hidden or 1
+    macs += cfg.n_adapters * (dims[-1] * hidden + hidden)
+    macs += cfg.factor_dim
+    return 2.0 * macs
+
+
+def gemm_rate(n: int = 1000, k: int = 256, m: int = 256, repeats: int = 30) -> float:
+    """FLOP/s of a jitted float32 ``[n, k] @ [k, m]`` on this machine (median)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, k), jnp.float32)
+    b = jnp.ones((k, m), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2.0 * n * k * m / float(np.median(times))
+
+
+def _median_s(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def head_vs_pair(art, rows: int = 128, repeats: int = 30) -> dict:
+    """Pairs/s of the whole head and of the pair function at ``rows`` pairs per call."""
+    from model.decomposed import part_widths
+
+    cfg = art.head_config
+    n_views, n_layers, d = art.reference.activation_mean.shape
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.integers(0, v, rows) for v in cfg.vocab_sizes], 1).astype(np.int32)
+    mh = np.zeros((rows, cfg.n_multi_hot), np.float32)
+    acts = rng.normal(size=(rows, n_views, n_layers, d)).astype(np.float32)
+    parts = {k: rng.normal(size=(rows, *w)).astype(np.float32) for k, w in part_widths(cfg).items()}
+    whole = _median_s(lambda: art.score(ids, mh, acts), repeats)
+    pair = _median_s(lambda: art.pair(parts, parts), repeats)
+    return {"whole_pps": rows / whole, "pair_pps": rows / pair}
+
+
+def _percentiles(times: list[float]) -> tuple[float, float]:
+    ms = np.asarray(times) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def rank_over_http(model: Path, requests: int, seed: int = 0) -> dict:
+    """p50/p99 of /rank (1,000 candidates) and /predict-rating/batch (the same pairs)."""
+    import pandas as pd
+
+    users = pd.read_parquet(model / "users.parquet")["user_id"].astype(str).tolist()
+    items = pd.read_parquet(model / "items.parquet")["item_id"].astype(str).tolist()
+    rng = np.random.default_rng(seed)
+    port = _free_port()
+    env = {**os.environ, "LEVI_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+    env.pop("REDIS_URL", None)
+    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+           "--model", str(model)]  # fmt: skip
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait(f"{base}/readyz", proc, 600)
+            user_pool = rng.choice(users, 8, replace=False).tolist()
+            candidates = [{"item_id": i} for i in rng.choice(items, 1000, replace=False)]
+            out = {}
+            with httpx.Client(timeout=60) as client:
+                for u in user_pool:  # warm: every activation and projection computed once
+                    client.post(f"{base}/rank", json={"user_id": u, "candidates": candidates})
+                for name, path, body in (
+                    ("rank", "/rank", lambda u: {"user_id": u, "candidates": candidates}),
+                    ("batch", "/predict-rating/batch",
+                     lambda u: {"requests": [{"user_id": u, **c} for c in candidates]}),
+                ):  # fmt: skip
+                    times = []
+                    for k in range(requests):
+                        payload = body(user_pool[k % len(user_pool)])
+                        t = time.perf_counter()
+                        r = client.post(f"{base}{path}", json=payload)
+                        times.append(time.perf_counter() - t)
+                        assert r.status_code == 200, r.text[:300]
+                    out[name] = _percentiles(times)
+            return out
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def batch_cli(model: Path, pairs: int, seed: int = 0, runs: int = 2) -> list[dict]:
+    """Wall time of ``python -m service.batch`` on ``pairs`` generated pairs, ``runs`` times.
+
+    The runs share a fresh compilation cache and, when ``REDIS_URL`` answers, a fresh Redis
+    key prefix: the first run starts cold (compiles, encodes every entity text), the later
+    ones find both warm, as a nightly job next to serving replicas does.
+    """
+    import uuid
+
+    import pandas as pd
+
+    users = pd.read_parquet(model / "users.parquet")["user_id"].astype(str).to_numpy()
+    items = pd.read_parquet(model / "items.parquet")["item_id"].astype(str).to_numpy()
+    rng = np.random.default_rng(seed)
+    out_runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "pairs.parquet"
+        pd.DataFrame(
+            {"user_id": rng.choice(users, pairs), "item_id": rng.choice(items, pairs)}
+        ).to_parquet(src, index=False)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "LEVI_COMPILATION_CACHE_DIR": str(Path(tmp) / "xla"),
+            "LEVI_CACHE_KEY_PREFIX": f"levi:bench:{uuid.uuid4().hex[:8]}",
+        }
+        redis = _redis_up(env.get("REDIS_URL"))
+        if not redis:
+            env.pop("REDIS_URL", None)
+        for k in range(runs):
+            out = Path(tmp) / f"scored-{k}.parquet"
+            cmd = [sys.executable, "-m", "service.batch", "--model", str(model), "--input",
+                   str(src), "--output", str(out), "--no-progress"]  # fmt: skip
+            t = time.perf_counter()
+            done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            if done.returncode != 0:
+                raise SystemExit(f"batch CLI failed: {done.stderr[-2000:]}")
+            rows = len(pd.read_parquet(out, columns=["rating"]))
+            out_runs.append({"wall_s": wall, "rows": rows, "redis": redis})
+    return out_runs
+
+
+def _redis_up(url: str | None) -> bool:
+    if not url:
+        return False
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
+    except Exception:  # any failure means: run without Redis
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, default=ROOT / "artifacts" / "latest")
+    p.add_argument("--requests", type=int, default=100)
+    p.add_argument("--pairs", type=int, default=1_000_000)
+    p.add_argument("--skip", default="", help="comma list of rank,head,batch")
+    args = p.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    from model.artifact import load_artifact
+
+    art = load_artifact(args.model)
+    rate = gemm_rate()
+    flops = pair_flops(art.head_config)
+    floor_ms = flops * 1000 / rate * 1000
+    print(f"GEMM rate {rate / 1e9:.1f} GFLOP/s; pair function {flops / 1e6:.2f} MFLOP per pair;"
+          f" compute floor for 1,000 pairs {floor_ms:.1f} ms")  # fmt: skip
+    if "head" not in skip:
+        h = head_vs_pair(art)
+        print(f"batch 128: whole head {h['whole_pps']:,.0f} pairs/s, pair function "
+              f"{h['pair_pps']:,.0f} pairs/s, ratio {h['pair_pps'] / h['whole_pps']:.2f} "
+              f"(target >= {TARGETS['pair_ratio']:g})")  # fmt: skip
+    if "rank" not in skip:
+        r = rank_over_http(args.model, args.requests)
+        print(f"/rank 1,000 candidates: p50 {r['rank'][0]:.1f} ms, p99 {r['rank'][1]:.1f} ms "
+              f"(targets {TARGETS['rank_p50_ms']:g} / {TARGETS['rank_p99_ms']:g}); "
+              f"/predict-rating/batch same pairs: p50 {r['batch'][0]:.1f} ms, p99 "
+              f"{r['batch'][1]:.1f} ms; floor {floor_ms:.1f} ms")  # fmt: skip
+    if "batch" not in skip:
+        floor_s = args.pairs * flops / rate
+        for k, b in enumerate(batch_cli(args.model, args.pairs)):
+            state = "cold (first run: compiles, encodes every text)" if k == 0 else "warm"
+            tier = "with Redis" if b["redis"] else "without Redis"
+            print(f"batch CLI {state}, {tier}: {b['rows']:,} pairs in {b['wall_s']:.1f} s wall "
+                  f"with start-up (target {TARGETS['batch_1m_s']:g} s for 1,000,000); "
+                  f"pair-function floor {floor_s:.1f} s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
