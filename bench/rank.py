@@ -10,6 +10,7 @@ baseline or a floor measured in the same run.
   pairs/s of each and the ratio.
 - the batch CLI on ``--pairs`` generated pairs of known users and items (wall time with
   start-up), next to the exported pair function alone on the same number of pairs.
+- the service's start-up time and RSS with 1,000 / 100,000 / 1,000,000 generated items.
 
 Targets (issue 12): rank p50 <= 20 ms, p99 <= 40 ms; pair function >= 2x the whole head;
 batch CLI 1,000,000 pairs <= 40 s.
@@ -190,12 +191,65 @@ def _redis_up(url: str | None) -> bool:
         return False
 
 
+def with_items(model: Path, n_items: int, dest: Path) -> Path:
+    """A copy of the artifact whose items table holds ``n_items`` generated items (new ids,
+    the original items' fields cycled), its manifest checksum updated."""
+    import hashlib
+    import json
+    import shutil
+
+    import pandas as pd
+
+    shutil.copytree(model.resolve(), dest)
+    items = pd.read_parquet(dest / "items.parquet")
+    big = items.iloc[np.arange(n_items) % len(items)].reset_index(drop=True)
+    big["item_id"] = [f"gen-{k}" for k in range(n_items)]
+    big.to_parquet(dest / "items.parquet", index=False)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    digest = hashlib.sha256((dest / "items.parquet").read_bytes()).hexdigest()
+    manifest["files"]["items.parquet"] = digest
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return dest
+
+
+def start_and_rss(model: Path) -> tuple[float, float]:
+    """Seconds from ``python -m service`` to /readyz 200, and its RSS (MiB) then."""
+    port = _free_port()
+    env = {**os.environ, "LEVI_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+    env.pop("REDIS_URL", None)
+    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+           "--model", str(model)]  # fmt: skip
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        _wait(f"http://127.0.0.1:{port}/readyz", proc, 900)
+        seconds = time.perf_counter() - t
+        with open(f"/proc/{proc.pid}/status") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+        return seconds, rss
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def entities(model: Path, sizes=(1_000, 100_000, 1_000_000)) -> list[str]:
+    """Start-up and RSS of the service by the size of its items table."""
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        start_and_rss(model)  # a first start fills the compilation cache, if one is on
+        for n in sizes:
+            seconds, rss = start_and_rss(with_items(model, n, Path(tmp) / f"items-{n}"))
+            lines.append(f"{n:,} items: ready after {seconds:.1f} s, RSS {rss:.0f} MiB")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=ROOT / "artifacts" / "latest")
     p.add_argument("--requests", type=int, default=100)
     p.add_argument("--pairs", type=int, default=1_000_000)
-    p.add_argument("--skip", default="", help="comma list of rank,head,batch")
+    p.add_argument("--skip", default="", help="comma list of rank,head,batch,entities")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     from model.artifact import load_artifact
@@ -225,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"batch CLI {state}, {tier}: {b['rows']:,} pairs in {b['wall_s']:.1f} s wall "
                   f"with start-up (target {TARGETS['batch_1m_s']:g} s for 1,000,000); "
                   f"pair-function floor {floor_s:.1f} s")  # fmt: skip
+    if "entities" not in skip:
+        for line in entities(args.model):
+            print(f"service start-up with {line}")
     return 0
 
 

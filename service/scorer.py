@@ -120,7 +120,15 @@ class Scorer:
         )
         self.decomposed = artifact.decomposed
         self.head_buckets = batch_buckets(max_batch)
-        self.pair_buckets = batch_buckets(max(max_batch, MIN_PAIR_CHUNK))
+        # Pair calls: the micro-batch sizes, then x4 steps up to 1,024 (rankings, batch jobs):
+        # fewer shapes to compile, at most 4x padding on a large call.
+        large, size = [], self.head_buckets[-1] * 4
+        while size < MIN_PAIR_CHUNK:
+            large.append(size)
+            size *= 4
+        if MIN_PAIR_CHUNK > self.head_buckets[-1]:
+            large.append(MIN_PAIR_CHUNK)
+        self.pair_buckets = self.head_buckets + tuple(large)
         self.backbone_buckets = batch_buckets(max_batch * self.views.n_views)
         self.tables = {
             "user": EntityTable(artifact.users, "user_id"),

@@ -10,9 +10,11 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, status
 
 from service.deps import EngineDep, SettingsDep
+from service.entity_fields import check_fields
 from service.results import ScoreBatch, adapter_list
-from service.routes.predict import ERRORS, checked_inputs, json_response, score
+from service.routes.predict import ERRORS, json_response, not_ready, score
 from service.schemas import RankRequest, RankResponse
+from service.scorer import ScoreInput
 
 router = APIRouter(tags=["predictions"])
 
@@ -53,14 +55,16 @@ async def rank(body: RankRequest, engine: EngineDep, settings: SettingsDep):
             f"candidates: {len(body.candidates)} entries; at most {limit} per call "
             "(LEVI_MAX_RANK_CANDIDATES; split the list)",
         )
-    payloads = [(("body",), body.user_id, "", body.user, None)]  # the user's fields, once
-    payloads += [
-        (("body", "candidates", i), body.user_id, c.item_id, None, c.item)
-        for i, c in enumerate(body.candidates)
-    ]
-    checked = checked_inputs(engine, payloads)
-    user = checked[0].user
+    scorer = engine.scorer
+    if scorer is None:
+        raise not_ready(engine)
+    # The user's fields once, each candidate's item fields: 422s name the field.
+    payloads = [(("body",), body.user, None)]
+    payloads += [(("body", "candidates", i), None, c.item) for i, c in enumerate(body.candidates)]
+    fields = check_fields(scorer.request_models, payloads)
+    user = fields[0][0]
     inputs = [
-        type(c)(user_id=c.user_id, item_id=c.item_id, user=user, item=c.item) for c in checked[1:]
+        ScoreInput(body.user_id, c.item_id, user, item)
+        for c, (_, item) in zip(body.candidates, fields[1:], strict=True)
     ]
     return json_response(ranked(body, await score(engine, settings, inputs)))

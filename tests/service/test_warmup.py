@@ -27,7 +27,7 @@ def test_warm_up_covers_every_batch_and_length_bucket_in_use(warmed):
     art, scorer = warmed
     assert scorer.backbone_buckets == (1, 2, 4)  # max_batch 2 x 2 views
     assert scorer.head_buckets == (1, 2)
-    assert scorer.pair_buckets == tuple(2**k for k in range(10))  # up to 512 pairs per call
+    assert scorer.pair_buckets == (1, 2, 8, 32, 128, 512, 1024)  # then x4 up to 1,024
     assert scorer.length_buckets == tuple(art.manifest["backbone"]["length_buckets"]) == (16, 32)
     lengths = scorer.length_buckets_in_use()
     assert lengths == (16, 32)
