@@ -126,7 +126,7 @@ class Scorer:
         while size < MIN_PAIR_CHUNK:
             large.append(size)
             size *= 4
-        if MIN_PAIR_CHUNK > self.head_buckets[-1]:
+        if self.head_buckets[-1] < MIN_PAIR_CHUNK:
             large.append(MIN_PAIR_CHUNK)
         self.pair_buckets = self.head_buckets + tuple(large)
         self.backbone_buckets = batch_buckets(max_batch * self.views.n_views)
