@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.scaling import median_seconds
 from bench.serve import _free_port, _wait
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,16 +65,6 @@ def gemm_rate(n: int = 1000, k: int = 256, m: int = 256, repeats: int = 30) -> f
     return 2.0 * n * k * m / float(np.median(times))
 
 
-def _median_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def head_vs_pair(art, rows: int = 128, repeats: int = 30) -> dict:
     """Pairs/s of the whole head and of the pair function at ``rows`` pairs per call."""
     from model.decomposed import part_widths
@@ -85,8 +76,8 @@ def head_vs_pair(art, rows: int = 128, repeats: int = 30) -> dict:
     mh = np.zeros((rows, cfg.n_multi_hot), np.float32)
     acts = rng.normal(size=(rows, n_views, n_layers, d)).astype(np.float32)
     parts = {k: rng.normal(size=(rows, *w)).astype(np.float32) for k, w in part_widths(cfg).items()}
-    whole = _median_s(lambda: art.score(ids, mh, acts), repeats)
-    pair = _median_s(lambda: art.pair(parts, parts), repeats)
+    whole = median_seconds(lambda: art.score(ids, mh, acts), repeats)
+    pair = median_seconds(lambda: art.pair(parts, parts), repeats)
     return {"whole_pps": rows / whole, "pair_pps": rows / pair}
 
 

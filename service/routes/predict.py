@@ -58,6 +58,20 @@ def checked_inputs(engine: Engine, payloads: Sequence[Payload]) -> list[ScoreInp
     ]
 
 
+def refuse_larger_than(count: int, limit: int, field: str, setting: str) -> None:
+    """413 when a body lists more entries than one call may (a request larger than the queue
+    bound could never be admitted: not a 503 that retrying cannot fix).
+
+    Raises:
+        HTTPException: 413 naming the field, the limit and its setting.
+    """
+    if count > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"{field}: {count} entries; at most {limit} per call ({setting}; split the list)",
+        )
+
+
 def json_response(content: object) -> Response:
     """The answer serialised once from plain values (orjson), not through pydantic models."""
     return Response(dumps(content), media_type="application/json")
@@ -92,13 +106,8 @@ async def predict_rating(body: PredictRequest, engine: EngineDep, settings: Sett
 @router.post("/predict-rating/batch", responses=ERRORS, response_model=BatchPredictResponse)
 async def predict_rating_batch(body: BatchPredictRequest, engine: EngineDep, settings: SettingsDep):
     """Predict several pairs; answers keep the order of ``requests``."""
-    # A batch larger than the queue bound could never be admitted: 413, not a 503 to retry.
     limit = min(settings.max_batch_request, settings.queue_bound)
-    if len(body.requests) > limit:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"requests: {len(body.requests)} entries; at most {limit} per call (split the batch)",
-        )
+    refuse_larger_than(len(body.requests), limit, "requests", "LEVI_MAX_BATCH_REQUEST")
     inputs = checked_inputs(
         engine,
         [

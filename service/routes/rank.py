@@ -7,12 +7,18 @@ same for the same pairs); the user's side of the head is computed once for all c
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 
 from service.deps import EngineDep, SettingsDep
 from service.entity_fields import check_fields
 from service.results import ScoreBatch, adapter_list
-from service.routes.predict import ERRORS, json_response, not_ready, score
+from service.routes.predict import (
+    ERRORS,
+    json_response,
+    not_ready,
+    refuse_larger_than,
+    score,
+)
 from service.schemas import RankRequest, RankResponse
 from service.scorer import ScoreInput
 
@@ -49,12 +55,7 @@ def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
 async def rank(body: RankRequest, engine: EngineDep, settings: SettingsDep):
     """Rank candidate items for one user by predicted rating (``top_k`` to cut the list)."""
     limit = min(settings.max_rank_candidates, settings.queue_bound)
-    if len(body.candidates) > limit:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"candidates: {len(body.candidates)} entries; at most {limit} per call "
-            "(LEVI_MAX_RANK_CANDIDATES; split the list)",
-        )
+    refuse_larger_than(len(body.candidates), limit, "candidates", "LEVI_MAX_RANK_CANDIDATES")
     scorer = engine.scorer
     if scorer is None:
         raise not_ready(engine)

@@ -356,6 +356,25 @@ def server(artifacts, redis_url, redis_proxy, key_prefix, compile_cache, tmp_pat
         yield srv
 
 
+@contextlib.contextmanager
+def loaded_client(model_dir: Path, compile_cache: Path, **settings: Any) -> Iterator[Any]:
+    """A ``fastapi.testclient.TestClient`` on the real app, returned once the model is warm."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    config = Settings(
+        model_dir=model_dir, redis_url=None, compilation_cache_dir=compile_cache, **settings
+    )
+    with TestClient(create_app(config)) as c:
+        until = time.monotonic() + 240
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < until, c.get("/readyz").text
+            time.sleep(0.05)
+        yield c
+
+
 def direct_scores(art, pairs: list[dict]) -> list[dict]:
     """What the artifact itself answers, one pair and one text at a time (no service code).
 

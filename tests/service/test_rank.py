@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from fastapi.testclient import TestClient
-
-from service.app import create_app
-from service.settings import Settings
+from conftest import loaded_client
 
 
 @pytest.fixture(scope="module")
 def client(artifacts, compile_cache):
-    settings = Settings(
-        model_dir=artifacts.v1, redis_url=None, compilation_cache_dir=compile_cache,
-        max_rank_candidates=50, max_batch=4,
-    )  # fmt: skip
-    with TestClient(create_app(settings)) as c:
-        until = time.monotonic() + 240
-        while c.get("/readyz").status_code != 200:
-            assert time.monotonic() < until, c.get("/readyz").text
-            time.sleep(0.05)
+    with loaded_client(artifacts.v1, compile_cache, max_rank_candidates=50, max_batch=4) as c:
         yield c
 
 

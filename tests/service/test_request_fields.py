@@ -7,26 +7,15 @@ tests/service/conftest.py.
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from conftest import ITEMS
-from fastapi.testclient import TestClient
-
-from service.app import create_app
-from service.settings import Settings
+from conftest import ITEMS, loaded_client
 
 OK = {"user_id": "1", "item_id": "10"}
 
 
 @pytest.fixture(scope="module")
 def client(artifacts, compile_cache):
-    settings = Settings(model_dir=artifacts.v1, redis_url=None, compilation_cache_dir=compile_cache)
-    with TestClient(create_app(settings)) as c:
-        until = time.monotonic() + 240
-        while c.get("/readyz").status_code != 200:
-            assert time.monotonic() < until, c.get("/readyz").text
-            time.sleep(0.05)
+    with loaded_client(artifacts.v1, compile_cache) as c:
         yield c
 
 
