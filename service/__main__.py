@@ -18,9 +18,7 @@ from pydantic import ValidationError
 
 from service.logs import log_config
 from service.settings import Settings, describe_settings_error
-from service.workers import prepare_shared_dir, remove_shared_dir
-
-WORKER_START_TIMEOUT_S = 300
+from service.workers import prepare_shared_dir, remove_shared_dir, startup_failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,11 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             log_config=log_config(settings.log_level, settings.log_format),
             log_level=settings.log_level,
             access_log=False,
-            # With several workers: how long uvicorn's supervisor waits for a replacement
-            # worker (a reload, service/workers.py) to take connections, which it does once
-            # its model is warm; also how long a worker may leave its health ping unanswered.
-            timeout_worker_healthcheck=WORKER_START_TIMEOUT_S,
         )
+        if failures := startup_failures(shared):
+            print(f"error: no worker could start: {'; '.join(failures)}", file=sys.stderr)
+            return 3  # uvicorn's start-up failure status
     finally:
         remove_shared_dir(shared)
     return 0

@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.wait_ready()
             if engine.scorer is None:
                 await engine.stop()
+                group.mark_failed(engine.not_ready_reason())
                 raise RuntimeError(f"this worker cannot serve: {engine.not_ready_reason()}")
         try:
             yield

@@ -16,6 +16,7 @@ import datetime as dt
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from service.metrics import Metrics
 from service.scorer import ScoreInput, Scorer, ScoreResult
 from service.settings import Settings
 from service.warmup import CompiledShapes, start_background, warm_first, warm_rest
-from service.workers import WorkerGroup
+from service.workers import WorkerGroup, WorkerState
 
 if TYPE_CHECKING:
     from model.artifact import Artifact
@@ -167,6 +168,9 @@ class Engine:
         )
         self._reload_lock = asyncio.Lock()
         self._initial: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self._background: tuple[CompiledShapes, threading.Thread] | None = None
+        self.generation = 0  # the last reload of the worker group applied (several workers)
 
     @property
     def ready(self) -> bool:
@@ -206,7 +210,15 @@ class Engine:
             log.info("model %s: every shape compiled (%.1fs in the background)",
                      scorer.model_version, seconds)  # fmt: skip
 
-        start_background(scorer, shapes, done)
+        self._background = (shapes, start_background(scorer, shapes, done))
+
+    async def _stop_background(self) -> None:
+        """End the background warm-up after its current shape (a swap or shutdown)."""
+        if self._background is not None:
+            shapes, thread = self._background
+            self._background = None
+            shapes.stopping.set()
+            await asyncio.to_thread(thread.join)
 
     def _install(self, scorer: Scorer, path: Path) -> None:
         self.scorer = scorer  # the swap: one reference assignment
@@ -217,7 +229,9 @@ class Engine:
         self.metrics.set_model(scorer.model_version, backbone)
         logs.set_model_version(scorer.model_version)
         if self.group is not None:
-            self.group.mark_ready(scorer.model_version, backbone)
+            self.group.announce(
+                WorkerState(os.getpid(), scorer.model_version, backbone, self.generation)
+            )
 
     async def _freeze(self) -> None:
         # On the scorer thread, after the batch in flight: that batch may still hold the
@@ -242,6 +256,9 @@ class Engine:
 
     async def _load_initial(self) -> None:
         path = self.settings.model_dir
+        applied = self.group.serving() if self.group is not None else None
+        if applied is not None:  # a worker started after a reload serves what the others do
+            path, self.generation = Path(applied.path), applied.generation
         t0 = time.perf_counter()
         try:
             staged = self.settings.warmup == "first"
@@ -258,13 +275,48 @@ class Engine:
         )  # fmt: skip
         if staged:
             self._warm_rest_in_background(scorer, shapes)
+        if self.group is not None:
+            self._watcher = asyncio.create_task(self._watch_reloads(), name="levi-reloads")
+
+    async def _watch_reloads(self, interval_s: float = 0.25) -> None:
+        """Several workers: apply every reload the group asks for (service/workers.py)."""
+        assert self.group is not None
+        while True:
+            await asyncio.sleep(interval_s)
+            request = self.group.reload_request()
+            if request is None or request.generation <= self.generation:
+                continue
+            error = None
+            try:
+                await self.reload(Path(request.path), generation=request.generation)
+            except ReloadConflictError:
+                continue  # one is running here; the request is looked at again
+            except ReloadError as e:
+                error = str(e)
+            except Exception as e:  # keep watching: the old model serves on
+                log.exception("reload from %s failed", request.path)
+                error = f"{type(e).__name__}: {e}"
+            if error is not None:
+                self.generation = request.generation
+                scorer = self.scorer
+                backbone = scorer.artifact.manifest.get("backbone", {}) if scorer else {}
+                self.group.announce(WorkerState(
+                    os.getpid(), scorer.model_version if scorer else "none",
+                    str(backbone.get("name", "unknown")), self.generation, error,
+                ))  # fmt: skip
 
     async def wait_ready(self) -> None:
         if self._initial is not None:
             await self._initial
 
-    async def reload(self, path: Path | None) -> tuple[str, str, float]:
+    async def reload(
+        self, path: Path | None, *, generation: int | None = None
+    ) -> tuple[str, str, float]:
         """Load, warm and swap in a new model.
+
+        Args:
+            generation: the worker group's reload this is (several workers), announced with
+                the new model.
 
         Returns:
             ``(previous version, new version, seconds)``.
@@ -288,6 +340,10 @@ class Engine:
                     f"artifact {target} refused ({type(e).__name__}: {e}); "
                     f"still serving model {previous}"
                 ) from e
+            await self._stop_background()  # the old model's: the new one is all compiled
+            if generation is not None and self.group is not None:
+                self.generation = generation
+                self.group.record_serving(target, generation)
             self._install(scorer, target)
             await self._freeze()
             self.metrics.model_reloads.labels(result="success").inc()
@@ -296,8 +352,10 @@ class Engine:
             return previous, scorer.model_version, seconds
 
     async def stop(self) -> None:
-        if self._initial is not None and not self._initial.done():
-            self._initial.cancel()
+        for task in (self._initial, self._watcher):
+            if task is not None and not task.done():
+                task.cancel()
+        await self._stop_background()
         await self.batcher.stop()
         if self.redis is not None:
             self.redis.close()

@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class WarmupStopped(RuntimeError):
+    """The background stage was asked to stop (shutdown, or another model swapped in)."""
+
+
 @dataclass(frozen=True, order=True)
 class Shape:
     """One compiled specialization: ``function`` ("backbone" or "head") at ``rows`` x
@@ -106,6 +110,7 @@ class CompiledShapes:
         self.compiled: set[Shape] = set()
         self.pending: set[Shape] = set()
         self.complete = False  # everything compiled: calls go straight to the artifact
+        self.stopping = threading.Event()  # the background stage ends after its current shape
         self._warming_thread: int | None = None
         self._lock = threading.Lock()
 
@@ -133,6 +138,8 @@ class CompiledShapes:
         """Compile ``shapes`` in order (those not compiled yet); seconds taken."""
         t0 = time.perf_counter()
         for s in shapes:
+            if self.stopping.is_set():
+                raise WarmupStopped("stopped before every shape was compiled")
             if s not in self.compiled:
                 self.compile(s)
         return time.perf_counter() - t0
@@ -295,6 +302,8 @@ def warm_rest(scorer: Scorer, shapes: CompiledShapes) -> float:
     scorer's own warm-up; seconds taken. Calls go straight to the artifact afterwards."""
     t0 = time.perf_counter()
     shapes.compile_all(background_order(full_plan(scorer), shapes.compiled))
+    if shapes.stopping.is_set():
+        raise WarmupStopped("stopped before the scorer's own warm-up")
     with shapes.warming():
         scorer.warm_up()
     shapes.complete = True
@@ -305,17 +314,23 @@ def warm_rest(scorer: Scorer, shapes: CompiledShapes) -> float:
 def start_background(
     scorer: Scorer, shapes: CompiledShapes, done: Callable[[float], None] | None = None
 ) -> threading.Thread:
-    """Run :func:`warm_rest` on a daemon thread; ``done(seconds)`` when it has finished."""
+    """Run :func:`warm_rest` on a thread; ``done(seconds)`` when it has finished.
+
+    Stop it with ``shapes.stopping.set()`` and join the thread before the process exits: a
+    thread inside an XLA compile at interpreter exit crashes the process.
+    """
 
     def run() -> None:
         try:
             seconds = warm_rest(scorer, shapes)
+        except WarmupStopped:
+            return
         except Exception:  # serving goes on from the shapes compiled so far
             log.exception("background warm-up of model %s failed", scorer.model_version)
             return
         if done is not None:
             done(seconds)
 
-    thread = threading.Thread(target=run, name="levi-warmup", daemon=True)
+    thread = threading.Thread(target=run, name="levi-warmup")
     thread.start()
     return thread

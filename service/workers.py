@@ -1,4 +1,4 @@
-"""Several uvicorn workers behind one port: shared metrics and a readiness they agree on.
+"""Several uvicorn workers behind one port: shared metrics, one readiness, one reload.
 
 ``python -m service --workers N`` (N > 1) creates a fresh directory before uvicorn starts the
 workers (:func:`prepare_shared_dir`) and names it in ``PROMETHEUS_MULTIPROC_DIR``, which every
@@ -6,31 +6,37 @@ worker inherits. In it:
 
 - prometheus-client's per-process value files (``counter_<pid>.db``, ``gauge_livesum_<pid>.db``,
   ...): a scrape of any worker reads all of them (service/metrics.py, :func:`exposition`);
-- one ``worker-<pid>.json`` per worker whose model is loaded and warmed for first traffic
-  (:class:`WorkerGroup`): ``/readyz`` answers 200 only when N live workers have one, so once
-  it has, no worker answers a prediction with 503 "not ready".
+- ``worker-<pid>.json`` per worker that serves a model: its version and the reload
+  generation it has applied (:class:`WorkerGroup`). ``/readyz`` answers 200 only when N live
+  workers have one; and a worker takes connections only once it can score (service/app.py),
+  so no request meets a worker that would answer 503 "not ready";
+- ``reload.json``: the latest reload asked for (a generation number and an artifact path).
+  Every worker watches it and reloads in place, serving its old model until the new one is
+  warm (service/engine.py); the worker that took ``POST /admin/reload`` answers once every
+  live worker has applied it (or refused it, keeping its model).
+- ``serving.json``: the latest reload a worker applied. A worker started later (uvicorn
+  replaces one that died) loads that path, not ``LEVI_MODEL_DIR``, then applies any newer
+  reload like the others.
 
-A reload reaches every worker by replacing them (:meth:`WorkerGroup.restart_all`): uvicorn's
-supervisor starts a new worker, waits until it takes connections (which it does only once its
-model is loaded and warmed for first traffic: service/app.py), then stops an old one.
-
-A worker that exits cleanly removes its readiness file and its ``live*`` gauge files
+A worker that exits cleanly removes its state file and its ``live*`` gauge files
 (:func:`prometheus_client.multiprocess.mark_process_dead`); one that was killed is found on
-the next scrape or readiness check (its pid no longer runs) and cleaned the same way. Its
-counter and histogram files stay, so counters summed over workers never go down. The parent
-removes the directory when uvicorn exits.
+the next scrape, readiness check or reload (its pid no longer runs) and cleaned the same way.
+Its counter and histogram files stay, so counters summed over workers never go down. The
+parent removes the directory when uvicorn exits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
-import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +46,9 @@ from service.metrics import MULTIPROC_ENV, multiprocess_dir
 
 log = logging.getLogger(__name__)
 
-SUPERVISOR_FILE = "supervisor.pid"  # the pid of `python -m service`, uvicorn's supervisor
+RELOAD_FILE = "reload.json"
+SERVING_FILE = "serving.json"
+EVER_READY_FILE = "ever-ready"  # some worker has served: later failures are not start-up ones
 _STATE = re.compile(r"worker-(\d+)\.json")
 _LIVE_GAUGES = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 
@@ -57,7 +65,6 @@ def prepare_shared_dir(workers: int) -> Path | None:
         os.environ.pop(MULTIPROC_ENV, None)
         return None
     path = Path(tempfile.mkdtemp(prefix="levi-workers-"))
-    (path / SUPERVISOR_FILE).write_text(str(os.getpid()))
     os.environ[MULTIPROC_ENV] = str(path)
     return path
 
@@ -66,6 +73,17 @@ def remove_shared_dir(path: Path | None) -> None:
     """In the parent, after uvicorn has stopped every worker."""
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def startup_failures(path: Path | None) -> list[str]:
+    """In the parent, after uvicorn returns: why the workers failed, when none ever served.
+
+    uvicorn stops the server when a worker fails to start; this tells the caller that the
+    server stopped for that (and why) rather than on a signal.
+    """
+    if path is None or not path.is_dir() or (path / EVER_READY_FILE).exists():
+        return []
+    return sorted({f.read_text() for f in path.glob("failed-*.txt")})
 
 
 def pid_alive(pid: int) -> bool:
@@ -79,11 +97,30 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _write_json(path: Path, data: dict) -> None:
+    """Atomically: readers see the old content or the new, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
 @dataclass(frozen=True)
 class WorkerState:
+    """What a worker announced: the model it serves and the last reload it applied.
+
+    ``error`` is why that reload was refused (the worker kept ``model_version``)."""
+
     pid: int
     model_version: str
     backbone: str
+    generation: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReloadRequest:
+    generation: int
+    path: str
 
 
 class WorkerGroup:
@@ -112,15 +149,19 @@ class WorkerGroup:
             )
         return cls(Path(path), expected)
 
+    # -- this worker ---------------------------------------------------------------------
+
     def _state_file(self, pid: int) -> Path:
         return self.path / f"worker-{pid}.json"
 
-    def mark_ready(self, model_version: str, backbone: str) -> None:
-        """Announce that this worker serves ``model_version`` (atomic: write, then rename)."""
-        tmp = self.path / f".worker-{self.pid}.tmp"
-        state = {"pid": self.pid, "model_version": model_version, "backbone": backbone}
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self._state_file(self.pid))
+    def announce(self, state: WorkerState) -> None:
+        """Publish what this worker serves (and the last reload it applied)."""
+        _write_json(self._state_file(self.pid), state.__dict__)
+        (self.path / EVER_READY_FILE).touch()
+
+    def mark_failed(self, reason: str) -> None:
+        """Record why this worker could not start (read by :func:`startup_failures`)."""
+        (self.path / f"failed-{self.pid}.txt").write_text(reason)
 
     def leave(self) -> None:
         """On clean shutdown: this worker is not ready any more, its live gauges go."""
@@ -128,10 +169,12 @@ class WorkerGroup:
             self._state_file(self.pid).unlink()
         mark_process_dead(self.pid, str(self.path))
 
+    # -- the others ----------------------------------------------------------------------
+
     def prune(self) -> list[int]:
         """Clean up after workers that died without :meth:`leave`; their pids.
 
-        Only what a dead worker leaves that must go is looked at (its readiness file, its
+        Only what a dead worker leaves that must go is looked at (its state file, its
         ``live*`` gauges); its counters and histograms stay.
         """
         pids = set()
@@ -144,7 +187,7 @@ class WorkerGroup:
             with contextlib.suppress(FileNotFoundError):
                 self._state_file(pid).unlink()
             mark_process_dead(pid, str(self.path))
-            log.warning("worker %d is gone: its readiness and live gauges were removed", pid)
+            log.warning("worker %d is gone: its state and live gauges were removed", pid)
         return dead
 
     def ready_workers(self) -> list[WorkerState]:
@@ -153,33 +196,10 @@ class WorkerGroup:
         out = []
         for file in sorted(self.path.glob("worker-*.json")):
             try:
-                state = json.loads(file.read_text())
-            except (OSError, ValueError):  # removed or replaced meanwhile
+                out.append(WorkerState(**json.loads(file.read_text())))
+            except (OSError, ValueError, TypeError):  # removed meanwhile
                 continue
-            out.append(WorkerState(int(state["pid"]), state["model_version"], state["backbone"]))
         return out
-
-    def restart_all(self) -> None:
-        """Ask uvicorn's supervisor to replace every worker, one at a time (SIGHUP).
-
-        Each new worker loads ``LEVI_MODEL_DIR`` and takes connections once it can score;
-        only then is an old one stopped (it finishes its requests first). A new worker that
-        cannot load its model exits, and the supervisor keeps the old one.
-
-        Raises:
-            RuntimeError: this worker's parent is not the supervisor that made the directory
-                (the server was not started by ``python -m service``).
-        """
-        try:
-            supervisor = int((self.path / SUPERVISOR_FILE).read_text())
-        except (OSError, ValueError):
-            supervisor = None
-        if supervisor is None or supervisor != os.getppid():
-            raise RuntimeError(
-                "this server was not started by `python -m service --workers N`, so its "
-                "workers cannot be replaced from here; restart the server"
-            )
-        os.kill(supervisor, signal.SIGHUP)
 
     def not_ready_reason(self) -> str | None:
         """None when all ``expected`` workers are ready, else what is missing."""
@@ -190,3 +210,51 @@ class WorkerGroup:
             f"{len(ready)} of {self.expected} workers have their model loaded and warmed; "
             "the others are still starting"
         )
+
+    # -- reloads -------------------------------------------------------------------------
+
+    def reload_request(self) -> ReloadRequest | None:
+        """The latest reload asked for, if any."""
+        try:
+            return ReloadRequest(**json.loads((self.path / RELOAD_FILE).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def serving(self) -> ReloadRequest | None:
+        """The latest reload a worker applied: what a new worker should load."""
+        try:
+            return ReloadRequest(**json.loads((self.path / SERVING_FILE).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def record_serving(self, path: Path, generation: int) -> None:
+        """This worker applied reload ``generation`` of ``path``."""
+        _write_json(self.path / SERVING_FILE, {"generation": generation, "path": str(path)})
+
+    def request_reload(self, path: Path) -> int:
+        """Ask every worker to reload ``path``; the request's generation.
+
+        Raises:
+            RuntimeError: the previous reload has not reached every live worker yet.
+        """
+        with open(self.path / ".reload.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two admin requests in two workers at once
+            current = self.reload_request()
+            generation = current.generation if current else 0
+            behind = [w.pid for w in self.ready_workers() if w.generation < generation]
+            if behind:
+                raise RuntimeError(
+                    f"a reload is still running in worker(s) {behind}; retry when it has finished"
+                )
+            _write_json(self.path / RELOAD_FILE, {"generation": generation + 1,
+                                                  "path": str(path)})  # fmt: skip
+        return generation + 1
+
+    async def wait_applied(self, generation: int, timeout_s: float) -> list[WorkerState]:
+        """The live workers' states once all have applied ``generation`` (or the timeout)."""
+        until = time.monotonic() + timeout_s
+        while True:
+            states = self.ready_workers()
+            if all(s.generation >= generation for s in states) or time.monotonic() > until:
+                return states
+            await asyncio.sleep(0.1)

@@ -82,8 +82,9 @@ class Prometheus:
 
     def query(self, expr: str) -> list[dict]:
         r = httpx.get(f"{self.base}/api/v1/query", params={"query": expr}, timeout=10)
+        assert r.status_code == 200, f"{expr}: {r.status_code} {r.text}"
         body = r.json()
-        assert r.status_code == 200 and body["status"] == "success", f"{expr}: {body}"
+        assert body["status"] == "success", f"{expr}: {body}"
         return body["data"]["result"]
 
     def value(self, expr: str) -> float:
@@ -151,7 +152,7 @@ def scraped(artifacts, compile_cache, redis_url, tmp_path_factory):
         prom = Prometheus(f"http://127.0.0.1:{port}")
         try:
 
-            def scraping() -> bool:
+            def scraping() -> bool:  # Prometheus answers 503 until it is ready
                 with contextlib.suppress(httpx.HTTPError, AssertionError):
                     return prom.value('count_over_time(up{job="levi-api"}[1m])') >= 4
                 return False

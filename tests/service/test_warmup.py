@@ -60,3 +60,113 @@ def test_serving_after_warm_up_compiles_nothing(warmed):
     want = direct_scores(art, pairs)[0]
     assert got.rating == pytest.approx(want["rating"], abs=1e-5)
     np.testing.assert_allclose([r for _, r in got.adapters], want["adapters"], atol=1e-5)
+
+
+# -- staged warm-up (service/warmup.py) ----------------------------------------------------
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+class CompileCounter:
+    """Counts XLA backend compiles while active (a cache hit in memory is not one)."""
+
+    def __init__(self):
+        import jax
+
+        self.active, self.count = False, 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event: str, duration: float, **kwargs) -> None:
+        if self.active and event == BACKEND_COMPILE:
+            self.count += 1
+
+
+@pytest.fixture(scope="module")
+def staged(artifacts):
+    from service.warmup import CompiledShapes, warm_first
+
+    art = load_artifact(artifacts.v1)  # its own caches
+    metrics = Metrics()
+    shapes = CompiledShapes(art, metrics)
+    settings = Settings(redis_url=None, max_batch=2)
+    scorer = build_scorer(shapes, settings, metrics, redis=None, warm=False)
+    seconds = warm_first(scorer, shapes)
+    return art, shapes, scorer, metrics, seconds
+
+
+def _gauge(metrics: Metrics, name: str) -> float:
+    return metrics.registry.get_sample_value(name) or 0.0
+
+
+def test_first_stage_is_one_requests_batch_at_every_length_and_one_head_row(staged):
+    from service.warmup import Shape, background_order, first_plan, full_plan
+
+    _, shapes, scorer, metrics, _ = staged
+    plan = full_plan(scorer)
+    assert len(plan) == 3 * 2 + 2  # backbone (1, 2, 4) x lengths (16, 32); head (1, 2)
+    first = first_plan(plan, texts_per_request=2)
+    assert first == (Shape("backbone", 2, 16), Shape("backbone", 2, 32), Shape("head", 1))
+    assert shapes.compiled == set(first)
+    rest = background_order(plan, first)
+    assert rest[0] == Shape("head", 2) and set(rest) == set(plan) - set(first)
+    assert _gauge(metrics, "levi_warmup_pending_shapes") == len(rest)
+
+
+def test_between_the_stages_nothing_compiles_and_answers_are_the_artifacts(staged):
+    art, shapes, scorer, _, _ = staged
+    counter = CompileCounter()
+    requests = [
+        ScoreInput("1", "10"),
+        ScoreInput("2", "11", user={"age": 40}),
+        ScoreInput("new-user", "12", user={"occupation": "lawyer"}),
+        ScoreInput("3", "cold-item", item={"title": "space oddity " * 9}),  # 32 tokens
+        ScoreInput("4", "cold-no-title"),
+    ]
+    counter.active = True
+    # 1-5 pairs: head batches of 1-2 rows, backbone batches of 1-4 texts at 16 and 32 tokens:
+    # served from the 2-row backbone and the 1-row head (split or padded).
+    got = [r for n in (1, 2, 3, 5) for r in scorer.score(requests[:n])]
+    counter.active = False
+    assert counter.count == 0, "a shape compiled while serving"
+    assert not shapes.complete
+    pairs = [{"user_id": r.user_id, "item_id": r.item_id, "user": dict(r.user),
+              "item": dict(r.item)} for n in (1, 2, 3, 5) for r in requests[:n]]  # fmt: skip
+    for result, want in zip(got, direct_scores(art, pairs), strict=True):
+        assert result.rating == pytest.approx(want["rating"], abs=1e-5)
+        np.testing.assert_allclose([r for _, r in result.adapters], want["adapters"], atol=1e-5)
+
+
+def test_background_stage_compiles_the_rest_then_calls_pass_through(staged):
+    from service.warmup import full_plan, warm_rest
+
+    art, shapes, scorer, metrics, _ = staged
+    before = scorer.score([ScoreInput("1", "10"), ScoreInput("2", "12")])
+    counter = CompileCounter()
+    counter.active = True
+    warm_rest(scorer, shapes)
+    counter.active = False
+    assert shapes.complete and set(full_plan(scorer)) <= shapes.compiled
+    assert _gauge(metrics, "levi_warmup_pending_shapes") == 0
+    assert counter.count <= len(full_plan(scorer))  # compiled once each, nothing run twice
+    assert scorer.warmed  # the scorer's own warm-up ran (its calls answered from shapes)
+    counter.count, counter.active = 0, True
+    after = scorer.score([ScoreInput("1", "10"), ScoreInput("2", "12")])
+    scorer.score([ScoreInput(f"u{i}", "11") for i in range(2)])
+    counter.active = False
+    assert counter.count == 0
+    assert [r.rating for r in after] == pytest.approx([r.rating for r in before], abs=1e-5)
+
+
+def test_a_longer_shape_than_any_compiled_compiles_in_the_call(artifacts, caplog):
+    from service.warmup import CompiledShapes, Shape
+
+    shapes = CompiledShapes(artifacts.loader(artifacts.v1))
+    shapes.compiled = {Shape("backbone", 2, 16), Shape("backbone", 8, 16), Shape("head", 4)}
+    assert shapes._target(Shape("backbone", 1, 16)) == Shape("backbone", 2, 16)  # padded
+    assert shapes._target(Shape("backbone", 3, 8)) == Shape("backbone", 8, 16)
+    assert shapes._target(Shape("backbone", 20, 16)) == Shape("backbone", 8, 16)  # split
+    assert shapes._target(Shape("head", 32)) == Shape("head", 4)
+    with caplog.at_level("WARNING", logger="service.warmup"):
+        assert shapes._target(Shape("backbone", 2, 32)) is None
+    assert "compiling the backbone for 2 rows x 32 tokens while serving" in caplog.text
+    assert Shape("backbone", 2, 32) in shapes.compiled  # the artifact's own jit keeps it

@@ -68,14 +68,6 @@ def _per_worker_counts(shared: Path) -> dict[int, float]:
     return out
 
 
-def _point(link: Path, target: Path) -> None:
-    """Repoint a symlink atomically (as a trainer moves ``artifacts/latest``)."""
-    tmp = link.with_name(link.name + ".new")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target)
-    tmp.replace(link)
-
-
 def _worker_pids(samples: dict) -> dict[int, str]:
     """pid -> model version of every live worker, from ``levi_model_info``."""
     return {
@@ -87,25 +79,22 @@ def _worker_pids(samples: dict) -> dict[int, str]:
 
 @pytest.fixture(scope="module")
 def two_workers(artifacts, compile_cache, tmp_path_factory):
-    """``--workers 2`` with JSON logs, serving ``current`` (a link to tiny-v1); its shared
-    directory lands in its own TMPDIR."""
+    """``--workers 2`` with JSON logs; its shared directory lands in its own TMPDIR."""
     work = tmp_path_factory.mktemp("two-workers")
     tmp = work / "tmp"
     tmp.mkdir()
-    current = work / "current"
-    current.symlink_to(artifacts.v1)
     log = work / "server.log"
     with launch_server(
-        current, log, compile_cache,
+        artifacts.v1, log, compile_cache,
         LEVI_WORKERS="2", LEVI_LOG_FORMAT="json", LEVI_ADMIN_TOKEN=ADMIN_TOKEN,
         TMPDIR=str(tmp), LEVI_MAX_BATCH="4",
     ) as srv:  # fmt: skip
-        yield srv, tmp, current
+        yield srv, tmp
     assert not list(tmp.glob("levi-workers-*")), "the shared directory outlived the server"
 
 
 def test_no_503_after_readyz_answers_200(two_workers):
-    server, _, _ = two_workers
+    server, _ = two_workers
     statuses: list[int] = []
     # From the moment it starts: predictions answer 503 while loading, and never after
     # /readyz has answered 200 once (whichever worker answered it).
@@ -141,7 +130,7 @@ def test_no_503_after_readyz_answers_200(two_workers):
 
 
 def test_a_scrape_of_any_worker_counts_every_request(two_workers):
-    server, tmp, _ = two_workers
+    server, tmp = two_workers
     wait_ready(server.base, server.proc, server.log)
     (shared,) = tmp.glob("levi-workers-*")
     before = _predictions_200(_scrape(server.base))
@@ -170,27 +159,24 @@ def test_a_scrape_of_any_worker_counts_every_request(two_workers):
     assert set(info.values()) == {1.0}
 
 
-def test_reload_replaces_every_worker_without_a_failed_request(two_workers, artifacts):
-    server, tmp, current = two_workers
+def test_reload_reaches_every_worker_without_a_failed_request(two_workers, artifacts):
+    server, tmp = two_workers
     wait_ready(server.base, server.proc, server.log)
     before = _worker_pids(_scrape(server.base))
     assert set(before.values()) == {"tiny-v1"} and len(before) == 2
     url = f"{server.base}/admin/reload"
-    # Only LEVI_MODEL_DIR can be reloaded: new workers read it.
-    r = httpx.post(url, json={"path": str(artifacts.v2)}, headers=ADMIN, timeout=30)
-    assert r.status_code == 409 and "point" in r.json()["detail"], r.text
-    # A refused artifact is refused before any worker is replaced.
+    # A refused artifact is refused by every worker, and each keeps its model.
     broken = tmp / "wrong-format"
     shutil.copytree(artifacts.v1, broken)
     manifest = json.loads((broken / "manifest.json").read_text())
     (broken / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
-    _point(current, broken)
-    r = httpx.post(url, headers={**ADMIN, "X-Request-ID": "refused-1"}, timeout=30)
-    assert r.status_code == 409 and "format_version 99" in r.json()["detail"], r.text
-    assert "still serving model tiny-v1" in r.json()["detail"]
+    r = httpx.post(url, json={"path": str(broken)}, headers=ADMIN, timeout=120)
+    assert r.status_code == 409, r.text
+    detail = r.json()["detail"]
+    assert "format_version 99" in detail and "still serving model tiny-v1" in detail
+    assert "(in 2 of 2 workers)" in detail
     assert _worker_pids(_scrape(server.base)) == before
 
-    _point(current, artifacts.v2)
     statuses: list[int] = []
     versions: set[str] = set()
     stop = threading.Event()
@@ -206,26 +192,23 @@ def test_reload_replaces_every_worker_without_a_failed_request(two_workers, arti
     for t in threads:
         t.start()
     try:
-        r = httpx.post(url, headers={**ADMIN, "X-Request-ID": "reload-all-1"}, timeout=60)
-        assert r.status_code == 202, r.text
-        assert r.json() == {"status": "reloading", "model_version": "tiny-v2"}
-        assert r.headers["x-request-id"] == "reload-all-1"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            now = _worker_pids(_scrape(server.base))
-            if len(now) == 2 and not set(now) & set(before) and set(now.values()) == {"tiny-v2"}:
-                break
-            time.sleep(0.3)
-        else:
-            pytest.fail(f"workers not replaced: {now}\n{server.log.read_text()[-3000:]}")
-        time.sleep(0.5)
+        time.sleep(0.3)
+        r = httpx.post(url, json={"path": str(artifacts.v2)}, headers=ADMIN, timeout=300)
+        time.sleep(0.3)
     finally:
         stop.set()
         for t in threads:
             t.join()
+    assert r.status_code == 200, r.text
+    assert r.json()["previous_version"] == "tiny-v1" and r.json()["model_version"] == "tiny-v2"
+    # The answer came once both workers serve the new model, in place (same processes).
+    assert _worker_pids(_scrape(server.base)) == dict.fromkeys(before, "tiny-v2")
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
-    assert "tiny-v2" in versions
+    assert versions == {"tiny-v1", "tiny-v2"}
     assert httpx.get(f"{server.base}/readyz", timeout=5).json()["model_version"] == "tiny-v2"
+    samples = _scrape(server.base)
+    assert samples[("levi_model_reloads_total", (("result", "success"),))] == 2  # per worker
+    assert samples[("levi_model_reloads_total", (("result", "failure"),))] == 2
 
 
 def _json_lines(log: Path) -> list[dict]:
@@ -240,7 +223,7 @@ def _json_lines(log: Path) -> list[dict]:
 
 
 def test_json_logs_one_object_per_line_with_model_version_and_request_id(two_workers):
-    server, _, _ = two_workers
+    server, _ = two_workers
     wait_ready(server.base, server.proc, server.log)
     records = _json_lines(server.log)
     keys = {"time", "level", "logger", "message", "model_version", "request_id"}
@@ -252,23 +235,26 @@ def test_json_logs_one_object_per_line_with_model_version_and_request_id(two_wor
     assert any(r["logger"].startswith("uvicorn") for r in records), "uvicorn's own lines"
     # A line logged while handling a request carries its id.
     r = httpx.post(
-        f"{server.base}/admin/reload", json={"path": "/elsewhere"},
-        headers={**ADMIN, "X-Request-ID": "logged-1"}, timeout=30,
+        f"{server.base}/admin/reload", json={"path": "/no/such/model"},
+        headers={**ADMIN, "X-Request-ID": "logged-1"}, timeout=120,
     )  # fmt: skip
-    assert r.status_code == 409 and r.headers["x-request-id"] == "logged-1"
+    assert r.status_code == 409 and r.headers["x-request-id"] == "logged-1", r.text
     deadline = time.monotonic() + 10
     while not (lines := [r for r in _json_lines(server.log) if r["request_id"] == "logged-1"]):
         assert time.monotonic() < deadline, "no log line carries the request id"
         time.sleep(0.1)
-    assert lines[0]["level"] == "WARNING" and "reload refused" in lines[0]["message"]
+    refused = [r for r in lines if r["level"] == "WARNING"]
+    assert refused and "reload refused by 2 of 2 workers" in refused[0]["message"]
+    assert refused[0]["logger"] == "service.routes.admin"
 
 
-def test_a_killed_worker_leaves_the_scrape_is_replaced_and_counters_stay(two_workers):
-    server, _, _ = two_workers
+def test_a_killed_worker_is_replaced_with_the_reloaded_model_and_counters_stay(two_workers):
+    server, _ = two_workers
     wait_ready(server.base, server.proc, server.log)
     total = _predictions_200(_scrape(server.base))
     workers = _worker_pids(_scrape(server.base))
     assert len(workers) == 2 and set(workers) <= set(_children(server.proc.pid))
+    version = set(workers.values())  # tiny-v2 after the reload test, tiny-v1 run alone
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 120
@@ -282,6 +268,23 @@ def test_a_killed_worker_leaves_the_scrape_is_replaced_and_counters_stay(two_wor
     else:
         pytest.fail(f"worker {victim} not replaced:\n{server.log.read_text()[-3000:]}")
     assert set(now) <= set(_children(server.proc.pid))
+    assert set(now.values()) == version, "the new worker serves what the others serve"
     assert httpx.get(f"{server.base}/readyz", timeout=5).status_code == 200
     r = httpx.post(f"{server.base}/predict-rating", json=PAIRS[0], timeout=30)
     assert r.status_code == 200
+
+
+def test_workers_that_cannot_load_the_model_stop_the_server_with_the_reason(
+    artifacts, compile_cache, tmp_path
+):
+    broken = tmp_path / "wrong-format"
+    shutil.copytree(artifacts.v1, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    log = tmp_path / "server.log"
+    with launch_server(broken, log, compile_cache, LEVI_WORKERS="2", TMPDIR=str(tmp_path)) as srv:
+        assert srv.proc.wait(timeout=120) == 3, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "error: no worker could start: model not loaded: ArtifactError" in text
+    assert "format_version 99 is not supported" in text
+    assert not list(tmp_path.glob("levi-workers-*"))
