@@ -182,7 +182,8 @@ def verdict(ok: bool) -> str:
 
 
 def serve_env(**extra: str) -> dict:
-    env = dict(os.environ, LEVI_LOG_LEVEL="warning", REDIS_URL="")  # in-process cache only
+    # In-process cache only; every shape compiled before ready (the steady state).
+    env = dict(os.environ, LEVI_LOG_LEVEL="warning", REDIS_URL="", LEVI_WARMUP="all")
     env.pop("LEVI_REDIS_URL", None)
     env.update(extra)
     return env

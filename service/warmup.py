@@ -5,15 +5,16 @@ each (function, shape) is an XLA compile: about a second per backbone shape on 2
 a MiniLM model has 7 batch x 6 length buckets. Compiling and running all of them before
 ready took 33 s (docs/PROFILING.md, "Start-up"). Instead:
 
-1. **first** (before ready): the backbone at the smallest batch bucket that holds one
-   request's texts, for every length bucket in use, and the head at one row. A shape is
-   compiled ahead of time (``jit(...).lower(...).compile()``): nothing runs, and the
-   executable lands in JAX's in-memory caches (and the persistent compilation cache), so the
-   artifact's own jitted call at that shape finds it.
-2. **background** (after ready, one thread): every other batch bucket the same way, counted
-   down by ``levi_warmup_pending_shapes``; then the scorer's own
-   :meth:`~service.scorer.Scorer.warm_up`, so anything else it warms is warm too (its calls
-   of the two functions are answered from shapes, without running them).
+1. **first** (before ready): two shapes. The backbone at the smallest batch bucket that
+   holds one request's texts and the longest length bucket in use, and the head at one row.
+   A shape is compiled ahead of time (``jit(...).lower(...).compile()``): nothing runs, and
+   the executable lands in JAX's in-memory caches (and the persistent compilation cache), so
+   the artifact's own jitted call at that shape finds it.
+2. **background** (after ready, one thread): every other shape the same way, counted down by
+   ``levi_warmup_pending_shapes``: the head's, then one request's batch at every length, then
+   larger batches; then the scorer's own :meth:`~service.scorer.Scorer.warm_up`, so anything
+   else it warms is warm too (its calls of the two functions are answered from shapes,
+   without running them).
 
 Meanwhile :class:`CompiledShapes` (the artifact as the scorer sees it) serves a call at a
 shape not compiled yet from compiled ones: padded to a larger compiled batch, or split into
@@ -68,23 +69,26 @@ def full_plan(scorer: Scorer) -> tuple[Shape, ...]:
 
 
 def first_plan(plan: Iterable[Shape], texts_per_request: int) -> tuple[Shape, ...]:
-    """Stage 1 (module docstring): the rest of ``plan`` is served from these."""
+    """Stage 1 (module docstring): every call can be served from these two shapes."""
     plan = tuple(plan)
     out = []
     for fn, need in (("backbone", texts_per_request), ("head", 1)):
-        rows = sorted({s.rows for s in plan if s.function == fn})
-        if rows:
+        shapes = [s for s in plan if s.function == fn]
+        if shapes:
+            rows = sorted({s.rows for s in shapes})
             smallest = next((r for r in rows if r >= need), rows[-1])
-            out += [s for s in plan if s.function == fn and s.rows == smallest]
+            out.append(Shape(fn, smallest, max(s.length for s in shapes)))
     return tuple(sorted(out))
 
 
 def background_order(plan: Iterable[Shape], first: Iterable[Shape]) -> tuple[Shape, ...]:
-    """The shapes left after ``first``: the head's first (cheap), then by batch size, so the
-    batches of a growing load are compiled before the largest ones."""
+    """The shapes left after ``first``: the head's (cheap), then the first backbone batch at
+    every length (lone requests), then by batch size, so the batches of a growing load are
+    compiled before the largest ones."""
     done = set(first)
+    first_rows = {s.rows for s in done if s.function == "backbone"}
     return tuple(sorted((s for s in plan if s not in done), key=lambda s: (
-        s.function != "head", s.rows, s.length)))  # fmt: skip
+        s.function != "head", s.rows not in first_rows, s.rows, s.length)))  # fmt: skip
 
 
 class CompiledShapes:

@@ -98,17 +98,18 @@ def _gauge(metrics: Metrics, name: str) -> float:
     return metrics.registry.get_sample_value(name) or 0.0
 
 
-def test_first_stage_is_one_requests_batch_at_every_length_and_one_head_row(staged):
+def test_first_stage_is_one_requests_batch_at_the_longest_length_and_one_head_row(staged):
     from service.warmup import Shape, background_order, first_plan, full_plan
 
     _, shapes, scorer, metrics, _ = staged
     plan = full_plan(scorer)
     assert len(plan) == 3 * 2 + 2  # backbone (1, 2, 4) x lengths (16, 32); head (1, 2)
     first = first_plan(plan, texts_per_request=2)
-    assert first == (Shape("backbone", 2, 16), Shape("backbone", 2, 32), Shape("head", 1))
+    assert first == (Shape("backbone", 2, 32), Shape("head", 1))
     assert shapes.compiled == set(first)
     rest = background_order(plan, first)
-    assert rest[0] == Shape("head", 2) and set(rest) == set(plan) - set(first)
+    assert rest[:2] == (Shape("head", 2), Shape("backbone", 2, 16))
+    assert set(rest) == set(plan) - set(first) and rest[-1] == Shape("backbone", 4, 32)
     assert _gauge(metrics, "levi_warmup_pending_shapes") == len(rest)
 
 
@@ -124,7 +125,7 @@ def test_between_the_stages_nothing_compiles_and_answers_are_the_artifacts(stage
     ]
     counter.active = True
     # 1-5 pairs: head batches of 1-2 rows, backbone batches of 1-4 texts at 16 and 32 tokens:
-    # served from the 2-row backbone and the 1-row head (split or padded).
+    # served from the 2-row x 32-token backbone and the 1-row head (split or padded).
     got = [r for n in (1, 2, 3, 5) for r in scorer.score(requests[:n])]
     counter.active = False
     assert counter.count == 0, "a shape compiled while serving"
