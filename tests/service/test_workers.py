@@ -1,9 +1,11 @@
-"""``python -m service --workers 2`` over real HTTP: one readiness, one set of metrics.
+"""``python -m service --workers 2`` over real HTTP: one readiness, one set of metrics, one
+reload, JSON logs.
 
 Every request opens its own connection, so the kernel spreads them over both workers (the
 test checks that both served predictions, from their metric files). A scrape of either
-worker must count every request; ``/readyz`` must not answer 200 before both workers can
-score, and a worker that is killed leaves the scrape and the readiness count.
+worker must count every request; no prediction may get 503 once ``/readyz`` has answered
+200; a reload must reach both workers without a failed request; a worker that is killed
+leaves the scrape, and its replacement serves the model the other one does.
 """
 
 from __future__ import annotations
