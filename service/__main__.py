@@ -2,7 +2,9 @@
 
 Every other setting comes from the environment (``LEVI_*``, ``REDIS_URL``; see
 service/settings.py). Flags given here are passed on as ``LEVI_*`` variables, so each
-uvicorn worker process builds the same settings.
+uvicorn worker process builds the same settings. With ``--workers N`` (N > 1) a fresh shared
+directory for metrics and readiness is made for this run and removed at exit
+(service/workers.py). Logging: ``LEVI_LOG_LEVEL``, ``LEVI_LOG_FORMAT`` (service/logs.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from service.logs import log_config
 from service.settings import Settings, describe_settings_error
+from service.workers import prepare_shared_dir, remove_shared_dir, startup_failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,15 +45,23 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    shared = prepare_shared_dir(settings.workers)
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=log_config(settings.log_level, settings.log_format),
+            log_level=settings.log_level,
+            access_log=False,
+        )
+        if failures := startup_failures(shared):
+            print(f"error: no worker could start: {'; '.join(failures)}", file=sys.stderr)
+            return 3  # uvicorn's start-up failure status
+    finally:
+        remove_shared_dir(shared)
     return 0
 
 

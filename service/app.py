@@ -18,9 +18,10 @@ from fastapi.responses import JSONResponse
 from service.engine import Engine
 from service.entity_fields import with_model_fields
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from service.routes import admin, health, metrics, model_info, predict, rank
 from service.settings import Settings
+from service.workers import WorkerGroup
 
 log = logging.getLogger("service")
 
@@ -63,8 +64,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    """A fault of ours: log it with an id and answer 503 without internals."""
-    incident = uuid.uuid4().hex[:12]
+    """A fault of ours: log it under the request id and answer 503 without internals."""
+    # Starlette answers this one outside every middleware, so the id header is set here.
+    incident = getattr(request.state, "request_id", None) or uuid.uuid4().hex
     log.exception(
         "unexpected error on %s %s (incident %s)", request.method, request.url.path, incident
     )
@@ -74,7 +76,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
             "it was logged, retry later"
         },
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "1"},
+        headers={"Retry-After": "1", "X-Request-ID": incident},
     )
 
 
@@ -87,16 +89,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings()
     app_metrics = Metrics()
+    # Set by `python -m service --workers N` (N > 1): metrics and readiness span the workers.
+    group = WorkerGroup.from_environment(settings.workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = Engine(settings, app_metrics)
+        logging.captureWarnings(True)  # Python warnings through the service's log handler
+        engine = Engine(settings, app_metrics, group=group)
         app.state.engine = engine
         await engine.start()
+        if group is not None:
+            # One of several workers takes connections only once it can score them: until
+            # then the shared socket's connections go to the workers that can. A worker whose
+            # model cannot be loaded exits (uvicorn: startup failure) instead of answering 503.
+            await engine.wait_ready()
+            if engine.scorer is None:
+                await engine.stop()
+                group.mark_failed(engine.not_ready_reason())
+                raise RuntimeError(f"this worker cannot serve: {engine.not_ready_reason()}")
         try:
             yield
         finally:
             await engine.stop()
+            if group is not None:
+                group.leave()
 
     app = FastAPI(
         title="LEVI Serve",
@@ -106,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = app_metrics
+    app.state.workers = group
     for module in (predict, rank, health, model_info, metrics, admin):
         app.include_router(module.router)
     static_openapi = app.openapi
@@ -122,4 +139,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(MetricsMiddleware, metrics=app_metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the id
     return app

@@ -394,8 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     from model.artifact import load_artifact
     from service.engine import build_scorer, enable_compilation_cache, make_redis_tier
 
-    if settings.compilation_cache_dir is not None:
-        enable_compilation_cache(settings.compilation_cache_dir)
+    if (cache_dir := settings.compilation_cache_path()) is not None:  # on by default
+        enable_compilation_cache(cache_dir)
     metrics = Metrics()
     try:
         artifact = load_artifact(settings.model_dir)

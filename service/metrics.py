@@ -2,12 +2,37 @@
 
 No user or item id is ever a label: labels are endpoints, status codes, cache tiers, 1-based
 encoder layers, entity kinds and the model version.
+
+With several uvicorn workers (``python -m service --workers N``) prometheus-client runs in its
+multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is set by the parent before any worker starts
+(service/workers.py), every value is kept in a per-process file there, and a scrape of any
+worker reads all of them (:func:`exposition`). Counters and histograms are summed over the
+workers (dead ones included, so counters never go down); each gauge says how its per-worker
+values combine (``multiprocess_mode``, chosen below and listed in deploy/README.md), and the
+``live*`` modes drop the values of workers that are gone.
+
+``_created`` series are off (:func:`prometheus_client.disable_created_metrics`): they double the
+series count and no dashboard or alert reads them.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+disable_created_metrics()  # before any metric is built: they read it at construction
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
@@ -66,8 +91,8 @@ class Metrics:
         self.redis_up = Gauge(
             "levi_activation_cache_redis_up",
             "1 while Redis is in use, 0 while backing off after errors (absent: no Redis).",
-            registry=r,
-        )
+            registry=r, multiprocess_mode="livemin",  # 0 while any worker backs off
+        )  # fmt: skip
         self.projection_lookups = Counter(
             "levi_projection_cache_lookups",
             "Per-entity head projections found in (hit) or added to (miss) the in-process "
@@ -100,20 +125,36 @@ class Metrics:
             "levi_predictions", "Predictions scored (the denominator of unknown-entity rates).",
             registry=r,
         )  # fmt: skip
+        # Drift gauges: each worker's window is a sample of the same traffic; the scrape shows
+        # the most recently updated one (max would bias upwards with the worker count).
         self.prediction_psi = Gauge(
             "levi_prediction_psi",
             "Population stability index of the recent predictions against training.",
-            registry=r,
-        )
+            registry=r, multiprocess_mode="livemostrecent",
+        )  # fmt: skip
         self.activation_drift = Gauge(
             "levi_activation_drift",
             "Recent RMS z-distance of pooled activations from the training mean, by 1-based "
             "layer (about 1 in distribution).",
-            ["layer"], registry=r,
+            ["layer"], registry=r, multiprocess_mode="livemostrecent",
         )  # fmt: skip
+        # One series per live worker (a `pid` label is added), so a mixed pod shows.
         self.model_info = Gauge(
             "levi_model_info", "The model being served (value 1).",
-            ["model_version", "backbone"], registry=r,
+            ["model_version", "backbone"], registry=r, multiprocess_mode="liveall",
+        )  # fmt: skip
+        self._model_labels: tuple[str, str] | None = None
+        self.warmup_pending = Gauge(
+            "levi_warmup_pending_shapes",
+            "Input shapes of the served model not compiled yet: ready comes after the shapes "
+            "first traffic needs, the rest compile in the background (0 = all compiled).",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.warmup_seconds = Gauge(
+            "levi_warmup_seconds",
+            "Seconds the last model load took, by stage: load (read and check the artifact), "
+            "first (compile what first traffic needs; ready after it), background (the rest).",
+            ["stage"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.model_reloads = Counter(
             "levi_model_reloads", "Model reloads by result (success, failure).",
@@ -125,9 +166,46 @@ class Metrics:
             self.model_reloads.labels(result=result)
 
     def set_model(self, model_version: str, backbone: str) -> None:
-        """Make ``levi_model_info`` name exactly the model now served."""
+        """Make ``levi_model_info`` name exactly the model now served.
+
+        The previous model's series is set to 0 before it is removed: in multiprocess mode
+        removing a child leaves its last value in this worker's file, and :func:`exposition`
+        leaves zero-valued ``levi_model_info`` series out.
+        """
+        if self._model_labels is not None:
+            old_version, old_backbone = self._model_labels
+            self.model_info.labels(model_version=old_version, backbone=old_backbone).set(0)
         self.model_info.clear()
         self.model_info.labels(model_version=model_version, backbone=backbone).set(1)
+        self._model_labels = (model_version, backbone)
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory of this process (set by ``python -m service --workers N``)."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class _LiveModelInfo:
+    """The multiprocess collector, less the ``levi_model_info`` series a worker has left."""
+
+    def __init__(self, path: str):
+        self.collector = MultiProcessCollector(None, path)
+
+    def collect(self):
+        for family in self.collector.collect():
+            if family.name == "levi_model_info":
+                family.samples = [s for s in family.samples if s.value != 0]
+            yield family
+
+
+def exposition(metrics: Metrics) -> bytes:
+    """The text exposition of a scrape: this app's registry, or every worker's values."""
+    path = multiprocess_dir()
+    if path is None:
+        return generate_latest(metrics.registry)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_LiveModelInfo(path))
+    return generate_latest(registry)
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

@@ -1,14 +1,68 @@
-"""ASGI middleware: request body size limit and per-route request metrics."""
+"""ASGI middleware: request ids, request body size limit and per-route request metrics."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
+import uuid
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import logs
 from service.metrics import Metrics
+
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID_LENGTH = 128
+# Ids a caller may choose: UUIDs, hex, base64url, dotted or colon-separated trace ids. Nothing
+# that could break a log line or a header (spaces, quotes, control characters).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+=/-]+")
+
+
+def accepted_request_id(value: bytes | None) -> str | None:
+    """The caller's request id, cut to 128 characters, or None when it is empty or has
+    characters outside ``A-Z a-z 0-9 . _ : @ + = / -`` (a fresh id is used instead)."""
+    if not value:
+        return None
+    try:
+        text = value.decode("ascii").strip()[:MAX_REQUEST_ID_LENGTH]
+    except UnicodeDecodeError:
+        return None
+    return text if _REQUEST_ID.fullmatch(text) else None
+
+
+class RequestIdMiddleware:
+    """Give every response an ``X-Request-ID``: the request's own when acceptable
+    (:func:`accepted_request_id`), else a new uuid4 hex.
+
+    The id is in ``scope["state"]["request_id"]`` (``request.state.request_id``) and in
+    :data:`service.logs.request_id` while the request is handled, so log lines carry it.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        rid = accepted_request_id(given) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        header = (b"x-request-id", rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != header[0]]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        token = logs.request_id.set(rid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            logs.request_id.reset(token)
 
 
 class BodyTooLargeError(HTTPException):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import (
     AliasChoices,
@@ -75,13 +76,52 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="bearer token of /admin/*; unset = admin endpoints disabled (403)"
     )
+    compilation_cache: bool = Field(
+        True,
+        description="keep compiled XLA executables on disk (JAX persistent compilation cache), "
+        "so a restart or a new replica loads them instead of compiling; 0 / false turns it off",
+    )
     compilation_cache_dir: Path | None = Field(
-        None, description="JAX persistent compilation cache: restarts skip recompiling"
+        None,
+        description="where the compilation cache lives; unset = <LEVI_CACHE_DIR or the user "
+        "cache dir>/xla (e.g. ~/.cache/levi-serve/xla)",
+    )
+    warmup: Literal["first", "all"] = Field(
+        "first",
+        description="first: ready once the shapes first traffic needs are compiled, the rest "
+        "compile in the background (levi_warmup_pending_shapes); all: ready after every shape",
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    workers: int = Field(1, ge=1)
-    log_level: str = "info"
+    workers: int = Field(
+        1,
+        ge=1,
+        description="uvicorn worker processes of `python -m service`; >1 shares metrics and "
+        "readiness through a per-start directory (deploy/README.md: workers vs replicas)",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="level of the service's and uvicorn's loggers"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text (uvicorn's style) or json: one object per line with time, level, "
+        "logger, message, model_version and request_id, for log shippers",
+    )
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    def compilation_cache_path(self) -> Path | None:
+        """The compilation cache directory in use, or None when the cache is off."""
+        if not self.compilation_cache:
+            return None
+        if self.compilation_cache_dir is not None:
+            return self.compilation_cache_dir
+        from model.packaged import cache_dir
+
+        return cache_dir() / "xla"
 
     @field_validator("admin_token")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -161,3 +162,13 @@ def make_tiny_backbone(tmp_path):
 @pytest.fixture
 def tiny_backbone(tmp_path):
     return make_tiny_backbone(tmp_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_compilation_cache(tmp_path_factory):
+    """In-process apps cache compiled code in this run's own directory, not the user's
+    (the service's default is ~/.cache/levi-serve/xla); an explicit setting is kept."""
+    with pytest.MonkeyPatch.context() as mp:
+        if not os.environ.get("LEVI_COMPILATION_CACHE_DIR"):
+            mp.setenv("LEVI_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("xla-cache")))
+        yield

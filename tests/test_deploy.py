@@ -50,6 +50,9 @@ KNOWN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "levi_activation_drift": ("gauge", frozenset({"layer"})),
     "levi_model_info": ("gauge", frozenset({"model_version", "backbone"})),
     "levi_model_reloads_total": ("counter", frozenset({"result"})),
+    # Beyond DESIGN.md's list: the background warm-up (service/warmup.py).
+    "levi_warmup_pending_shapes": ("gauge", frozenset()),
+    "levi_warmup_seconds": ("gauge", frozenset({"stage"})),
 }
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = frozenset({"job", "instance"})

@@ -301,11 +301,21 @@ class Server:
 def start_server(
     model_dir: Path, log: Path, compile_cache: Path, timeout: float = 240, **env: str | None
 ) -> Iterator[Server]:
-    """A ``python -m service`` subprocess on a free 127.0.0.1 port, stopped on exit.
+    """A ``python -m service`` subprocess on a free 127.0.0.1 port, ready; stopped on exit.
 
     ``env`` holds ``LEVI_*`` / ``REDIS_URL`` variables; a value of None removes one. Redis and
     the admin token are off unless given.
     """
+    with launch_server(model_dir, log, compile_cache, **env) as srv:
+        wait_ready(srv.base, srv.proc, log, timeout=timeout)
+        yield srv
+
+
+@contextlib.contextmanager
+def launch_server(
+    model_dir: Path, log: Path, compile_cache: Path, **env: str | None
+) -> Iterator[Server]:
+    """:func:`start_server` without waiting for ready (the process may still be loading)."""
     port = free_port()
     full = dict(
         os.environ,
@@ -329,7 +339,6 @@ def start_server(
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, proc, log, timeout=timeout)
         yield Server(base, proc, log)
     finally:
         proc.terminate()

@@ -41,3 +41,24 @@ def test_settings_errors_name_the_variable_and_hide_the_value():
     text = describe_settings_error(info.value)
     assert "LEVI_ADMIN_TOKEN" in text and "LEVI_MAX_BATCH" in text
     assert "tiny-secret" not in text
+
+
+def test_compilation_cache_is_on_by_default_in_the_user_cache_and_can_be_turned_off(
+    monkeypatch, tmp_path
+):
+    monkeypatch.delenv("LEVI_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("LEVI_CACHE_DIR", str(tmp_path / "cache"))
+    assert Settings(redis_url=None).compilation_cache_path() == tmp_path / "cache" / "xla"
+    monkeypatch.setenv("LEVI_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    assert Settings(redis_url=None).compilation_cache_path() == tmp_path / "mine"
+    monkeypatch.setenv("LEVI_COMPILATION_CACHE", "0")
+    assert Settings(redis_url=None).compilation_cache_path() is None
+
+
+def test_an_unwritable_compilation_cache_is_a_warning_not_a_failure(tmp_path, caplog):
+    from service.engine import enable_compilation_cache
+
+    (tmp_path / "a-file").write_text("")
+    with caplog.at_level("WARNING", logger="service.engine"):
+        assert enable_compilation_cache(tmp_path / "a-file" / "xla") is False
+    assert "compilation cache off" in caplog.text and "LEVI_COMPILATION_CACHE=0" in caplog.text

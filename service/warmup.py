@@ -1,0 +1,429 @@
+"""Warm-up in two stages: what first traffic needs before ready, the rest in the background.
+
+The scorer pads every batch to a batch bucket and every token array to a length bucket, and
+each (function, shape) is an XLA compile: about a second per backbone shape on 2 cores, and
+a MiniLM model has 7 batch x 6 length buckets. Compiling and running all of them before
+ready took 33 s (docs/PROFILING.md, "Start-up"). Instead:
+
+1. **first** (before ready): one shape per function. The backbone at the smallest batch
+   bucket that holds one request's texts and the longest length bucket in use; the head at
+   one row, or, for factored views, each side function and the pair function (the
+   first-layer decomposition, ``model.decomposed``) at one row.
+   A shape is compiled ahead of time (``jit(...).lower(...).compile()``): nothing runs, and
+   the executable lands in JAX's in-memory caches (and the persistent compilation cache), so
+   the artifact's own jitted call at that shape finds it.
+2. **background** (after ready, one thread): every other shape the same way, counted down by
+   ``levi_warmup_pending_shapes``: the head's, then one request's batch at every length, then
+   larger batches; then the scorer's own :meth:`~service.scorer.Scorer.warm_up`, so anything
+   else it warms is warm too (its calls of the two functions are answered from shapes,
+   without running them).
+
+Meanwhile :class:`CompiledShapes` (the artifact as the scorer sees it) serves a call at a
+shape not compiled yet from compiled ones: padded to a larger compiled batch, or split into
+chunks of the largest; tokens padded to a longer compiled length (masked, so the pooled
+activations are the same up to float rounding, ~1e-6). No request waits for a compile.
+Only a shape longer than every compiled length (a cold-start text past the lengths in use)
+is compiled in the call, as before, with a warning.
+
+With the persistent compilation cache (on by default, service/settings.py) a compile is a
+cache read after the first start: about 0.15 s per shape instead of about 1 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from model.artifact import Artifact
+    from service.metrics import Metrics
+    from service.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+
+class WarmupStopped(RuntimeError):
+    """The background stage was asked to stop (shutdown, or another model swapped in)."""
+
+
+# The head's functions: rows only. The side and pair functions are row-wise (each row's
+# answer depends on that row alone), so padding rows or splitting a call changes nothing.
+ROW_FUNCTIONS = ("head", "user_side", "item_side", "pair")
+
+
+@dataclass(frozen=True, order=True)
+class Shape:
+    """One compiled specialization: ``function`` ("backbone", "head", "user_side",
+    "item_side" or "pair") at ``rows`` x ``length`` tokens (``length`` 0 but the backbone)."""
+
+    function: str
+    rows: int
+    length: int = 0
+
+
+def full_plan(scorer: Scorer) -> tuple[Shape, ...]:
+    """Every shape the scorer calls: backbone batch x length buckets in use, then the head
+    buckets, or the side buckets and pair buckets of the first-layer decomposition."""
+    lengths = scorer.length_buckets_in_use()
+    backbone = [Shape("backbone", r, n) for r in scorer.backbone_buckets for n in lengths]
+    if not scorer.decomposed:
+        return (*backbone, *(Shape("head", r) for r in scorer.head_buckets))
+    sides = [Shape(f"{s}_side", r) for s in ("user", "item") for r in scorer.head_buckets]
+    return (*backbone, *sides, *(Shape("pair", r) for r in scorer.pair_buckets))
+
+
+def first_plan(plan: Iterable[Shape], texts_per_request: int) -> tuple[Shape, ...]:
+    """Stage 1 (module docstring): every call can be served from these two shapes."""
+    plan = tuple(plan)
+    out = []
+    for fn, need in (("backbone", texts_per_request), *((f, 1) for f in ROW_FUNCTIONS)):
+        shapes = [s for s in plan if s.function == fn]
+        if shapes:
+            rows = sorted({s.rows for s in shapes})
+            smallest = next((r for r in rows if r >= need), rows[-1])
+            out.append(Shape(fn, smallest, max(s.length for s in shapes)))
+    return tuple(sorted(out))
+
+
+def background_order(plan: Iterable[Shape], first: Iterable[Shape]) -> tuple[Shape, ...]:
+    """The shapes left after ``first``: the head's (cheap), then the first backbone batch at
+    every length (lone requests), then by batch size, so the batches of a growing load are
+    compiled before the largest ones."""
+    done = set(first)
+    first_rows = {s.rows for s in done if s.function == "backbone"}
+    return tuple(sorted((s for s in plan if s not in done), key=lambda s: (
+        s.function == "backbone", s.rows not in first_rows, s.rows, s.length)))  # fmt: skip
+
+
+class CompiledShapes:
+    """The artifact as the scorer sees it: calls at shapes that are not compiled yet are
+    served from compiled ones (module docstring). Every other attribute is the artifact's.
+
+    Args:
+        artifact: the loaded artifact.
+        metrics: ``levi_warmup_pending_shapes`` is kept here.
+    """
+
+    def __init__(self, artifact: Artifact, metrics: Metrics | None = None):
+        import jax
+
+        self._artifact = artifact
+        self._metrics = metrics
+        self._jit = {
+            "backbone": (jax.jit(artifact.exported_backbone.call), artifact.backbone_params,
+                         artifact.exported_backbone),
+            "head": (jax.jit(artifact.exported_head.call), artifact.head_params,
+                     artifact.exported_head),
+        }  # fmt: skip
+        self._row_inputs = _decomposed_inputs(artifact)  # function -> per-row input shapes
+        self.compiled: set[Shape] = set()
+        self.pending: set[Shape] = set()
+        self.complete = False  # everything compiled: calls go straight to the artifact
+        self.stopping = threading.Event()  # the background stage ends after its current shape
+        self._warming_thread: int | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._artifact, name)
+
+    # -- compiling -----------------------------------------------------------------------
+
+    def compile(self, shape: Shape) -> float:
+        """Compile ``shape`` ahead of time (nothing runs; the side and pair functions, a few
+        milliseconds of work, are run once on zeros); seconds taken."""
+        import jax
+
+        t0 = time.perf_counter()
+        if shape.function in self._row_inputs:
+            self._run_zeros(shape)
+            self._record(shape)
+            return time.perf_counter() - t0
+        jitted, params, exported = self._jit[shape.function]
+        n_data = 2 if shape.function == "backbone" else 3
+        args = [
+            jax.ShapeDtypeStruct(_concrete(a.shape, shape), a.dtype)
+            for a in exported.in_avals[-n_data:]
+        ]
+        jitted.lower(params, *args).compile()
+        self._record(shape)
+        return time.perf_counter() - t0
+
+    def compile_all(self, shapes: Iterable[Shape]) -> float:
+        """Compile ``shapes`` in order (those not compiled yet); seconds taken."""
+        t0 = time.perf_counter()
+        for s in shapes:
+            if self.stopping.is_set():
+                raise WarmupStopped("stopped before every shape was compiled")
+            if s not in self.compiled:
+                self.compile(s)
+        return time.perf_counter() - t0
+
+    def _record(self, shape: Shape) -> None:
+        with self._lock:
+            self.compiled.add(shape)
+            self.pending.discard(shape)
+            if self._metrics is not None:
+                self._metrics.warmup_pending.set(len(self.pending))
+
+    def set_pending(self, shapes: Iterable[Shape]) -> None:
+        with self._lock:
+            self.pending = set(shapes) - self.compiled
+            if self._metrics is not None:
+                self._metrics.warmup_pending.set(len(self.pending))
+
+    def warming(self) -> _Warming:
+        """Within this context, this thread's calls of the two functions compile their
+        shape and return zeros of the answer's shape instead of running."""
+        return _Warming(self)
+
+    # -- the functions the scorer calls --------------------------------------------------
+
+    def encode(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The artifact's ``encode``, from compiled shapes only (module docstring)."""
+        input_ids, mask = np.asarray(input_ids), np.asarray(mask)
+        rows, length = input_ids.shape
+        shape = Shape("backbone", rows, length)
+        if self._warming_here(shape):
+            return self._zeros(shape)[0]
+        target = self._target(shape)
+        if target is None:
+            return self._artifact.encode(input_ids, mask)
+        pad_id = self._artifact.tokenizer.pad_id
+        input_ids = _pad_cols(input_ids, target.length, pad_id)
+        mask = _pad_cols(mask, target.length, 0)
+        outs = [
+            self._artifact.encode(_pad_rows(i, target.rows), _pad_rows(m, target.rows))[: len(i)]
+            for i, m in _chunks(target.rows, input_ids, mask)
+        ]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def score(
+        self, ids: np.ndarray, multi_hot: np.ndarray, activations: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The artifact's ``score``, from compiled shapes only (module docstring)."""
+        shape = Shape("head", int(np.shape(ids)[0]))
+        if self._warming_here(shape):
+            adapters, rating = self._zeros(shape)
+            return adapters, rating
+        target = self._target(shape)
+        if target is None:
+            return self._artifact.score(ids, multi_hot, activations)
+        parts = [
+            [a[: len(c[0])] for a in self._artifact.score(*(_pad_rows(x, target.rows) for x in c))]
+            for c in _chunks(target.rows, np.asarray(ids), np.asarray(multi_hot),
+                             np.asarray(activations))
+        ]  # fmt: skip
+        if len(parts) == 1:
+            return parts[0][0], parts[0][1]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def side(
+        self, side: str, ids: np.ndarray, multi_hot: np.ndarray, views: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The artifact's ``side``, from compiled shapes only (module docstring)."""
+        shape = Shape(f"{side}_side", int(np.shape(ids)[0]))
+        if self._warming_here(shape):
+            return self._artifact.side(side, ids, multi_hot, views)
+        target = self._target(shape)
+        if target is None:
+            return self._artifact.side(side, ids, multi_hot, views)
+        parts = [
+            {k: v[: len(c[0])] for k, v in self._artifact.side(
+                side, *(_pad_rows(x, target.rows) for x in c)).items()}
+            for c in _chunks(target.rows, np.asarray(ids), np.asarray(multi_hot),
+                             np.asarray(views))
+        ]  # fmt: skip
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def pair(
+        self, user: dict[str, np.ndarray], item: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The artifact's ``pair``, from compiled shapes only (module docstring)."""
+        keys = sorted(user)
+        shape = Shape("pair", int(user[keys[0]].shape[0]))
+        if self._warming_here(shape):
+            return self._artifact.pair(user, item)
+        target = self._target(shape)
+        if target is None:
+            return self._artifact.pair(user, item)
+        outs = []
+        for c in _chunks(target.rows, *(user[k] for k in keys), *(item[k] for k in keys)):
+            n = len(c[0])
+            u = {k: _pad_rows(c[j], target.rows) for j, k in enumerate(keys)}
+            i = {k: _pad_rows(c[len(keys) + j], target.rows) for j, k in enumerate(keys)}
+            adapters, rating = self._artifact.pair(u, i)
+            outs.append((adapters[:n], rating[:n]))
+        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+    def _run_zeros(self, shape: Shape) -> None:
+        """Call a side or the pair function once on zeros of ``shape`` (compiles it)."""
+        inputs = self._row_inputs[shape.function]
+        if shape.function == "pair":
+            zeros = {k: np.zeros((shape.rows, *w), np.float32) for k, w in inputs.items()}
+            self._artifact.pair(zeros, zeros)
+        else:
+            side = shape.function.removesuffix("_side")
+            self._artifact.side(side, *(np.zeros((shape.rows, *w), t) for w, t in inputs))
+
+    def _warming_here(self, shape: Shape) -> bool:
+        if self._warming_thread != threading.get_ident():
+            return False
+        if shape not in self.compiled:
+            self.compile(shape)
+        return True
+
+    def _target(self, shape: Shape) -> Shape | None:
+        """The compiled shape to serve ``shape`` from, or None to call the artifact as is."""
+        if self.complete or shape in self.compiled:
+            return None
+        with self._lock:  # the background thread adds shapes meanwhile
+            compiled = [
+                s for s in self.compiled
+                if s.function == shape.function and s.length >= shape.length
+            ]  # fmt: skip
+        if not compiled:
+            log.warning(
+                "compiling the %s for %d rows x %d tokens while serving: no compiled shape is "
+                "that long (levi_warmup_pending_shapes shows what is left to compile)",
+                shape.function, shape.rows, shape.length,
+            )  # fmt: skip
+            self._record(shape)  # the artifact's own jit keeps it from now on
+            return None
+        length = min(s.length for s in compiled)
+        same = [s for s in compiled if s.length == length]
+        larger = [s for s in same if s.rows >= shape.rows]
+        return min(larger) if larger else max(same)
+
+    def _zeros(self, shape: Shape) -> list[np.ndarray]:
+        _, _, exported = self._jit[shape.function]
+        return [np.zeros(_concrete(a.shape, shape), a.dtype) for a in exported.out_avals]
+
+
+class _Warming:
+    def __init__(self, shapes: CompiledShapes):
+        self.shapes = shapes
+
+    def __enter__(self) -> None:
+        if self.shapes._warming_thread is not None:
+            raise RuntimeError("one warming thread at a time")
+        self.shapes._warming_thread = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shapes._warming_thread = None
+
+
+def _decomposed_inputs(artifact: Artifact) -> dict[str, Any]:
+    """Per-row input shapes of the side and pair functions (none for pair views)."""
+    if not getattr(artifact, "decomposed", False):
+        return {}
+    from model.decomposed import part_widths
+
+    layout, cfg = artifact.layout, artifact.head_config
+    _, n_layers, d = artifact.reference.activation_mean.shape
+    sizes = {
+        "user": (layout.n_user_ids, layout.n_user_multi_hot),
+        "item": (len(cfg.vocab_sizes) - layout.n_user_ids,
+                 cfg.n_multi_hot - layout.n_user_multi_hot),
+    }  # fmt: skip
+    out: dict[str, Any] = {"pair": part_widths(cfg)}
+    for side, (f, g) in sizes.items():
+        views = layout.view_sides.count(side)
+        out[f"{side}_side"] = [
+            ((f,), np.int32),
+            ((g,), np.float32),
+            ((views, n_layers, d), np.float32),
+        ]
+    return out
+
+
+def _concrete(dims: tuple, shape: Shape) -> tuple[int, ...]:
+    """An exported function's symbolic dimensions filled in: batch, then tokens."""
+    out = []
+    for d in dims:
+        if isinstance(d, int):
+            out.append(d)
+        else:
+            out.append(shape.rows if not out else shape.length)
+    return tuple(out)
+
+
+def _chunks(rows: int, *arrays: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    n = arrays[0].shape[0]
+    return [tuple(a[k * rows : (k + 1) * rows] for a in arrays) for k in range(math.ceil(n / rows))]
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    if array.shape[0] == rows:
+        return array
+    pad = np.zeros((rows - array.shape[0], *array.shape[1:]), dtype=array.dtype)
+    return np.concatenate([array, pad], axis=0)
+
+
+def _pad_cols(array: np.ndarray, length: int, value: int) -> np.ndarray:
+    if array.shape[1] == length:
+        return array
+    out = np.full((array.shape[0], length), value, dtype=array.dtype)
+    out[:, : array.shape[1]] = array
+    return out
+
+
+# -- the two stages ----------------------------------------------------------------------
+
+
+def warm_first(scorer: Scorer, shapes: CompiledShapes) -> float:
+    """Stage 1 (blocking): compile what first traffic needs; seconds taken.
+
+    The rest of the plan is marked pending (``levi_warmup_pending_shapes``).
+    """
+    t0 = time.perf_counter()
+    plan = full_plan(scorer)
+    first = first_plan(plan, scorer.views.n_views)
+    shapes.set_pending(plan)
+    shapes.compile_all(first)
+    return time.perf_counter() - t0
+
+
+def warm_rest(scorer: Scorer, shapes: CompiledShapes) -> float:
+    """Stage 2 (blocking; on its own thread while serving): every other shape, then the
+    scorer's own warm-up; seconds taken. Calls go straight to the artifact afterwards."""
+    t0 = time.perf_counter()
+    shapes.compile_all(background_order(full_plan(scorer), shapes.compiled))
+    if shapes.stopping.is_set():
+        raise WarmupStopped("stopped before the scorer's own warm-up")
+    with shapes.warming():
+        scorer.warm_up()
+    shapes.complete = True
+    shapes.set_pending(())
+    return time.perf_counter() - t0
+
+
+def start_background(
+    scorer: Scorer, shapes: CompiledShapes, done: Callable[[float], None] | None = None
+) -> threading.Thread:
+    """Run :func:`warm_rest` on a thread; ``done(seconds)`` when it has finished.
+
+    Stop it with ``shapes.stopping.set()`` and join the thread before the process exits: a
+    thread inside an XLA compile at interpreter exit crashes the process.
+    """
+
+    def run() -> None:
+        try:
+            seconds = warm_rest(scorer, shapes)
+        except WarmupStopped:
+            return
+        except Exception:  # serving goes on from the shapes compiled so far
+            log.exception("background warm-up of model %s failed", scorer.model_version)
+            return
+        if done is not None:
+            done(seconds)
+
+    thread = threading.Thread(target=run, name="levi-warmup")
+    thread.start()
+    return thread
