@@ -94,7 +94,9 @@ def rank_over_http(model: Path, requests: int, seed: int = 0) -> dict:
     items = pd.read_parquet(model / "items.parquet")["item_id"].astype(str).tolist()
     rng = np.random.default_rng(seed)
     port = _free_port()
-    env = {**os.environ, "LEVI_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+    # LEVI_WARMUP=all: every shape compiled before ready, so no background compile shares the
+    # cores with the timed requests (the steady state, as bench/serve.py measures it)
+    env = {**os.environ, "LEVI_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT), "LEVI_WARMUP": "all"}
     env.pop("REDIS_URL", None)
     cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
            "--model", str(model)]  # fmt: skip
