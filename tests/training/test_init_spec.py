@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from training.data import load_spec_dataset
-from training.init_spec import guess_column, main
+from training.init_spec import main
 from training.spec import load_spec, parse_spec
+from training.spec_guess import guess_column
 
 N_READERS, N_BOOKS, N_RATINGS = 40, 30, 400
 SUBJECTS = ("fantasy", "history", "science", "romance", "poetry")
