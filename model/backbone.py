@@ -32,8 +32,8 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
+from model.batching import encode_texts
 from model.bert import BertConfig, BertEncoder, bert_params_from_hf
 from model.hf_checkpoint import (
     CheckpointError,
@@ -130,25 +130,13 @@ class Backbone:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        out = np.zeros((len(texts), self.n_layers, self.hidden_size), dtype=np.float32)
-        if not texts:
-            return out
-        ids = self.tokenizer.encode(list(texts))
         # Never pad past max_length: positions beyond the table would gather garbage.
-        buckets = buckets_up_to(self.max_length, self.buckets)
-        order = np.argsort([len(x) for x in ids], kind="stable")
-        with tqdm(
-            total=len(texts), desc=f"encode {self.name}", unit="text", disable=not progress
-        ) as bar:
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                batch = [ids[i] for i in rows]
-                batch += [[]] * (batch_size - len(batch))  # empty rows: mask 0, dropped below
-                input_ids, mask = self.tokenizer.pad(batch, buckets)
-                pooled = self._jitted(self.params, input_ids, mask)  # [batch, n_layers, d]
-                out[rows] = np.asarray(pooled)[: len(rows)]
-                bar.update(len(rows))
-        return out
+        return encode_texts(
+            texts, self.tokenizer, lambda ids, mask: self._jitted(self.params, ids, mask),
+            length_buckets=buckets_up_to(self.max_length, self.buckets),
+            row_buckets=(batch_size,), out_shape=(self.n_layers, self.hidden_size),
+            progress=progress, desc=f"encode {self.name}",
+        )  # fmt: skip
 
 
 def compute_fingerprint(

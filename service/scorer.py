@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from model.batching import encode_texts
 from model.decomposed import SIDES, part_widths
 from model.features import as_values
 from model.tokenizer import LENGTH_BUCKETS, bucket_length
@@ -226,18 +227,20 @@ class Scorer:
     # -- model calls ----------------------------------------------------------------------
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Backbone activations ``[n, n_layers, d]`` of texts, in padded bucket-sized calls."""
-        chunk = self.backbone_buckets[-1]
-        outs = []
-        for start in range(0, len(texts), chunk):
-            part = texts[start : start + chunk]
-            input_ids, mask = self.tokenizer.pad(self.tokenizer.encode(part), self.length_buckets)
-            rows = bucket_length(len(part), self.backbone_buckets)
+        """Backbone activations ``[n, n_layers, d]`` of texts, in padded bucket-sized calls
+        (``model.batching``: the loop the trainer scores the exported model with)."""
+
+        def timed(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
             t0 = time.perf_counter()
-            acts = self.artifact.encode(_pad_rows(input_ids, rows), _pad_rows(mask, rows))
+            acts = self.artifact.encode(input_ids, mask)
             self.metrics.backbone_seconds.observe(time.perf_counter() - t0)
-            outs.append(np.asarray(acts, dtype=np.float32)[: len(part)])
-        return np.concatenate(outs, axis=0)
+            return acts
+
+        n_layers, d = self.cache.shape
+        return encode_texts(
+            texts, self.tokenizer, timed, length_buckets=self.length_buckets,
+            row_buckets=self.backbone_buckets, out_shape=(n_layers, d),
+        )  # fmt: skip
 
     def activations(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """``{text: [n_layers, d]}`` from the cache, encoding and caching the misses."""

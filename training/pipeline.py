@@ -19,8 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from model.batching import encode_texts
 from model.features import FeatureSpec, fit_feature_spec
 from model.head import HeadConfig
 from model.templates import ViewSet
@@ -528,13 +528,11 @@ def score_exported(path: Path, prep: Prepared, *, progress: bool = False) -> dic
 
 
 def _encode_with(art, texts: list[str], *, progress: bool, batch_size: int = 64) -> np.ndarray:
-    """Pooled activations of ``texts`` from the artifact's exported backbone."""
-    ids = art.tokenizer.encode(texts)
-    order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths share a bucket
-    out = np.zeros((len(texts), *art.reference.activation_mean.shape[1:]), np.float32)
-    starts = range(0, len(texts), batch_size)
-    for s in tqdm(starts, desc="score exported", disable=not progress, leave=False):
-        rows = order[s : s + batch_size]
-        input_ids, mask = art.tokenizer.pad([ids[r] for r in rows])
-        out[rows] = art.encode(input_ids, mask)
-    return out
+    """Pooled activations of ``texts`` from the artifact's exported backbone, padded to the
+    manifest's length buckets: the shapes the service compiles and calls."""
+    return encode_texts(
+        texts, art.tokenizer, art.encode,
+        length_buckets=tuple(art.manifest["backbone"]["length_buckets"]),
+        row_buckets=(batch_size,), out_shape=art.reference.activation_mean.shape[1:],
+        progress=progress, desc="score exported",
+    )  # fmt: skip
