@@ -96,6 +96,31 @@ class HeadConfig:
         return cls(**fields)
 
 
+def ablation(method: str, n_layers: int) -> dict:
+    """The ``HeadConfig`` fields that make a head one of the report's methods (paper
+    Tables 1, 5): LEVI, intermediates + adapters without the MLP (A3), the MLP alone (A4),
+    the multi-head MLP (A5) and the linear probe on the last layer (LP).
+
+    Raises:
+        ValueError: ``method`` trains no head (the closed-form and post-hoc baselines).
+    """
+    all_layers = tuple(range(n_layers))
+    presets = {
+        "levi": {"layers": all_layers},
+        "intermediates": {"layers": all_layers, "use_task_vector": False},
+        "mlp": {"layers": (), "text_free_heads": 1},
+        "multihead_mlp": {"layers": (), "text_free_heads": n_layers},
+        "linear_probe": {
+            "layers": (n_layers - 1,),
+            "use_task_vector": False,
+            "adapter_hidden": 0,
+        },
+    }
+    if method not in presets:
+        raise ValueError(f"{method!r} is not a trained method; trained: {sorted(presets)}")
+    return presets[method]
+
+
 class EmbeddingMLP(nn.Module):
     """Embeddings of ids and features, then an MLP: the task vector ``[batch, mlp_dims[-1]]``."""
 

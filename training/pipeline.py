@@ -67,6 +67,14 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class DeviceData:
+    """The head's tables on the devices (``training.train.device_tables``) and their mesh."""
+
+    tables: dict[str, Any]
+    mesh: Any  # jax.sharding.Mesh
+
+
+@dataclass(frozen=True)
 class PipelineResult:
     report: dict
     report_dir: Path
@@ -163,7 +171,7 @@ def train_all(
     log: Callable[[str], None],
     mesh=None,
 ) -> tuple[dict[str, float], dict[str, list[RunResult]], Any]:
-    """Every trained method over the seeds. Returns ``(chosen lrs, runs, device tables)``."""
+    """Every trained method over the seeds. Returns ``(chosen lrs, runs, device data)``."""
     mesh = mesh or make_mesh()
     n_train = len(prep.rows["train"])
     if n_train < cfg.batch_size:  # a small catalog: one batch is the whole training set
@@ -180,17 +188,17 @@ def train_all(
             prep.rows["train"], prep.rows["val"], mesh=mesh, data_signature=signature,
             checkpoint_root=checkpoint_root, progress=progress, log=log,
         )  # fmt: skip
-    return lrs, runs, (data, mesh)
+    return lrs, runs, DeviceData(data, mesh)
 
 
 def evaluate_all(
-    prep: Prepared, cfg: TrainConfig, runs: dict[str, list[RunResult]], device
+    prep: Prepared, cfg: TrainConfig, runs: dict[str, list[RunResult]], device: DeviceData
 ) -> tuple[dict, dict]:
     """Scores of every method. Returns ``(methods for report.json, extras)``.
 
     ``extras``: ``per_seed`` predictions of LEVI (test/ood adapters), ``auroc``.
     """
-    data, mesh = device
+    data, mesh = device.tables, device.mesh
     y = prep.tables.rating
     test, ood = prep.rows["test"], prep.rows["ood"]
     groups = {g: r - ood[0] for g, r in prep.ood_groups.items()} if len(ood) else {}
@@ -263,7 +271,7 @@ def evaluate_all(
 
 
 def reference_stats(
-    prep: Prepared, run: RunResult, device, cfg: TrainConfig
+    prep: Prepared, run: RunResult, device: DeviceData, cfg: TrainConfig
 ) -> dict[str, np.ndarray]:
     """Drift reference over the training pairs: activation moments, predictions, disagreement.
 
@@ -272,7 +280,7 @@ def reference_stats(
         ``prediction_hist`` (fractions, ``[HIST_BINS]``) over ``prediction_edges``
         ``[HIST_BINS + 1]``; ``disagreement_quantiles`` at ``QUANTILES``.
     """
-    data, mesh = device
+    data, mesh = device.tables, device.mesh
     train = prep.rows["train"]
     acts = prep.activations
     means, variances = [], []
@@ -308,45 +316,6 @@ def reference_stats(
 def model_version(cfg: TrainConfig, fingerprint: str) -> str:
     digest = hashlib.sha256((cfg.digest() + fingerprint).encode()).hexdigest()[:8]
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{digest}"
-
-
-def collab_note(cfg: TrainConfig) -> str:
-    """How the report describes the from-scratch model's collaborative term."""
-    parts = ["user and item biases"] if cfg.id_biases else []
-    if cfg.factor_dim:
-        parts.append(f"a {cfg.factor_dim}-wide user-item factor dot product")
-    if not parts:
-        return "No collaborative term (factor_dim 0, id_biases off)."
-    return (
-        "The from-scratch model (LEVI, MLP, multi-head MLP) includes a collaborative term, "
-        f"{' plus '.join(parts)}, added to every adapter's output; its rows get per-example "
-        f"L2 {cfg.factor_l2:g}, as in matrix factorisation."
-    )
-
-
-def training_notes(cfg: TrainConfig, lrs: dict[str, float], split_seed: int) -> list[str]:
-    return [
-        f"Adam with decoupled weight decay (optax.adamw, {cfg.weight_decay:g}), batch "
-        f"{cfg.batch_size}, dropout {cfg.dropout:g}; early stopping on ID validation RMSE "
-        f"(patience {cfg.patience}, at most {cfg.max_epochs} epochs), best parameters kept.",
-        collab_note(cfg),
-        f"Item OOV training: each training pair's item features are replaced by the OOV id "
-        f"with probability {cfg.item_oov_prob:g}, so the OOV slot is trained and cold-start "
-        "(OOD) items are carried by their item text.",
-        "Learning rate from "
-        + ", ".join(f"{lr:g}" for lr in cfg.lrs)
-        + (
-            f" chosen on ID validation with seed {cfg.seeds[0]} only and reused for the other "
-            f"seeds, by successive halving: every rate trained {cfg.lr_probe_epochs} epoch(s), "
-            "the better half twice as long, until one is left and continues to early stopping."
-            if cfg.lr_on_first_seed and cfg.lr_probe_epochs
-            else " chosen on ID validation."
-        ),
-        f"One ID split (split seed {split_seed}); seeds vary initialisation, dropout and "
-        "batch order. Baselines are deterministic (std 0).",
-        "Activations cached as float16 and cast to float32 in the head.",
-        "Chosen learning rates: " + ", ".join(f"{m} {lr:g}" for m, lr in lrs.items()) + ".",
-    ]
 
 
 def run_pipeline(
@@ -442,7 +411,7 @@ def run_pipeline(
         "lrs": lrs,
         "auroc": extras.get("auroc"),
         "timings": timings,
-        "text": training_notes(cfg, lrs, split_seed),
+        "text": report.training_notes(cfg, lrs, split_seed),
         "exported_source": exported_source,
     }
     report_dir = report.write_report(doc, notes, output_dir / "reports" / version)
@@ -457,7 +426,7 @@ def export(
     prep: Prepared,
     cfg: TrainConfig,
     run: RunResult,
-    device,
+    device: DeviceData,
     backbone,
     version: str,
     output_dir: Path,

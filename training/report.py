@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import METHODS
+from training.config import METHODS, TrainConfig
 
 PLOTS = ("plots/ood_rmse_by_group.png", "plots/per_layer_rmse.png")
 
@@ -183,3 +183,45 @@ def write_report(report: Mapping, notes: Mapping, out_dir: Path) -> Path:
     (out_dir / "report.md").write_text(render_markdown(report, notes))
     plot_report(report, out_dir)
     return out_dir
+
+
+# -- prose: how the models were trained (report.md's notes) -----------------------------
+
+
+def collab_note(cfg: TrainConfig) -> str:
+    """How the report describes the from-scratch model's collaborative term."""
+    parts = ["user and item biases"] if cfg.id_biases else []
+    if cfg.factor_dim:
+        parts.append(f"a {cfg.factor_dim}-wide user-item factor dot product")
+    if not parts:
+        return "No collaborative term (factor_dim 0, id_biases off)."
+    return (
+        "The from-scratch model (LEVI, MLP, multi-head MLP) includes a collaborative term, "
+        f"{' plus '.join(parts)}, added to every adapter's output; its rows get per-example "
+        f"L2 {cfg.factor_l2:g}, as in matrix factorisation."
+    )
+
+
+def training_notes(cfg: TrainConfig, lrs: dict[str, float], split_seed: int) -> list[str]:
+    return [
+        f"Adam with decoupled weight decay (optax.adamw, {cfg.weight_decay:g}), batch "
+        f"{cfg.batch_size}, dropout {cfg.dropout:g}; early stopping on ID validation RMSE "
+        f"(patience {cfg.patience}, at most {cfg.max_epochs} epochs), best parameters kept.",
+        collab_note(cfg),
+        f"Item OOV training: each training pair's item features are replaced by the OOV id "
+        f"with probability {cfg.item_oov_prob:g}, so the OOV slot is trained and cold-start "
+        "(OOD) items are carried by their item text.",
+        "Learning rate from "
+        + ", ".join(f"{lr:g}" for lr in cfg.lrs)
+        + (
+            f" chosen on ID validation with seed {cfg.seeds[0]} only and reused for the other "
+            f"seeds, by successive halving: every rate trained {cfg.lr_probe_epochs} epoch(s), "
+            "the better half twice as long, until one is left and continues to early stopping."
+            if cfg.lr_on_first_seed and cfg.lr_probe_epochs
+            else " chosen on ID validation."
+        ),
+        f"One ID split (split seed {split_seed}); seeds vary initialisation, dropout and "
+        "batch order. Baselines are deterministic (std 0).",
+        "Activations cached as float16 and cast to float32 in the head.",
+        "Chosen learning rates: " + ", ".join(f"{m} {lr:g}" for m, lr in lrs.items()) + ".",
+    ]

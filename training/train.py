@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from model.head import HeadConfig, LeviHead, adapter_loss, collab_penalty, ensemble
+from model.head import HeadConfig, LeviHead, ablation, adapter_loss, collab_penalty, ensemble
 from training.config import TrainConfig
 from training.evaluate import rmse
 
@@ -133,20 +133,7 @@ def head_config(
         id_features: columns of the id input holding the user and item id (-1: absent); the
             collaborative term needs both.
     """
-    all_layers = tuple(range(n_layers))
-    per_method = {
-        "levi": {"layers": all_layers},
-        "intermediates": {"layers": all_layers, "use_task_vector": False},
-        "mlp": {"layers": (), "text_free_heads": 1},
-        "multihead_mlp": {"layers": (), "text_free_heads": n_layers},
-        "linear_probe": {
-            "layers": (n_layers - 1,),
-            "use_task_vector": False,
-            "adapter_hidden": 0,
-        },
-    }
-    if method not in per_method:
-        raise ValueError(f"{method!r} is not a trained method; trained: {sorted(per_method)}")
+    per_method = ablation(method, n_layers)  # raises for a method that trains no head
     base = {
         "vocab_sizes": tuple(vocab_sizes),
         "n_multi_hot": n_multi_hot,
@@ -162,7 +149,7 @@ def head_config(
         "factor_dim": cfg.factor_dim,
         "id_biases": cfg.id_biases,
     }
-    return HeadConfig(**{**base, **per_method[method]})
+    return HeadConfig(**{**base, **per_method})
 
 
 def _gather(
