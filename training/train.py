@@ -371,29 +371,24 @@ def train_run(
     meta = {"step": 0, "best_val": np.inf, "best_epoch": -1, "bad_epochs": 0, "done": 0}
     ckpt = _Checkpoints(checkpoint_dir)
     resumed_from = 0
-    if (latest := ckpt.latest()) is not None:
-        template = {
+    def tree() -> dict[str, Any]:
+        """What a checkpoint holds (one builder for saving and for the restore template)."""
+        return {
             "params": params,
             "opt_state": opt_state,
             "best_params": best_params,
             "meta": {k: np.asarray(v) for k, v in meta.items()},
         }
-        restored = ckpt.restore(latest, template)
+
+    if (latest := ckpt.latest()) is not None:
+        restored = ckpt.restore(latest, tree())
         params, opt_state = restored["params"], restored["opt_state"]
         best_params = jax.device_get(restored["best_params"])
         meta = {k: v.item() for k, v in restored["meta"].items()}
         resumed_from = int(meta["step"])
 
     def save() -> None:
-        ckpt.save(
-            int(meta["step"]),
-            {
-                "params": params,
-                "opt_state": opt_state,
-                "best_params": best_params,
-                "meta": {k: np.asarray(v) for k, v in meta.items()},
-            },
-        )
+        ckpt.save(int(meta["step"]), tree())
 
     # rbg: XLA's RngBitGenerator, much cheaper for dropout masks on CPU than threefry.
     key = jax.random.key(seed + 1_000_003, impl="rbg")
