@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -116,47 +115,14 @@ def tiny_spec(tmp_path):
     return write_tiny_catalog(tmp_path / "data")
 
 
-def _tiny_tokenizer_file(path, texts_words) -> str:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    vocab = {t: i for i, t in enumerate(specials + sorted(texts_words))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tok.save(str(path))
-    json.loads(path.read_text())  # written and valid
-    return str(path)
-
-
 def make_tiny_backbone(tmp_path):
     """A 2-layer, 32-wide random BERT with a word-level tokenizer over the synthetic texts."""
-    import jax
-
-    from model.backbone import Backbone, compute_fingerprint
-    from model.bert import BertConfig, BertEncoder
-    from model.tokenizer import TextTokenizer
+    from tiny_assets import tiny_bert, write_word_tokenizer
 
     words = {"user", "id", "age", "occupation", "zip", "code", "movie", "title", "unknown"}
     words |= {"doctor", "student", "artist", "awful", "plain", "great", "(", ")", ",", "1995"}
     words |= {str(i) for i in range(100)}
-    config = BertConfig.tiny()
-    assert len(words) + 4 <= config.vocab_size
-    tokenizer = TextTokenizer(_tiny_tokenizer_file(tmp_path / "tokenizer.json", words), 32)
-    ids = np.zeros((1, 8), np.int32)
-    params = BertEncoder(config).init(jax.random.key(0), ids, np.ones_like(ids))
-    return Backbone(
-        name="tiny",
-        family="bert",
-        config=config,
-        params=params,
-        tokenizer=tokenizer,
-        fingerprint=compute_fingerprint("bert", config, params, tokenizer),
-        buckets=(16, 32),
-    )
+    return tiny_bert(write_word_tokenizer(tmp_path / "tokenizer.json", sorted(words)))
 
 
 @pytest.fixture

@@ -24,13 +24,11 @@ from model.artifact import (
     load_artifact,
     unflatten_params,
 )
-from model.backbone import Backbone, compute_fingerprint
-from model.bert import BertConfig, BertEncoder
+from model.backbone import Backbone
 from model.features import Column, FeatureSpec
 from model.head import HeadConfig, LeviHead
 from model.reference import ReferenceStats
 from model.templates import views_from_templates
-from model.tokenizer import TextTokenizer
 
 ROOT = Path(__file__).parent.parent
 WORDS = ("user", "id", "age", "movie", "title", "great", "awful", ",", *map(str, range(40)))
@@ -39,21 +37,9 @@ GENRES = ("Action", "Comedy", "Horror")
 
 def _tiny_backbone(directory: Path) -> Backbone:
     """BertConfig.tiny() at random init with a word-level tokenizer over a few words."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from tiny_assets import tiny_bert, write_word_tokenizer
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + list(WORDS))}, "[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tok.save(str(directory / "tokenizer.json"))
-    tokenizer = TextTokenizer(directory / "tokenizer.json", max_length=32)
-    config = BertConfig.tiny()
-    ids = np.zeros((1, 8), np.int32)
-    params = BertEncoder(config).init(jax.random.key(0), ids, np.ones_like(ids))
-    fingerprint = compute_fingerprint("bert", config, params, tokenizer)
-    return Backbone("tiny", "bert", config, params, tokenizer, fingerprint, buckets=(16, 32))
+    return tiny_bert(write_word_tokenizer(directory / "tokenizer.json", WORDS, lowercase=False))
 
 
 def _reference(n_views: int, n_layers: int, d: int, median: float = 0.2) -> ReferenceStats:

@@ -86,18 +86,9 @@ WORDS = (
 
 
 def _write_tokenizer(path: Path) -> Path:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from tiny_assets import write_word_tokenizer
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    vocab = {t: i for i, t in enumerate(specials + list(dict.fromkeys(WORDS)))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tok.save(str(path))
-    return path
+    return write_word_tokenizer(path, WORDS)
 
 
 def random_params(module: Any, args: tuple, seed: int, *, out_bias: float = 0.0) -> Any:
@@ -126,24 +117,12 @@ def random_params(module: Any, args: tuple, seed: int, *, out_bias: float = 0.0)
 
 def _tiny_backbone(tokenizer_path: Path, seed: int):
     """``BertConfig.tiny()`` with random weights (2 layers, hidden 32, max length 32)."""
-    from model.backbone import Backbone, compute_fingerprint
-    from model.bert import BertConfig, BertEncoder
-    from model.tokenizer import TextTokenizer
+    from tiny_assets import tiny_bert
 
-    config = BertConfig.tiny()
-    tokenizer = TextTokenizer(tokenizer_path, max_length=32)
-    assert len(dict.fromkeys(WORDS)) + 4 <= config.vocab_size
-    ids = np.zeros((1, 8), np.int32)
-    params = random_params(BertEncoder(config), (ids, np.ones_like(ids)), seed)
-    return Backbone(
-        name=BACKBONE_NAME,
-        family="bert",
-        config=config,
-        params=params,
-        tokenizer=tokenizer,
-        fingerprint=compute_fingerprint("bert", config, params, tokenizer),
-        buckets=(16, 32),
-    )
+    return tiny_bert(
+        tokenizer_path, name=BACKBONE_NAME,
+        params_fn=lambda module, args: random_params(module, args, seed),
+    )  # fmt: skip
 
 
 def export_tiny(root: Path, model_version: str, seed: int, tokenizer_path: Path) -> Path:
