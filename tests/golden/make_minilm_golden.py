@@ -11,7 +11,7 @@ float32 [n, 6, 384]).
 
 Every text here is under 128 tokens (the longest is 67). The default limit is now the
 checkpoint's 256, so positions past 128 are checked without torch in
-``tests/test_bert.py::test_minilm_reads_past_128_tokens_like_the_numpy_recomputation`` (a
+``tests/model/test_bert.py::test_minilm_reads_past_128_tokens_like_the_numpy_recomputation`` (a
 206-token text against the NumPy re-computation of BERT on the real weights).
 """
 

@@ -1,7 +1,7 @@
 """Malformed artifacts are refused with a clear reason; what is already covered is not repeated.
 
 Covered elsewhere (not duplicated here):
-- tests/test_artifact.py::test_refuses_broken_artifacts: ``load_artifact`` refuses a truncated
+- tests/model/test_artifact.py::test_refuses_broken_artifacts: ``load_artifact`` refuses a truncated
   file, a flipped byte, a wrong format version, a wrong platform, a missing tokenizer, a
   missing or invalid manifest, an unlisted file and a wrong parameter shape.
 - tests/service/test_e2e.py::test_broken_artifact_is_refused_with_the_loaders_reason_and_the_

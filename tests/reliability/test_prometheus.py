@@ -2,7 +2,7 @@
 query (deploy/grafana/dashboards/levi.json) and every alert rule (deploy/prometheus/alerts.yml)
 is evaluated against what it scraped.
 
-tests/test_deploy.py checks that those queries name real metrics and labels; this checks
+tests/deploy/test_deploy.py checks that those queries name real metrics and labels; this checks
 that Prometheus itself parses and evaluates them on the service's real exposition, that the
 panels get data, that the rules evaluate without error, and that counters summed over the
 workers never go down between scrapes (each scrape may land on either worker).

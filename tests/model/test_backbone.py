@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from jax import export
 
-GOLDEN = Path(__file__).parent / "golden" / "minilm_l6.npz"
-ROOT = Path(__file__).parent.parent
+GOLDEN = Path(__file__).parents[1] / "golden" / "minilm_l6.npz"
+ROOT = Path(__file__).parents[2]
 TEXTS = [
     "user id 12, age 30, occupation doctor, zip code 55",
     "movie id 3, title great movie 4 (1995)",

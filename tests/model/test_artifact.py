@@ -30,7 +30,7 @@ from model.head import HeadConfig, LeviHead
 from model.reference import ReferenceStats
 from model.templates import views_from_templates
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 WORDS = ("user", "id", "age", "movie", "title", "great", "awful", ",", *map(str, range(40)))
 GENRES = ("Action", "Comedy", "Horror")
 

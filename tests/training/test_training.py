@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,7 +223,7 @@ def test_data_parallel_on_two_host_devices_matches_one_device():
     import sys
 
     code = (
-        "import sys; sys.path.insert(0, 'tests');"
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r});"
         "from test_training import _setup, TRAIN, VAL; from training.train import train_run;"
         "cfg, _, mesh, head, data = _setup(max_epochs=1, dropout=0.0);"
         "assert mesh.size == 2, mesh;"

@@ -24,8 +24,8 @@ from model.t5 import (
 )
 from model.tokenizer import TextTokenizer
 
-ASSETS = Path(__file__).parent / "assets"
-GOLDEN = Path(__file__).parent / "golden"
+ASSETS = Path(__file__).parents[1] / "assets"
+GOLDEN = Path(__file__).parents[1] / "golden"
 VERSIONS = ("v1_0", "v1_1")
 
 

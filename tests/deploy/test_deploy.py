@@ -22,7 +22,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed: pip install -e '.[test]'")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = ROOT / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
@@ -263,7 +263,7 @@ def registered_metrics() -> dict[str, tuple[str, frozenset[str]]]:
     else:
         pytest.fail(
             "service.metrics has neither a Metrics class (with .registry) nor a REGISTRY; "
-            "update registered_metrics() in tests/test_deploy.py to find its registry"
+            "update registered_metrics() in tests/deploy/test_deploy.py to find its registry"
         )
     # Label names are not part of the exposition of a metric without children, so they are
     # read from the collectors (prometheus_client keeps them in `_labelnames`).

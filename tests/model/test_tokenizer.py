@@ -7,7 +7,7 @@ import pytest
 
 from model.tokenizer import TextTokenizer, bucket_length, buckets_up_to
 
-GOLDEN = Path(__file__).parent / "golden" / "minilm_l6.npz"
+GOLDEN = Path(__file__).parents[1] / "golden" / "minilm_l6.npz"
 
 
 @pytest.fixture

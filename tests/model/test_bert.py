@@ -13,7 +13,7 @@ from model.bert import BertConfig, BertEncoder, bert_params_from_hf
 from model.hf_checkpoint import CheckpointError
 from model.pooling import masked_mean
 
-GOLDEN = Path(__file__).parent / "golden" / "minilm_l6.npz"
+GOLDEN = Path(__file__).parents[1] / "golden" / "minilm_l6.npz"
 CFG = BertConfig.tiny()
 
 
