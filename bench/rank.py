@@ -19,6 +19,7 @@ batch CLI 1,000,000 pairs <= 40 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -93,41 +94,29 @@ def rank_over_http(model: Path, requests: int, seed: int = 0) -> dict:
     users = pd.read_parquet(model / "users.parquet")["user_id"].astype(str).tolist()
     items = pd.read_parquet(model / "items.parquet")["item_id"].astype(str).tolist()
     rng = np.random.default_rng(seed)
-    port = _free_port()
     # LEVI_WARMUP=all: every shape compiled before ready, so no background compile shares the
     # cores with the timed requests (the steady state, as bench/serve.py measures it)
-    env = {**os.environ, "LEVI_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT), "LEVI_WARMUP": "all"}
-    env.pop("REDIS_URL", None)
-    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-           "--model", str(model)]  # fmt: skip
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait(f"{base}/readyz", proc, 600)
-            user_pool = rng.choice(users, 8, replace=False).tolist()
-            candidates = [{"item_id": i} for i in rng.choice(items, 1000, replace=False)]
-            out = {}
-            with httpx.Client(timeout=60) as client:
-                for u in user_pool:  # warm: every activation and projection computed once
-                    client.post(f"{base}/rank", json={"user_id": u, "candidates": candidates})
-                for name, path, body in (
-                    ("rank", "/rank", lambda u: {"user_id": u, "candidates": candidates}),
-                    ("batch", "/predict-rating/batch",
-                     lambda u: {"requests": [{"user_id": u, **c} for c in candidates]}),
-                ):  # fmt: skip
-                    times = []
-                    for k in range(requests):
-                        payload = body(user_pool[k % len(user_pool)])
-                        t = time.perf_counter()
-                        r = client.post(f"{base}{path}", json=payload)
-                        times.append(time.perf_counter() - t)
-                        assert r.status_code == 200, r.text[:300]
-                    out[name] = _percentiles(times)
-            return out
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with serving(model, 600, LEVI_WARMUP="all") as (base, _, _):
+        user_pool = rng.choice(users, 8, replace=False).tolist()
+        candidates = [{"item_id": i} for i in rng.choice(items, 1000, replace=False)]
+        out = {}
+        with httpx.Client(timeout=60) as client:
+            for u in user_pool:  # warm: every activation and projection computed once
+                client.post(f"{base}/rank", json={"user_id": u, "candidates": candidates})
+            for name, path, body in (
+                ("rank", "/rank", lambda u: {"user_id": u, "candidates": candidates}),
+                ("batch", "/predict-rating/batch",
+                 lambda u: {"requests": [{"user_id": u, **c} for c in candidates]}),
+            ):  # fmt: skip
+                times = []
+                for k in range(requests):
+                    payload = body(user_pool[k % len(user_pool)])
+                    t = time.perf_counter()
+                    r = client.post(f"{base}{path}", json=payload)
+                    times.append(time.perf_counter() - t)
+                    assert r.status_code == 200, r.text[:300]
+                out[name] = _percentiles(times)
+        return out
 
 
 def batch_cli(model: Path, pairs: int, seed: int = 0, runs: int = 2) -> list[dict]:
@@ -205,10 +194,12 @@ def with_items(model: Path, n_items: int, dest: Path) -> Path:
     return dest
 
 
-def start_and_rss(model: Path) -> tuple[float, float]:
-    """Seconds from ``python -m service`` to /readyz 200, and its RSS (MiB) then."""
+@contextlib.contextmanager
+def serving(model: Path, timeout: float, **env_extra: str):
+    """``python -m service`` on a free port (no Redis), stopped on exit; yields ``(base URL,
+    the process, seconds from start to /readyz 200)``."""
     port = _free_port()
-    env = {**os.environ, "LEVI_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "LEVI_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT), **env_extra}
     env.pop("REDIS_URL", None)
     cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
            "--model", str(model)]  # fmt: skip
@@ -216,14 +207,19 @@ def start_and_rss(model: Path) -> tuple[float, float]:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        _wait(f"http://127.0.0.1:{port}/readyz", proc, 900)
-        seconds = time.perf_counter() - t
-        with open(f"/proc/{proc.pid}/status") as f:
-            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-        return seconds, rss
+        base = f"http://127.0.0.1:{port}"
+        _wait(f"{base}/readyz", proc, timeout)
+        yield base, proc, time.perf_counter() - t
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def start_and_rss(model: Path) -> tuple[float, float]:
+    """Seconds from ``python -m service`` to /readyz 200, and its RSS (MiB) then."""
+    with serving(model, 900) as (_, proc, seconds), open(f"/proc/{proc.pid}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+    return seconds, rss
 
 
 def entities(model: Path, sizes=(1_000, 100_000, 1_000_000)) -> list[str]:

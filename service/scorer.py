@@ -75,6 +75,14 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([array, pad], axis=0)
 
 
+def _keys(side: str, inputs: Sequence[ScoreInput]) -> list[tuple[str, tuple]]:
+    """Each pair's ``(entity id, frozen request fields)`` on one side: what identifies the
+    entity's projections and records."""
+    if side == "user":
+        return [(r.user_id, freeze(r.user)) for r in inputs]
+    return [(r.item_id, freeze(r.item)) for r in inputs]
+
+
 def _padded_index(index: np.ndarray, start: int, stop: int, rows: int) -> np.ndarray:
     """``index[start:stop]`` padded with zeros to ``rows`` entries."""
     out = np.zeros(rows, np.int64)
@@ -333,10 +341,7 @@ class Scorer:
     def _score_decomposed(self, inputs: Sequence[ScoreInput]) -> ScoreBatch:
         sides = {}
         for side in SIDES:
-            keys = [
-                (r.user_id, freeze(r.user)) if side == "user" else (r.item_id, freeze(r.item))
-                for r in inputs
-            ]
+            keys = _keys(side, inputs)
             sides[side] = self._side(side, keys)
         u_parts, u_rows, u_cold, u_warn, u_index = sides["user"]
         i_parts, i_rows, i_cold, i_warn, i_index = sides["item"]
@@ -370,10 +375,7 @@ class Scorer:
     def _score_whole(self, inputs: Sequence[ScoreInput]) -> ScoreBatch:
         recs, cold, warn = {}, {}, {}
         for side in SIDES:
-            keys = [
-                (r.user_id, freeze(r.user)) if side == "user" else (r.item_id, freeze(r.item))
-                for r in inputs
-            ]
+            keys = _keys(side, inputs)
             distinct = list(dict.fromkeys(keys))
             records, c, w = self.resolve(side, distinct)
             row_of = {k: j for j, k in enumerate(distinct)}

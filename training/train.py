@@ -371,6 +371,7 @@ def train_run(
     meta = {"step": 0, "best_val": np.inf, "best_epoch": -1, "bad_epochs": 0, "done": 0}
     ckpt = _Checkpoints(checkpoint_dir)
     resumed_from = 0
+
     def tree() -> dict[str, Any]:
         """What a checkpoint holds (one builder for saving and for the restore template)."""
         return {

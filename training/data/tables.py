@@ -69,17 +69,19 @@ def read_file(path: Path, fmt: str | None = None, strings: Sequence[str] = ()) -
         elif kind in ("csv", "tsv"):
             from pyarrow import csv
 
-            table = csv.read_csv(
-                pa.input_stream(path, compression="detect"),
-                parse_options=csv.ParseOptions(delimiter="\t" if kind == "tsv" else ","),
-                convert_options=csv.ConvertOptions(
-                    column_types={c: pa.string() for c in strings}, strings_can_be_null=True
-                ),
-            )
+            with pa.input_stream(path, compression="detect") as stream:
+                table = csv.read_csv(
+                    stream,
+                    parse_options=csv.ParseOptions(delimiter="\t" if kind == "tsv" else ","),
+                    convert_options=csv.ConvertOptions(
+                        column_types={c: pa.string() for c in strings}, strings_can_be_null=True
+                    ),
+                )
         else:
             from pyarrow import json
 
-            table = json.read_json(pa.input_stream(path, compression="detect"))
+            with pa.input_stream(path, compression="detect") as stream:
+                table = json.read_json(stream)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
         raise DataError(f"{path}: could not read it as {kind}: {e}") from None
     return table.to_pandas(types_mapper=None)
