@@ -17,7 +17,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import redis
@@ -27,6 +28,7 @@ from service.metrics import Metrics
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "levi:act"
+T = TypeVar("T")
 
 
 def text_key(fingerprint: str, text: str, prefix: str = KEY_PREFIX) -> str:
@@ -134,34 +136,41 @@ class RedisTier:
         with contextlib.suppress(Exception):  # best effort on a broken pool
             self.client.connection_pool.disconnect()
 
+    def call(self, op: str, fn: Callable[[redis.Redis], T]) -> T | None:
+        """``fn(client)`` time-boxed and behind the back-off; None when Redis is unavailable
+        or the call failed (counted in ``levi_cache_errors_total{op}``, then backing off).
+
+        ``fn`` must not return None itself (None means "no answer from Redis").
+        """
+        if not self.available:
+            return None
+        try:
+            value = fn(self.client)
+        except (redis.RedisError, OSError) as e:
+            self._failed(op, e)
+            return None
+        self._ok()
+        return value
+
     def mget(self, keys: Sequence[str]) -> list[bytes | None] | None:
         """Values of ``keys`` (None per missing key), or None when Redis is unavailable."""
         if not keys:
             return []
-        if not self.available:
-            return None
-        try:
-            values = self.client.mget(keys)
-        except (redis.RedisError, OSError) as e:
-            self._failed("get", e)
-            return None
-        self._ok()
-        return values
+        return self.call("get", lambda client: client.mget(keys))
 
     def set_many(self, items: Mapping[str, bytes]) -> bool:
         """Write ``items`` with the TTL in one pipelined round trip; False if it failed."""
-        if not items or not self.available:
+        if not items:
             return False
-        try:
-            with self.client.pipeline(transaction=False) as pipe:
+
+        def write(client: redis.Redis) -> bool:
+            with client.pipeline(transaction=False) as pipe:
                 for k, v in items.items():
                     pipe.set(k, v, ex=self.ttl_s)
                 pipe.execute()
-        except (redis.RedisError, OSError) as e:
-            self._failed("set", e)
-            return False
-        self._ok()
-        return True
+            return True
+
+        return bool(self.call("set", write))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

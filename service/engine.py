@@ -27,6 +27,8 @@ import numpy as np
 from service import logs
 from service.batcher import MicroBatcher
 from service.cache import ActivationCache, LocalLRU, RedisTier
+from service.corrections import OnlineCorrections, shrinkage_of
+from service.feedback_log import FeedbackLog
 from service.metrics import Metrics
 from service.results import ScoreBatch
 from service.scorer import ScoreInput, Scorer
@@ -66,8 +68,14 @@ def build_scorer(
     *,
     redis: RedisTier | None,
     warm: bool = True,
+    corrections: bool = False,
 ) -> Scorer:
-    """A scorer over ``artifact`` with its activation cache (LRU + the shared Redis tier)."""
+    """A scorer over ``artifact`` with its activation cache (LRU + the shared Redis tier).
+
+    Args:
+        corrections: add the online corrections of this model version (shared through
+            ``redis`` when given; ``service/corrections.py``) to its answers.
+    """
     shape, dtype = activation_layout(artifact)
     cache = ActivationCache(
         artifact.manifest["backbone"]["fingerprint"],
@@ -82,6 +90,12 @@ def build_scorer(
         artifact, cache, metrics, max_batch=settings.max_batch,
         projection_cache_size=settings.projection_cache_size,
     )  # fmt: skip
+    if corrections:
+        scorer.corrections = OnlineCorrections(
+            scorer.model_version, shrinkage_of(artifact.manifest), scorer.rating_range, metrics,
+            redis_tier=redis, ttl_s=settings.corrections_ttl_s,
+            max_backlog=settings.corrections_backlog, key_prefix=settings.corrections_key_prefix,
+        )  # fmt: skip
     if warm:
         scorer.warm_up()
     return scorer
@@ -159,6 +173,15 @@ class Engine:
             cache_dir if cache_dir is not None and enable_compilation_cache(cache_dir) else None
         )
         self.redis = make_redis_tier(settings, metrics)
+        self.feedback_log = (
+            FeedbackLog(
+                settings.feedback_dir,
+                rotate_bytes=settings.feedback_rotate_bytes,
+                rotate_s=settings.feedback_rotate_s,
+            )  # fmt: skip
+            if settings.feedback_dir is not None
+            else None
+        )
         self.scorer: Scorer | None = None
         self.path: Path | None = None
         self.loaded_at: str | None = None
@@ -192,7 +215,10 @@ class Engine:
 
         t0 = time.perf_counter()
         shapes = CompiledShapes(load_artifact(Path(path)), self.metrics)
-        scorer = build_scorer(shapes, self.settings, self.metrics, redis=self.redis, warm=False)
+        scorer = build_scorer(
+            shapes, self.settings, self.metrics, redis=self.redis, warm=False,
+            corrections=self.settings.corrections,
+        )  # fmt: skip
         loaded = time.perf_counter() - t0
         first = warm_first(scorer, shapes)
         rest = 0.0 if staged else warm_rest(scorer, shapes)
@@ -361,5 +387,7 @@ class Engine:
                 task.cancel()
         await self._stop_background()
         await self.batcher.stop()
+        if self.feedback_log is not None:
+            self.feedback_log.close()
         if self.redis is not None:
             self.redis.close()

@@ -41,6 +41,7 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RATING_BUCKETS = tuple(1.0 + 0.25 * i for i in range(17))  # 1.0 .. 5.0
 DISAGREEMENT_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
+CORRECTION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 OOD_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
 
 
@@ -160,6 +161,42 @@ class Metrics:
             "levi_model_reloads", "Model reloads by result (success, failure).",
             ["result"], registry=r,
         )  # fmt: skip
+        # Feedback and online corrections (service/corrections.py, service/feedback_log.py).
+        self.feedback_events = Counter(
+            "levi_feedback_events", "Feedback events accepted (logged, then applied).",
+            registry=r,
+        )  # fmt: skip
+        self.feedback_log_errors = Counter(
+            "levi_feedback_log_errors",
+            "Feedback requests refused (503) because the feedback log could not be written.",
+            registry=r,
+        )  # fmt: skip
+        self.correction_magnitude = Histogram(
+            "levi_correction_magnitude",
+            "Absolute online correction (user + item offsets) added to each answer, in "
+            "rating units.",
+            buckets=CORRECTION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.corrected_entities = Gauge(
+            "levi_corrected_entities",
+            "Users / items of the served model version with feedback (their corrections).",
+            ["side"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.feedback_backlog = Gauge(
+            "levi_feedback_replay_backlog",
+            "Feedback events whose corrections wait for Redis (kept while it is down).",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.feedback_replay = Counter(
+            "levi_feedback_replay",
+            "Feedback events whose corrections were replayed to Redis after an outage "
+            "(replayed), or dropped from a full backlog (dropped; still in the log).",
+            ["result"], registry=r,
+        )  # fmt: skip
+        for side in ("user", "item"):
+            self.corrected_entities.labels(side=side)
+        for result in ("replayed", "dropped"):
+            self.feedback_replay.labels(result=result)
         for kind in ("user", "item"):
             self.unknown_entities.labels(kind=kind)
         for result in ("success", "failure"):

@@ -4,6 +4,7 @@ routes serialize them with orjson."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,11 @@ import numpy as np
 import orjson
 
 NO_WARNINGS: tuple[str, ...] = ()
+# The per-pair arrays of a ScoreBatch (sliced, reordered and concatenated together).
+ARRAYS = (
+    "rating", "adapters", "ood_score", "cold_user", "cold_item", "model_rating",
+    "user_correction", "item_correction",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -18,13 +24,17 @@ class ScoreBatch:
     """The answers for ``n`` pairs, in request order.
 
     Attributes:
-        rating: float32 ``[n]``: adapters' mean clipped to the rating range.
+        rating: float32 ``[n]``: the answer: ``model_rating`` plus the online corrections
+            (``service/corrections.py``), clipped to the rating range.
         adapters: float32 ``[n, A]`` per-adapter ratings, in ``layers`` order.
         ood_score: float32 ``[n]``.
         cold_user, cold_item: bool ``[n]``: the id is not in the model's tables.
         warnings: per pair, a tuple of messages (mostly the shared empty tuple).
         layers: 1-based encoder layer of each adapter.
         model_version: the model that scored them.
+        model_rating: float32 ``[n]``: the model's own rating (adapters' mean, clipped).
+        user_correction, item_correction: float32 ``[n]``: the online offsets added (0 with
+            corrections off or before any feedback).
     """
 
     rating: np.ndarray
@@ -35,40 +45,59 @@ class ScoreBatch:
     warnings: tuple[tuple[str, ...], ...]
     layers: tuple[int, ...]
     model_version: str
+    model_rating: np.ndarray
+    user_correction: np.ndarray
+    item_correction: np.ndarray
+
+    @staticmethod
+    def of_model(
+        rating: np.ndarray,
+        adapters: np.ndarray,
+        ood_score: np.ndarray,
+        cold_user: np.ndarray,
+        cold_item: np.ndarray,
+        warnings: tuple[tuple[str, ...], ...],
+        layers: tuple[int, ...],
+        model_version: str,
+    ) -> ScoreBatch:
+        """The model's answers, before any online correction."""
+        zero = np.zeros_like(rating)
+        return ScoreBatch(
+            rating, adapters, ood_score, cold_user, cold_item, warnings, layers, model_version,
+            rating, zero, zero,
+        )  # fmt: skip
+
+    def corrected(
+        self, user: np.ndarray, item: np.ndarray, rating_range: tuple[float, float]
+    ) -> ScoreBatch:
+        """These answers with the user and item offsets ``[n]`` added (clipped to the range)."""
+        user = np.asarray(user, np.float32)
+        item = np.asarray(item, np.float32)
+        rating = np.clip(self.model_rating + user + item, *rating_range).astype(np.float32)
+        return dataclasses.replace(self, rating=rating, user_correction=user, item_correction=item)
 
     def __len__(self) -> int:
         return int(self.rating.shape[0])
 
+    def _select(self, pick, warnings: tuple[tuple[str, ...], ...]) -> ScoreBatch:
+        arrays = {name: pick(getattr(self, name)) for name in ARRAYS}
+        return dataclasses.replace(self, warnings=warnings, **arrays)
+
     def slice(self, start: int, stop: int) -> ScoreBatch:
-        return ScoreBatch(
-            self.rating[start:stop], self.adapters[start:stop], self.ood_score[start:stop],
-            self.cold_user[start:stop], self.cold_item[start:stop], self.warnings[start:stop],
-            self.layers, self.model_version,
-        )  # fmt: skip
+        return self._select(lambda a: a[start:stop], self.warnings[start:stop])
 
     def take(self, order: np.ndarray) -> ScoreBatch:
         """The pairs at positions ``order`` (e.g. sorted by rating)."""
-        return ScoreBatch(
-            self.rating[order], self.adapters[order], self.ood_score[order],
-            self.cold_user[order], self.cold_item[order],
-            tuple(self.warnings[i] for i in order), self.layers, self.model_version,
-        )  # fmt: skip
+        return self._select(lambda a: a[order], tuple(self.warnings[i] for i in order))
 
     @staticmethod
     def concat(parts: Sequence[ScoreBatch]) -> ScoreBatch:
         first = parts[0]
         if len(parts) == 1:
             return first
-        return ScoreBatch(
-            np.concatenate([p.rating for p in parts]),
-            np.concatenate([p.adapters for p in parts]),
-            np.concatenate([p.ood_score for p in parts]),
-            np.concatenate([p.cold_user for p in parts]),
-            np.concatenate([p.cold_item for p in parts]),
-            tuple(w for p in parts for w in p.warnings),
-            first.layers,
-            first.model_version,
-        )
+        arrays = {name: np.concatenate([getattr(p, name) for p in parts]) for name in ARRAYS}
+        warnings = tuple(w for p in parts for w in p.warnings)
+        return dataclasses.replace(first, warnings=warnings, **arrays)
 
     def predictions(self) -> list[dict]:
         """``PredictResponse``-shaped dicts (plain Python values, for orjson)."""
@@ -84,16 +113,21 @@ class ScoreBatch:
                 "model_version": self.model_version,
                 "cold_start": {"user": cu, "item": ci},
                 "warnings": list(w),
+                "model_rating": m,
+                "corrections": {"user": c_u, "item": c_i},
             }
-            for r, ad, o, cu, ci, w in zip(
+            for r, ad, o, cu, ci, w, m, c_u, c_i in zip(
                 self.rating.tolist(),
                 adapters,
                 self.ood_score.tolist(),
                 cold_user,
                 cold_item,
                 self.warnings,
+                self.model_rating.tolist(),
+                self.user_correction.tolist(),
+                self.item_correction.tolist(),
                 strict=True,
-            )  # fmt: skip
+            )
         ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -53,15 +54,27 @@ class ColdStart(BaseModel):
     item: bool
 
 
+class Corrections(BaseModel):
+    """Online offsets learned from ``POST /feedback`` since the model version was installed."""
+
+    user: float
+    item: float
+
+
 class PredictResponse(BaseModel):
     """A predicted rating with the per-layer adapter ratings behind it."""
 
-    rating: float = Field(description="mean of the adapter ratings, clipped to the rating range")
-    adapters: list[AdapterRating]
+    rating: float = Field(
+        description="the answer: model_rating plus the online corrections, clipped to the "
+        "rating range"
+    )
+    adapters: list[AdapterRating] = Field(description="the model's per-layer ratings")
     ood_score: float = Field(description="how unfamiliar the pair looks (see GET /v1/model)")
     model_version: str
     cold_start: ColdStart
     warnings: list[str] = Field(default_factory=list)
+    model_rating: float = Field(description="the model's own rating: the adapters' mean, clipped")
+    corrections: Corrections = Field(description="offsets added to model_rating (0 when off)")
 
 
 class BatchPredictRequest(_Strict):
@@ -96,6 +109,7 @@ class RankedItem(BaseModel):
 
     item_id: str
     rating: float
+    model_rating: float = Field(description="the model's own rating, before corrections")
     ood_score: float
     cold_start: bool = Field(description="the item is not in the model's tables")
     warnings: list[str] = Field(default_factory=list)
@@ -109,6 +123,43 @@ class RankResponse(BaseModel):
     user_id: str
     cold_start: bool = Field(description="the user is not in the model's tables")
     ranked: list[RankedItem]
+
+
+class FeedbackEvent(_Strict):
+    """A rating a user gave, for the online corrections and the next retraining."""
+
+    user_id: EntityId
+    item_id: EntityId
+    rating: float = Field(
+        allow_inf_nan=False, description="inside the served model's rating range (GET /v1/model)"
+    )
+    timestamp: dt.datetime | None = Field(
+        None,
+        description="when it was rated: seconds since the epoch or ISO 8601 (naive = UTC); "
+        "default: when the service received it",
+        examples=[1764477000],
+    )
+    user: EntityFields | None = None
+    item: EntityFields | None = None
+
+
+class FeedbackRequest(_Strict):
+    """Ratings users gave; each is logged durably, then applied to the corrections."""
+
+    events: list[FeedbackEvent] = Field(min_length=1)
+
+
+class FeedbackResponse(BaseModel):
+    """What happened to the events (all of them, or the request failed)."""
+
+    accepted: int = Field(description="events written to the feedback log")
+    event_ids: list[str] = Field(description="ids the service gave them, in request order")
+    model_version: str = Field(description="the model whose ratings the residuals are of")
+    corrections: str = Field(
+        description="applied (the shared state has them), kept (Redis is down: applied in "
+        "this process, replayed to Redis when it answers), off (LEVI_CORRECTIONS=0) or "
+        "skipped (the model was reloaded while they were scored)"
+    )
 
 
 class ReloadRequest(_Strict):

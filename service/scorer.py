@@ -33,6 +33,7 @@ from model.decomposed import SIDES, part_widths
 from model.features import as_values
 from model.tokenizer import LENGTH_BUCKETS, bucket_length
 from service.cache import ActivationCache
+from service.corrections import OnlineCorrections
 from service.drift import DriftMonitor
 from service.entity_fields import request_models
 from service.entity_store import EntityTable, ProjectionCache, freeze
@@ -165,6 +166,9 @@ class Scorer:
                 s: np.array([v for v, x in enumerate(sides) if x == s]) for s in SIDES
             }
         self.warmed: tuple[tuple[int, int], ...] = ()
+        self.rating_range = (float(self.head_config.rating_min), float(self.head_config.rating_max))
+        # Online corrections added to answers (set by service.engine.build_scorer).
+        self.corrections: OnlineCorrections | None = None
         self._adapter_hist = [metrics.adapter_rating.labels(layer=str(lay)) for lay in self.layers]
         self._drift_gauges = [
             metrics.activation_drift.labels(layer=str(i + 1)) for i in range(self.drift.n_layers)
@@ -413,16 +417,19 @@ class Scorer:
     # -- scoring --------------------------------------------------------------------------
 
     def score(self, inputs: Sequence[ScoreInput]) -> ScoreBatch:
-        """Answers for ``inputs``, in order."""
+        """Answers for ``inputs``, in order, with the online corrections when they are on."""
         if not inputs:
             raise ValueError("score() needs at least one pair")
-        if self.decomposed:
-            return self._score_decomposed(inputs)
-        return self._score_whole(inputs)
+        score = self._score_decomposed if self.decomposed else self._score_whole
+        batch = score(inputs)
+        if self.corrections is None:
+            return batch
+        users = [r.user_id for r in inputs]
+        return self.corrections.apply(batch, users, [r.item_id for r in inputs])
 
     def _finish(self, adapters, rating, cold_user, cold_item, warnings, dist) -> ScoreBatch:
         ood = np.asarray(self.artifact.ood_score(adapters), dtype=np.float32)
-        batch = ScoreBatch(
+        batch = ScoreBatch.of_model(
             rating, adapters, ood, np.asarray(cold_user, bool), np.asarray(cold_item, bool),
             tuple(warnings), self.layers, self.model_version,
         )  # fmt: skip

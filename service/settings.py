@@ -72,6 +72,37 @@ class Settings(BaseSettings):
         description="entities per side (users, items) whose first-layer head projections are "
         "kept in process (about 8 KB each for the default model)",
     )
+    corrections: bool = Field(
+        True,
+        description="add online corrections learned from POST /feedback to answers (shrunk "
+        "per-user and per-item offsets of the served model version); 0 / false: answers are "
+        "the model's alone (feedback is still logged)",
+    )
+    feedback_dir: Path | None = Field(
+        Path("feedback"),
+        description="where POST /feedback appends its log (one JSON-lines file per process, "
+        "read by `python -m training --feedback DIR`); empty = POST /feedback disabled (503)",
+    )
+    max_feedback_events: int = Field(1000, ge=1, description="most events in one POST /feedback")
+    feedback_rotate_bytes: int = Field(
+        64 << 20, ge=1024, description="a new feedback log file after this many bytes"
+    )
+    feedback_rotate_s: float = Field(
+        3600.0, gt=0, description="a new feedback log file after this many seconds"
+    )
+    corrections_ttl_s: int = Field(
+        30 * 24 * 3600, gt=0, description="Redis keeps a model version's corrections this long "
+        "after their last feedback",
+    )  # fmt: skip
+    corrections_key_prefix: str = Field(
+        "levi:fb", min_length=1, max_length=64, description="Redis key prefix of corrections"
+    )
+    corrections_backlog: int = Field(
+        100_000,
+        ge=1,
+        description="feedback events whose corrections are kept for Redis while it is down "
+        "(replayed when it answers; beyond, the oldest are dropped from Redis's state only)",
+    )
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest request body")
     admin_token: SecretStr | None = Field(
         None, description="bearer token of /admin/*; unset = admin endpoints disabled (403)"
@@ -143,6 +174,11 @@ class Settings(BaseSettings):
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         return value
+
+    @field_validator("feedback_dir", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip() == "" else value
 
     @field_validator("redis_url")
     @classmethod

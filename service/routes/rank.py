@@ -26,7 +26,8 @@ router = APIRouter(tags=["predictions"])
 
 
 def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
-    """The response body: candidates by rating, highest first; ties keep request order."""
+    """The response body: candidates by rating (with the online corrections), highest first;
+    ties keep request order."""
     order = np.argsort(-batch.rating, kind="stable")
     if body.top_k is not None:
         order = order[: body.top_k]
@@ -34,11 +35,14 @@ def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
     items = [body.candidates[i].item_id for i in order.tolist()]
     out = []
     adapters = top.adapters.tolist() if body.adapters else None
-    for k, (item_id, r, o, cold, w) in enumerate(
-        zip(items, top.rating.tolist(), top.ood_score.tolist(), top.cold_item.tolist(),
-            top.warnings, strict=True)
+    for k, (item_id, r, m, o, cold, w) in enumerate(
+        zip(items, top.rating.tolist(), top.model_rating.tolist(), top.ood_score.tolist(),
+            top.cold_item.tolist(), top.warnings, strict=True)
     ):  # fmt: skip
-        entry = {"item_id": item_id, "rating": r, "ood_score": o, "cold_start": cold}
+        entry = {
+            "item_id": item_id, "rating": r, "model_rating": m, "ood_score": o,
+            "cold_start": cold,
+        }  # fmt: skip
         entry["warnings"] = list(w)
         if adapters is not None:
             entry["adapters"] = adapter_list(batch.layers, adapters[k])

@@ -1,0 +1,188 @@
+"""Online corrections: shrunk per-entity offsets learned from feedback after training.
+
+A served model does not move between retrainings, but the first ratings of a new item say
+more about its quality than its title. For every user and item the residuals of the
+feedback received since the model was installed are accumulated as ``(count n, sum s)``;
+an answer adds the shrunk means
+
+    item offset  c_i = s_i / (n_i + k_item)      on ``rating - model_rating``
+    user offset  c_u = s_u / (n_u + k_user)      on what is left, ``rating - model_rating - c_i``
+
+(James-Stein style shrinkage towards 0: with few ratings the model's answer dominates; ``k``
+is the number of ratings at which an offset gets half its weight). ``k_item``/``k_user`` are
+fitted at training time by progressive validation on ID validation (:func:`fit_shrinkage`)
+and stored in the artifact's manifest (``corrections``).
+
+Progressive validation (:func:`replay`): events in time order, each predicted with the state
+*before* its own feedback, then applied, so every prediction only uses earlier ratings. The
+service applies exactly this update to its shared state (``service/corrections.py``), so a
+replay here equals the service's answers for the same events (the tests check it).
+
+Pure numpy: no I/O, used by the trainer, the service and the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+# k values searched by fit_shrinkage (ratings): from nearly "trust the first rating" to
+# nearly "ignore feedback" (k = 1e4 needs thousands of ratings to move an offset).
+K_GRID: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 35.0, 60.0, 100.0, 1e4)
+
+
+@dataclass(frozen=True)
+class Shrinkage:
+    """Shrinkage strengths of the item and user offsets (pseudo-counts, ratings)."""
+
+    k_item: float
+    k_user: float
+
+    def __post_init__(self) -> None:
+        for name in ("k_item", "k_user"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value <= 0:
+                raise ValueError(f"corrections.{name} must be a positive number, got {value!r}")
+
+    def to_json(self) -> dict[str, float]:
+        return {"k_item": float(self.k_item), "k_user": float(self.k_user)}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, object]) -> Shrinkage:
+        """From the manifest's ``corrections`` object.
+
+        Raises:
+            ValueError: a missing or non-positive ``k_item`` / ``k_user``.
+        """
+        try:
+            return cls(float(doc["k_item"]), float(doc["k_user"]))  # type: ignore[arg-type]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"manifest corrections needs k_item and k_user ({e})") from None
+
+
+# Used when an artifact predates fitted values: moderate trust (half weight after 10 ratings).
+DEFAULT_SHRINKAGE = Shrinkage(k_item=10.0, k_user=10.0)
+
+
+def offset(count: np.ndarray, total: np.ndarray, k: float) -> np.ndarray:
+    """Shrunk mean residual ``total / (count + k)`` (0 where ``count`` is 0), float64 ``[n]``."""
+    count = np.asarray(count, np.float64)
+    return np.asarray(total, np.float64) / (count + k)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A batch of feedback events applied in order (all arrays ``[n]``, float64).
+
+    Attributes:
+        item_offset, user_offset: each event's offsets *before* its own feedback (what a
+            prediction of that pair answered at that moment).
+        item_residual: ``rating - model_rating``: what the event adds to its item's sum.
+        user_residual: ``rating - model_rating - item_offset``: what it adds to its user's sum.
+    """
+
+    item_offset: np.ndarray
+    user_offset: np.ndarray
+    item_residual: np.ndarray
+    user_residual: np.ndarray
+
+    @property
+    def correction(self) -> np.ndarray:
+        return self.item_offset + self.user_offset
+
+
+def _before(keys: Sequence, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per event: how many earlier events share its key, and the sum of their ``values``."""
+    groups = pd.Series(values).groupby(pd.Index(keys), sort=False)
+    count = groups.cumcount().to_numpy(np.float64)
+    total = groups.cumsum().to_numpy(np.float64) - values
+    return count, total
+
+
+def replay(
+    model_rating: np.ndarray,
+    rating: np.ndarray,
+    users: Sequence[str],
+    items: Sequence[str],
+    shrinkage: Shrinkage,
+    *,
+    user_state: tuple[np.ndarray, np.ndarray] | None = None,
+    item_state: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Replay:
+    """Apply feedback events in order, vectorised (one pass per side).
+
+    Args:
+        model_rating: float ``[n]``: the model's own rating of each pair (no correction).
+        rating: float ``[n]``: the rating the user gave.
+        users, items: ``[n]`` entity ids.
+        shrinkage: ``k_item``, ``k_user``.
+        user_state, item_state: ``(count [n], sum [n])`` each event's entity had before the
+            batch (the service's stored state); default: none (a replay from scratch).
+
+    Returns:
+        the offsets each event was predicted with and the residuals it adds.
+    """
+    model_rating = np.asarray(model_rating, np.float64)
+    residual = np.asarray(rating, np.float64) - model_rating
+    n = len(residual)
+    zero = (np.zeros(n), np.zeros(n))
+    base_n, base_s = item_state if item_state is not None else zero
+    count, total = _before(items, residual)
+    item_offset = offset(base_n + count, base_s + total, shrinkage.k_item)
+    user_residual = residual - item_offset
+    base_n, base_s = user_state if user_state is not None else zero
+    count, total = _before(users, user_residual)
+    user_offset = offset(base_n + count, base_s + total, shrinkage.k_user)
+    return Replay(item_offset, user_offset, residual, user_residual)
+
+
+def progressive_rmse(
+    model_rating: np.ndarray,
+    rating: np.ndarray,
+    users: Sequence[str],
+    items: Sequence[str],
+    shrinkage: Shrinkage,
+    rating_range: tuple[float, float],
+) -> float:
+    """RMSE of the corrected predictions of a time-ordered replay (clipped to the range)."""
+    corrected = np.clip(
+        np.asarray(model_rating, np.float64)
+        + replay(model_rating, rating, users, items, shrinkage).correction,
+        *rating_range,
+    )
+    return float(np.sqrt(np.mean((corrected - np.asarray(rating, np.float64)) ** 2)))
+
+
+def fit_shrinkage(
+    model_rating: np.ndarray,
+    rating: np.ndarray,
+    users: Sequence[str],
+    items: Sequence[str],
+    rating_range: tuple[float, float],
+    grid: Sequence[float] = K_GRID,
+) -> tuple[Shrinkage, dict[str, float]]:
+    """The ``(k_item, k_user)`` of ``grid`` x ``grid`` with the lowest progressive RMSE.
+
+    Args:
+        model_rating, rating, users, items: ``[n]`` events in time order (ID validation).
+
+    Returns:
+        ``(best shrinkage, {"k_item=..,k_user=..": rmse, ...})``.
+
+    Raises:
+        ValueError: no events.
+    """
+    if len(rating) == 0:
+        raise ValueError("fit_shrinkage needs at least one event")
+    scores = {}
+    for k_item in grid:
+        for k_user in grid:
+            s = Shrinkage(k_item, k_user)
+            scores[(k_item, k_user)] = progressive_rmse(
+                model_rating, rating, users, items, s, rating_range
+            )
+    best = min(scores, key=scores.get)
+    return Shrinkage(*best), {f"k_item={a:g},k_user={b:g}": v for (a, b), v in scores.items()}

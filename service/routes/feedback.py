@@ -1,0 +1,148 @@
+"""``POST /feedback``: ratings users gave, logged durably, then learned from online.
+
+Each event is scored by the served model (its own rating, without corrections), written to
+the feedback log and synced to disk (``service/feedback_log.py``), and only then applied to
+the online corrections (``service/corrections.py``). The answer comes after the log write:
+an answered event is on disk; a log that cannot be written is a 503 naming the reason, and
+nothing of the request is applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, status
+from fastapi.exceptions import RequestValidationError
+
+from service.deps import EngineDep, SettingsDep
+from service.feedback_log import FeedbackLogError
+from service.routes.predict import (
+    ERRORS,
+    checked_inputs,
+    json_response,
+    not_ready,
+    refuse_larger_than,
+    score,
+)
+from service.schemas import FeedbackEvent, FeedbackRequest, FeedbackResponse
+
+router = APIRouter(tags=["feedback"])
+log = logging.getLogger(__name__)
+
+
+def _seconds(when: dt.datetime | None, received: float) -> int:
+    if when is None:
+        return int(received)
+    if when.tzinfo is None:  # naive: UTC
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp())
+
+
+def check_ratings(events: list[FeedbackEvent], rating_range: tuple[float, float]) -> None:
+    """422 naming ``body.events.<i>.rating`` for ratings outside the model's range."""
+    lo, hi = rating_range
+    errors = [
+        {
+            "type": "less_than_equal" if e.rating > hi else "greater_than_equal",
+            "loc": ("body", "events", i, "rating"),
+            "msg": f"rating {e.rating:g} is outside the served model's rating range "
+            f"[{lo:g}, {hi:g}]",
+            "input": e.rating,
+        }
+        for i, e in enumerate(events)
+        if not lo <= e.rating <= hi
+    ]
+    if errors:
+        raise RequestValidationError(errors)
+
+
+@router.post(
+    "/feedback",
+    responses={**ERRORS, 503: {"description": "not ready, queue full or the log not writable"}},
+    response_model=FeedbackResponse,
+)
+async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsDep):
+    """Record ratings users gave: logged for retraining, learned by the online corrections."""
+    refuse_larger_than(
+        len(body.events), settings.max_feedback_events, "events", "LEVI_MAX_FEEDBACK_EVENTS"
+    )
+    scorer = engine.scorer
+    if scorer is None:
+        raise not_ready(engine)
+    if engine.feedback_log is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "feedback is disabled: set LEVI_FEEDBACK_DIR to a writable directory",
+        )
+    check_ratings(body.events, scorer.rating_range)
+    payloads = [
+        (("body", "events", i), e.user_id, e.item_id, e.user, e.item)
+        for i, e in enumerate(body.events)
+    ]
+    inputs = checked_inputs(engine, payloads)
+    batch = await score(engine, settings, inputs)
+    received = time.time()
+    dataset = str(scorer.artifact.manifest.get("dataset", {}).get("name", ""))
+    events = [
+        {
+            "event_id": uuid.uuid4().hex,
+            "received_at": received,
+            "model_version": batch.model_version,
+            "dataset": dataset,
+            "user_id": e.user_id,
+            "item_id": e.item_id,
+            "rating": e.rating,
+            "timestamp": _seconds(e.timestamp, received),
+            "model_rating": m,
+            "served_rating": r,
+            "user": e.user,
+            "item": e.item,
+        }
+        for e, m, r in zip(
+            body.events, batch.model_rating.tolist(), batch.rating.tolist(), strict=True
+        )
+    ]
+    try:
+        await asyncio.to_thread(engine.feedback_log.append, events)
+    except FeedbackLogError as e:
+        engine.metrics.feedback_log_errors.inc()
+        log.error("feedback refused: %s", e)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"feedback not recorded: {e}"
+        ) from None
+    engine.metrics.feedback_events.inc(len(events))
+    return json_response(
+        {
+            "accepted": len(events),
+            "event_ids": [e["event_id"] for e in events],
+            "model_version": batch.model_version,
+            "corrections": await _learn(engine, inputs, batch, body.events),
+        }
+    )
+
+
+async def _learn(engine, inputs, batch, events) -> str:
+    """Apply the logged events to the corrections of the model that scored them."""
+    scorer = engine.scorer
+    if scorer is None or scorer.corrections is None:
+        return "off"
+    if scorer.model_version != batch.model_version:
+        return "skipped"
+    corrections = scorer.corrections
+    try:
+        await asyncio.to_thread(
+            corrections.record,
+            [r.user_id for r in inputs],
+            [r.item_id for r in inputs],
+            batch.model_rating,
+            np.array([e.rating for e in events], np.float64),
+        )
+    except Exception:  # the events are logged (accepted); a fault here must not lose them
+        log.exception("feedback logged but not applied to the corrections")
+        return "skipped"
+    return "kept" if corrections.backlog_events else "applied"
