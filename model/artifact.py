@@ -220,6 +220,7 @@ def export_artifact(
     report_dir: str | Path | None = None,
     training_config: Mapping[str, Any] | Any | None = None,
     platforms: Sequence[str] = ("cpu", "cuda"),
+    corrections: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out_root/<model_version>/`` (layout in the module docstring), point ``latest`` at it.
 
@@ -237,6 +238,8 @@ def export_artifact(
         training_config: a JSON-able dict (or dataclass) recorded in the manifest.
         platforms: jax.export lowering platforms; if lowering for all of them fails and cpu is
             among them, cpu alone is exported and the manifest says so (``platforms_note``).
+        corrections: the online corrections' fitted shrinkage (``k_item``, ``k_user`` and how
+            they were fitted; ``model.corrections``), recorded in the manifest.
 
     Returns:
         The new version directory.
@@ -287,6 +290,7 @@ def export_artifact(
             training_config=training_config,
             platforms=tuple(platforms),
         )
+        manifest["corrections"] = _jsonable(dict(corrections)) if corrections else None
         manifest["files"] = {
             rel: _sha256(tmp / rel) for rel in sorted(_relative_files(tmp)) if rel != MANIFEST
         }

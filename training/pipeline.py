@@ -24,7 +24,7 @@ from model.batching import encode_texts
 from model.features import FeatureSpec, fit_feature_spec
 from model.head import HeadConfig
 from model.templates import ViewSet
-from training import baselines, evaluate, report
+from training import baselines, evaluate, progressive, report
 from training.config import TRAINED_METHODS, TrainConfig
 from training.precompute import ViewActivations, precompute
 from training.spec import DatasetSpec, SpecError, load_spec
@@ -49,7 +49,8 @@ class Prepared:
     """Data, features and activations, aligned on one table of pairs.
 
     Attributes:
-        pairs: ``user_id, item_id, rating`` of train, val, test and OOD, concatenated.
+        pairs: ``user_id, item_id, rating, timestamp`` of train, val, test and OOD,
+            concatenated (timestamp 0 when the spec declares none).
         rows: part name -> int32 row positions in ``pairs``.
         ood_groups: OOD group (a value of the split column, a month, ...) -> row positions
             in ``pairs`` (OOD rows of that group).
@@ -97,7 +98,7 @@ def prepare_data(cfg: TrainConfig, dataset=None, spec: DatasetSpec | None = None
     except ValueError as e:  # the data do not fit the spec's [split]: name the file
         raise SpecError(f"{spec.source or spec.name}: [split]: {e}") from None
     parts = [getattr(split, p) for p in PARTS]
-    pairs = pd.concat(parts, ignore_index=True)[["user_id", "item_id", "rating"]]
+    pairs = pd.concat(parts, ignore_index=True)[["user_id", "item_id", "rating", "timestamp"]]
     pairs = pairs.astype({"user_id": str, "item_id": str})
     offsets = np.cumsum([0] + [len(p) for p in parts])
     rows = {p: np.arange(offsets[k], offsets[k + 1], dtype=np.int32) for k, p in enumerate(PARTS)}
@@ -313,6 +314,15 @@ def reference_stats(
     }
 
 
+def _predict(run: RunResult, device: DeviceData, cfg: TrainConfig, rows: np.ndarray) -> np.ndarray:
+    """Ratings ``[len(rows)]`` of one trained run on pair ``rows``."""
+    adapters = predict_adapters(
+        run.head, run.params, device.tables, rows, mesh=device.mesh,
+        batch_size=cfg.eval_batch_size,
+    )  # fmt: skip
+    return predict_ratings(run.head, adapters)
+
+
 def model_version(cfg: TrainConfig, fingerprint: str) -> str:
     digest = hashlib.sha256((cfg.digest() + fingerprint).encode()).hexdigest()[:8]
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{digest}"
@@ -366,6 +376,18 @@ def run_pipeline(
     methods, extras = evaluate_all(prep, cfg, runs, device)
     exported_run = min(runs["levi"], key=lambda r: r.val_rmse) if "levi" in runs else None
     version = model_version(cfg, backbone.fingerprint)
+    shrinkage, online = None, None
+    if exported_run is not None and len(prep.rows["val"]):
+        shrinkage, online = progressive.fit_and_evaluate(
+            prep, lambda rows: _predict(exported_run, device, cfg, rows)
+        )
+        log(
+            f"online corrections: k_item {shrinkage.k_item:g}, k_user {shrinkage.k_user:g}; "
+            + "; ".join(
+                f"{p} progressive RMSE {online[p]['model']:.4f} -> {online[p]['corrected']:.4f}"
+                for p in ("test", "ood") if p in online
+            )
+        )  # fmt: skip
     lap("evaluate")
 
     artifact, exported, exported_source = None, None, None
@@ -378,7 +400,9 @@ def run_pipeline(
             "parameters (no artifact exported)"
         )
         if cfg.export:
-            artifact = export(prep, cfg, exported_run, device, backbone, version, output_dir, lrs)
+            artifact = export(
+                prep, cfg, exported_run, device, backbone, version, output_dir, lrs, online
+            )
             exported = score_exported(artifact, prep, progress=progress)
             exported_source = (
                 f"LEVI seed {exported_run.seed}, the best on ID validation, scored end to end "
@@ -406,6 +430,7 @@ def run_pipeline(
         seeds=list(cfg.seeds),
         methods=methods,
         exported=exported,
+        online_corrections=online,
     )
     notes = {
         "lrs": lrs,
@@ -431,8 +456,14 @@ def export(
     version: str,
     output_dir: Path,
     lrs: dict[str, float],
+    corrections: dict | None = None,
 ) -> Path:
-    """Write the artifact (the report is attached after it has been scored)."""
+    """Write the artifact (the report is attached after it has been scored).
+
+    Args:
+        corrections: the online corrections' report section (its ``k_item``, ``k_user`` and
+            ``fitted_on`` go to the manifest).
+    """
     from model import artifact as artifact_mod
 
     reference = reference_stats(prep, run, device, cfg)
@@ -455,6 +486,9 @@ def export(
             "exported_seed": run.seed,
             "val_rmse": run.val_rmse,
         },
+        corrections=(
+            {k: corrections[k] for k in ("k_item", "k_user", "fitted_on")} if corrections else None
+        ),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,8 +22,13 @@ def build_report(
     seeds: list[int],
     methods: Mapping[str, dict],
     exported: Mapping[str, float] | None,
+    online_corrections: Mapping[str, Any] | None = None,
 ) -> dict:
-    """The report.json document; ``methods`` in report order (see ``config.METHODS``)."""
+    """The report.json document; ``methods`` in report order (see ``config.METHODS``).
+
+    ``online_corrections``: ``training.progressive.fit_and_evaluate``'s section (a separate
+    evaluation; the paper-protocol tables do not include corrections).
+    """
     return {
         "dataset": dataset,
         "split": dict(split),
@@ -30,6 +36,7 @@ def build_report(
         "seeds": list(seeds),
         "methods": {m: methods[m] for m in METHODS if m in methods},
         "exported": dict(exported) if exported is not None else None,
+        "online_corrections": dict(online_corrections) if online_corrections else None,
     }
 
 
@@ -100,6 +107,7 @@ def render_markdown(report: Mapping, notes: Mapping) -> str:
             + (f" ({notes['exported_source']})" if notes.get("exported_source") else "")
             + ".",
         ]
+    lines += corrections_markdown(report.get("online_corrections"))
     if notes.get("text"):
         lines += ["", "## How it was trained", ""] + [f"- {t}" for t in notes["text"]]
     if notes.get("timings"):
@@ -108,6 +116,35 @@ def render_markdown(report: Mapping, notes: Mapping) -> str:
     lines += ["", "![OOD RMSE per OOD group](plots/ood_rmse_by_group.png)"]
     lines += ["", "![Per-layer adapter RMSE](plots/per_layer_rmse.png)", ""]
     return "\n".join(lines)
+
+
+def corrections_markdown(section: Mapping | None) -> list[str]:
+    """The "Online corrections" section (progressive validation of ``POST /feedback``)."""
+    if not section:
+        return []
+    fit = section["fitted_on"]
+    lines = [
+        "",
+        "## Online corrections (progressive validation)",
+        "",
+        "What `POST /feedback` adds after deployment: shrunk per-item, then per-user offsets "
+        "of the residuals received since the model was installed. Each rating below is "
+        "predicted with the corrections of the ratings before it (time order), then sent as "
+        f"feedback. Shrinkage fitted on {fit['part']} ({fit['n']:,} ratings, "
+        f"{fit['model']:.4f} -> {fit['corrected']:.4f}): k_item {section['k_item']:g}, "
+        f"k_user {section['k_user']:g}. The tables above are the model alone.",
+        "",
+        "| set | ratings | model alone | with corrections |",
+        "|---|---|---|---|",
+    ]
+    names = {"test": "ID test", "ood": "OOD"}
+    for part, name in names.items():
+        if part in section:
+            r = section[part]
+            lines.append(f"| {name} | {r['n']:,} | {r['model']:.4f} | {r['corrected']:.4f} |")
+    for group, r in (section.get("ood_groups") or {}).items():
+        lines.append(f"| OOD {group} | {r['n']:,} | {r['model']:.4f} | {r['corrected']:.4f} |")
+    return lines
 
 
 def plot_report(report: Mapping, out_dir: Path) -> list[Path]:
