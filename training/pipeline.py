@@ -192,82 +192,174 @@ def train_all(
     return lrs, runs, DeviceData(data, mesh)
 
 
-def evaluate_all(
-    prep: Prepared, cfg: TrainConfig, runs: dict[str, list[RunResult]], device: DeviceData
-) -> tuple[dict, dict]:
-    """Scores of every method. Returns ``(methods for report.json, extras)``.
+@dataclass(frozen=True)
+class _HeldOut:
+    """The rows every method is scored on: ID test and OOD, their ratings, the OOD groups."""
 
-    ``extras``: ``per_seed`` predictions of LEVI (test/ood adapters), ``auroc``.
+    test: np.ndarray  # int32 [n_test] rows of prep.pairs
+    ood: np.ndarray  # int32 [n_ood]
+    y_test: np.ndarray  # float32 [n_test]
+    y_ood: np.ndarray  # float32 [n_ood]
+    groups: dict[str, np.ndarray]  # OOD group -> positions in `ood`
+
+    @classmethod
+    def of(cls, prep: Prepared) -> _HeldOut:
+        y = prep.tables.rating
+        test, ood = prep.rows["test"], prep.rows["ood"]
+        groups = {g: r - ood[0] for g, r in prep.ood_groups.items()} if len(ood) else {}
+        return cls(test, ood, y[test], y[ood], groups)
+
+    def score(self, pred_test: np.ndarray, pred_ood: np.ndarray) -> dict:
+        """:func:`evaluate.score_method` of ratings ``[n_test]`` and ``[n_ood]``."""
+        return evaluate.score_method(pred_test, self.y_test, pred_ood, self.y_ood, self.groups)
+
+
+@dataclass(frozen=True)
+class TrainedScores:
+    """The trained heads on ID test and OOD (:func:`evaluate_trained`).
+
+    Attributes:
+        per_seed: method -> one :func:`evaluate.score_method` dict per run (seed), in the
+            order of ``runs``; ``levi``'s also hold ``per_layer``
+            (:func:`evaluate.score_layers`).
+        predictions: method -> per run, ratings ``(test [n_test], ood [n_ood])``.
+        auroc: mean/std over seeds of the AUROC of LEVI's adapter disagreement separating
+            OOD from ID test; None without LEVI runs.
     """
-    data, mesh = device.tables, device.mesh
-    y = prep.tables.rating
-    test, ood = prep.rows["test"], prep.rows["ood"]
-    groups = {g: r - ood[0] for g, r in prep.ood_groups.items()} if len(ood) else {}
-    y_test, y_ood = y[test], y[ood]
-    methods: dict[str, dict] = {}
-    preds: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    adapters_of: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    per_seed: dict[str, list[dict]]
+    predictions: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+    auroc: dict[str, float] | None
+
+
+def evaluate_baselines(prep: Prepared, cfg: TrainConfig) -> dict[str, list[dict]]:
+    """Scores of the untrained baselines in ``cfg.methods``: ``global_mean`` (the ID train
+    mean) and ``biases`` (user + item biases, regularisation tuned on ID validation).
+
+    Returns:
+        method -> a list of one :func:`evaluate.score_method` dict: the baselines are
+        deterministic, one value for every seed (std 0 once aggregated).
+    """
+    held = _HeldOut.of(prep)
+    t = prep.tables
+    per_seed: dict[str, list[dict]] = {}
+    if "global_mean" in cfg.methods:
+        mu = baselines.global_mean(t.rating[prep.rows["train"]])
+        per_seed["global_mean"] = [
+            held.score(np.full(len(held.test), mu), np.full(len(held.ood), mu))
+        ]
+    if "biases" in cfg.methods:
+        part = lambda rows: (t.pair_user[rows], t.pair_item[rows], t.rating[rows])
+        model = baselines.tune_biases(
+            part(prep.rows["train"]),
+            part(prep.rows["val"]),
+            n_users=len(t.user_ids),
+            n_items=len(t.item_ids),
+            regs=cfg.bias_regs,
+            rating_range=rating_range(prep.spec),
+        )
+        p_test = model.predict(t.pair_user[held.test], t.pair_item[held.test])
+        p_ood = model.predict(t.pair_user[held.ood], t.pair_item[held.ood])
+        per_seed["biases"] = [held.score(p_test, p_ood)]
+    return per_seed
+
+
+def evaluate_trained(
+    prep: Prepared, cfg: TrainConfig, runs: dict[str, list[RunResult]], device: DeviceData
+) -> TrainedScores:
+    """Every trained run's predictions on ID test and OOD and their scores; for LEVI also
+    each adapter's (per layer) and the AUROC of its adapter disagreement as an OOD detector.
+
+    Args:
+        runs: method -> one :class:`RunResult` per seed (:func:`train_all`).
+    """
+    held = _HeldOut.of(prep)
+    per_seed: dict[str, list[dict]] = {}
+    predictions: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    levi_adapters: list[tuple[np.ndarray, np.ndarray]] = []  # [n_test, A], [n_ood, A]
     for method, results in runs.items():
         for r in results:
             a_test, a_ood = (
-                predict_adapters(r.head, r.params, data, rows, mesh=mesh,
-                                 batch_size=cfg.eval_batch_size)
-                for rows in (test, ood)
-            )  # fmt: skip
-            adapters_of.setdefault(method, []).append((a_test, a_ood))
-            preds.setdefault(method, []).append(
-                (predict_ratings(r.head, a_test), predict_ratings(r.head, a_ood))
+                predict_adapters(
+                    r.head,
+                    r.params,
+                    device.tables,
+                    rows,
+                    mesh=device.mesh,
+                    batch_size=cfg.eval_batch_size,
+                )
+                for rows in (held.test, held.ood)
             )
-    n_seeds = len(cfg.seeds)
+            p_test, p_ood = predict_ratings(r.head, a_test), predict_ratings(r.head, a_ood)
+            predictions.setdefault(method, []).append((p_test, p_ood))
+            scores = held.score(p_test, p_ood)
+            if method == "levi":
+                levi_adapters.append((a_test, a_ood))
+                scores["per_layer"] = evaluate.score_layers(
+                    a_test,
+                    held.y_test,
+                    a_ood,
+                    held.y_ood,
+                    r.head.layers,
+                    (r.head.rating_min, r.head.rating_max),
+                )
+            per_seed.setdefault(method, []).append(scores)
+    auroc = None
+    if levi_adapters:
+        auroc = evaluate.mean_std(
+            [
+                evaluate.auroc(evaluate.disagreement(a), evaluate.disagreement(b))
+                for a, b in levi_adapters
+            ]
+        )
+    return TrainedScores(per_seed, predictions, auroc)
+
+
+def evaluate_ensembles(
+    prep: Prepared, cfg: TrainConfig, predictions: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+) -> dict[str, list[dict]]:
+    """Scores of the ensembles in ``cfg.methods``: ``mlp_lp_ensemble``, per seed the mean of
+    the ``mlp`` and ``linear_probe`` ratings, clipped to the rating scale.
+
+    Args:
+        predictions: :attr:`TrainedScores.predictions` (``mlp`` and ``linear_probe`` needed,
+            one entry per seed each).
+
+    Raises:
+        KeyError: an ensemble is asked for but a member was not trained.
+        ValueError: the members have different numbers of seeds.
+    """
+    held = _HeldOut.of(prep)
     per_seed: dict[str, list[dict]] = {}
-    if "global_mean" in cfg.methods:
-        mu = baselines.global_mean(y[prep.rows["train"]])
-        const = (np.full(len(test), mu), np.full(len(ood), mu))
-        per_seed["global_mean"] = [evaluate.score_method(const[0], y_test, const[1], y_ood, groups)]
-    if "biases" in cfg.methods:
-        t = prep.tables
-        part = lambda rows: (t.pair_user[rows], t.pair_item[rows], y[rows])  # noqa: E731
-        model = baselines.tune_biases(
-            part(prep.rows["train"]), part(prep.rows["val"]), n_users=len(t.user_ids),
-            n_items=len(t.item_ids), regs=cfg.bias_regs, rating_range=rating_range(prep.spec),
-        )  # fmt: skip
-        p_test = model.predict(t.pair_user[test], t.pair_item[test])
-        p_ood = model.predict(t.pair_user[ood], t.pair_item[ood])
-        per_seed["biases"] = [evaluate.score_method(p_test, y_test, p_ood, y_ood, groups)]
-    for method, seeds_preds in preds.items():
-        per_seed[method] = [
-            evaluate.score_method(pt, y_test, po, y_ood, groups) for pt, po in seeds_preds
-        ]
     if "mlp_lp_ensemble" in cfg.methods:
         lo, hi = rating_range(prep.spec)
         per_seed["mlp_lp_ensemble"] = [
-            evaluate.score_method(
-                np.clip((m[0] + lp[0]) / 2, lo, hi),
-                y_test,
-                np.clip((m[1] + lp[1]) / 2, lo, hi),
-                y_ood,
-                groups,
-            )  # fmt: skip
-            for m, lp in zip(preds["mlp"], preds["linear_probe"], strict=True)
+            held.score(np.clip((m[0] + lp[0]) / 2, lo, hi), np.clip((m[1] + lp[1]) / 2, lo, hi))
+            for m, lp in zip(predictions["mlp"], predictions["linear_probe"], strict=True)
         ]
+    return per_seed
+
+
+def evaluate_all(
+    prep: Prepared, cfg: TrainConfig, runs: dict[str, list[RunResult]], device: DeviceData
+) -> tuple[dict, dict]:
+    """Scores of every method: :func:`evaluate_baselines`, :func:`evaluate_trained` and
+    :func:`evaluate_ensembles` together.
+
+    Returns:
+        ``(methods, extras)``: ``methods`` maps each of ``cfg.methods`` that was scored to
+        its mean/std over seeds (:func:`evaluate.aggregate`), for report.json; ``extras``
+        holds ``per_seed`` (method -> score dicts per seed, LEVI's with ``per_layer``) and,
+        with LEVI runs, ``auroc`` (mean/std of the disagreement AUROC).
+    """
+    per_seed = evaluate_baselines(prep, cfg)
+    trained = evaluate_trained(prep, cfg, runs, device)
+    per_seed |= trained.per_seed
+    per_seed |= evaluate_ensembles(prep, cfg, trained.predictions)
     extras: dict[str, Any] = {"per_seed": per_seed}
-    if "levi" in runs:
-        head = runs["levi"][0].head
-        for k, (a_test, a_ood) in enumerate(adapters_of["levi"]):
-            per_seed["levi"][k]["per_layer"] = evaluate.score_layers(
-                a_test, y_test, a_ood, y_ood, head.layers, (head.rating_min, head.rating_max)
-            )
-        extras["auroc"] = evaluate.mean_std(
-            [
-                evaluate.auroc(evaluate.disagreement(a), evaluate.disagreement(b))
-                for a, b in adapters_of["levi"]
-            ]
-        )
-    for method in cfg.methods:
-        if method in per_seed:
-            methods[method] = evaluate.aggregate(per_seed[method])
-            if len(per_seed[method]) == 1 and n_seeds > 1:
-                pass  # deterministic baselines: one value, std 0 over seeds
+    if trained.auroc is not None:
+        extras["auroc"] = trained.auroc
+    methods = {m: evaluate.aggregate(per_seed[m]) for m in cfg.methods if m in per_seed}
     return methods, extras
 
 

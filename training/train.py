@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -298,8 +298,110 @@ def run_key(head: HeadConfig, cfg: TrainConfig, lr: float, seed: int, data_signa
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class _Checkpoints:
-    """Thin wrapper over ``orbax.checkpoint.CheckpointManager`` (latest checkpoint only)."""
+@dataclass
+class EarlyStopping:
+    """Patience on the ID validation RMSE (lower is better), keeping the best parameters.
+
+    In the spirit of t5x's ``EarlyStoppingAction``: one small record, updated once per epoch,
+    that says when to stop. Mutable: a run owns one and a checkpoint saves its fields.
+
+    Attributes:
+        patience: consecutive epochs without improvement after which :meth:`update` says
+            stop (0 or less: stop after the first epoch).
+        best_params: the parameters of the best epoch (numpy pytree, on the host); before
+            the first improvement, those the run started from.
+        best_val: the best validation RMSE so far, rating units (``inf`` before the first).
+        best_epoch: that epoch, 0-based (-1 before the first improvement).
+        bad_epochs: epochs since the last improvement.
+        min_delta: an RMSE improves only when below ``best_val - min_delta``; a tie, or a gain
+            within it, counts as an epoch without improvement.
+    """
+
+    patience: int
+    best_params: PyTree
+    best_val: float = np.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    min_delta: float = 1e-5
+
+    def update(self, val_rmse: float, params: PyTree, epoch: int) -> bool:
+        """Record the validation RMSE of ``params`` after ``epoch``; True: stop training.
+
+        An improvement copies ``params`` to the host (``jax.device_get``) as the new best and
+        resets the count; otherwise the count grows and the best is kept.
+        """
+        if val_rmse < self.best_val - self.min_delta:
+            self.best_val, self.best_epoch, self.bad_epochs = val_rmse, epoch, 0
+            self.best_params = jax.device_get(params)
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+
+@dataclass
+class RunState:
+    """What one run carries from chunk to chunk, and what its checkpoints hold.
+
+    Attributes:
+        params, opt_state: current parameters and optimizer state (replicated on the mesh).
+        stopping: the early-stopping record (best parameters on the host).
+        step: optimizer steps taken, all epochs together.
+        done: training is over (patience spent or ``max_epochs`` reached).
+    """
+
+    params: PyTree
+    opt_state: PyTree
+    stopping: EarlyStopping
+    step: int = 0
+    done: bool = False
+
+
+def checkpoint_tree(state: RunState) -> dict[str, Any]:
+    """The tree a checkpoint holds: one builder for saving and for the restore template.
+
+    The layout every checkpoint has had (so old ones resume): ``params``, ``opt_state``,
+    ``best_params``, and ``meta`` of 0-d numpy arrays ``step``, ``best_epoch``,
+    ``bad_epochs``, ``done`` (int64, ``done`` 0 or 1) and ``best_val`` (float64).
+    """
+    stopping = state.stopping
+    meta = {
+        "step": state.step,
+        "best_val": stopping.best_val,
+        "best_epoch": stopping.best_epoch,
+        "bad_epochs": stopping.bad_epochs,
+        "done": int(state.done),
+    }
+    return {
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "best_params": stopping.best_params,
+        "meta": {k: np.asarray(v) for k, v in meta.items()},
+    }
+
+
+def _state_of_tree(tree: dict[str, Any], template: RunState) -> RunState:
+    """Inverse of :func:`checkpoint_tree`; what a checkpoint does not hold (the patience and
+    ``min_delta`` of the early stopping) comes from ``template``."""
+    meta = {k: v.item() for k, v in tree["meta"].items()}
+    stopping = replace(
+        template.stopping,
+        best_params=jax.device_get(tree["best_params"]),
+        best_val=meta["best_val"],
+        best_epoch=meta["best_epoch"],
+        bad_epochs=meta["bad_epochs"],
+    )
+    return RunState(
+        tree["params"], tree["opt_state"], stopping, step=int(meta["step"]), done=bool(meta["done"])
+    )
+
+
+class Checkpoints:
+    """One run's checkpoints: an orbax ``CheckpointManager`` keeping the latest step only.
+
+    Each checkpoint is a step directory (``<directory>/<step>``) holding
+    :func:`checkpoint_tree`. ``directory=None`` turns checkpoints off: none is found and
+    :meth:`save` does nothing.
+    """
 
     def __init__(self, directory: Path | None):
         self.manager = None
@@ -313,19 +415,78 @@ class _Checkpoints:
             )
 
     def latest(self) -> int | None:
+        """The step of the newest checkpoint; None when there is none."""
         return None if self.manager is None else self.manager.latest_step()
 
-    def save(self, step: int, tree: PyTree) -> None:
+    def save(self, state: RunState) -> None:
+        """Checkpoint ``state`` under its step (may finish in the background: :meth:`close`)."""
         if self.manager is not None:
-            self.manager.save(step, args=self._ocp.args.StandardSave(tree))
+            self.manager.save(state.step, args=self._ocp.args.StandardSave(checkpoint_tree(state)))
 
-    def restore(self, step: int, template: PyTree) -> PyTree:
-        return self.manager.restore(step, args=self._ocp.args.StandardRestore(template))
+    def restore(self, template: RunState, step: int | None = None) -> RunState:
+        """The state saved at ``step`` (default: the latest), its arrays shaped, typed and
+        placed like ``template``'s (whose early-stopping settings it keeps).
+
+        Raises:
+            FileNotFoundError: no checkpoint to restore (none saved, or no directory).
+        """
+        step = self.latest() if step is None else step
+        if self.manager is None or step is None:
+            raise FileNotFoundError("no checkpoint to restore")
+        args = self._ocp.args.StandardRestore(checkpoint_tree(template))
+        return _state_of_tree(self.manager.restore(step, args=args), template)
 
     def close(self) -> None:
+        """Wait for pending saves and release the manager."""
         if self.manager is not None:
             self.manager.wait_until_finished()
             self.manager.close()
+
+
+def _steps_per_epoch(n_train: int, batch_size: int, mesh: Mesh) -> int:
+    """Full batches in an epoch (the remainder is dropped).
+
+    Raises:
+        ValueError: the batch does not split over the mesh, or is larger than the data.
+    """
+    if batch_size % mesh.size:
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by the {mesh.size} devices of the mesh"
+        )
+    steps = n_train // batch_size
+    if steps == 0:
+        raise ValueError(f"{n_train} training pairs are fewer than one batch of {batch_size}")
+    return steps
+
+
+def _initial_state(
+    fns: dict[str, Callable],
+    data: dict[str, Any],
+    *,
+    lr: float,
+    seed: int,
+    mesh: Mesh,
+    patience: int,
+) -> RunState:
+    """Freshly initialised parameters (key ``seed``) and optimizer state at ``lr``."""
+    params, opt_state = fns["init"](jax.random.key(seed), data, jnp.float32(lr))
+    params, opt_state = jax.device_put((params, opt_state), NamedSharding(mesh, P()))
+    return RunState(params, opt_state, EarlyStopping(patience, jax.device_get(params)))
+
+
+def _next_chunk(
+    step: int, steps_per_epoch: int, chunk: int, max_steps: int | None
+) -> tuple[int, int, int]:
+    """``(epoch, offset, end)``: the next chunk is steps ``[offset, end)`` of ``epoch``.
+
+    It ends at the chunk size, the epoch's end or ``max_steps``; ``end <= offset`` means
+    ``max_steps`` is reached.
+    """
+    epoch, offset = divmod(step, steps_per_epoch)
+    end = min(steps_per_epoch, offset + chunk)
+    if max_steps is not None:
+        end = min(end, offset + max_steps - step)
+    return epoch, offset, end
 
 
 def train_run(
@@ -345,95 +506,70 @@ def train_run(
 ) -> RunResult:
     """Train one head with early stopping on ID validation RMSE; keep the best params.
 
+    Each epoch runs in chunks of ``cfg.steps_per_chunk`` steps (default: the whole epoch);
+    after an epoch: validate, update the :class:`EarlyStopping` record, checkpoint.
+
     Args:
         data: :func:`device_tables` of the pairs; ``train_rows``/``val_rows`` index them.
         checkpoint_dir: orbax checkpoints of this run; an existing one is resumed (a finished
             run is returned as is).
         max_steps: stop (and checkpoint) once the optimizer has taken this many steps: the
             interruption hook of the resume test.
+
+    Raises:
+        ValueError: ``cfg.batch_size`` does not split over the mesh, or exceeds the training
+            pairs.
     """
     start = time.perf_counter()
-    b = cfg.batch_size
-    if b % mesh.size:
-        raise ValueError(f"batch_size {b} is not divisible by the {mesh.size} devices of the mesh")
-    steps_per_epoch = len(train_rows) // b
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_rows)} training pairs are fewer than one batch of {b}")
+    steps_per_epoch = _steps_per_epoch(len(train_rows), cfg.batch_size, mesh)
     chunk = cfg.steps_per_chunk or steps_per_epoch
     fns = compiled_fns(head, cfg.weight_decay, mesh, cfg.factor_l2)
-    replicated = NamedSharding(mesh, P())
     rows_sharding = NamedSharding(mesh, P(None, "data"))
     val_y = np.asarray(jax.device_get(data["rating"]))[val_rows]
 
-    params, opt_state = fns["init"](jax.random.key(seed), data, jnp.float32(lr))
-    params, opt_state = jax.device_put((params, opt_state), replicated)
-    best_params = jax.device_get(params)
-    meta = {"step": 0, "best_val": np.inf, "best_epoch": -1, "bad_epochs": 0, "done": 0}
-    ckpt = _Checkpoints(checkpoint_dir)
-    resumed_from = 0
-
-    def tree() -> dict[str, Any]:
-        """What a checkpoint holds (one builder for saving and for the restore template)."""
-        return {
-            "params": params,
-            "opt_state": opt_state,
-            "best_params": best_params,
-            "meta": {k: np.asarray(v) for k, v in meta.items()},
-        }
-
-    if (latest := ckpt.latest()) is not None:
-        restored = ckpt.restore(latest, tree())
-        params, opt_state = restored["params"], restored["opt_state"]
-        best_params = jax.device_get(restored["best_params"])
-        meta = {k: v.item() for k, v in restored["meta"].items()}
-        resumed_from = int(meta["step"])
-
-    def save() -> None:
-        ckpt.save(int(meta["step"]), tree())
+    state = _initial_state(fns, data, lr=lr, seed=seed, mesh=mesh, patience=cfg.patience)
+    ckpt = Checkpoints(checkpoint_dir)
+    if ckpt.latest() is not None:
+        state = ckpt.restore(state)
+    resumed_from = state.step
 
     # rbg: XLA's RngBitGenerator, much cheaper for dropout masks on CPU than threefry.
     key = jax.random.key(seed + 1_000_003, impl="rbg")
-    step_arr = jax.device_put(jnp.int32(meta["step"]), replicated)
+    step_arr = jax.device_put(jnp.int32(state.step), NamedSharding(mesh, P()))
     bar = tqdm(
         total=cfg.max_epochs * steps_per_epoch,
-        initial=int(meta["step"]),
+        initial=state.step,
         desc=f"{method} lr={lr:g} seed={seed}",
         unit="step",
         disable=not progress,
         leave=False,
     )
-    stopped = False
-    while not meta["done"]:
-        epoch, offset = divmod(int(meta["step"]), steps_per_epoch)
-        end = min(steps_per_epoch, offset + chunk)
-        if max_steps is not None:
-            end = min(end, offset + max_steps - int(meta["step"]))
-            if end <= offset:
-                stopped = True
-                if ckpt.latest() != meta["step"]:  # an epoch end was just saved
-                    save()
-                break
-        order, drop = epoch_order(seed, epoch, train_rows, b, cfg.item_oov_prob)
+    finished = True
+    while not state.done:
+        epoch, offset, end = _next_chunk(state.step, steps_per_epoch, chunk, max_steps)
+        if end <= offset:  # max_steps: checkpoint here, unless an epoch end was just saved
+            finished = False
+            if ckpt.latest() != state.step:
+                ckpt.save(state)
+            break
+        order, drop = epoch_order(seed, epoch, train_rows, cfg.batch_size, cfg.item_oov_prob)
         rows_dev, drop_dev = jax.device_put((order[offset:end], drop[offset:end]), rows_sharding)
-        (params, opt_state, step_arr), loss = fns["train_chunk"](
-            (params, opt_state, step_arr), data, rows_dev, drop_dev, key
+        (state.params, state.opt_state, step_arr), loss = fns["train_chunk"](
+            (state.params, state.opt_state, step_arr), data, rows_dev, drop_dev, key
         )
-        meta["step"] += end - offset
+        state.step += end - offset
         bar.update(end - offset)
         if end < steps_per_epoch:
             continue
         adapters = predict_adapters(
-            head, params, data, val_rows, mesh=mesh, batch_size=cfg.eval_batch_size
+            head, state.params, data, val_rows, mesh=mesh, batch_size=cfg.eval_batch_size
         )
         val = rmse(predict_ratings(head, adapters), val_y)
-        if val < meta["best_val"] - 1e-5:
-            meta.update(best_val=val, best_epoch=epoch, bad_epochs=0)
-            best_params = jax.device_get(params)
-        else:
-            meta["bad_epochs"] += 1
-        meta["done"] = int(meta["bad_epochs"] >= cfg.patience or epoch + 1 >= cfg.max_epochs)
-        bar.set_postfix(loss=f"{float(loss):.3f}", val=f"{val:.4f}", best=f"{meta['best_val']:.4f}")
-        save()
+        patience_spent = state.stopping.update(val, state.params, epoch)
+        state.done = patience_spent or epoch + 1 >= cfg.max_epochs
+        best = state.stopping.best_val
+        bar.set_postfix(loss=f"{float(loss):.3f}", val=f"{val:.4f}", best=f"{best:.4f}")
+        ckpt.save(state)
     bar.close()
     ckpt.close()
     return RunResult(
@@ -441,12 +577,12 @@ def train_run(
         lr=lr,
         seed=seed,
         head=head,
-        params=best_params,
-        val_rmse=float(meta["best_val"]),
-        epochs=int(meta["step"]) // steps_per_epoch,
-        steps=int(meta["step"]),
+        params=state.stopping.best_params,
+        val_rmse=float(state.stopping.best_val),
+        epochs=state.step // steps_per_epoch,
+        steps=state.step,
         resumed_from=resumed_from,
-        finished=not stopped,
+        finished=finished,
         seconds=time.perf_counter() - start,
     )
 
