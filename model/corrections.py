@@ -9,9 +9,13 @@ an answer adds the shrunk means
     user offset  c_u = s_u / (n_u + k_user)      on what is left, ``rating - model_rating - c_i``
 
 (James-Stein style shrinkage towards 0: with few ratings the model's answer dominates; ``k``
-is the number of ratings at which an offset gets half its weight). ``k_item``/``k_user`` are
-fitted at training time by progressive validation on ID validation (:func:`fit_shrinkage`)
-and stored in the artifact's manifest (``corrections``).
+is the number of ratings at which an offset gets half its weight). Items whose id is out of
+the model's vocabulary (OOV: cold-start items, served through the OOV slot and their text)
+have their own ``k_item_oov``: the model knows far less about them, so their first ratings
+deserve more weight. ``k_item``/``k_user`` are fitted at training time by progressive
+validation on ID validation (:func:`fit_shrinkage`), ``k_item_oov`` on the same ratings
+predicted with the item ids hidden, as a cold-start item is served (:func:`fit_oov_item`);
+all three are stored in the artifact's manifest (``corrections``).
 
 Progressive validation (:func:`replay`): events in time order, each predicted with the state
 *before* its own feedback, then applied, so every prediction only uses earlier ratings. The
@@ -36,29 +40,52 @@ K_GRID: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 35.0, 60.0, 10
 
 @dataclass(frozen=True)
 class Shrinkage:
-    """Shrinkage strengths of the item and user offsets (pseudo-counts, ratings)."""
+    """Shrinkage strengths of the offsets (pseudo-counts, ratings).
+
+    Attributes:
+        k_item: items in the model's vocabulary.
+        k_user: users.
+        k_item_oov: items out of the vocabulary (cold start); None = ``k_item``.
+    """
 
     k_item: float
     k_user: float
+    k_item_oov: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("k_item", "k_user"):
+        for name in ("k_item", "k_user", "k_item_oov"):
             value = getattr(self, name)
+            if value is None and name == "k_item_oov":
+                continue
             if not np.isfinite(value) or value <= 0:
                 raise ValueError(f"corrections.{name} must be a positive number, got {value!r}")
 
+    def item_k(self, item_oov: np.ndarray | None) -> np.ndarray | float:
+        """Per event: ``k_item_oov`` where the item is OOV, else ``k_item``."""
+        if item_oov is None or self.k_item_oov is None:
+            return self.k_item
+        return np.where(np.asarray(item_oov, bool), self.k_item_oov, self.k_item)
+
     def to_json(self) -> dict[str, float]:
-        return {"k_item": float(self.k_item), "k_user": float(self.k_user)}
+        out = {"k_item": float(self.k_item), "k_user": float(self.k_user)}
+        if self.k_item_oov is not None:
+            out["k_item_oov"] = float(self.k_item_oov)
+        return out
 
     @classmethod
     def from_json(cls, doc: Mapping[str, object]) -> Shrinkage:
         """From the manifest's ``corrections`` object.
 
         Raises:
-            ValueError: a missing or non-positive ``k_item`` / ``k_user``.
+            ValueError: a missing or non-positive ``k_item`` / ``k_user`` / ``k_item_oov``.
         """
         try:
-            return cls(float(doc["k_item"]), float(doc["k_user"]))  # type: ignore[arg-type]
+            oov = doc.get("k_item_oov")
+            return cls(
+                float(doc["k_item"]),  # type: ignore[arg-type]
+                float(doc["k_user"]),  # type: ignore[arg-type]
+                None if oov is None else float(oov),  # type: ignore[arg-type]
+            )
         except (KeyError, TypeError) as e:
             raise ValueError(f"manifest corrections needs k_item and k_user ({e})") from None
 
@@ -67,8 +94,9 @@ class Shrinkage:
 DEFAULT_SHRINKAGE = Shrinkage(k_item=10.0, k_user=10.0)
 
 
-def offset(count: np.ndarray, total: np.ndarray, k: float) -> np.ndarray:
-    """Shrunk mean residual ``total / (count + k)`` (0 where ``count`` is 0), float64 ``[n]``."""
+def offset(count: np.ndarray, total: np.ndarray, k: float | np.ndarray) -> np.ndarray:
+    """Shrunk mean residual ``total / (count + k)`` (0 where ``count`` is 0), float64 ``[n]``;
+    ``k`` a scalar or per entry ``[n]``."""
     count = np.asarray(count, np.float64)
     return np.asarray(total, np.float64) / (count + k)
 
@@ -111,6 +139,7 @@ def replay(
     *,
     user_state: tuple[np.ndarray, np.ndarray] | None = None,
     item_state: tuple[np.ndarray, np.ndarray] | None = None,
+    item_oov: np.ndarray | None = None,
 ) -> Replay:
     """Apply feedback events in order, vectorised (one pass per side).
 
@@ -121,6 +150,8 @@ def replay(
         shrinkage: ``k_item``, ``k_user``.
         user_state, item_state: ``(count [n], sum [n])`` each event's entity had before the
             batch (the service's stored state); default: none (a replay from scratch).
+        item_oov: bool ``[n]``: the item's id is out of the model's vocabulary (its offset
+            uses ``k_item_oov``).
 
     Returns:
         the offsets each event was predicted with and the residuals it adds.
@@ -131,7 +162,7 @@ def replay(
     zero = (np.zeros(n), np.zeros(n))
     base_n, base_s = item_state if item_state is not None else zero
     count, total = _before(items, residual)
-    item_offset = offset(base_n + count, base_s + total, shrinkage.k_item)
+    item_offset = offset(base_n + count, base_s + total, shrinkage.item_k(item_oov))
     user_residual = residual - item_offset
     base_n, base_s = user_state if user_state is not None else zero
     count, total = _before(users, user_residual)
@@ -146,13 +177,11 @@ def progressive_rmse(
     items: Sequence[str],
     shrinkage: Shrinkage,
     rating_range: tuple[float, float],
+    item_oov: np.ndarray | None = None,
 ) -> float:
     """RMSE of the corrected predictions of a time-ordered replay (clipped to the range)."""
-    corrected = np.clip(
-        np.asarray(model_rating, np.float64)
-        + replay(model_rating, rating, users, items, shrinkage).correction,
-        *rating_range,
-    )
+    result = replay(model_rating, rating, users, items, shrinkage, item_oov=item_oov)
+    corrected = np.clip(np.asarray(model_rating, np.float64) + result.correction, *rating_range)
     return float(np.sqrt(np.mean((corrected - np.asarray(rating, np.float64)) ** 2)))
 
 
@@ -186,3 +215,40 @@ def fit_shrinkage(
             )
     best = min(scores, key=scores.get)
     return Shrinkage(*best), {f"k_item={a:g},k_user={b:g}": v for (a, b), v in scores.items()}
+
+
+def fit_oov_item(
+    model_rating: np.ndarray,
+    rating: np.ndarray,
+    users: Sequence[str],
+    items: Sequence[str],
+    base: Shrinkage,
+    rating_range: tuple[float, float],
+    grid: Sequence[float] = K_GRID,
+) -> tuple[Shrinkage, dict[str, float]]:
+    """``base`` with the ``k_item_oov`` of ``grid`` that replays best when every item is OOV.
+
+    Args:
+        model_rating: ``[n]`` ratings of the events predicted with the item ids hidden (the
+            OOV slot, as a cold-start item is served); ``rating``, ``users``, ``items``: the
+            events in time order.
+
+    Returns:
+        ``(shrinkage, {"k_item_oov=..": rmse, ...})``.
+    """
+    oov = np.ones(len(rating), bool)
+    scores = {
+        k: progressive_rmse(
+            model_rating,
+            rating,
+            users,
+            items,
+            Shrinkage(base.k_item, base.k_user, k),
+            rating_range,
+            item_oov=oov,
+        )  # fmt: skip
+        for k in grid
+    }
+    best = min(scores, key=scores.get)
+    table = {f"k_item_oov={k:g}": v for k, v in scores.items()}
+    return Shrinkage(base.k_item, base.k_user, best), table

@@ -26,13 +26,14 @@ import logging
 import threading
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import redis
 
 from model.corrections import DEFAULT_SHRINKAGE, Replay, Shrinkage, offset, replay
+from model.features import FeatureSpec
 from service.cache import RedisTier
 from service.metrics import Metrics, observe_many
 from service.results import ScoreBatch
@@ -71,6 +72,12 @@ def shrinkage_of(manifest: dict) -> Shrinkage:
     return Shrinkage.from_json(doc)
 
 
+def item_vocabulary(features: FeatureSpec) -> Callable[[str], bool] | None:
+    """Whether an item id is in the model's vocabulary (None: the id is no model input)."""
+    column = features.id_column("item")
+    return None if column < 0 else features.categorical[column].known
+
+
 @dataclass(frozen=True)
 class Increments:
     """One feedback batch's additions: per side, entity id -> ``(count, residual sum)``."""
@@ -98,6 +105,8 @@ class OnlineCorrections:
         redis_tier: the shared Redis, or None (in-process state only).
         ttl_s: expiry of the Redis hashes after their last write.
         max_backlog: events whose increments are kept while Redis is down.
+        item_known: whether an item id is in the model's vocabulary; the others (cold-start
+            items) use ``shrinkage.k_item_oov``. None: every item uses ``k_item``.
     """
 
     def __init__(
@@ -111,8 +120,10 @@ class OnlineCorrections:
         ttl_s: int = 30 * 24 * 3600,
         max_backlog: int = 100_000,
         key_prefix: str = KEY_PREFIX,
+        item_known: Callable[[str], bool] | None = None,
     ):
         self.model_version = model_version
+        self.item_known = item_known
         self.shrinkage = shrinkage
         self.rating_range = rating_range
         self.metrics = metrics
@@ -128,7 +139,6 @@ class OnlineCorrections:
         self._lock = threading.Lock()  # the local state and the backlog
         self._record_lock = threading.Lock()  # one feedback batch at a time per process
         self._script = None if redis_tier is None else redis_tier.client.register_script(_APPLY)
-        self._k = {"user": shrinkage.k_user, "item": shrinkage.k_item}
 
     # -- state ------------------------------------------------------------------------------
 
@@ -174,16 +184,24 @@ class OnlineCorrections:
                     local[entity] = out[side][entity] = (int(n), float(s))
             return out
 
+    def item_oov(self, items: Sequence[str]) -> np.ndarray | None:
+        """bool ``[n]``: the item id is out of the model's vocabulary (None: not told)."""
+        if self.item_known is None:
+            return None
+        oov = {i: not self.item_known(i) for i in dict.fromkeys(items)}
+        return np.fromiter((oov[i] for i in items), bool, len(items))
+
     def offsets(self, users: Sequence[str], items: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The user and item offsets ``[n]`` (float64) of pairs, from the current state."""
         distinct = {"user": list(dict.fromkeys(users)), "item": list(dict.fromkeys(items))}
         state = self.state(distinct)
+        k = {"user": self.shrinkage.k_user, "item": self.shrinkage.item_k(self.item_oov(items))}
         out = []
         for side, ids in (("user", users), ("item", items)):
             known = state[side]
             n = np.fromiter((known.get(i, (0, 0.0))[0] for i in ids), np.float64, len(ids))
             s = np.fromiter((known.get(i, (0, 0.0))[1] for i in ids), np.float64, len(ids))
-            out.append(offset(n, s, self._k[side]))
+            out.append(offset(n, s, k[side]))
         return out[0], out[1]
 
     def apply(self, batch: ScoreBatch, users: Sequence[str], items: Sequence[str]) -> ScoreBatch:
@@ -226,6 +244,7 @@ class OnlineCorrections:
             result = replay(
                 model_rating, rating, users, items, self.shrinkage,
                 user_state=base("user", users), item_state=base("item", items),
+                item_oov=self.item_oov(items),
             )  # fmt: skip
             increments = Increments(
                 uuid.uuid4().hex,

@@ -27,7 +27,7 @@ import numpy as np
 from service import logs
 from service.batcher import MicroBatcher
 from service.cache import ActivationCache, LocalLRU, RedisTier
-from service.corrections import OnlineCorrections, shrinkage_of
+from service.corrections import OnlineCorrections, item_vocabulary, shrinkage_of
 from service.feedback_log import FeedbackLog
 from service.metrics import Metrics
 from service.results import ScoreBatch
@@ -95,6 +95,7 @@ def build_scorer(
             scorer.model_version, shrinkage_of(artifact.manifest), scorer.rating_range, metrics,
             redis_tier=redis, ttl_s=settings.corrections_ttl_s,
             max_backlog=settings.corrections_backlog, key_prefix=settings.corrections_key_prefix,
+            item_known=item_vocabulary(artifact.features),
         )  # fmt: skip
     if warm:
         scorer.warm_up()

@@ -415,6 +415,13 @@ def _predict(run: RunResult, device: DeviceData, cfg: TrainConfig, rows: np.ndar
     return predict_ratings(run.head, adapters)
 
 
+def _items_hidden(prep: Prepared, device: DeviceData) -> dict[str, Any]:
+    """The device tables with every item's categorical features OOV (id 0), as a cold-start
+    item is served; the other tables are shared, not copied."""
+    zeros = np.zeros_like(prep.tables.item_ids)
+    return {**device.tables, "item_ids": jax.device_put(zeros, device.tables["item_ids"].sharding)}
+
+
 def model_version(cfg: TrainConfig, fingerprint: str) -> str:
     digest = hashlib.sha256((cfg.digest() + fingerprint).encode()).hexdigest()[:8]
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{digest}"
@@ -470,11 +477,15 @@ def run_pipeline(
     version = model_version(cfg, backbone.fingerprint)
     shrinkage, online = None, None
     if exported_run is not None and len(prep.rows["val"]):
+        hidden = DeviceData(_items_hidden(prep, device), device.mesh)
         shrinkage, online = progressive.fit_and_evaluate(
-            prep, lambda rows: _predict(exported_run, device, cfg, rows)
+            prep,
+            lambda rows: _predict(exported_run, device, cfg, rows),
+            lambda rows: _predict(exported_run, hidden, cfg, rows),
         )
         log(
-            f"online corrections: k_item {shrinkage.k_item:g}, k_user {shrinkage.k_user:g}; "
+            f"online corrections: k_item {shrinkage.k_item:g}, k_user {shrinkage.k_user:g}, "
+            f"k_item_oov {shrinkage.k_item_oov:g}; "
             + "; ".join(
                 f"{p} progressive RMSE {online[p]['model']:.4f} -> {online[p]['corrected']:.4f}"
                 for p in ("test", "ood") if p in online
@@ -579,7 +590,9 @@ def export(
             "val_rmse": run.val_rmse,
         },
         corrections=(
-            {k: corrections[k] for k in ("k_item", "k_user", "fitted_on")} if corrections else None
+            {k: v for k, v in corrections.items() if k.startswith("k_") or k == "fitted_on"}
+            if corrections
+            else None
         ),
     )
 

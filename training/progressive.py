@@ -3,7 +3,8 @@ validation (``model/corrections.py`` holds the arithmetic; the service applies t
 
 * **Fit**: ID validation replayed in time order, each rating predicted with the corrections
   of the validation ratings before it; the ``(k_item, k_user)`` of the grid with the lowest
-  RMSE is stored in the artifact's manifest (``corrections``).
+  RMSE, then ``k_item_oov`` from the same replay with the items' ids hidden (the OOV slot, as
+  a cold-start item is served), are stored in the artifact's manifest (``corrections``).
 * **Evaluate**: the ID test set and the OOD set, each replayed in time order from an empty
   state (as after a model is installed): RMSE of the model alone and with the corrections,
   overall and per OOD group. The paper-protocol tables are not touched: this is a separate
@@ -15,22 +16,34 @@ timestamp column replays in file order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.corrections import Shrinkage, fit_shrinkage, replay
+from model.corrections import Shrinkage, fit_oov_item, fit_shrinkage, replay
 from training.evaluate import rmse
 
 if TYPE_CHECKING:
     from training.pipeline import Prepared
+
+Predict = Callable[[np.ndarray], np.ndarray]
 
 
 def time_ordered(prep: Prepared, rows: np.ndarray) -> np.ndarray:
     """``rows`` sorted by timestamp (stable)."""
     stamps = prep.pairs["timestamp"].to_numpy()[rows]
     return rows[np.argsort(stamps, kind="stable")]
+
+
+def item_oov(prep: Prepared, rows: np.ndarray) -> np.ndarray:
+    """bool ``[len(rows)]``: the pair's item id is out of the model's vocabulary."""
+    column = prep.features.id_column("item")
+    if column < 0:  # the id is no input: no item is OOV by id
+        return np.zeros(len(rows), bool)
+    known = prep.features.categorical[column].known
+    items = prep.pairs["item_id"].to_numpy()[rows]
+    return np.fromiter((not known(i) for i in items), bool, len(rows))
 
 
 def corrected(
@@ -40,18 +53,22 @@ def corrected(
     pairs = prep.pairs.iloc[rows]
     rating = pairs["rating"].to_numpy(np.float64)
     result = replay(
-        model_rating, rating, pairs["user_id"].tolist(), pairs["item_id"].tolist(), shrinkage
-    )
+        model_rating, rating, pairs["user_id"].tolist(), pairs["item_id"].tolist(), shrinkage,
+        item_oov=item_oov(prep, rows),
+    )  # fmt: skip
     lo, hi = prep.spec.rating_scale.min, prep.spec.rating_scale.max
     return np.clip(np.asarray(model_rating, np.float64) + result.correction, lo, hi)
 
 
-def fit_and_evaluate(prep: Prepared, predict: Any) -> tuple[Shrinkage, dict[str, Any]]:
+def fit_and_evaluate(
+    prep: Prepared, predict: Predict, predict_oov: Predict
+) -> tuple[Shrinkage, dict[str, Any]]:
     """Fit the shrinkage on ID validation and evaluate on ID test and OOD.
 
     Args:
         prep: the prepared data (``pairs`` with timestamps, ``rows``, ``ood_groups``).
         predict: ``rows [n] -> model ratings [n]`` of the exported model's parameters.
+        predict_oov: the same with every item's categorical features hidden (OOV).
 
     Returns:
         ``(shrinkage, report section)``; the section holds ``k_item``, ``k_user``, the
@@ -63,9 +80,10 @@ def fit_and_evaluate(prep: Prepared, predict: Any) -> tuple[Shrinkage, dict[str,
     val = time_ordered(prep, prep.rows["val"])
     val_pred = predict(val)
     val_pairs = prep.pairs.iloc[val]
-    shrinkage, grid = fit_shrinkage(
-        val_pred, y[val], val_pairs["user_id"].tolist(), val_pairs["item_id"].tolist(), (lo, hi)
-    )
+    users, items = val_pairs["user_id"].tolist(), val_pairs["item_id"].tolist()
+    shrinkage, grid = fit_shrinkage(val_pred, y[val], users, items, (lo, hi))
+    oov_pred = predict_oov(val)
+    shrinkage, oov_grid = fit_oov_item(oov_pred, y[val], users, items, shrinkage, (lo, hi))
     section: dict[str, Any] = {
         **shrinkage.to_json(),
         "fitted_on": {
@@ -73,6 +91,8 @@ def fit_and_evaluate(prep: Prepared, predict: Any) -> tuple[Shrinkage, dict[str,
             "n": int(len(val)),
             "model": rmse(val_pred, y[val]),
             "corrected": min(grid.values()),
+            "model_item_ids_hidden": rmse(oov_pred, y[val]),
+            "corrected_item_ids_hidden": min(oov_grid.values()),
         },
     }
     for part in ("test", "ood"):

@@ -7,11 +7,20 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from model.corrections import Shrinkage, fit_shrinkage, progressive_rmse, replay
+from model.corrections import (
+    Shrinkage,
+    fit_oov_item,
+    fit_shrinkage,
+    progressive_rmse,
+    replay,
+)
 
 
-def sequential(events, k_item, k_user, user_state=None, item_state=None):
-    """The definition, one event at a time: predict with the state before, then update."""
+def sequential(
+    events, k_item, k_user, user_state=None, item_state=None, oov_items=(), k_item_oov=None
+):
+    """The definition, one event at a time: predict with the state before, then update
+    (items in ``oov_items`` shrink with ``k_item_oov``)."""
     n_i, s_i = defaultdict(float), defaultdict(float)
     n_u, s_u = defaultdict(float), defaultdict(float)
     for key, (n, s) in (item_state or {}).items():
@@ -20,7 +29,7 @@ def sequential(events, k_item, k_user, user_state=None, item_state=None):
         n_u[key], s_u[key] = n, s
     out = []
     for u, i, m, r in events:
-        ci = s_i[i] / (n_i[i] + k_item)
+        ci = s_i[i] / (n_i[i] + (k_item_oov if i in oov_items else k_item))
         cu = s_u[u] / (n_u[u] + k_user)
         out.append((ci, cu, r - m, r - m - ci))
         n_i[i] += 1
@@ -48,6 +57,36 @@ def test_replay_equals_the_sequential_definition(k_item, k_user):
     np.testing.assert_allclose(got.user_offset, want[:, 1], atol=1e-12)
     np.testing.assert_allclose(got.item_residual, want[:, 2], atol=1e-12)
     np.testing.assert_allclose(got.user_residual, want[:, 3], atol=1e-12)
+
+
+def test_oov_items_use_their_own_k():
+    users, items, model, rating = random_events(300, seed=4)
+    oov_items = {"i1", "i5", "i17"}
+    oov = np.array([i in oov_items for i in items])
+    got = replay(model, rating, users, items, Shrinkage(8.0, 6.0, 1.5), item_oov=oov)
+    want = sequential(
+        zip(users, items, model, rating, strict=True), 8.0, 6.0, oov_items=oov_items,
+        k_item_oov=1.5,
+    )  # fmt: skip
+    np.testing.assert_allclose(got.correction, want[:, 0] + want[:, 1], atol=1e-12)
+    plain = replay(model, rating, users, items, Shrinkage(8.0, 6.0))
+    assert not np.allclose(plain.correction, got.correction)  # the flag changes answers
+    assert Shrinkage.from_json(Shrinkage(8.0, 6.0, 1.5).to_json()) == Shrinkage(8.0, 6.0, 1.5)
+
+
+def test_fit_oov_item_trusts_feedback_more_when_the_model_knows_less():
+    rng = np.random.default_rng(5)
+    n = 3000
+    items = [f"i{j}" for j in rng.integers(0, 30, n)]
+    users = [f"u{j}" for j in rng.integers(0, 80, n)]
+    bias = rng.normal(0, 1.0, 30)
+    rating = np.clip(3.0 + bias[[int(i[1:]) for i in items]] + rng.normal(0, 0.4, n), 1, 5)
+    known_model = rating - rng.normal(0, 0.4, n)  # knows each item: little left to correct
+    blind = np.full(n, 3.0)  # ids hidden: the model knows nothing of the items
+    base, _ = fit_shrinkage(known_model, rating, users, items, (1.0, 5.0))
+    fitted, table = fit_oov_item(blind, rating, users, items, base, (1.0, 5.0))
+    assert fitted.k_item_oov < base.k_item
+    assert min(table.values()) == table[f"k_item_oov={fitted.k_item_oov:g}"]
 
 
 def test_replay_continues_from_a_stored_state():

@@ -125,6 +125,11 @@ def _tiny_backbone(tokenizer_path: Path, seed: int):
     )  # fmt: skip
 
 
+# The online corrections' shrinkage of the tiny artifacts (training fits them; these differ
+# per kind, so a test sees which one was used).
+TINY_CORRECTIONS = {"k_item": 6.0, "k_user": 15.0, "k_item_oov": 2.0}
+
+
 def export_tiny(root: Path, model_version: str, seed: int, tokenizer_path: Path) -> Path:
     """A real artifact ``root/<model_version>`` (and ``root/latest``) from random weights."""
     from model.artifact import export_artifact
@@ -163,7 +168,7 @@ def export_tiny(root: Path, model_version: str, seed: int, tokenizer_path: Path)
         head_params=head_params, features=features, views=views, users=pd.DataFrame(USERS),
         items=pd.DataFrame(ITEMS), reference=reference, dataset=DATASET,
         training_config={"source": "tests/service (random weights)", "seed": seed},
-        platforms=("cpu",),
+        platforms=("cpu",), corrections=TINY_CORRECTIONS,
     )  # fmt: skip
 
 

@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 import pytest
-from conftest import loaded_client
+from conftest import TINY_CORRECTIONS, loaded_client
 
-from model.corrections import DEFAULT_SHRINKAGE
+from model.corrections import Shrinkage
 from model.feedback_format import read_events
 from service import feedback_log
 from tests.model.test_corrections import sequential
@@ -66,12 +66,15 @@ def test_corrections_equal_the_numpy_reference(client):
         assert body["accepted"] == size and len(set(body["event_ids"])) == size
         assert body["corrections"] == "applied" and body["model_version"] == "tiny-v1"
         sent += size
-    k = DEFAULT_SHRINKAGE  # the tiny artifact has no fitted values
+    k = Shrinkage.from_json(TINY_CORRECTIONS)
     stream = [(e["user_id"], e["item_id"], model_rating[(e["user_id"], e["item_id"])],
                e["rating"]) for e in events]  # fmt: skip
     # the offsets each pair answers with now: one more (ignored) event of that pair
     for user, item in PAIRS:
-        want = sequential([*stream, (user, item, 3.0, 3.0)], k.k_item, k.k_user)[-1]
+        want = sequential(
+            [*stream, (user, item, 3.0, 3.0)], k.k_item, k.k_user, oov_items={"new-7"},
+            k_item_oov=k.k_item_oov,
+        )[-1]  # fmt: skip
         got = client.post("/predict-rating", json=pair_body(user, item)).json()
         assert got["corrections"]["item"] == pytest.approx(want[0], abs=1e-5)
         assert got["corrections"]["user"] == pytest.approx(want[1], abs=1e-5)
