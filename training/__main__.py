@@ -33,6 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-path", help="replaces the spec's ratings.path (a file or directory)")
     p.add_argument("--reader", choices=READERS, help="replaces the spec's reader")
     p.add_argument("--split-seed", type=int, help="replaces the spec's split.seed")
+    p.add_argument(
+        "--feedback", metavar="DIR",
+        help="add the ratings the service logged from POST /feedback (its LEVI_FEEDBACK_DIR; "
+        "every *.jsonl under DIR, each event once)",
+    )  # fmt: skip
     p.add_argument("--tiny", action="store_true", help="the tiny training preset (smoke runs)")
     p.add_argument("--backbone", help="minilm-l6 (default), bert or t5")
     p.add_argument("--checkpoint", help="Hugging Face-format directory of the backbone")
@@ -51,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.tiny() if args.tiny else TrainConfig.default()
-    names = ("dataset", "data_path", "reader", "split_seed", "backbone", "checkpoint")
+    names = ("dataset", "data_path", "reader", "split_seed", "feedback", "backbone", "checkpoint")
     names += ("max_length", "methods", "seeds", "lrs", "max_epochs")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.no_export:

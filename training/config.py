@@ -44,6 +44,8 @@ class TrainConfig:
         data_path, reader: replace the spec's ``ratings.path`` and ``reader``.
         split_seed: replaces the spec's ``split.seed`` (None: the spec's). One split;
             ``seeds`` vary the model init, dropout and batch order.
+        feedback: a directory of the service's feedback logs (``LEVI_FEEDBACK_DIR``): their
+            events join the ratings before the split, each once (``training.data.feedback``).
         backbone, checkpoint, max_length: the frozen text encoder (``model.backbone``);
             max_length None takes the checkpoint's own token limit (256 for the packaged
             MiniLM), a number may only lower it.
@@ -80,6 +82,7 @@ class TrainConfig:
     data_path: str | None = None
     reader: str | None = None
     split_seed: int | None = None
+    feedback: str | None = None
     backbone: str = "minilm-l6"
     checkpoint: str | None = None
     max_length: int | None = None

@@ -84,17 +84,32 @@ class PipelineResult:
     runs: dict[str, list[RunResult]]
 
 
-def prepare_data(cfg: TrainConfig, dataset=None, spec: DatasetSpec | None = None) -> Prepared:
-    """Read the spec and the data (unless given), split, and fit the features on ID train."""
+def prepare_data(
+    cfg: TrainConfig,
+    dataset=None,
+    spec: DatasetSpec | None = None,
+    log: Callable[[str], None] = print,
+) -> Prepared:
+    """Read the spec and the data (unless given), add the logged feedback (``cfg.feedback``),
+    split, and fit the features on ID train."""
     spec = spec or load_spec(cfg.dataset)
     if dataset is None:
         from training.data import load_spec_dataset
 
         dataset = load_spec_dataset(spec, cfg.data_path, cfg.reader)
+    split_spec = spec.split
+    if cfg.feedback:
+        from training.data.feedback import add_feedback
+
+        dataset, summary = add_feedback(dataset, spec, Path(cfg.feedback))
+        log(str(summary))
+        if split_spec.expect:  # counts of the data set alone: they no longer hold
+            log("split.expect not checked: the feedback events changed the counts")
+            split_spec = split_spec.model_copy(update={"expect": None})
     from training.split import make_split
 
     try:
-        split = make_split(dataset, spec.split, cfg.split_seed)
+        split = make_split(dataset, split_spec, cfg.split_seed)
     except ValueError as e:  # the data do not fit the spec's [split]: name the file
         raise SpecError(f"{spec.source or spec.name}: [split]: {e}") from None
     parts = [getattr(split, p) for p in PARTS]
@@ -453,7 +468,7 @@ def run_pipeline(
         log(f"[{stage}] {timings[stage]:.1f}s")
         clock = time.perf_counter()
 
-    prep = prepare_data(cfg, dataset, spec)
+    prep = prepare_data(cfg, dataset, spec, log=log)
     sizes = {p: len(r) for p, r in prep.rows.items()}
     log(f"data: {prep.dataset!r}; split {sizes}; {len(prep.ood_groups)} OOD groups")
     lap("data")

@@ -14,6 +14,7 @@ from model.corrections import Shrinkage
 from model.feedback_format import read_events
 from service import feedback_log
 from tests.model.test_corrections import sequential
+from training.data.feedback import read_feedback_dir
 
 PAIRS = [("1", "10"), ("1", "11"), ("2", "10"), ("3", "12"), ("2", "new-7"), ("4", "11")]
 NEW_ITEM = {"title": "Heat (1995)", "genres": ["Action"]}
@@ -98,6 +99,10 @@ def test_corrections_equal_the_numpy_reference(client):
         model_rating[(first["user_id"], first["item_id"])]
     )
     assert first["dataset"] == "tiny-service" and isinstance(first["timestamp"], int)
+    # what retraining reads (python -m training --feedback): the same events, once each
+    read, files, duplicates, partial = read_feedback_dir(client.feedback_dir)
+    assert [e["event_id"] for e in read] == [e["event_id"] for e in log]
+    assert (files, duplicates, partial) == (1, 0, 0)
     metrics = client.get("/metrics").text
     assert "levi_feedback_events_total 40.0" in metrics
     assert 'levi_corrected_entities{side="item"} 4.0' in metrics

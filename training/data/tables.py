@@ -235,6 +235,24 @@ def _entity(
     return _sorted(out[[id_name, *columns]], (id_name,))
 
 
+def typed_entities(spec: DatasetSpec, entity: str, rows: list[dict], where: str) -> pd.DataFrame:
+    """Typed rows of new users or items (``entity``: "users" / "items") from records holding
+    the id (``user_id`` / ``item_id``) and any of the declared columns, as ``apply_spec``
+    types a table; undeclared fields are dropped, missing ones are empty.
+
+    Raises:
+        DataError: a value that does not fit its declared column.
+    """
+    table: EntitySpec = getattr(spec, entity)
+    id_name = "user_id" if entity == "users" else "item_id"
+    key = spec.key(entity)
+    frame = pd.DataFrame(
+        {key: [r[id_name] for r in rows]}
+        | {name: [r.get(name) for r in rows] for name in table.columns}
+    )
+    return _entity(frame, table, key, id_name, pd.Series([], dtype=object), where)
+
+
 def apply_spec(
     spec: DatasetSpec,
     ratings: pd.DataFrame,
