@@ -53,6 +53,13 @@ KNOWN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     # Beyond DESIGN.md's list: the background warm-up (service/warmup.py).
     "levi_warmup_pending_shapes": ("gauge", frozenset()),
     "levi_warmup_seconds": ("gauge", frozenset({"stage"})),
+    # The feedback loop (service/corrections.py, service/feedback_log.py).
+    "levi_feedback_events_total": ("counter", frozenset()),
+    "levi_feedback_log_errors_total": ("counter", frozenset()),
+    "levi_correction_magnitude": ("histogram", frozenset()),
+    "levi_corrected_entities": ("gauge", frozenset({"side"})),
+    "levi_feedback_replay_backlog": ("gauge", frozenset()),
+    "levi_feedback_replay_total": ("counter", frozenset({"result"})),
 }
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = frozenset({"job", "instance"})

@@ -108,6 +108,8 @@ def _traffic(base: str, stop: threading.Event, sent: dict[str, int]) -> None:
                                      "user": {"occupation": "artist"}}),
                 ("/predict-rating/batch", {"requests": known[:3]}),
                 ("/predict-rating", {"user_id": "1"}),  # 422
+                ("/feedback", {"events": [{"user_id": str(1 + k % 4), "item_id": "11",
+                                           "rating": float(1 + k % 5)}]}),
             ]  # fmt: skip
             for path, body in bodies:
                 r = client.post(base + path, json=body)
@@ -127,6 +129,7 @@ def scraped(artifacts, compile_cache, redis_url, tmp_path_factory):
     with start_server(
         artifacts.v1, work / "server.log", compile_cache,
         LEVI_WORKERS="2", REDIS_URL=redis_url, LEVI_CACHE_KEY_PREFIX=prefix, LEVI_MAX_BATCH="4",
+        LEVI_FEEDBACK_DIR=str(work / "feedback"), LEVI_CORRECTIONS_KEY_PREFIX=f"{prefix}:fb",
     ) as server:  # fmt: skip
         port = free_port()
         target = server.base.removeprefix("http://")
