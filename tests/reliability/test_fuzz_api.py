@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from rel_support import start_server
 
 from service.entity_fields import MAX_LIST_VALUES as MAX_GENRES
 from service.entity_fields import MAX_VALUE_CHARS as MAX_TITLE_LENGTH
@@ -219,6 +221,76 @@ def test_raw_bodies_never_answer_5xx(rel_server, raw, content_type, path):
     headers = {"Content-Type": content_type} if content_type else {}
     r = httpx.post(rel_server.base + path, content=raw, headers=headers, timeout=60)
     assert r.status_code < 500, f"{r.status_code} for {raw[:200]!r} ({content_type}): {r.text}"
+
+
+# Feedback events: schema-valid pairs with ratings of every kind, near-valid events, junk.
+ratings = st.one_of(
+    st.floats(1.0, 5.0), st.integers(1, 5), numbers, texts, json_values,
+    st.sampled_from([float("nan"), float("inf"), -float("inf")]),
+)  # fmt: skip
+timestamps = st.one_of(st.integers(0, 2**31), st.integers(), texts, st.datetimes().map(str))
+valid_events = st.tuples(
+    valid_bodies, st.floats(1.0, 5.0), _maybe("timestamp", timestamps)
+).map(lambda t: {**t[0], "rating": t[1], **t[2]})  # fmt: skip
+events = st.one_of(
+    valid_events,
+    valid_events,
+    st.tuples(predict_bodies, _maybe("rating", ratings), _maybe("timestamp", timestamps)).map(
+        lambda t: {**t[0], **t[1], **t[2]} if isinstance(t[0], dict) else t[0]
+    ),
+)
+feedback_bodies = st.one_of(
+    st.lists(valid_events, min_size=1, max_size=8).map(lambda e: {"events": e}),
+    st.lists(events, max_size=8).map(lambda e: {"events": e}),
+    st.dictionaries(st.sampled_from(["events", "event", "extra"]), json_values, max_size=2),
+    json_values,
+)
+
+
+@pytest.fixture(scope="module")
+def feedback_server(artifacts, compile_cache, redis_url, tmp_path_factory):
+    """A server of its own: the fuzzed feedback moves its corrections, not rel_server's."""
+    work = tmp_path_factory.mktemp("fuzz-feedback")
+    prefix = f"levi:fuzz:{uuid.uuid4().hex[:12]}"
+    with start_server(
+        artifacts.v1, work / "server.log", compile_cache, REDIS_URL=redis_url,
+        LEVI_CACHE_KEY_PREFIX=prefix, LEVI_CORRECTIONS_KEY_PREFIX=f"{prefix}:fb",
+        LEVI_FEEDBACK_DIR=str(work / "feedback"), LEVI_MAX_BATCH="8",
+    ) as srv:  # fmt: skip
+        srv.feedback_dir = work / "feedback"
+        yield srv
+
+
+ACCEPTED: list[str] = []
+
+
+@FUZZ
+@given(body=feedback_bodies)
+@example(body={"events": [{"user_id": "1", "item_id": "10", "rating": float("nan")}]})
+@example(body={"events": [{"user_id": "1", "item_id": "10", "rating": 1e308}]})
+@example(body={"events": [{"user_id": "1", "item_id": "10", "rating": 3, "timestamp": 2**70}]})
+@example(body={"events": [{"user_id": "\ud800", "item_id": "x", "rating": 5,
+                           "item": {"title": "\udfff"}}]})  # fmt: skip
+def test_feedback_never_answers_5xx_and_logs_what_it_accepts(feedback_server, body):
+    r = _post(feedback_server.base, "/feedback", body)
+    STATUSES[r.status_code] = STATUSES.get(r.status_code, 0) + 1
+    assert r.status_code < 500, f"{r.status_code} for {str(body)[:300]!r}: {r.text[:500]}"
+    if r.status_code == 200:
+        answer = r.json()
+        assert answer["accepted"] == len(body["events"]) == len(answer["event_ids"])
+        ACCEPTED.extend(answer["event_ids"])
+    else:
+        assert r.json().get("detail"), r.text[:500]
+
+
+def test_every_accepted_fuzzed_event_is_in_the_log(feedback_server):
+    from model.feedback_format import read_events
+
+    logged = [e["event_id"] for p in feedback_server.feedback_dir.glob("*.jsonl")
+              for e in read_events(p)[0]]  # fmt: skip
+    assert ACCEPTED and sorted(logged) == sorted(ACCEPTED)
+    r = _post(feedback_server.base, "/predict-rating", {"user_id": "1", "item_id": "10"})
+    assert r.status_code == 200 and 1.0 <= r.json()["rating"] <= 5.0
 
 
 def test_oversized_body_is_413_and_the_server_stays_ready(rel_server):
