@@ -68,13 +68,15 @@ def test_logged_events_join_the_ratings_once(tiny_spec, feedback_dir, capsys):
     assert "1 outside the rating scale" in out and "1 partial line(s)" in out
 
 
-def test_a_missing_or_empty_directory_is_an_error(tiny_spec, tmp_path):
+def test_a_missing_directory_is_an_error_an_empty_one_adds_nothing(tiny_spec, tmp_path, capsys):
     cfg = TrainConfig.tiny().replace(dataset=str(tiny_spec), feedback=str(tmp_path / "none"))
     with pytest.raises(DataError, match="not a directory"):
         prepare_data(cfg)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no feedback log"):
-        prepare_data(cfg.replace(feedback=str(tmp_path / "empty")))
+    base = prepare_data(cfg.replace(feedback=None))
+    prep = prepare_data(cfg.replace(feedback=str(tmp_path / "empty")))
+    assert len(prep.pairs) == len(base.pairs)
+    assert "feedback: 0 events added from 0 file(s)" in capsys.readouterr().out
 
 
 def test_a_line_that_is_not_an_event_names_the_file(tiny_spec, tmp_path):

@@ -53,14 +53,13 @@ def read_feedback_dir(directory: Path) -> tuple[list[dict], int, int, int]:
         ``(events, files, duplicates, partial lines)``.
 
     Raises:
-        DataError: the directory is missing or holds no log file, or a line is not an event.
+        DataError: the directory is missing, or a line is not an event. A directory without
+            log files (a service that got no feedback yet) gives no events.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"--feedback {directory}: not a directory")
     paths = sorted(directory.rglob(f"*{SUFFIX}"))
-    if not paths:
-        raise DataError(f"--feedback {directory}: no feedback log (*{SUFFIX}) in it")
     seen: set[str] = set()
     events, duplicates, partial = [], 0, 0
     for path in paths:
