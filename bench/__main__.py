@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench [--model artifacts/latest] [--output docs/BENCHMARKS.md]
         [--connections 1,8,32,128] [--requests 4000] [--seconds 20] [--cold 100]
-        [--skip encode,serve,variants,rank,train,rss,startup] [--reference-python PATH]
+        [--skip encode,serve,variants,rank,feedback,train,rss,startup] [--reference-python PATH]
 
 Parts, each a figure next to a baseline measured in the same run:
 - serving (bench/serve.py): warm ``/predict-rating`` req/s, p50, p99 at each connection count
@@ -13,6 +13,10 @@ Parts, each a figure next to a baseline measured in the same run:
 - ranking and batch scoring (bench/rank.py): ``/rank`` with 1,000 candidates next to the
   batch endpoint on the same pairs and the compute floor; the pair function (first-layer
   decomposition) vs the whole head; the batch CLI on 1,000,000 pairs, cold and warm.
+- feedback loop (bench/feedback.py): progressive validation over HTTP (OOD, then ID test
+  ratings in time order, each predicted before its feedback is sent): RMSE with the online
+  corrections next to the model alone from the same answers; ``/feedback`` latency next to
+  ``/predict-rating`` of the same pairs.
 - encoder (bench/encode.py): our jitted encoder vs the reference PyTorch implementation.
 - scaling (bench/scaling.py): the exported head and backbone by batch size and text length,
   each row relative to the smallest in the same run.
@@ -49,7 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("serve", "variants", "rank", "encode", "scaling", "train", "rss", "startup")
+PARTS = (
+    "serve", "variants", "rank", "feedback", "encode", "scaling", "train", "rss", "startup",
+)  # fmt: skip
 TARGETS = {"noop_ratio": 0.75, "encode_ratio": 1.5, "train_s": 600.0, "warm_p99_ms": 20.0,
            "cold_p50_ms": 30.0}  # fmt: skip
 SERVE_LINE = re.compile(
@@ -381,6 +387,24 @@ def bench_rank(args) -> Section:
     return sec
 
 
+def bench_feedback(args) -> Section:
+    sec = Section("Feedback loop: progressive validation over HTTP (bench/feedback.py)")
+    code, out = run_module("bench.feedback", ["--model", str(args.model)], None, timeout=1800)
+    if code != 0:
+        sec.skipped = f"bench/feedback.py failed (exit {code}): {out.strip()[-500:]}"
+        return sec
+    sec.lines += [
+        "The MovieLens preset's OOD ratings, then its ID test ratings (a fresh service each), "
+        "in timestamp order: each pair is asked (POST /predict-rating) before its rating is "
+        "sent (POST /feedback). The model alone is the answers' model_rating, the corrected "
+        "figure their rating. Targets: OOD <= 1.00; ID test no worse than the model alone "
+        "+ 0.002.",
+        "",
+        *[f"- {line}" for line in out.strip().splitlines()],
+    ]
+    return sec
+
+
 def training_timings(model: Path) -> tuple[dict[str, float], Path] | None:
     """Stage -> seconds from report.json ("timings") or report.md ("## Stage timings")."""
     candidates = [model / "report.json", model / "report.md"]
@@ -573,6 +597,11 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(Section("Ranking and batch scoring", skipped=missing_model))
         else:
             sections.append(bench_rank(args))
+    if "feedback" not in skip:
+        if model is None:
+            sections.append(Section("Feedback loop", skipped=missing_model))
+        else:
+            sections.append(bench_feedback(args))
     if "encode" not in skip:
         sections.append(bench_encode(args))
     if "scaling" not in skip:
