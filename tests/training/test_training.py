@@ -151,7 +151,9 @@ def test_whole_path_on_tiny_data(tmp_path, tiny_spec, tiny_backbone):
         cache=tmp_path / "cache", progress=False, log=lambda _: None,
     )  # fmt: skip
     doc = json.loads((result.report_dir / "report.json").read_text())
-    assert list(doc) == ["dataset", "split", "backbone", "seeds", "methods", "exported"]
+    assert list(doc) == [
+        "dataset", "split", "backbone", "seeds", "methods", "exported", "online_corrections",
+    ]  # fmt: skip
     assert doc["seeds"] == [0, 1] and list(doc["methods"]) == list(METHODS)
     for name, m in doc["methods"].items():
         keys = {"id_rmse", "ood_rmse", "ood_rmse_by_group"} | (
@@ -178,6 +180,23 @@ def test_whole_path_on_tiny_data(tmp_path, tiny_spec, tiny_backbone):
     assert doc["exported"]["id_test_rmse"] == pytest.approx(float(live[1]), abs=2e-3)
     assert doc["exported"]["ood_rmse"] == pytest.approx(float(live[2]), abs=2e-3)
     assert (result.report_dir / "report.md").read_text().startswith("# LEVI report")
+    # The online corrections: fitted on ID validation, evaluated by progressive validation,
+    # their shrinkage in the manifest the service reads.
+    online = doc["online_corrections"]
+    assert {"k_item", "k_user", "k_item_oov", "fitted_on", "test", "ood", "ood_groups"} <= set(
+        online
+    )
+    assert online["fitted_on"]["n"] == doc["split"]["sizes"]["val"]
+    assert online["ood"]["n"] == doc["split"]["sizes"]["ood"]
+    # the model alone: the exported run's own live figures (the same pairs, in time order)
+    assert online["ood"]["model"] == pytest.approx(float(live[2]), abs=1e-4)
+    assert online["test"]["model"] == pytest.approx(float(live[1]), abs=1e-4)
+    assert set(online["ood_groups"]) == set(doc["split"]["ood_groups"])
+    manifest = art.manifest["corrections"]
+    assert {k: manifest[k] for k in ("k_item", "k_user", "k_item_oov")} == {
+        k: online[k] for k in ("k_item", "k_user", "k_item_oov")
+    }
+    assert "## Online corrections (progressive validation)" in md
     for plot in ("plots/ood_rmse_by_group.png", "plots/per_layer_rmse.png"):
         assert (result.report_dir / plot).read_bytes()[:4] == b"\x89PNG"
     assert set(result.timings) >= {"data", "encode", "train", "evaluate"}
