@@ -3,25 +3,29 @@
 The arithmetic is ``model.corrections`` (shrunk offsets, progressive updates); this module
 keeps the state every replica shares:
 
-* **Redis**, when configured: per model version and side, two hashes keyed by entity id,
-  ``levi:fb:{<version>}:item:n`` (counts) and ``...:item:s`` (residual sums), so every replica
-  answers with the same corrections and a reload (a new version) starts fresh. A batch of
-  feedback is applied by one Lua script that first sets a marker key for the batch id
-  (``SET NX``): applied atomically, and exactly once even when the reply is lost and the batch
-  is replayed. The hashes expire ``ttl_s`` after the last write (an old version's state goes
-  away by itself). Keys of one version share a hash tag (``{<version>}``): one slot in a
-  cluster.
+* **Redis**, when configured: per model version and side one hash, fields ``n:<id>`` (count)
+  and ``s:<id>`` (residual sum), ``levi:fb:{<version>}:item``, so every replica answers with
+  the same corrections and a new version starts from zero; count and sum live in one key, so
+  an eviction takes both or neither, and one ``HMGET`` reads them together. A batch of feedback
+  is applied by one Lua script, atomically and at most once: each process numbers its batches
+  and the script applies a batch only if its number is above the last one applied for that
+  process (``...:applied``, one field per process), so a batch replayed after a lost reply
+  is not counted twice. The hashes expire ``ttl_s`` after the last write. Keys of a version
+  share a hash tag (``{<version>}``): one slot in a cluster.
 * **In process**, always: without Redis it is the state; with Redis it mirrors what was last
-  read, plus this process's own increments. While Redis is down answers go on from it, and the
-  increments of each batch are kept (at most ``max_backlog`` events; beyond, the oldest are
-  dropped and counted) and replayed, in order, when Redis answers again.
+  read, plus this process's own increments. While Redis is down (or this process has
+  increments waiting for it) answers come from it, and the increments are kept (merged, at
+  most ``max_backlog`` events; beyond, the oldest are dropped and counted) and replayed in
+  order when Redis answers again: fully by the next feedback request, a few batches per
+  scoring call otherwise, so a replay never holds up predictions for long.
 
-All Redis calls go through the activation cache's :class:`service.cache.RedisTier` (timeouts
-and back-off), so an outage costs no request more than one timeout.
+All Redis calls go through :class:`service.cache.RedisTier` (timeouts and back-off), so an
+outage costs no request more than one timeout.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import uuid
@@ -42,24 +46,29 @@ log = logging.getLogger(__name__)
 
 SIDES = ("user", "item")
 KEY_PREFIX = "levi:fb"
+MERGE_EVENTS = 5_000  # kept increments never sent are merged into batches of about this size
+REPLAY_PER_READ = 4  # kept batches a scoring call may replay before it reads
 
-# KEYS: the batch's marker, user counts, user sums, item counts, item sums.
-# ARGV: ttl, then per side: the number of entities, then (id, count, sum) per entity.
+# KEYS: user hash, item hash, applied hash. ARGV: ttl, writer, batch number, then per side the
+# number of entities and (id, count, sum) per entity. The batch number is recorded last, so a
+# script that fails half-way is retried whole (HINCRBY* on fields the script owns only fail
+# on a corrupted hash).
 _APPLY = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  return {redis.call('HLEN', KEYS[2]), redis.call('HLEN', KEYS[4])}
-end
-local i = 2
-for side = 0, 1 do
-  local n = tonumber(ARGV[i]); i = i + 1
-  for _ = 1, n do
-    redis.call('HINCRBY', KEYS[2 + 2 * side], ARGV[i], ARGV[i + 1])
-    redis.call('HINCRBYFLOAT', KEYS[3 + 2 * side], ARGV[i], ARGV[i + 2])
-    i = i + 3
+local last = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
+if tonumber(ARGV[3]) > last then
+  local i = 4
+  for side = 1, 2 do
+    local n = tonumber(ARGV[i]); i = i + 1
+    for _ = 1, n do
+      redis.call('HINCRBY', KEYS[side], 'n:' .. ARGV[i], ARGV[i + 1])
+      redis.call('HINCRBYFLOAT', KEYS[side], 's:' .. ARGV[i], ARGV[i + 2])
+      i = i + 3
+    end
   end
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 end
-for k = 2, 5 do redis.call('EXPIRE', KEYS[k], ARGV[1]) end
-return {redis.call('HLEN', KEYS[2]), redis.call('HLEN', KEYS[4])}
+for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ARGV[1]) end
+return {redis.call('HLEN', KEYS[1]), redis.call('HLEN', KEYS[2])}
 """
 
 
@@ -78,13 +87,25 @@ def item_vocabulary(features: FeatureSpec) -> Callable[[str], bool] | None:
     return None if column < 0 else features.categorical[column].known
 
 
-@dataclass(frozen=True)
-class Increments:
-    """One feedback batch's additions: per side, entity id -> ``(count, residual sum)``."""
+@dataclass
+class Pending:
+    """Increments waiting for Redis: per side, entity id -> ``(count, residual sum)``.
 
-    batch_id: str
+    ``number`` is given when the batch is first sent (batches are sent in order); one never
+    sent may still take more increments (merged).
+    """
+
     per_side: dict[str, dict[str, tuple[int, float]]]
     n_events: int
+    number: int | None = None
+
+    def merge(self, other: Pending) -> None:
+        for side, per_entity in other.per_side.items():
+            mine = self.per_side[side]
+            for entity, (n, s) in per_entity.items():
+                n0, s0 = mine.get(entity, (0, 0.0))
+                mine[entity] = (n0 + n, s0 + s)
+        self.n_events += other.n_events
 
 
 def _aggregate(ids: Sequence[str], residual: np.ndarray) -> dict[str, tuple[int, float]]:
@@ -100,7 +121,7 @@ class OnlineCorrections:
 
     Args:
         model_version: namespaces the Redis state.
-        shrinkage: ``k_item`` / ``k_user`` (the manifest's ``corrections``).
+        shrinkage: ``k_item`` / ``k_user`` / ``k_item_oov`` (the manifest's ``corrections``).
         rating_range: answers are clipped to it.
         redis_tier: the shared Redis, or None (in-process state only).
         ttl_s: expiry of the Redis hashes after their last write.
@@ -131,45 +152,53 @@ class OnlineCorrections:
         self.ttl_s = ttl_s
         self.max_backlog = max_backlog
         base = f"{key_prefix}:{{{model_version}}}"
-        self._marker = f"{base}:applied:"
-        self._keys = {s: (f"{base}:{s}:n", f"{base}:{s}:s") for s in SIDES}
+        self._keys = {s: f"{base}:{s}" for s in SIDES}
+        self._applied = f"{base}:applied"
+        self._writer = uuid.uuid4().hex  # this process's batches, numbered from 1
+        self._numbers = itertools.count(1)
         self._local: dict[str, dict[str, tuple[int, float]]] = {s: {} for s in SIDES}
-        self._backlog: deque[Increments] = deque()
+        self._backlog: deque[Pending] = deque()
         self._backlog_events = 0
         self._lock = threading.Lock()  # the local state and the backlog
         self._record_lock = threading.Lock()  # one feedback batch at a time per process
+        self._replay_lock = threading.Lock()  # one replay at a time: batches go in order
         self._script = None if redis_tier is None else redis_tier.client.register_script(_APPLY)
+        metrics.feedback_backlog.set(0)  # a previous version's backlog is not this one's
 
     # -- state ------------------------------------------------------------------------------
 
     def _read_redis(self, ids: dict[str, list[str]]) -> dict[str, list] | None:
+        sides = [side for side in SIDES if ids[side]]
+
         def read(client: redis.Redis) -> list:
-            with client.pipeline(transaction=False) as pipe:
-                for side in SIDES:
-                    if ids[side]:
-                        pipe.hmget(self._keys[side][0], ids[side])
-                        pipe.hmget(self._keys[side][1], ids[side])
+            # MULTI/EXEC (one slot): both sides as of one moment
+            with client.pipeline(transaction=True) as pipe:
+                for side in sides:
+                    fields = [f"n:{i}" for i in ids[side]] + [f"s:{i}" for i in ids[side]]
+                    pipe.hmget(self._keys[side], fields)
                 return pipe.execute()
 
-        values = self.redis.call("feedback_read", read)
+        values = self.redis.call("feedback_read", read) if sides else []
         if values is None:
             return None
-        out, k = {}, 0
-        for side in SIDES:
-            if ids[side]:
-                out[side] = list(zip(values[k], values[k + 1], strict=True))
-                k += 2
+        out = {}
+        for side, row in zip(sides, values, strict=True):
+            half = len(ids[side])
+            out[side] = list(zip(row[:half], row[half:], strict=True))
         return out
 
     def state(self, ids: dict[str, list[str]]) -> dict[str, dict[str, tuple[int, float]]]:
         """``(count, sum)`` of the distinct ``ids`` per side (absent ids: no feedback yet).
 
-        From Redis when it answers (and nothing of this process waits to be replayed), else
-        from the in-process state.
+        From Redis when it answers and nothing of this process waits to be replayed (a few
+        kept batches are replayed first), else from the in-process state.
         """
         fresh = None
-        if self.redis is not None and self._replay_backlog():
-            fresh = self._read_redis(ids)
+        if self.redis is not None:
+            if self._backlog:
+                self._replay(limit=REPLAY_PER_READ, wait=False)
+            if not self._backlog:
+                fresh = self._read_redis(ids)
         with self._lock:
             if fresh is None:
                 return {s: {i: self._local[s][i] for i in ids[s] if i in self._local[s]}
@@ -177,11 +206,11 @@ class OnlineCorrections:
             out: dict[str, dict[str, tuple[int, float]]] = {s: {} for s in SIDES}
             for side, rows in fresh.items():
                 local = self._local[side]
-                for entity, (n, s) in zip(ids[side], rows, strict=True):
-                    if n is None:
+                for entity, (n, total) in zip(ids[side], rows, strict=True):
+                    if n is None or total is None:  # absent (or half evicted): none yet
                         local.pop(entity, None)
                         continue
-                    local[entity] = out[side][entity] = (int(n), float(s))
+                    local[entity] = out[side][entity] = (int(n), float(total))
             return out
 
     def item_oov(self, items: Sequence[str]) -> np.ndarray | None:
@@ -233,6 +262,8 @@ class OnlineCorrections:
             the offsets each event was answered with and the residuals it added.
         """
         with self._record_lock:
+            if self.redis is not None:
+                self._replay(limit=None, wait=True)  # what waits goes first, in order
             distinct = {"user": list(dict.fromkeys(users)), "item": list(dict.fromkeys(items))}
             state = self.state(distinct)
 
@@ -246,49 +277,54 @@ class OnlineCorrections:
                 user_state=base("user", users), item_state=base("item", items),
                 item_oov=self.item_oov(items),
             )  # fmt: skip
-            increments = Increments(
-                uuid.uuid4().hex,
+            pending = Pending(
                 {"user": _aggregate(users, result.user_residual),
                  "item": _aggregate(items, result.item_residual)},
                 len(users),
             )  # fmt: skip
             with self._lock:
-                for side, per_entity in increments.per_side.items():
+                for side, per_entity in pending.per_side.items():
                     local = self._local[side]
                     for entity, (dn, ds) in per_entity.items():
                         n, s = state[side].get(entity, (0, 0.0))
                         local[entity] = (n + dn, s + ds)
-            if self.redis is not None:
-                self._write_or_keep(increments)
-            else:
+            if self.redis is None:
                 for side in SIDES:
-                    size = len(self._local[side])
-                    self.metrics.corrected_entities.labels(side=side).set(size)
+                    self.metrics.corrected_entities.labels(side=side).set(len(self._local[side]))
+            elif self._backlog or not self._send(pending):
+                self._keep(pending)
             return result
 
-    def _write(self, increments: Increments) -> bool:
-        args: list = [self.ttl_s]
+    def _send(self, pending: Pending) -> bool:
+        """Apply ``pending`` in Redis (at most once); False when Redis did not answer."""
+        if not self.redis.available:
+            return False  # not sent: it keeps no number and may still be merged
+        if pending.number is None:
+            pending.number = next(self._numbers)
+        args: list = [self.ttl_s, self._writer, pending.number]
         for side in SIDES:
-            per_entity = increments.per_side[side]
+            per_entity = pending.per_side[side]
             args.append(len(per_entity))
-            for entity, (n, s) in per_entity.items():
-                args += [entity, n, repr(s)]
-        keys = [self._marker + increments.batch_id, *self._keys["user"], *self._keys["item"]]
+            for entity, (n, total) in per_entity.items():
+                args += [entity, n, repr(total)]
+        keys = [self._keys["user"], self._keys["item"], self._applied]
         sizes = self.redis.call(
             "feedback_write", lambda client: self._script(keys=keys, args=args, client=client)
         )
         if sizes is None:
             return False
         for side, size in zip(SIDES, sizes, strict=True):
-            self.metrics.corrected_entities.labels(side=side).set(int(size))
+            self.metrics.corrected_entities.labels(side=side).set(int(size) // 2)
         return True
 
-    def _write_or_keep(self, increments: Increments) -> None:
-        if self._replay_backlog() and self._write(increments):
-            return
+    def _keep(self, pending: Pending) -> None:
         with self._lock:
-            self._backlog.append(increments)
-            self._backlog_events += increments.n_events
+            tail = self._backlog[-1] if self._backlog else None
+            if tail is not None and tail.number is None and tail.n_events < MERGE_EVENTS:
+                tail.merge(pending)
+            else:
+                self._backlog.append(pending)
+            self._backlog_events += pending.n_events
             while self._backlog_events > self.max_backlog and len(self._backlog) > 1:
                 dropped = self._backlog.popleft()
                 self._backlog_events -= dropped.n_events
@@ -300,22 +336,41 @@ class OnlineCorrections:
                 )  # fmt: skip
             self.metrics.feedback_backlog.set(self._backlog_events)
 
-    def _replay_backlog(self) -> bool:
-        """Replay the kept increments in order; True when none is left."""
-        while True:
-            with self._lock:
-                if not self._backlog:
-                    return True
-                head = self._backlog[0]
-            if not self._write(head):
-                return False
-            with self._lock:
-                if self._backlog and self._backlog[0] is head:
+    def _replay(self, *, limit: int | None, wait: bool) -> None:
+        """Send kept batches in order (at most ``limit``); ``wait`` False: skip if another
+        thread is replaying."""
+        if not self._replay_lock.acquire(blocking=wait):
+            return
+        try:
+            for _ in range(limit) if limit is not None else itertools.count():
+                with self._lock:
+                    if not self._backlog:
+                        return
+                    head = self._backlog[0]
+                if not self._send(head):
+                    return
+                with self._lock:
                     self._backlog.popleft()
                     self._backlog_events -= head.n_events
+                    self.metrics.feedback_backlog.set(self._backlog_events)
                 self.metrics.feedback_replay.labels(result="replayed").inc(head.n_events)
-                self.metrics.feedback_backlog.set(self._backlog_events)
-            log.info("replayed the corrections of %d feedback events to Redis", head.n_events)
+                log.info("replayed the corrections of %d feedback events to Redis",
+                         head.n_events)  # fmt: skip
+        finally:
+            self._replay_lock.release()
+
+    def discard_backlog(self) -> None:
+        """Drop what waits for Redis (a reload replaced this model version), counted."""
+        with self._lock:
+            if self._backlog_events:
+                log.warning(
+                    "model %s replaced while %d feedback events waited for Redis: their "
+                    "corrections are dropped (the feedback log keeps them)",
+                    self.model_version, self._backlog_events,
+                )  # fmt: skip
+                self.metrics.feedback_replay.labels(result="dropped").inc(self._backlog_events)
+            self._backlog.clear()
+            self._backlog_events = 0
 
     @property
     def backlog_events(self) -> int:

@@ -170,10 +170,11 @@ def test_redis_killed_during_feedback_loses_no_increment(artifacts, compile_cach
         assert srv.value("levi_feedback_replay_backlog") == 0
         assert srv.value("levi_feedback_replay_total", result="replayed") >= 1
         client = redis.Redis(port=port, decode_responses=True)
-        version = "tiny-v1"
-        counts = client.hgetall(f"{prefix}:{{{version}}}:item:n")
-        sums = client.hgetall(f"{prefix}:{{{version}}}:item:s")
-        user_counts = client.hgetall(f"{prefix}:{{{version}}}:user:n")
+        items_hash = client.hgetall(f"{prefix}:{{tiny-v1}}:item")
+        users_hash = client.hgetall(f"{prefix}:{{tiny-v1}}:user")
+    counts = {k[2:]: v for k, v in items_hash.items() if k.startswith("n:")}
+    sums = {k[2:]: v for k, v in items_hash.items() if k.startswith("s:")}
+    user_counts = {k[2:]: v for k, v in users_hash.items() if k.startswith("n:")}
     want_n: dict[str, int] = defaultdict(int)
     want_s: dict[str, float] = defaultdict(float)
     want_users: dict[str, int] = defaultdict(int)

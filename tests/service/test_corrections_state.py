@@ -1,0 +1,133 @@
+"""The corrections' shared state against a real Redis: exactly-once batches, the replay
+backlog (merged, bounded, replayed in order, a few batches per scoring call), half-missing
+entries, a reload dropping what waits."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+import redis
+from conftest import proxied_url
+from tcp_proxy import TcpProxy
+
+from model.corrections import Shrinkage
+from service import corrections as corrections_module
+from service.cache import RedisTier
+from service.corrections import OnlineCorrections, Pending
+from service.metrics import Metrics
+
+pytestmark = pytest.mark.redis
+
+K = Shrinkage(4.0, 6.0)
+
+
+@pytest.fixture
+def proxy(redis_url):
+    kwargs = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs
+    p = TcpProxy((kwargs.get("host", "127.0.0.1"), int(kwargs.get("port", 6379))))
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def make(redis_url, proxy, redis_client):
+    prefix = f"levi:test-state:{uuid.uuid4().hex[:10]}"
+    made = []
+
+    def build(**kw) -> OnlineCorrections:
+        metrics = Metrics()
+        tier = RedisTier(proxied_url(redis_url, proxy), metrics, ttl_s=60, timeout_s=0.2,
+                         backoff_s=0.01, backoff_max_s=0.01)  # fmt: skip
+        c = OnlineCorrections("v1", K, (1.0, 5.0), metrics, redis_tier=tier, key_prefix=prefix,
+                              **kw)  # fmt: skip
+        made.append(tier)
+        return c
+
+    build.prefix = prefix
+    yield build
+    for tier in made:
+        tier.close()
+    keys = list(redis_client.scan_iter(match=f"{prefix}:*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+def counts(redis_client, prefix: str, side: str) -> dict[str, tuple[int, float]]:
+    raw = {
+        k.decode(): v.decode() for k, v in redis_client.hgetall(f"{prefix}:{{v1}}:{side}").items()
+    }
+    return {k[2:]: (int(v), float(raw["s:" + k[2:]])) for k, v in raw.items() if k.startswith("n:")}
+
+
+def feed(c: OnlineCorrections, user: str, item: str, rating: float, model: float = 3.0):
+    return c.record([user], [item], np.array([model]), np.array([rating]))
+
+
+def test_a_batch_sent_twice_counts_once(make, redis_client):
+    c = make()
+    pending = Pending({"user": {"u": (1, 0.5)}, "item": {"i": (1, 1.0)}}, 1)
+    assert c._send(pending) and c._send(pending)  # a replay after a lost reply
+    assert counts(redis_client, make.prefix, "item") == {"i": (1, 1.0)}
+    other = make()  # another process: its own numbering
+    assert other._send(Pending({"user": {}, "item": {"i": (2, 3.0)}}, 2))
+    assert counts(redis_client, make.prefix, "item") == {"i": (3, 4.0)}
+
+
+def test_outage_keeps_merges_and_replays_in_order(make, proxy, redis_client):
+    c = make()
+    feed(c, "u1", "i1", 5.0)
+    proxy.stop()
+    for r in (1.0, 2.0, 5.0):
+        feed(c, "u1", "i1", r)
+    assert c.backlog_events == 3 and len(c._backlog) == 1  # never sent: merged into one
+    # answers meanwhile come from this process's state, its own increments included
+    user, item = c.offsets(["u1"], ["i1"])
+    assert item[0] == pytest.approx((2.0 - 2.0 - 1.0 + 2.0) / (4 + K.k_item))
+    proxy.start()
+    time.sleep(0.05)  # past the back-off
+    feed(c, "u2", "i1", 3.0)  # the next feedback replays what waited first
+    assert c.backlog_events == 0
+    assert counts(redis_client, make.prefix, "item")["i1"] == (5, pytest.approx(1.0))
+    assert counts(redis_client, make.prefix, "user")["u1"][0] == 4
+    assert c.metrics.feedback_replay.labels(result="replayed")._value.get() == 3
+
+
+def test_the_backlog_is_bounded_and_a_scoring_call_replays_a_few(
+    make, proxy, redis_client, monkeypatch
+):
+    monkeypatch.setattr(corrections_module, "MERGE_EVENTS", 1)  # one kept batch per event
+    c = make(max_backlog=6)
+    proxy.stop()
+    for k in range(10):
+        feed(c, f"u{k}", "i1", 5.0)
+    assert c.backlog_events == 6
+    assert c.metrics.feedback_replay.labels(result="dropped")._value.get() == 4
+    proxy.start()
+    time.sleep(0.05)
+    c.offsets(["u1"], ["i1"])  # a scoring call: at most REPLAY_PER_READ batches, then local
+    assert c.backlog_events == 6 - corrections_module.REPLAY_PER_READ
+    c.offsets(["u1"], ["i1"])
+    assert c.backlog_events == 0
+    assert counts(redis_client, make.prefix, "item")["i1"][0] == 6  # the 6 kept, in order
+
+
+def test_a_half_missing_entry_reads_as_none(make, redis_client):
+    c = make()
+    feed(c, "u1", "i1", 5.0)
+    redis_client.hdel(f"{make.prefix}:{{v1}}:item", "s:i1")
+    user, item = c.offsets(["u1"], ["i1"])
+    assert item[0] == 0.0 and user[0] != 0.0
+
+
+def test_a_reload_drops_what_waits_and_counts_it(make, proxy):
+    c = make()
+    proxy.stop()
+    feed(c, "u1", "i1", 5.0)
+    assert c.backlog_events == 1
+    c.discard_backlog()
+    assert c.backlog_events == 0
+    assert c.metrics.feedback_replay.labels(result="dropped")._value.get() == 1
