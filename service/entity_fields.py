@@ -45,7 +45,9 @@ Short = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_VALUE_CHARS)
 ]
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Category = Short | StrictInt | Number | StrictBool
+# Integer categories within 64 bits (what JSON tools, Parquet and the feedback log can hold).
+Integer = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+Category = Short | Integer | Number | StrictBool
 LongText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import logging
 import os
 import re
@@ -58,7 +59,9 @@ class FeedbackLog:
         self._size = 0
         self._opened = 0.0
         self._sequence = 0
-        self._stem = f"feedback-{_host()}-{os.getpid()}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+        # host, pid, start time and a random token: never another process's (or start's) name
+        started = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+        self._stem = f"feedback-{_host()}-{os.getpid()}-{started}-{os.urandom(3).hex()}"
 
     @property
     def path(self) -> Path | None:
@@ -69,11 +72,14 @@ class FeedbackLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._sequence += 1
         path = self.directory / f"{self._stem}-{self._sequence:04d}{SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             directory = os.open(self.directory, os.O_RDONLY)
             try:
                 os.fsync(directory)  # the new file's entry survives a crash too
+            except OSError as e:
+                if e.errno != errno.EINVAL:  # some network filesystems cannot sync a directory
+                    raise
             finally:
                 os.close(directory)
         except OSError:
@@ -119,7 +125,7 @@ class FeedbackLog:
 
     def _write(self, data: bytes) -> None:
         fd = self._fd
-        start = self._size
+        start = os.fstat(fd).st_size
         try:
             view = memoryview(data)
             while view:

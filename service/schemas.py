@@ -156,9 +156,10 @@ class FeedbackResponse(BaseModel):
     event_ids: list[str] = Field(description="ids the service gave them, in request order")
     model_version: str = Field(description="the model whose ratings the residuals are of")
     corrections: str = Field(
-        description="applied (the shared state has them), kept (Redis is down: applied in "
-        "this process, replayed to Redis when it answers), off (LEVI_CORRECTIONS=0) or "
-        "skipped (the model was reloaded while they were scored)"
+        description="applied (to the corrections: Redis's, shared by every replica, or this "
+        "process's without Redis), kept (Redis is down or behind: applied in this process, "
+        "replayed to Redis when it answers), off (LEVI_CORRECTIONS=0) or skipped (the model "
+        "was reloaded while they were scored)"
     )
 
 

@@ -103,7 +103,7 @@ def prepare_data(
 
         dataset, summary = add_feedback(dataset, spec, Path(cfg.feedback))
         log(str(summary))
-        if split_spec.expect:  # counts of the data set alone: they no longer hold
+        if split_spec.expect and summary.added:  # the data set's own counts no longer hold
             log("split.expect not checked: the feedback events changed the counts")
             split_spec = split_spec.model_copy(update={"expect": None})
     from training.split import make_split
@@ -430,11 +430,17 @@ def _predict(run: RunResult, device: DeviceData, cfg: TrainConfig, rows: np.ndar
     return predict_ratings(run.head, adapters)
 
 
-def _items_hidden(prep: Prepared, device: DeviceData) -> dict[str, Any]:
-    """The device tables with every item's categorical features OOV (id 0), as a cold-start
-    item is served; the other tables are shared, not copied."""
-    zeros = np.zeros_like(prep.tables.item_ids)
-    return {**device.tables, "item_ids": jax.device_put(zeros, device.tables["item_ids"].sharding)}
+def _items_hidden(prep: Prepared, device: DeviceData) -> dict[str, Any] | None:
+    """The device tables with every item's id OOV (0), as a cold-start item is served (its
+    other fields kept; the trainer's item-OOV dropout hides the same column); None when the
+    item id is no model input. The other tables are shared, not copied."""
+    item_columns = [c.name for c in prep.features.categorical if c.entity == "item"]
+    if "item_id" not in item_columns:
+        return None
+    hidden = prep.tables.item_ids.copy()
+    hidden[:, item_columns.index("item_id")] = 0
+    sharding = device.tables["item_ids"].sharding
+    return {**device.tables, "item_ids": jax.device_put(hidden, sharding)}
 
 
 def model_version(cfg: TrainConfig, fingerprint: str) -> str:
@@ -492,15 +498,16 @@ def run_pipeline(
     version = model_version(cfg, backbone.fingerprint)
     shrinkage, online = None, None
     if exported_run is not None and len(prep.rows["val"]):
-        hidden = DeviceData(_items_hidden(prep, device), device.mesh)
+        tables = _items_hidden(prep, device)
+        hidden = None if tables is None else DeviceData(tables, device.mesh)
         shrinkage, online = progressive.fit_and_evaluate(
             prep,
             lambda rows: _predict(exported_run, device, cfg, rows),
-            lambda rows: _predict(exported_run, hidden, cfg, rows),
+            None if hidden is None else lambda rows: _predict(exported_run, hidden, cfg, rows),
         )
         log(
             f"online corrections: k_item {shrinkage.k_item:g}, k_user {shrinkage.k_user:g}, "
-            f"k_item_oov {shrinkage.k_item_oov:g}; "
+            f"k_item_oov {shrinkage.k_item_oov}; "
             + "; ".join(
                 f"{p} progressive RMSE {online[p]['model']:.4f} -> {online[p]['corrected']:.4f}"
                 for p in ("test", "ood") if p in online

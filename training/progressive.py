@@ -61,14 +61,15 @@ def corrected(
 
 
 def fit_and_evaluate(
-    prep: Prepared, predict: Predict, predict_oov: Predict
+    prep: Prepared, predict: Predict, predict_oov: Predict | None
 ) -> tuple[Shrinkage, dict[str, Any]]:
     """Fit the shrinkage on ID validation and evaluate on ID test and OOD.
 
     Args:
         prep: the prepared data (``pairs`` with timestamps, ``rows``, ``ood_groups``).
         predict: ``rows [n] -> model ratings [n]`` of the exported model's parameters.
-        predict_oov: the same with every item's categorical features hidden (OOV).
+        predict_oov: the same with every item's id hidden (OOV), as a cold-start item is
+            served; None when the item id is no model input (no ``k_item_oov``).
 
     Returns:
         ``(shrinkage, report section)``; the section holds ``k_item``, ``k_user``, the
@@ -82,19 +83,18 @@ def fit_and_evaluate(
     val_pairs = prep.pairs.iloc[val]
     users, items = val_pairs["user_id"].tolist(), val_pairs["item_id"].tolist()
     shrinkage, grid = fit_shrinkage(val_pred, y[val], users, items, (lo, hi))
-    oov_pred = predict_oov(val)
-    shrinkage, oov_grid = fit_oov_item(oov_pred, y[val], users, items, shrinkage, (lo, hi))
-    section: dict[str, Any] = {
-        **shrinkage.to_json(),
-        "fitted_on": {
-            "part": "ID validation, in time order",
-            "n": int(len(val)),
-            "model": rmse(val_pred, y[val]),
-            "corrected": min(grid.values()),
-            "model_item_ids_hidden": rmse(oov_pred, y[val]),
-            "corrected_item_ids_hidden": min(oov_grid.values()),
-        },
+    fitted_on: dict[str, Any] = {
+        "part": "ID validation, in time order",
+        "n": int(len(val)),
+        "model": rmse(val_pred, y[val]),
+        "corrected": min(grid.values()),
     }
+    if predict_oov is not None:
+        oov_pred = predict_oov(val)
+        shrinkage, oov_grid = fit_oov_item(oov_pred, y[val], users, items, shrinkage, (lo, hi))
+        fitted_on["model_item_ids_hidden"] = rmse(oov_pred, y[val])
+        fitted_on["corrected_item_ids_hidden"] = min(oov_grid.values())
+    section: dict[str, Any] = {**shrinkage.to_json(), "fitted_on": fitted_on}
     for part in ("test", "ood"):
         rows = time_ordered(prep, prep.rows[part])
         if not len(rows):

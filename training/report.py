@@ -132,9 +132,15 @@ def corrections_markdown(section: Mapping | None) -> list[str]:
         "predicted with the corrections of the ratings before it (time order), then sent as "
         f"feedback. Shrinkage fitted on {fit['part']} ({fit['n']:,} ratings, "
         f"{fit['model']:.4f} -> {fit['corrected']:.4f}): k_item {section['k_item']:g}, "
-        f"k_user {section['k_user']:g}; for items out of the model's vocabulary (cold start) "
-        f"k_item_oov {section.get('k_item_oov', section['k_item']):g}, fitted on the same "
-        "ratings predicted with the item ids hidden. The tables above are the model alone.",
+        f"k_user {section['k_user']:g}"
+        + (
+            f"; for items out of the model's vocabulary (cold start) k_item_oov "
+            f"{section['k_item_oov']:g}, fitted on the same ratings predicted with the item ids "
+            "hidden"
+            if "k_item_oov" in section
+            else ""
+        )
+        + ". The tables above are the model alone.",
         "",
         "| set | ratings | model alone | with corrections |",
         "|---|---|---|---|",

@@ -1,7 +1,8 @@
 """``POST /feedback``: ratings users gave, logged durably, then learned from online.
 
-Each event is scored by the served model (its own rating, without corrections), written to
-the feedback log and synced to disk (``service/feedback_log.py``), and only then applied to
+Each event is scored by the served model (its ``model_rating``, the rating without
+corrections, is what the residual is taken from), written to the feedback log and synced to
+disk (``service/feedback_log.py``), and only then applied to
 the online corrections (``service/corrections.py``). The answer comes after the log write:
 an answered event is on disk; a log that cannot be written is a 503 naming the reason, and
 nothing of the request is applied.
@@ -68,9 +69,8 @@ def check_ratings(events: list[FeedbackEvent], rating_range: tuple[float, float]
 )
 async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsDep):
     """Record ratings users gave: logged for retraining, learned by the online corrections."""
-    refuse_larger_than(
-        len(body.events), settings.max_feedback_events, "events", "LEVI_MAX_FEEDBACK_EVENTS"
-    )
+    limit = min(settings.max_feedback_events, settings.queue_bound)
+    refuse_larger_than(len(body.events), limit, "events", "LEVI_MAX_FEEDBACK_EVENTS")
     scorer = engine.scorer
     if scorer is None:
         raise not_ready(engine)
@@ -87,7 +87,7 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
     inputs = checked_inputs(engine, payloads)
     batch = await score(engine, settings, inputs)
     received = time.time()
-    dataset = str(scorer.artifact.manifest.get("dataset", {}).get("name", ""))
+    dataset = str(scorer.artifact.dataset.get("name", ""))
     events = [
         {
             "event_id": uuid.uuid4().hex,
@@ -100,11 +100,11 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
             "timestamp": _seconds(e.timestamp, received),
             "model_rating": m,
             "served_rating": r,
-            "user": e.user,
-            "item": e.item,
+            "user": given.user or None,  # the checked fields, as the model reads them
+            "item": given.item or None,
         }
-        for e, m, r in zip(
-            body.events, batch.model_rating.tolist(), batch.rating.tolist(), strict=True
+        for e, given, m, r in zip(
+            body.events, inputs, batch.model_rating.tolist(), batch.rating.tolist(), strict=True
         )
     ]
     try:

@@ -32,7 +32,8 @@ EVENTS = [
         user={"age": 30, "occupation": "artist"},
         item={"title": "great movie 3 (1995)", "genres": ["Action", "Comedy"]},
     ),  # fmt: skip
-    event("e3", "31", "book-9", 2.0, 990_000_003),
+    event("e3", "31", "book-9", 2.0, 990_000_003),  # re-rated: replaces e2
+    event("e5", "10", "24", 5.0, 990_000_007),  # a pair of the data set (2.0 there): replaced
     event("x1", "1", "2", 1.0, 990_000_004, dataset="another-catalog"),
     event("x2", "1", "2", 9.0, 990_000_005),
 ]
@@ -54,17 +55,20 @@ def test_logged_events_join_the_ratings_once(tiny_spec, feedback_dir, capsys):
     base = prepare_data(TrainConfig.tiny().replace(dataset=str(tiny_spec)))
     cfg = TrainConfig.tiny().replace(dataset=str(tiny_spec), feedback=str(feedback_dir))
     prep = prepare_data(cfg)
-    assert len(prep.pairs) == len(base.pairs) + 4  # e1, e2, e3, e4; x1, x2 and the cut line out
+    # e1, e3 (e2 replaced), e4 new; e5 replaces a rating; x1, x2 and the cut line left out
+    assert len(prep.pairs) == len(base.pairs) + 3
     added = prep.pairs[prep.pairs["timestamp"] >= 990_000_000]
-    assert sorted(added["timestamp"]) == [990_000_001, 990_000_002, 990_000_003, 990_000_006]
+    assert sorted(added["timestamp"]) == [990_000_001, 990_000_003, 990_000_006, 990_000_007]
+    pair = prep.pairs[(prep.pairs["user_id"] == "10") & (prep.pairs["item_id"] == "24")]
+    assert pair["rating"].tolist() == [5.0]
     items = prep.dataset.items.set_index("item_id")
     assert items.loc["book-9", "title"] == "great movie 3 (1995)"
     assert items.loc["book-9", "genres"] == ("Action", "Comedy")
     users = prep.dataset.users.set_index("user_id")
     assert users.loc["31", "occupation"] == "artist" and users.loc["31", "age"] == 30
     out = capsys.readouterr().out
-    assert "4 events added from 3 file(s)" in out
-    assert "5 duplicate ids" in out and "1 of another data set" in out
+    assert "5 events added from 3 file(s)" in out and "2 earlier ratings" in out
+    assert "6 duplicate ids" in out and "1 of another data set" in out
     assert "1 outside the rating scale" in out and "1 partial line(s)" in out
 
 

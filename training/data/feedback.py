@@ -3,7 +3,9 @@
 ``python -m training --config SPEC --feedback DIR`` reads every ``*.jsonl`` under ``DIR``
 (``model/feedback_format.py``; the service's ``LEVI_FEEDBACK_DIR``, or copies of several
 replicas' directories), keeps each event once by its ``event_id`` (a file copied twice, or
-collected from two places, counts once), and appends the events to the ratings. Users and
+collected from two places, counts once), and appends the events to the ratings; a user's
+latest rating of an item replaces the earlier ones (the data set's and earlier events'), so
+no pair is counted twice or lands in both training and test. Users and
 items the data set does not have get a row from the fields their latest event sent (typed as
 the spec declares them); known ones keep their catalog row. Events logged by a model of
 another data set (the event's ``dataset``) or with a rating outside the spec's scale are left
@@ -36,11 +38,13 @@ class FeedbackSummary:
     partial_lines: int
     new_users: int
     new_items: int
+    replaced: int = 0
 
     def __str__(self) -> str:
         return (
             f"feedback: {self.added:,} events added from {self.files} file(s) "
-            f"({self.duplicates:,} duplicate ids, {self.other_dataset:,} of another data set, "
+            f"({self.duplicates:,} duplicate ids, {self.replaced:,} earlier ratings of the same "
+            f"user and item replaced, {self.other_dataset:,} of another data set, "
             f"{self.out_of_scale:,} outside the rating scale, {self.partial_lines} partial "
             f"line(s) left out); {self.new_users:,} new users, {self.new_items:,} new items"
         )
@@ -82,7 +86,8 @@ def _new_entities(spec, dataset, events, side: str) -> pd.DataFrame:
     id_name, field = ("user_id", "user") if side == "users" else ("item_id", "item")
     known = set(table[id_name])
     latest: dict[str, dict] = {}
-    for e in events:  # the latest event's fields describe a new entity
+    in_time = sorted(events, key=lambda e: e.get("received_at") or e["timestamp"])
+    for e in in_time:  # fields of later events override earlier ones
         entity = str(e[id_name])
         if entity not in known:
             fields = e.get(field) or {}
@@ -114,6 +119,14 @@ def add_feedback(
             "timestamp": np.array([int(e["timestamp"]) for e in in_scale], np.int64),
         }
     )
+    latest = ratings.sort_values("timestamp", kind="stable").drop_duplicates(
+        ["user_id", "item_id"], keep="last"
+    )
+    pairs = pd.MultiIndex.from_frame(latest[["user_id", "item_id"]])
+    known = pd.MultiIndex.from_frame(dataset.ratings[["user_id", "item_id"]])
+    superseded = known.isin(pairs)
+    replaced = int(superseded.sum()) + len(ratings) - len(latest)
+    base = dataset.ratings[~superseded]
 
     def joined(old: pd.DataFrame, new: pd.DataFrame, ids: tuple, extra=()) -> pd.DataFrame:
         if not len(new):
@@ -122,7 +135,7 @@ def add_feedback(
 
     out = RatingsDataset(
         dataset.name,
-        joined(dataset.ratings, ratings, ("user_id", "item_id"), ("timestamp",)),
+        joined(base, latest, ("user_id", "item_id"), ("timestamp",)),
         joined(dataset.users, new_users, ("user_id",)),
         joined(dataset.items, new_items, ("item_id",)),
     ).validate()
@@ -130,5 +143,6 @@ def add_feedback(
         files=files, added=len(in_scale), duplicates=duplicates,
         other_dataset=len(events) - len(ours), out_of_scale=len(ours) - len(in_scale),
         partial_lines=partial, new_users=len(new_users), new_items=len(new_items),
+        replaced=replaced,
     )  # fmt: skip
     return out, summary
