@@ -54,10 +54,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = (
-    "serve", "variants", "rank", "feedback", "encode", "scaling", "train", "rss", "startup",
-)  # fmt: skip
-TARGETS = {"noop_ratio": 0.75, "encode_ratio": 1.5, "train_s": 600.0, "warm_p99_ms": 20.0,
-           "cold_p50_ms": 30.0}  # fmt: skip
+    "serve",
+    "variants",
+    "rank",
+    "feedback",
+    "encode",
+    "scaling",
+    "train",
+    "rss",
+    "startup",
+)
+TARGETS = {
+    "noop_ratio": 0.75,
+    "encode_ratio": 1.5,
+    "train_s": 600.0,
+    "warm_p99_ms": 20.0,
+    "cold_p50_ms": 30.0,
+}
 SERVE_LINE = re.compile(
     r"^(?P<name>.+?)\s+(?P<rps>[\d.]+) req/s\s+p50\s+(?P<p50>[\d.]+) ms\s+p99\s+(?P<p99>[\d.]+) ms"
     r"\s+\((?P<n>\d+) requests, (?P<errors>\d+) errors\)"
@@ -94,8 +107,14 @@ def _read(path: str) -> str:
 
 def describe_machine() -> list[str]:
     cpuinfo = _read("/proc/cpuinfo")
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown")  # fmt: skip
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
     mem = re.search(r"MemTotal:\s+(\d+) kB", _read("/proc/meminfo"))
     memory = f"{int(mem.group(1)) / 1024**2:.1f} GiB" if mem else "unknown"
     try:
@@ -151,9 +170,12 @@ def parse_serve(output: str) -> dict[str, dict]:
         m = SERVE_LINE.match(line.strip())
         if m:
             found[m["name"].strip()] = {
-                "rps": float(m["rps"]), "p50": float(m["p50"]), "p99": float(m["p99"]),
-                "n": int(m["n"]), "errors": int(m["errors"]),
-            }  # fmt: skip
+                "rps": float(m["rps"]),
+                "p50": float(m["p50"]),
+                "p99": float(m["p99"]),
+                "n": int(m["n"]),
+                "errors": int(m["errors"]),
+            }
     return found
 
 
@@ -163,8 +185,12 @@ def model_summary(model: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     backbone = manifest.get("backbone", {})
-    return {"version": manifest.get("model_version"), "backbone": backbone.get("name"),
-            "layers": backbone.get("n_layers"), "hidden": backbone.get("hidden_size")}  # fmt: skip
+    return {
+        "version": manifest.get("model_version"),
+        "backbone": backbone.get("name"),
+        "layers": backbone.get("n_layers"),
+        "hidden": backbone.get("hidden_size"),
+    }
 
 
 def redis_reachable(url: str | None) -> str | None:
@@ -211,15 +237,17 @@ def bench_serve(args) -> tuple[Section, dict[int, dict]]:
     results: dict[int, dict] = {}
     rows = []
     for c in args.connections:
-        code, out = run_module("bench.serve", serve_args(args, c), serve_env(),
-                               timeout=900 + 4 * args.seconds)  # fmt: skip
+        code, out = run_module(
+            "bench.serve", serve_args(args, c), serve_env(), timeout=900 + 4 * args.seconds
+        )
         parsed = parse_serve(out)
         noop, warm = parsed.get("no-op FastAPI endpoint"), parsed.get("/predict-rating (warm)")
         cold = parsed.get("/predict-rating (cold, 1 conn)")
         cold_load = parsed.get("/predict-rating (cold)")
         if code != 0 or not (noop and warm):
-            rows.append(f"| {c} | failed (exit {code}): {out.strip().splitlines()[-1:]} |"
-                        " | | | | | | | |")  # fmt: skip
+            rows.append(
+                f"| {c} | failed (exit {code}): {out.strip().splitlines()[-1:]} | | | | | | | | |"
+            )
             continue
         results[c] = {"noop": noop, "warm": warm, "cold": cold}
         ratio = warm["rps"] / noop["rps"]
@@ -276,10 +304,12 @@ def bench_variants(args, default: dict[int, dict]) -> Section:
     why_not = redis_reachable(url)
     if why_not is None:
         prefix = f"levi:bench:{os.getpid()}:{int(time.time())}"
-        variants.append((
-            "Redis tier (REDIS_URL set, LEVI_LOCAL_CACHE_SIZE=0)",
-            {"REDIS_URL": url, "LEVI_LOCAL_CACHE_SIZE": "0", "LEVI_CACHE_KEY_PREFIX": prefix},
-        ))  # fmt: skip
+        variants.append(
+            (
+                "Redis tier (REDIS_URL set, LEVI_LOCAL_CACHE_SIZE=0)",
+                {"REDIS_URL": url, "LEVI_LOCAL_CACHE_SIZE": "0", "LEVI_CACHE_KEY_PREFIX": prefix},
+            )
+        )
     base = default.get(c)
     rows = []
     if base:
@@ -289,8 +319,12 @@ def bench_variants(args, default: dict[int, dict]) -> Section:
             f"{base['warm']['p50']:.2f} / {base['warm']['p99']:.2f} |"
         )
     for name, extra in variants:
-        code, out = run_module("bench.serve", serve_args(args, c, cold=1),
-                               serve_env(**extra), timeout=900 + 4 * args.seconds)  # fmt: skip
+        code, out = run_module(
+            "bench.serve",
+            serve_args(args, c, cold=1),
+            serve_env(**extra),
+            timeout=900 + 4 * args.seconds,
+        )
         parsed = parse_serve(out)
         noop, warm = parsed.get("no-op FastAPI endpoint"), parsed.get("/predict-rating (warm)")
         if code != 0 or not (noop and warm):
@@ -476,10 +510,16 @@ def _get(url: str, body: dict | None = None, timeout: float = 5) -> int:
         return 0
 
 
-def _serve_and_measure(cmd: list[str], ready_url: str, env: dict, timeout: float,
-                       warm: Callable[[], None] | None = None) -> float | None:  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+def _serve_and_measure(
+    cmd: list[str],
+    ready_url: str,
+    env: dict,
+    timeout: float,
+    warm: Callable[[], None] | None = None,
+) -> float | None:
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         until = time.monotonic() + timeout
         while time.monotonic() < until and proc.poll() is None:
@@ -508,8 +548,10 @@ def bench_rss(args) -> Section:
     noop_port, api_port = _free_port(), _free_port()
     noop = _serve_and_measure(
         [sys.executable, "-c", NOOP_APP.replace("{port}", str(noop_port))],
-        f"http://127.0.0.1:{noop_port}/docs", dict(os.environ), 60,
-    )  # fmt: skip
+        f"http://127.0.0.1:{noop_port}/docs",
+        dict(os.environ),
+        60,
+    )
     base = f"http://127.0.0.1:{api_port}"
 
     def warm() -> None:  # a few hundred distinct pairs through both cache tiers' code
@@ -519,8 +561,11 @@ def bench_rss(args) -> Section:
 
     api = _serve_and_measure(
         [sys.executable, "-m", "service", "--port", str(api_port), "--model", str(args.model)],
-        f"{base}/readyz", serve_env(), 600, warm,
-    )  # fmt: skip
+        f"{base}/readyz",
+        serve_env(),
+        600,
+        warm,
+    )
     if noop is None or api is None:
         sec.skipped = f"could not start both processes (no-op RSS {noop}, service RSS {api})"
         return sec
@@ -554,16 +599,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=Path("artifacts/latest"))
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
-    parser.add_argument("--connections", default="1,8,32,128",
-                        help="comma-separated connection counts of the serving runs")  # fmt: skip
+    parser.add_argument(
+        "--connections",
+        default="1,8,32,128",
+        help="comma-separated connection counts of the serving runs",
+    )
     parser.add_argument("--requests", type=int, default=4000, help="per measured serving run")
     parser.add_argument("--seconds", type=float, default=20.0, help="cap per serving run")
     parser.add_argument("--cold", type=int, default=100, help="cold requests (sequential)")
     parser.add_argument("--skip", default="", help=f"comma-separated parts of {PARTS}")
     parser.add_argument(
-        "--reference-python", default=None,
+        "--reference-python",
+        default=None,
         help="interpreter with torch + transformers for bench/encode.py",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     args.connections = sorted({int(c) for c in args.connections.split(",") if c.strip()})
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}

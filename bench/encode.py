@@ -102,10 +102,20 @@ def bench_reference(
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps(texts))
         proc = subprocess.run(
-            [python, "-c", REFERENCE_SCRIPT, str(texts_file), str(extract_prefix(MINILM_WHEEL)),
-             str(batch_size), str(repeats), str(max_length)],
-            capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
-        )  # fmt: skip
+            [
+                python,
+                "-c",
+                REFERENCE_SCRIPT,
+                str(texts_file),
+                str(extract_prefix(MINILM_WHEEL)),
+                str(batch_size),
+                str(repeats),
+                str(max_length),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+        )
     if proc.returncode != 0:
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
         return f"reference run failed (torch/transformers importable under {python}?): {tail}"

@@ -103,16 +103,22 @@ def main(argv: list[str] | None = None) -> int:
                     rate = throughput(base, events[:2000])
     ood, test = results["ood"], results["test"]
     for name, r in (("OOD", ood), ("ID test", test)):
-        print(f"{name} progressive RMSE over HTTP ({r['n']:,} ratings in time order): model "
-              f"alone {r['model']:.4f}, with online corrections {r['corrected']:.4f}")  # fmt: skip
+        print(
+            f"{name} progressive RMSE over HTTP ({r['n']:,} ratings in time order): model "
+            f"alone {r['model']:.4f}, with online corrections {r['corrected']:.4f}"
+        )
     ood_ok = "met" if ood["corrected"] <= TARGET_OOD else "MISSED"
     id_ok = "met" if test["corrected"] <= test["model"] + ID_TOLERANCE else "MISSED"
-    print(f"targets: OOD <= {TARGET_OOD:.2f}: {ood_ok}; ID test <= model alone + "
-          f"{ID_TOLERANCE}: {id_ok}")  # fmt: skip
-    print(f"POST /feedback, one event (log synced before the answer): p50 "
-          f"{ood['feedback_ms'][0]:.1f} ms, p99 {ood['feedback_ms'][1]:.1f} ms; POST "
-          f"/predict-rating of the same pairs: p50 {ood['predict_ms'][0]:.1f} ms, p99 "
-          f"{ood['predict_ms'][1]:.1f} ms")  # fmt: skip
+    print(
+        f"targets: OOD <= {TARGET_OOD:.2f}: {ood_ok}; ID test <= model alone + "
+        f"{ID_TOLERANCE}: {id_ok}"
+    )
+    print(
+        f"POST /feedback, one event (log synced before the answer): p50 "
+        f"{ood['feedback_ms'][0]:.1f} ms, p99 {ood['feedback_ms'][1]:.1f} ms; POST "
+        f"/predict-rating of the same pairs: p50 {ood['predict_ms'][0]:.1f} ms, p99 "
+        f"{ood['predict_ms'][1]:.1f} ms"
+    )
     print(f"POST /feedback in batches of 100: {rate:,.0f} events/s")
     return 0
 

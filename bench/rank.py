@@ -105,9 +105,12 @@ def rank_over_http(model: Path, requests: int, seed: int = 0) -> dict:
                 client.post(f"{base}/rank", json={"user_id": u, "candidates": candidates})
             for name, path, body in (
                 ("rank", "/rank", lambda u: {"user_id": u, "candidates": candidates}),
-                ("batch", "/predict-rating/batch",
-                 lambda u: {"requests": [{"user_id": u, **c} for c in candidates]}),
-            ):  # fmt: skip
+                (
+                    "batch",
+                    "/predict-rating/batch",
+                    lambda u: {"requests": [{"user_id": u, **c} for c in candidates]},
+                ),
+            ):
                 times = []
                 for k in range(requests):
                     payload = body(user_pool[k % len(user_pool)])
@@ -150,8 +153,18 @@ def batch_cli(model: Path, pairs: int, seed: int = 0, runs: int = 2) -> list[dic
             env.pop("REDIS_URL", None)
         for k in range(runs):
             out = Path(tmp) / f"scored-{k}.parquet"
-            cmd = [sys.executable, "-m", "service.batch", "--model", str(model), "--input",
-                   str(src), "--output", str(out), "--no-progress"]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "service.batch",
+                "--model",
+                str(model),
+                "--input",
+                str(src),
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
             t = time.perf_counter()
             done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - t
@@ -201,11 +214,21 @@ def serving(model: Path, timeout: float, **env_extra: str):
     port = _free_port()
     env = {**os.environ, "LEVI_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT), **env_extra}
     env.pop("REDIS_URL", None)
-    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-           "--model", str(model)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "service",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model",
+        str(model),
+    ]
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait(f"{base}/readyz", proc, timeout)
@@ -247,27 +270,35 @@ def main(argv: list[str] | None = None) -> int:
     rate = gemm_rate()
     flops = pair_flops(art.head_config)
     floor_ms = flops * 1000 / rate * 1000
-    print(f"GEMM rate {rate / 1e9:.1f} GFLOP/s; pair function {flops / 1e6:.2f} MFLOP per pair;"
-          f" compute floor for 1,000 pairs {floor_ms:.1f} ms")  # fmt: skip
+    print(
+        f"GEMM rate {rate / 1e9:.1f} GFLOP/s; pair function {flops / 1e6:.2f} MFLOP per pair;"
+        f" compute floor for 1,000 pairs {floor_ms:.1f} ms"
+    )
     if "head" not in skip:
         h = head_vs_pair(art)
-        print(f"batch 128: whole head {h['whole_pps']:,.0f} pairs/s, pair function "
-              f"{h['pair_pps']:,.0f} pairs/s, ratio {h['pair_pps'] / h['whole_pps']:.2f} "
-              f"(target >= {TARGETS['pair_ratio']:g})")  # fmt: skip
+        print(
+            f"batch 128: whole head {h['whole_pps']:,.0f} pairs/s, pair function "
+            f"{h['pair_pps']:,.0f} pairs/s, ratio {h['pair_pps'] / h['whole_pps']:.2f} "
+            f"(target >= {TARGETS['pair_ratio']:g})"
+        )
     if "rank" not in skip:
         r = rank_over_http(args.model, args.requests)
-        print(f"/rank 1,000 candidates: p50 {r['rank'][0]:.1f} ms, p99 {r['rank'][1]:.1f} ms "
-              f"(targets {TARGETS['rank_p50_ms']:g} / {TARGETS['rank_p99_ms']:g}); "
-              f"/predict-rating/batch same pairs: p50 {r['batch'][0]:.1f} ms, p99 "
-              f"{r['batch'][1]:.1f} ms; floor {floor_ms:.1f} ms")  # fmt: skip
+        print(
+            f"/rank 1,000 candidates: p50 {r['rank'][0]:.1f} ms, p99 {r['rank'][1]:.1f} ms "
+            f"(targets {TARGETS['rank_p50_ms']:g} / {TARGETS['rank_p99_ms']:g}); "
+            f"/predict-rating/batch same pairs: p50 {r['batch'][0]:.1f} ms, p99 "
+            f"{r['batch'][1]:.1f} ms; floor {floor_ms:.1f} ms"
+        )
     if "batch" not in skip:
         floor_s = args.pairs * flops / rate
         for k, b in enumerate(batch_cli(args.model, args.pairs)):
             state = "cold (first run: compiles, encodes every text)" if k == 0 else "warm"
             tier = "with Redis" if b["redis"] else "without Redis"
-            print(f"batch CLI {state}, {tier}: {b['rows']:,} pairs in {b['wall_s']:.1f} s wall "
-                  f"with start-up (target {TARGETS['batch_1m_s']:g} s for 1,000,000); "
-                  f"pair-function floor {floor_s:.1f} s")  # fmt: skip
+            print(
+                f"batch CLI {state}, {tier}: {b['rows']:,} pairs in {b['wall_s']:.1f} s wall "
+                f"with start-up (target {TARGETS['batch_1m_s']:g} s for 1,000,000); "
+                f"pair-function floor {floor_s:.1f} s"
+            )
     if "entities" not in skip:
         for line in entities(args.model):
             print(f"service start-up with {line}")

@@ -134,8 +134,21 @@ def _load_wrk(url: str, bodies: list[dict], connections: int, seconds: float) ->
         script.write_text(WRK_SCRIPT % (lines, threads))
         # --timeout as the Python client's: a slow answer is measured, not dropped (wrk's 2 s
         # default turned overloaded runs into socket errors with no latency lines).
-        cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, seconds):.0f}s",
-               "--timeout", "30s", "--latency", "-s", str(script), url]  # fmt: skip
+        cmd = [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{max(1, seconds):.0f}s",
+            "--timeout",
+            "30s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     if proc.returncode != 0:
         raise SystemExit(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}")
@@ -210,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         _wait(f"http://127.0.0.1:{api_port}/readyz", api, 600)
         api_url = f"http://127.0.0.1:{api_port}/predict-rating"
         model = httpx.get(f"http://127.0.0.1:{api_port}/v1/model").json()
-        print(f"model {model['model_version']} ({model['backbone']['name']}), "
-              f"{args.connections} connections, {os.cpu_count()} cores, "
-              f"client {client}")  # fmt: skip
+        print(
+            f"model {model['model_version']} ({model['backbone']['name']}), "
+            f"{args.connections} connections, {os.cpu_count()} cores, "
+            f"client {client}"
+        )
 
         users = [str(u) for u in range(1, 51)]
         items = [str(i) for i in range(1, 21)]
@@ -221,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_load(api_url, warm, args.connections, args.seconds))  # fill the cache
         noop_body = [{"user_id": "1", "item_id": "2"}] * args.requests
         asyncio.run(_load(f"http://127.0.0.1:{noop_port}/noop", noop_body[:500], 32, 5))
-        noop_r = load(f"http://127.0.0.1:{noop_port}/noop", noop_body, args.connections,
-                      args.seconds)  # fmt: skip
+        noop_r = load(
+            f"http://127.0.0.1:{noop_port}/noop", noop_body, args.connections, args.seconds
+        )
         api_r = load(api_url, bodies, args.connections, args.seconds)
         print(_line("no-op FastAPI endpoint", noop_r))
         print(_line("/predict-rating (warm)", api_r))
@@ -232,17 +248,23 @@ def main(argv: list[str] | None = None) -> int:
         # Cold under load: every request names an item never seen, more of them than a run can
         # send, so each one misses both cache tiers and runs the backbone.
         cold_load = [
-            {"user_id": str(1 + k % 50), "item_id": f"new-{run}-c{k}",
-             "item": {"title": f"An Unseen Film {run} take {k} (2031)"}}
+            {
+                "user_id": str(1 + k % 50),
+                "item_id": f"new-{run}-c{k}",
+                "item": {"title": f"An Unseen Film {run} take {k} (2031)"},
+            }
             for k in range(max(args.cold, int(args.seconds * 2000)))
-        ]  # fmt: skip
+        ]
         cold_c = load(api_url, cold_load, args.connections, args.seconds)
         print(_line("/predict-rating (cold)", cold_c))
         cold = [
-            {"user_id": "1", "item_id": f"new-{run}-{k}",
-             "item": {"title": f"An Unseen Film {run} part {k} (2031)"}}
+            {
+                "user_id": "1",
+                "item_id": f"new-{run}-{k}",
+                "item": {"title": f"An Unseen Film {run} part {k} (2031)"},
+            }
             for k in range(args.cold)
-        ]  # fmt: skip
+        ]
         cold_r = asyncio.run(_load(api_url, cold, 1, args.seconds))
         print(_line("/predict-rating (cold, 1 conn)", cold_r))
         print(f"cold p50 {cold_r['p50_ms']:.2f} ms (target <= 30 ms)")

@@ -69,16 +69,26 @@ def time_start(name: str, model: Path, env: dict, workers: int, timeout: float) 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = Path(tempfile.mkstemp(prefix="levi-startup-", suffix=".log")[1])
-    full = dict(os.environ, **env, LEVI_LOG_FORMAT="json", LEVI_LOG_LEVEL="info",
-                LEVI_HOST="127.0.0.1", LEVI_PORT=str(port), LEVI_WORKERS=str(workers),
-                REDIS_URL="")  # fmt: skip
+    full = dict(
+        os.environ,
+        **env,
+        LEVI_LOG_FORMAT="json",
+        LEVI_LOG_LEVEL="info",
+        LEVI_HOST="127.0.0.1",
+        LEVI_PORT=str(port),
+        LEVI_WORKERS=str(workers),
+        REDIS_URL="",
+    )
     full.pop("LEVI_REDIS_URL", None)
     t0 = time.perf_counter()
     with open(log, "w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--model", str(model)], cwd=ROOT, env=full,
-            stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [sys.executable, "-m", "service", "--model", str(model)],
+            cwd=ROOT,
+            env=full,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     ready = complete = None
     try:
         until = t0 + timeout
@@ -119,8 +129,9 @@ def _fmt(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.startup", description=__doc__.split(
-        "\n")[0])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.startup", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--model", type=Path, default=Path("artifacts/latest"))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline run")
@@ -131,16 +142,34 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="levi-startup-xla-") as cache:
         if not args.no_baseline:
-            runs.append(time_start(
-                "baseline: LEVI_WARMUP=all (every shape before ready), no cache",
-                args.model, {"LEVI_WARMUP": "all", "LEVI_COMPILATION_CACHE": "0"},
-                args.workers, args.timeout,
-            ))  # fmt: skip
+            runs.append(
+                time_start(
+                    "baseline: LEVI_WARMUP=all (every shape before ready), no cache",
+                    args.model,
+                    {"LEVI_WARMUP": "all", "LEVI_COMPILATION_CACHE": "0"},
+                    args.workers,
+                    args.timeout,
+                )
+            )
         cached = {"LEVI_COMPILATION_CACHE_DIR": cache, "LEVI_WARMUP": "first"}
-        runs.append(time_start("first start (empty compilation cache)", args.model, cached,
-                               args.workers, args.timeout))  # fmt: skip
-        runs.append(time_start("second start (the cache of the first)", args.model, cached,
-                               args.workers, args.timeout))  # fmt: skip
+        runs.append(
+            time_start(
+                "first start (empty compilation cache)",
+                args.model,
+                cached,
+                args.workers,
+                args.timeout,
+            )
+        )
+        runs.append(
+            time_start(
+                "second start (the cache of the first)",
+                args.model,
+                cached,
+                args.workers,
+                args.timeout,
+            )
+        )
     print(
         f"`python -m service --workers {args.workers}`, timed from process start; the "
         "service's own log gives the stages (artifact and entity tables, first shapes).\n"
@@ -148,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| start | to ready s | artifact + tables s | first shapes s | every shape compiled s |")
     print("|---|---|---|---|---|")
     for r in runs:
-        print(f"| {r.name} | **{r.ready_s:.1f}** | {_fmt(r.load_s)} | {_fmt(r.first_s)} | "
-              f"{_fmt(r.complete_s)} |")  # fmt: skip
+        print(
+            f"| {r.name} | **{r.ready_s:.1f}** | {_fmt(r.load_s)} | {_fmt(r.first_s)} | "
+            f"{_fmt(r.complete_s)} |"
+        )
     first, second = runs[-2], runs[-1]
     verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     print(

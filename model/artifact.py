@@ -146,9 +146,12 @@ def head_function(config: HeadConfig) -> Callable[..., tuple[jax.Array, jax.Arra
 
 
 def _export_both(
-    backbone_fn: Callable, backbone_args: tuple, head_fn: Callable, head_args: tuple,
+    backbone_fn: Callable,
+    backbone_args: tuple,
+    head_fn: Callable,
+    head_args: tuple,
     platforms: tuple[str, ...],
-) -> tuple[export.Exported, export.Exported, tuple[str, ...], str | None]:  # fmt: skip
+) -> tuple[export.Exported, export.Exported, tuple[str, ...], str | None]:
     """Export both functions for ``platforms``, falling back to cpu only if lowering fails."""
 
     def run(plats: tuple[str, ...]) -> tuple[export.Exported, export.Exported]:
@@ -356,9 +359,12 @@ def _write_contents(
         jax.ShapeDtypeStruct((b, n_views, n_layers, d), jnp.float32),
     )
     bb_exp, hd_exp, done, note = _export_both(
-        backbone.pooled_fn, (bb_params, tokens, tokens), head_function(head_config), head_args,
+        backbone.pooled_fn,
+        (bb_params, tokens, tokens),
+        head_function(head_config),
+        head_args,
         platforms,
-    )  # fmt: skip
+    )
     (tmp / BACKBONE_EXPORT).write_bytes(bb_exp.serialize())
     (tmp / HEAD_EXPORT).write_bytes(hd_exp.serialize())
     decomposed = None
@@ -455,8 +461,9 @@ def _copy_report(report_dir: Path, dest: Path) -> None:
 def _point_latest(out_root: Path, model_version: str) -> None:
     link = out_root / LATEST
     if link.exists() and not link.is_symlink():
-        raise FileExistsError(f"{link} exists and is not a symlink; remove it so it can point "
-                              f"at the newest version")  # fmt: skip
+        raise FileExistsError(
+            f"{link} exists and is not a symlink; remove it so it can point at the newest version"
+        )
     tmp_link = out_root / f".{LATEST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     os.symlink(model_version, tmp_link)  # relative: the artifacts directory can be moved
     os.replace(tmp_link, link)
@@ -742,8 +749,11 @@ def _read_manifest(given: Path, root: Path) -> dict[str, Any]:
             "train`, or `python -m training --config SPEC` for your own data) or serve it with "
             "the matching service version"
         )
-    missing = [k for k in ("model_version", "backbone", "head", "views", "tokenizer",
-                           "platforms", "files") if k not in manifest]  # fmt: skip
+    missing = [
+        k
+        for k in ("model_version", "backbone", "head", "views", "tokenizer", "platforms", "files")
+        if k not in manifest
+    ]
     if missing:
         raise ArtifactError(f"{file} lacks {missing}; re-export the artifact")
     return manifest
@@ -769,8 +779,17 @@ def _check_files(root: Path, manifest: dict[str, Any]) -> None:
                 f"(changed or truncated; size now {file.stat().st_size} bytes); copy the "
                 "artifact again or re-export it"
             )
-    required = [BACKBONE_EXPORT, BACKBONE_PARAMS, HEAD_EXPORT, HEAD_PARAMS, FEATURES, USERS,
-                ITEMS, REFERENCE, str(manifest["tokenizer"])]  # fmt: skip
+    required = [
+        BACKBONE_EXPORT,
+        BACKBONE_PARAMS,
+        HEAD_EXPORT,
+        HEAD_PARAMS,
+        FEATURES,
+        USERS,
+        ITEMS,
+        REFERENCE,
+        str(manifest["tokenizer"]),
+    ]
     if manifest.get("decomposed"):
         required += [*SIDE_EXPORTS.values(), PAIR_EXPORT]
     unlisted = [r for r in required if r not in files]

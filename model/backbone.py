@@ -132,11 +132,15 @@ class Backbone:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         # Never pad past max_length: positions beyond the table would gather garbage.
         return encode_texts(
-            texts, self.tokenizer, lambda ids, mask: self._jitted(self.params, ids, mask),
+            texts,
+            self.tokenizer,
+            lambda ids, mask: self._jitted(self.params, ids, mask),
             length_buckets=buckets_up_to(self.max_length, self.buckets),
-            row_buckets=(batch_size,), out_shape=(self.n_layers, self.hidden_size),
-            progress=progress, desc=f"encode {self.name}",
-        )  # fmt: skip
+            row_buckets=(batch_size,),
+            out_shape=(self.n_layers, self.hidden_size),
+            progress=progress,
+            desc=f"encode {self.name}",
+        )
 
 
 def compute_fingerprint(

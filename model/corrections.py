@@ -246,7 +246,7 @@ def fit_oov_item(
             Shrinkage(base.k_item, base.k_user, k),
             rating_range,
             item_oov=oov,
-        )  # fmt: skip
+        )
         for k in grid
     }
     best = min(scores, key=scores.get)

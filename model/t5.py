@@ -67,8 +67,11 @@ class T5Config:
     @classmethod
     def from_hf(cls, cfg: Mapping[str, Any]) -> T5Config:
         """Build from a parsed Hugging Face ``config.json`` of a T5 model."""
-        missing = [k for k in ("vocab_size", "d_model", "d_kv", "num_heads", "d_ff", "num_layers")
-                   if k not in cfg]  # fmt: skip
+        missing = [
+            k
+            for k in ("vocab_size", "d_model", "d_kv", "num_heads", "d_ff", "num_layers")
+            if k not in cfg
+        ]
         if missing:
             raise CheckpointError(f"config.json lacks T5 field(s) {missing}")
         proj = cfg.get("feed_forward_proj", "relu")

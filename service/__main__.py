@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="artifact directory (LEVI_MODEL_DIR)")
     parser.add_argument("--workers", type=int, help="worker processes (LEVI_WORKERS)")
     args = parser.parse_args(argv)
-    for flag, env in (("host", "HOST"), ("port", "PORT"), ("model", "MODEL_DIR"),
-                      ("workers", "WORKERS")):  # fmt: skip
+    for flag, env in (
+        ("host", "HOST"),
+        ("port", "PORT"),
+        ("model", "MODEL_DIR"),
+        ("workers", "WORKERS"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             os.environ[f"LEVI_{env}"] = str(value)

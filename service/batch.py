@@ -366,15 +366,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help=".csv or .parquet")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/N (default 0/1)")
     parser.add_argument(
-        "--batch-size", type=int, default=16_384,
+        "--batch-size",
+        type=int,
+        default=16_384,
         help="rows per part file: scored in one call, and what a rerun redoes at most",
-    )  # fmt: skip
+    )
     parser.add_argument("--parts-dir", type=Path, help="default: <output>.parts")
     parser.add_argument(
-        "--on-error", choices=("fail", "skip"), default="fail",
+        "--on-error",
+        choices=("fail", "skip"),
+        default="fail",
         help="fail (default): stop at the first bad row, naming it; skip: score the rest and "
         "write the refused rows with the reason to <output>.rejects.parquet",
-    )  # fmt: skip
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -405,9 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     try:  # every row is checked against the model's fields before anything is scored
         start, stop = shard_range(len(frame), args.shard)
         checked = to_inputs(
-            frame.iloc[start:stop], start, (artifact.features, request_models(artifact.features)),
+            frame.iloc[start:stop],
+            start,
+            (artifact.features, request_models(artifact.features)),
             on_error=args.on_error,
-        )  # fmt: skip
+        )
     except InputError as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
         return 2

@@ -130,8 +130,12 @@ class RedisTier:
         self.metrics.redis_up.set(0)
         log.warning(
             "Redis %s at %s failed (%s: %s); computing locally, retrying in %.2fs",
-            op, self.url, type(error).__name__, error, pause,
-        )  # fmt: skip
+            op,
+            self.url,
+            type(error).__name__,
+            error,
+            pause,
+        )
         # Drop pooled sockets so the next try opens a fresh connection.
         with contextlib.suppress(Exception):  # best effort on a broken pool
             self.client.connection_pool.disconnect()

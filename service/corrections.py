@@ -201,8 +201,9 @@ class OnlineCorrections:
                 fresh = self._read_redis(ids)
         with self._lock:
             if fresh is None:
-                return {s: {i: self._local[s][i] for i in ids[s] if i in self._local[s]}
-                        for s in SIDES}  # fmt: skip
+                return {
+                    s: {i: self._local[s][i] for i in ids[s] if i in self._local[s]} for s in SIDES
+                }
             out: dict[str, dict[str, tuple[int, float]]] = {s: {} for s in SIDES}
             for side, rows in fresh.items():
                 local = self._local[side]
@@ -269,19 +270,28 @@ class OnlineCorrections:
 
             def base(side: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
                 rows = [state[side].get(i, (0, 0.0)) for i in ids]
-                return (np.array([r[0] for r in rows], np.float64),
-                        np.array([r[1] for r in rows], np.float64))  # fmt: skip
+                return (
+                    np.array([r[0] for r in rows], np.float64),
+                    np.array([r[1] for r in rows], np.float64),
+                )
 
             result = replay(
-                model_rating, rating, users, items, self.shrinkage,
-                user_state=base("user", users), item_state=base("item", items),
+                model_rating,
+                rating,
+                users,
+                items,
+                self.shrinkage,
+                user_state=base("user", users),
+                item_state=base("item", items),
                 item_oov=self.item_oov(items),
-            )  # fmt: skip
+            )
             pending = Pending(
-                {"user": _aggregate(users, result.user_residual),
-                 "item": _aggregate(items, result.item_residual)},
+                {
+                    "user": _aggregate(users, result.user_residual),
+                    "item": _aggregate(items, result.item_residual),
+                },
                 len(users),
-            )  # fmt: skip
+            )
             with self._lock:
                 for side, per_entity in pending.per_side.items():
                     local = self._local[side]
@@ -332,8 +342,9 @@ class OnlineCorrections:
                 log.warning(
                     "feedback replay backlog over %d events: dropped the increments of %d "
                     "events from Redis's corrections (they stay in the feedback log)",
-                    self.max_backlog, dropped.n_events,
-                )  # fmt: skip
+                    self.max_backlog,
+                    dropped.n_events,
+                )
             self.metrics.feedback_backlog.set(self._backlog_events)
 
     def _replay(self, *, limit: int | None, wait: bool) -> None:
@@ -354,8 +365,7 @@ class OnlineCorrections:
                     self._backlog_events -= head.n_events
                     self.metrics.feedback_backlog.set(self._backlog_events)
                 self.metrics.feedback_replay.labels(result="replayed").inc(head.n_events)
-                log.info("replayed the corrections of %d feedback events to Redis",
-                         head.n_events)  # fmt: skip
+                log.info("replayed the corrections of %d feedback events to Redis", head.n_events)
         finally:
             self._replay_lock.release()
 
@@ -366,8 +376,9 @@ class OnlineCorrections:
                 log.warning(
                     "model %s replaced while %d feedback events waited for Redis: their "
                     "corrections are dropped (the feedback log keeps them)",
-                    self.model_version, self._backlog_events,
-                )  # fmt: skip
+                    self.model_version,
+                    self._backlog_events,
+                )
                 self.metrics.feedback_replay.labels(result="dropped").inc(self._backlog_events)
             self._backlog.clear()
             self._backlog_events = 0

@@ -25,9 +25,11 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 WINDOWED = (
-    "levi_ood_score_sum", "levi_ood_score_count",
-    "levi_adapter_disagreement_sum", "levi_adapter_disagreement_count",
-)  # fmt: skip
+    "levi_ood_score_sum",
+    "levi_ood_score_count",
+    "levi_adapter_disagreement_sum",
+    "levi_adapter_disagreement_count",
+)
 
 
 @dataclass
@@ -140,8 +142,17 @@ def run(args: argparse.Namespace) -> Series:
     id_reqs, ood_reqs = traffic(model_dir, args.requests, args.seed)
     port = args.port or _free_port()
     env = {**os.environ, "LEVI_LOG_LEVEL": "warning"}
-    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-           "--model", str(model_dir)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "service",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model",
+        str(model_dir),
+    ]
     proc = subprocess.Popen(cmd, env=env)
     series = Series()
     try:

@@ -87,16 +87,24 @@ def build_scorer(
         key_prefix=settings.cache_key_prefix,
     )
     scorer = Scorer(
-        artifact, cache, metrics, max_batch=settings.max_batch,
+        artifact,
+        cache,
+        metrics,
+        max_batch=settings.max_batch,
         projection_cache_size=settings.projection_cache_size,
-    )  # fmt: skip
+    )
     if corrections:
         scorer.corrections = OnlineCorrections(
-            scorer.model_version, shrinkage_of(artifact.manifest), scorer.rating_range, metrics,
-            redis_tier=redis, ttl_s=settings.corrections_ttl_s,
-            max_backlog=settings.corrections_backlog, key_prefix=settings.corrections_key_prefix,
+            scorer.model_version,
+            shrinkage_of(artifact.manifest),
+            scorer.rating_range,
+            metrics,
+            redis_tier=redis,
+            ttl_s=settings.corrections_ttl_s,
+            max_backlog=settings.corrections_backlog,
+            key_prefix=settings.corrections_key_prefix,
             item_known=item_vocabulary(artifact.features),
-        )  # fmt: skip
+        )
     if warm:
         scorer.warm_up()
     return scorer
@@ -121,8 +129,9 @@ def enable_compilation_cache(directory: Path) -> bool:
         log.warning(
             "compilation cache off: %s is not writable (%s); set LEVI_COMPILATION_CACHE_DIR "
             "to a writable directory, or LEVI_COMPILATION_CACHE=0 to silence this",
-            directory, e,
-        )  # fmt: skip
+            directory,
+            e,
+        )
         return False
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -179,7 +188,7 @@ class Engine:
                 settings.feedback_dir,
                 rotate_bytes=settings.feedback_rotate_bytes,
                 rotate_s=settings.feedback_rotate_s,
-            )  # fmt: skip
+            )
             if settings.feedback_dir is not None
             else None
         )
@@ -217,9 +226,13 @@ class Engine:
         t0 = time.perf_counter()
         shapes = CompiledShapes(load_artifact(Path(path)), self.metrics)
         scorer = build_scorer(
-            shapes, self.settings, self.metrics, redis=self.redis, warm=False,
+            shapes,
+            self.settings,
+            self.metrics,
+            redis=self.redis,
+            warm=False,
             corrections=self.settings.corrections,
-        )  # fmt: skip
+        )
         loaded = time.perf_counter() - t0
         first = warm_first(scorer, shapes)
         rest = 0.0 if staged else warm_rest(scorer, shapes)
@@ -229,17 +242,22 @@ class Engine:
         if not staged:
             stages.labels(stage="background").set(rest)
         log.info(
-            "model %s: artifact and entity tables read in %.1fs, first shapes compiled in "
-            "%.1fs%s", scorer.model_version, loaded, first,
+            "model %s: artifact and entity tables read in %.1fs, first shapes compiled in %.1fs%s",
+            scorer.model_version,
+            loaded,
+            first,
             "; the rest compile in the background" if staged else f", the rest in {rest:.1f}s",
-        )  # fmt: skip
+        )
         return scorer, shapes
 
     def _warm_rest_in_background(self, scorer: Scorer, shapes: CompiledShapes) -> None:
         def done(seconds: float) -> None:
             self.metrics.warmup_seconds.labels(stage="background").set(seconds)
-            log.info("model %s: every shape compiled (%.1fs in the background)",
-                     scorer.model_version, seconds)  # fmt: skip
+            log.info(
+                "model %s: every shape compiled (%.1fs in the background)",
+                scorer.model_version,
+                seconds,
+            )
 
         self._background = (shapes, start_background(scorer, shapes, done))
 
@@ -306,8 +324,10 @@ class Engine:
         await self._freeze()
         log.info(
             "serving model %s from %s (ready after %.1fs)",
-            scorer.model_version, path, time.perf_counter() - t0,
-        )  # fmt: skip
+            scorer.model_version,
+            path,
+            time.perf_counter() - t0,
+        )
         if staged:
             self._warm_rest_in_background(scorer, shapes)
         if self.group is not None:
@@ -335,10 +355,15 @@ class Engine:
                 self.generation = request.generation
                 scorer = self.scorer
                 backbone = scorer.artifact.manifest.get("backbone", {}) if scorer else {}
-                self.group.announce(WorkerState(
-                    os.getpid(), scorer.model_version if scorer else "none",
-                    str(backbone.get("name", "unknown")), self.generation, error,
-                ))  # fmt: skip
+                self.group.announce(
+                    WorkerState(
+                        os.getpid(),
+                        scorer.model_version if scorer else "none",
+                        str(backbone.get("name", "unknown")),
+                        self.generation,
+                        error,
+                    )
+                )
 
     async def wait_ready(self) -> None:
         if self._initial is not None:

@@ -35,9 +35,26 @@ disable_created_metrics()  # before any metric is built: they read it at constru
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
-    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
+    0.0005,
+    0.001,
+    0.002,
+    0.004,
+    0.006,
+    0.008,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RATING_BUCKETS = tuple(1.0 + 0.25 * i for i in range(17))  # 1.0 .. 5.0
 DISAGREEMENT_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -56,143 +73,188 @@ class Metrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "levi_requests", "HTTP requests by route and status code.",
-            ["endpoint", "status"], registry=r,
-        )  # fmt: skip
+            "levi_requests",
+            "HTTP requests by route and status code.",
+            ["endpoint", "status"],
+            registry=r,
+        )
         self.request_duration = Histogram(
-            "levi_request_duration_seconds", "HTTP request latency by route.",
-            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "levi_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "levi_batch_size", "Predictions scored together in one micro-batch.",
-            buckets=BATCH_BUCKETS, registry=r,
-        )  # fmt: skip
+            "levi_batch_size",
+            "Predictions scored together in one micro-batch.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.queue_wait = Histogram(
-            "levi_queue_wait_seconds", "Time a prediction waited in the micro-batch queue.",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "levi_queue_wait_seconds",
+            "Time a prediction waited in the micro-batch queue.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.backbone_seconds = Histogram(
-            "levi_backbone_seconds", "Time of one backbone call encoding cache misses.",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "levi_backbone_seconds",
+            "Time of one backbone call encoding cache misses.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.head_seconds = Histogram(
-            "levi_head_seconds", "Time of one head call on a padded batch.",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "levi_head_seconds",
+            "Time of one head call on a padded batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.cache_lookups = Counter(
             "levi_activation_cache_lookups",
             "Activation cache lookups by tier (local, redis) and result (hit, miss, error, "
             "bypass = Redis skipped while backing off after errors).",
-            ["tier", "result"], registry=r,
-        )  # fmt: skip
+            ["tier", "result"],
+            registry=r,
+        )
         self.cache_errors = Counter(
             "levi_activation_cache_errors",
-            "Failed Redis calls by operation (get, set).", ["op"], registry=r,
-        )  # fmt: skip
+            "Failed Redis calls by operation (get, set).",
+            ["op"],
+            registry=r,
+        )
         self.redis_up = Gauge(
             "levi_activation_cache_redis_up",
             "1 while Redis is in use, 0 while backing off after errors (absent: no Redis).",
-            registry=r, multiprocess_mode="livemin",  # 0 while any worker backs off
-        )  # fmt: skip
+            registry=r,
+            multiprocess_mode="livemin",  # 0 while any worker backs off
+        )
         self.projection_lookups = Counter(
             "levi_projection_cache_lookups",
             "Per-entity head projections found in (hit) or added to (miss) the in-process "
             "cache, by side (user, item).",
-            ["side", "result"], registry=r,
-        )  # fmt: skip
+            ["side", "result"],
+            registry=r,
+        )
         self.prediction_rating = Histogram(
-            "levi_prediction_rating", "Predicted ratings (ensemble, clipped).",
-            buckets=RATING_BUCKETS, registry=r,
-        )  # fmt: skip
+            "levi_prediction_rating",
+            "Predicted ratings (ensemble, clipped).",
+            buckets=RATING_BUCKETS,
+            registry=r,
+        )
         self.adapter_rating = Histogram(
-            "levi_adapter_rating", "Per-adapter ratings by 1-based encoder layer.",
-            ["layer"], buckets=RATING_BUCKETS, registry=r,
-        )  # fmt: skip
+            "levi_adapter_rating",
+            "Per-adapter ratings by 1-based encoder layer.",
+            ["layer"],
+            buckets=RATING_BUCKETS,
+            registry=r,
+        )
         self.adapter_disagreement = Histogram(
             "levi_adapter_disagreement",
             "Standard deviation of the adapter ratings of one prediction.",
-            buckets=DISAGREEMENT_BUCKETS, registry=r,
-        )  # fmt: skip
+            buckets=DISAGREEMENT_BUCKETS,
+            registry=r,
+        )
         self.ood_score = Histogram(
-            "levi_ood_score", "OOD score of each prediction (see the artifact's calibration).",
-            buckets=OOD_BUCKETS, registry=r,
-        )  # fmt: skip
+            "levi_ood_score",
+            "OOD score of each prediction (see the artifact's calibration).",
+            buckets=OOD_BUCKETS,
+            registry=r,
+        )
         self.unknown_entities = Counter(
             "levi_unknown_entities",
             "Predictions whose user or item is not in the model's tables (cold start).",
-            ["kind"], registry=r,
-        )  # fmt: skip
-        self.predictions = Counter(
-            "levi_predictions", "Predictions scored (the denominator of unknown-entity rates).",
+            ["kind"],
             registry=r,
-        )  # fmt: skip
+        )
+        self.predictions = Counter(
+            "levi_predictions",
+            "Predictions scored (the denominator of unknown-entity rates).",
+            registry=r,
+        )
         # Drift gauges: each worker's window is a sample of the same traffic; the scrape shows
         # the most recently updated one (max would bias upwards with the worker count).
         self.prediction_psi = Gauge(
             "levi_prediction_psi",
             "Population stability index of the recent predictions against training.",
-            registry=r, multiprocess_mode="livemostrecent",
-        )  # fmt: skip
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.activation_drift = Gauge(
             "levi_activation_drift",
             "Recent RMS z-distance of pooled activations from the training mean, by 1-based "
             "layer (about 1 in distribution).",
-            ["layer"], registry=r, multiprocess_mode="livemostrecent",
-        )  # fmt: skip
+            ["layer"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         # One series per live worker (a `pid` label is added), so a mixed pod shows.
         self.model_info = Gauge(
-            "levi_model_info", "The model being served (value 1).",
-            ["model_version", "backbone"], registry=r, multiprocess_mode="liveall",
-        )  # fmt: skip
+            "levi_model_info",
+            "The model being served (value 1).",
+            ["model_version", "backbone"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self._model_labels: tuple[str, str] | None = None
         self.warmup_pending = Gauge(
             "levi_warmup_pending_shapes",
             "Input shapes of the served model not compiled yet: ready comes after the shapes "
             "first traffic needs, the rest compile in the background (0 = all compiled).",
-            registry=r, multiprocess_mode="livesum",
-        )  # fmt: skip
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.warmup_seconds = Gauge(
             "levi_warmup_seconds",
             "Seconds the last model load took, by stage: load (read and check the artifact), "
             "first (compile what first traffic needs; ready after it), background (the rest).",
-            ["stage"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
+            ["stage"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.model_reloads = Counter(
-            "levi_model_reloads", "Model reloads by result (success, failure).",
-            ["result"], registry=r,
-        )  # fmt: skip
+            "levi_model_reloads",
+            "Model reloads by result (success, failure).",
+            ["result"],
+            registry=r,
+        )
         # Feedback and online corrections (service/corrections.py, service/feedback_log.py).
         self.feedback_events = Counter(
-            "levi_feedback_events", "Feedback events accepted (logged, then applied).",
+            "levi_feedback_events",
+            "Feedback events accepted (logged, then applied).",
             registry=r,
-        )  # fmt: skip
+        )
         self.feedback_log_errors = Counter(
             "levi_feedback_log_errors",
             "Feedback requests refused (503) because the feedback log could not be written.",
             registry=r,
-        )  # fmt: skip
+        )
         self.correction_magnitude = Histogram(
             "levi_correction_magnitude",
             "Absolute online correction (user + item offsets) added to each answer, in "
             "rating units.",
-            buckets=CORRECTION_BUCKETS, registry=r,
-        )  # fmt: skip
+            buckets=CORRECTION_BUCKETS,
+            registry=r,
+        )
         self.corrected_entities = Gauge(
             "levi_corrected_entities",
             "Users / items of the served model version with feedback (their corrections).",
-            ["side"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
+            ["side"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.feedback_backlog = Gauge(
             "levi_feedback_replay_backlog",
             "Feedback events whose corrections wait for Redis (kept while it is down).",
-            registry=r, multiprocess_mode="livesum",
-        )  # fmt: skip
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.feedback_replay = Counter(
             "levi_feedback_replay",
             "Feedback events whose corrections were replayed to Redis after an outage "
             "(replayed), or dropped from a full backlog (dropped; still in the log).",
-            ["result"], registry=r,
-        )  # fmt: skip
+            ["result"],
+            registry=r,
+        )
         for side in ("user", "item"):
             self.corrected_entities.labels(side=side)
         for result in ("replayed", "dropped"):

@@ -14,9 +14,15 @@ import orjson
 NO_WARNINGS: tuple[str, ...] = ()
 # The per-pair arrays of a ScoreBatch (sliced, reordered and concatenated together).
 ARRAYS = (
-    "rating", "adapters", "ood_score", "cold_user", "cold_item", "model_rating",
-    "user_correction", "item_correction",
-)  # fmt: skip
+    "rating",
+    "adapters",
+    "ood_score",
+    "cold_user",
+    "cold_item",
+    "model_rating",
+    "user_correction",
+    "item_correction",
+)
 
 
 @dataclass(frozen=True)
@@ -63,9 +69,18 @@ class ScoreBatch:
         """The model's answers, before any online correction."""
         zero = np.zeros_like(rating)
         return ScoreBatch(
-            rating, adapters, ood_score, cold_user, cold_item, warnings, layers, model_version,
-            rating, zero, zero,
-        )  # fmt: skip
+            rating,
+            adapters,
+            ood_score,
+            cold_user,
+            cold_item,
+            warnings,
+            layers,
+            model_version,
+            rating,
+            zero,
+            zero,
+        )
 
     def corrected(
         self, user: np.ndarray, item: np.ndarray, rating_range: tuple[float, float]

@@ -250,9 +250,13 @@ class Scorer:
 
         n_layers, d = self.cache.shape
         return encode_texts(
-            texts, self.tokenizer, timed, length_buckets=self.length_buckets,
-            row_buckets=self.backbone_buckets, out_shape=(n_layers, d),
-        )  # fmt: skip
+            texts,
+            self.tokenizer,
+            timed,
+            length_buckets=self.length_buckets,
+            row_buckets=self.backbone_buckets,
+            out_shape=(n_layers, d),
+        )
 
     def activations(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """``{text: [n_layers, d]}`` from the cache, encoding and caching the misses."""
@@ -297,9 +301,11 @@ class Scorer:
 
         def call(start: int, stop: int, rows: int) -> dict[str, np.ndarray]:
             parts = self.artifact.side(
-                side, _pad_rows(ids[start:stop], rows), _pad_rows(multi_hot[start:stop], rows),
+                side,
+                _pad_rows(ids[start:stop], rows),
+                _pad_rows(multi_hot[start:stop], rows),
                 _pad_rows(acts[start:stop], rows),
-            )  # fmt: skip
+            )
             return {k: v[: stop - start] for k, v in parts.items()}
 
         t0 = time.perf_counter()
@@ -430,9 +436,15 @@ class Scorer:
     def _finish(self, adapters, rating, cold_user, cold_item, warnings, dist) -> ScoreBatch:
         ood = np.asarray(self.artifact.ood_score(adapters), dtype=np.float32)
         batch = ScoreBatch.of_model(
-            rating, adapters, ood, np.asarray(cold_user, bool), np.asarray(cold_item, bool),
-            tuple(warnings), self.layers, self.model_version,
-        )  # fmt: skip
+            rating,
+            adapters,
+            ood,
+            np.asarray(cold_user, bool),
+            np.asarray(cold_item, bool),
+            tuple(warnings),
+            self.layers,
+            self.model_version,
+        )
         self._observe(batch, dist)
         return batch
 
@@ -467,8 +479,11 @@ class Scorer:
             rng = np.random.default_rng(0)
             ui = rng.integers(0, len(users), PAIR_SAMPLE)
             ii = rng.integers(0, len(items), PAIR_SAMPLE)
-            texts = [t for a, b in zip(ui, ii, strict=True) for t in self.views.render(
-                users[a], items[b])]  # fmt: skip
+            texts = [
+                t
+                for a, b in zip(ui, ii, strict=True)
+                for t in self.views.render(users[a], items[b])
+            ]
         else:
             n = max(len(users), len(items))
             texts = [
@@ -502,9 +517,11 @@ class Scorer:
                 v = len(self._side_views[side])
                 for rows in self.head_buckets:
                     self.artifact.side(
-                        side, np.zeros((rows, f), np.int32), np.zeros((rows, g), np.float32),
+                        side,
+                        np.zeros((rows, f), np.int32),
+                        np.zeros((rows, g), np.float32),
                         np.zeros((rows, v, n_layers, d), np.float32),
-                    )  # fmt: skip
+                    )
             for rows in self.pair_buckets:
                 zeros = {k: np.zeros((rows, *w), np.float32) for k, w in widths.items()}
                 self.artifact.pair(zeros, zeros)
@@ -521,6 +538,9 @@ class Scorer:
         seconds = time.perf_counter() - t0
         log.info(
             "warmed model %s: batch buckets %s x length buckets %s in %.1fs",
-            self.model_version, self.backbone_buckets, lengths, seconds,
-        )  # fmt: skip
+            self.model_version,
+            self.backbone_buckets,
+            lengths,
+            seconds,
+        )
         return seconds

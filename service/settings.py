@@ -91,9 +91,10 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="a new feedback log file after this many seconds"
     )
     corrections_ttl_s: int = Field(
-        30 * 24 * 3600, gt=0, description="Redis keeps a model version's corrections this long "
-        "after their last feedback",
-    )  # fmt: skip
+        30 * 24 * 3600,
+        gt=0,
+        description="Redis keeps a model version's corrections this long after their last feedback",
+    )
     corrections_key_prefix: str = Field(
         "levi:fb", min_length=1, max_length=64, description="Redis key prefix of corrections"
     )

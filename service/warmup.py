@@ -98,8 +98,12 @@ def background_order(plan: Iterable[Shape], first: Iterable[Shape]) -> tuple[Sha
     compiled before the largest ones."""
     done = set(first)
     first_rows = {s.rows for s in done if s.function == "backbone"}
-    return tuple(sorted((s for s in plan if s not in done), key=lambda s: (
-        s.function == "backbone", s.rows not in first_rows, s.rows, s.length)))  # fmt: skip
+    return tuple(
+        sorted(
+            (s for s in plan if s not in done),
+            key=lambda s: (s.function == "backbone", s.rows not in first_rows, s.rows, s.length),
+        )
+    )
 
 
 class CompiledShapes:
@@ -117,11 +121,17 @@ class CompiledShapes:
         self._artifact = artifact
         self._metrics = metrics
         self._jit = {
-            "backbone": (jax.jit(artifact.exported_backbone.call), artifact.backbone_params,
-                         artifact.exported_backbone),
-            "head": (jax.jit(artifact.exported_head.call), artifact.head_params,
-                     artifact.exported_head),
-        }  # fmt: skip
+            "backbone": (
+                jax.jit(artifact.exported_backbone.call),
+                artifact.backbone_params,
+                artifact.exported_backbone,
+            ),
+            "head": (
+                jax.jit(artifact.exported_head.call),
+                artifact.head_params,
+                artifact.exported_head,
+            ),
+        }
         self._row_inputs = _decomposed_inputs(artifact)  # function -> per-row input shapes
         self.compiled: set[Shape] = set()
         self.pending: set[Shape] = set()
@@ -217,9 +227,10 @@ class CompiledShapes:
             return self._artifact.score(ids, multi_hot, activations)
         parts = [
             [a[: len(c[0])] for a in self._artifact.score(*(_pad_rows(x, target.rows) for x in c))]
-            for c in _chunks(target.rows, np.asarray(ids), np.asarray(multi_hot),
-                             np.asarray(activations))
-        ]  # fmt: skip
+            for c in _chunks(
+                target.rows, np.asarray(ids), np.asarray(multi_hot), np.asarray(activations)
+            )
+        ]
         if len(parts) == 1:
             return parts[0][0], parts[0][1]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -235,11 +246,14 @@ class CompiledShapes:
         if target is None:
             return self._artifact.side(side, ids, multi_hot, views)
         parts = [
-            {k: v[: len(c[0])] for k, v in self._artifact.side(
-                side, *(_pad_rows(x, target.rows) for x in c)).items()}
-            for c in _chunks(target.rows, np.asarray(ids), np.asarray(multi_hot),
-                             np.asarray(views))
-        ]  # fmt: skip
+            {
+                k: v[: len(c[0])]
+                for k, v in self._artifact.side(
+                    side, *(_pad_rows(x, target.rows) for x in c)
+                ).items()
+            }
+            for c in _chunks(target.rows, np.asarray(ids), np.asarray(multi_hot), np.asarray(views))
+        ]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def pair(
@@ -285,15 +299,18 @@ class CompiledShapes:
             return None
         with self._lock:  # the background thread adds shapes meanwhile
             compiled = [
-                s for s in self.compiled
+                s
+                for s in self.compiled
                 if s.function == shape.function and s.length >= shape.length
-            ]  # fmt: skip
+            ]
         if not compiled:
             log.warning(
                 "compiling the %s for %d rows x %d tokens while serving: no compiled shape is "
                 "that long (levi_warmup_pending_shapes shows what is left to compile)",
-                shape.function, shape.rows, shape.length,
-            )  # fmt: skip
+                shape.function,
+                shape.rows,
+                shape.length,
+            )
             self._record(shape)  # the artifact's own jit keeps it from now on
             return None
         length = min(s.length for s in compiled)
@@ -329,9 +346,11 @@ def _decomposed_inputs(artifact: Artifact) -> dict[str, Any]:
     _, n_layers, d = artifact.reference.activation_mean.shape
     sizes = {
         "user": (layout.n_user_ids, layout.n_user_multi_hot),
-        "item": (len(cfg.vocab_sizes) - layout.n_user_ids,
-                 cfg.n_multi_hot - layout.n_user_multi_hot),
-    }  # fmt: skip
+        "item": (
+            len(cfg.vocab_sizes) - layout.n_user_ids,
+            cfg.n_multi_hot - layout.n_user_multi_hot,
+        ),
+    }
     out: dict[str, Any] = {"pair": part_widths(cfg)}
     for side, (f, g) in sizes.items():
         views = layout.view_sides.count(side)

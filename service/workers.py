@@ -246,8 +246,7 @@ class WorkerGroup:
                 raise RuntimeError(
                     f"a reload is still running in worker(s) {behind}; retry when it has finished"
                 )
-            _write_json(self.path / RELOAD_FILE, {"generation": generation + 1,
-                                                  "path": str(path)})  # fmt: skip
+            _write_json(self.path / RELOAD_FILE, {"generation": generation + 1, "path": str(path)})
         return generation + 1
 
     async def wait_applied(self, generation: int, timeout_s: float) -> list[WorkerState]:

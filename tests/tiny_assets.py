@@ -56,6 +56,11 @@ def tiny_bert(
     module, args = BertEncoder(config), (ids, np.ones_like(ids))
     params = params_fn(module, args) if params_fn else module.init(jax.random.key(seed), *args)
     return Backbone(
-        name=name, family="bert", config=config, params=params, tokenizer=tokenizer,
-        fingerprint=compute_fingerprint("bert", config, params, tokenizer), buckets=(16, 32),
-    )  # fmt: skip
+        name=name,
+        family="bert",
+        config=config,
+        params=params,
+        tokenizer=tokenizer,
+        fingerprint=compute_fingerprint("bert", config, params, tokenizer),
+        buckets=(16, 32),
+    )

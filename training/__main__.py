@@ -27,17 +27,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = p.add_mutually_exclusive_group()
     data.add_argument("--config", dest="dataset", metavar="SPEC", help="a dataset spec file (TOML)")
     data.add_argument(
-        "--preset", dest="dataset", metavar="NAME",
+        "--preset",
+        dest="dataset",
+        metavar="NAME",
         help=f"a shipped dataset spec: {', '.join(preset_names())} (default: movielens-100k)",
-    )  # fmt: skip
+    )
     p.add_argument("--data-path", help="replaces the spec's ratings.path (a file or directory)")
     p.add_argument("--reader", choices=READERS, help="replaces the spec's reader")
     p.add_argument("--split-seed", type=int, help="replaces the spec's split.seed")
     p.add_argument(
-        "--feedback", metavar="DIR",
+        "--feedback",
+        metavar="DIR",
         help="add the ratings the service logged from POST /feedback (its LEVI_FEEDBACK_DIR; "
         "every *.jsonl under DIR, each event once)",
-    )  # fmt: skip
+    )
     p.add_argument("--tiny", action="store_true", help="the tiny training preset (smoke runs)")
     p.add_argument("--backbone", help="minilm-l6 (default), bert or t5")
     p.add_argument("--checkpoint", help="Hugging Face-format directory of the backbone")

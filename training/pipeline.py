@@ -136,9 +136,15 @@ def encode_views(
     """Activations of every view (cached) and the head's tables."""
     ds = prep.dataset
     acts = precompute(
-        backbone, prep.views, ds.users, ds.items, prep.pairs[["user_id", "item_id"]],
-        cache=cache, batch_size=cfg.encode_batch_size, progress=progress,
-    )  # fmt: skip
+        backbone,
+        prep.views,
+        ds.users,
+        ds.items,
+        prep.pairs[["user_id", "item_id"]],
+        cache=cache,
+        batch_size=cfg.encode_batch_size,
+        progress=progress,
+    )
     user_pos = pd.Index(ds.users["user_id"].astype(str))
     item_pos = pd.Index(ds.items["item_id"].astype(str))
     user_records, item_records = ds.users.to_dict("records"), ds.items.to_dict("records")
@@ -160,10 +166,15 @@ def _head_for(method: str, cfg: TrainConfig, prep: Prepared, n_layers: int) -> H
     mu = float(prep.tables.rating[prep.rows["train"]].mean())
     id_features = (prep.features.id_column("user"), prep.features.id_column("item"))
     return head_config(
-        method, cfg, vocab_sizes=prep.features.vocab_sizes,
-        n_multi_hot=prep.features.n_multi_hot, n_layers=n_layers, rating_mean=mu,
-        rating_range=rating_range(prep.spec), id_features=id_features,
-    )  # fmt: skip
+        method,
+        cfg,
+        vocab_sizes=prep.features.vocab_sizes,
+        n_multi_hot=prep.features.n_multi_hot,
+        n_layers=n_layers,
+        rating_mean=mu,
+        rating_range=rating_range(prep.spec),
+        id_features=id_features,
+    )
 
 
 def rating_range(spec: DatasetSpec) -> tuple[float, float]:
@@ -200,10 +211,18 @@ def train_all(
     for method in methods_to_train(cfg):
         log(f"training {method} ({len(cfg.lrs)} learning rates, seeds {list(cfg.seeds)})")
         lrs[method], runs[method] = train_method(
-            method, _head_for(method, cfg, prep, n_layers), cfg, data,
-            prep.rows["train"], prep.rows["val"], mesh=mesh, data_signature=signature,
-            checkpoint_root=checkpoint_root, progress=progress, log=log,
-        )  # fmt: skip
+            method,
+            _head_for(method, cfg, prep, n_layers),
+            cfg,
+            data,
+            prep.rows["train"],
+            prep.rows["val"],
+            mesh=mesh,
+            data_signature=signature,
+            checkpoint_root=checkpoint_root,
+            progress=progress,
+            log=log,
+        )
     return lrs, runs, DeviceData(data, mesh)
 
 
@@ -424,9 +443,13 @@ def reference_stats(
 def _predict(run: RunResult, device: DeviceData, cfg: TrainConfig, rows: np.ndarray) -> np.ndarray:
     """Ratings ``[len(rows)]`` of one trained run on pair ``rows``."""
     adapters = predict_adapters(
-        run.head, run.params, device.tables, rows, mesh=device.mesh,
+        run.head,
+        run.params,
+        device.tables,
+        rows,
+        mesh=device.mesh,
         batch_size=cfg.eval_batch_size,
-    )  # fmt: skip
+    )
     return predict_ratings(run.head, adapters)
 
 
@@ -488,9 +511,13 @@ def run_pipeline(
     lap("encode")
 
     lrs, runs, device = train_all(
-        prep, cfg, backbone.n_layers, checkpoint_root=output_dir / ".checkpoints",
-        progress=progress, log=log,
-    )  # fmt: skip
+        prep,
+        cfg,
+        backbone.n_layers,
+        checkpoint_root=output_dir / ".checkpoints",
+        progress=progress,
+        log=log,
+    )
     lap("train")
 
     methods, extras = evaluate_all(prep, cfg, runs, device)
@@ -510,9 +537,10 @@ def run_pipeline(
             f"k_item_oov {shrinkage.k_item_oov}; "
             + "; ".join(
                 f"{p} progressive RMSE {online[p]['model']:.4f} -> {online[p]['corrected']:.4f}"
-                for p in ("test", "ood") if p in online
+                for p in ("test", "ood")
+                if p in online
             )
-        )  # fmt: skip
+        )
     lap("evaluate")
 
     artifact, exported, exported_source = None, None, None
@@ -648,11 +676,14 @@ def score_exported(path: Path, prep: Prepared, *, progress: bool = False) -> dic
         inputs = art.features.encode(u, it)
         ratings = np.concatenate(
             [
-                art.score(inputs["ids"][s : s + 4096], inputs["multi_hot"][s : s + 4096],
-                          acts[s : s + 4096])[1]
+                art.score(
+                    inputs["ids"][s : s + 4096],
+                    inputs["multi_hot"][s : s + 4096],
+                    acts[s : s + 4096],
+                )[1]
                 for s in range(0, len(pairs), 4096)
             ]
-        )  # fmt: skip
+        )
         out[key] = evaluate.rmse(ratings, pairs["rating"].to_numpy(np.float32))
     return out
 
@@ -661,8 +692,12 @@ def _encode_with(art, texts: list[str], *, progress: bool, batch_size: int = 64)
     """Pooled activations of ``texts`` from the artifact's exported backbone, padded to the
     manifest's length buckets: the shapes the service compiles and calls."""
     return encode_texts(
-        texts, art.tokenizer, art.encode,
+        texts,
+        art.tokenizer,
+        art.encode,
         length_buckets=tuple(art.manifest["backbone"]["length_buckets"]),
-        row_buckets=(batch_size,), out_shape=art.reference.activation_mean.shape[1:],
-        progress=progress, desc="score exported",
-    )  # fmt: skip
+        row_buckets=(batch_size,),
+        out_shape=art.reference.activation_mean.shape[1:],
+        progress=progress,
+        desc="score exported",
+    )

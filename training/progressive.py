@@ -53,9 +53,13 @@ def corrected(
     pairs = prep.pairs.iloc[rows]
     rating = pairs["rating"].to_numpy(np.float64)
     result = replay(
-        model_rating, rating, pairs["user_id"].tolist(), pairs["item_id"].tolist(), shrinkage,
+        model_rating,
+        rating,
+        pairs["user_id"].tolist(),
+        pairs["item_id"].tolist(),
+        shrinkage,
         item_oov=item_oov(prep, rows),
-    )  # fmt: skip
+    )
     lo, hi = prep.spec.rating_scale.min, prep.spec.rating_scale.max
     return np.clip(np.asarray(model_rating, np.float64) + result.correction, lo, hi)
 
@@ -101,8 +105,11 @@ def fit_and_evaluate(
             continue
         model = predict(rows)
         fixed = corrected(prep, rows, model, shrinkage)
-        section[part] = {"n": int(len(rows)), "model": rmse(model, y[rows]),
-                         "corrected": rmse(fixed, y[rows])}  # fmt: skip
+        section[part] = {
+            "n": int(len(rows)),
+            "model": rmse(model, y[rows]),
+            "corrected": rmse(fixed, y[rows]),
+        }
         if part == "ood":
             position = {int(r): j for j, r in enumerate(rows)}
             section["ood_groups"] = {

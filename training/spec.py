@@ -374,7 +374,7 @@ class DatasetSpec(_Strict):
                         sep=col.sep,
                         edges=edges,
                         quantiles=quantiles,
-                    )  # fmt: skip
+                    )
                 )
         return tuple(out)
 

@@ -133,10 +133,11 @@ def _item_values(ds: RatingsDataset, column: str) -> pd.Series:
     """item_id -> tuple of the column's values (a single value for a categorical column)."""
     values = ds.items[column].to_numpy()
     as_tuple = [
-        tuple(str(x) for x in v) if isinstance(v, tuple | list | np.ndarray)
+        tuple(str(x) for x in v)
+        if isinstance(v, tuple | list | np.ndarray)
         else (() if v is None or (isinstance(v, float) and v != v) else (str(v),))
         for v in values
-    ]  # fmt: skip
+    ]
     return pd.Series(as_tuple, index=ds.items["item_id"].to_numpy(), dtype=object)
 
 
@@ -231,18 +232,29 @@ def make_split(ds: RatingsDataset, spec: SplitSpec, seed: int | None = None) -> 
         is_id = ~is_ood
         groups = None
     split = _make_split(
-        spec.kind, seed, ratings, is_id, is_ood,
+        spec.kind,
+        seed,
+        ratings,
+        is_id,
+        is_ood,
         groups if groups is not None else everything,
-        spec.valid_fraction, spec.test_fraction, spec.min_group,
-    )  # fmt: skip
+        spec.valid_fraction,
+        spec.test_fraction,
+        spec.min_group,
+    )
     if spec.kind == "time":  # groups by month of the rating, not by item
         months = split.ood["timestamp"].map(_month)
         counts = months.value_counts()
         kept = sorted(m for m, c in counts.items() if c >= spec.min_group)
         split = Split(
-            split.name, split.seed, split.train, split.val, split.test, split.ood,
+            split.name,
+            split.seed,
+            split.train,
+            split.val,
+            split.test,
+            split.ood,
             {m: np.flatnonzero(months.to_numpy() == m).astype(np.int64) for m in kept},
-        )  # fmt: skip
+        )
     if spec.expect:
         check_counts(split, spec.expect)
     return split

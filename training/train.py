@@ -619,9 +619,19 @@ def train_method(
         if checkpoint_root is not None:
             directory = checkpoint_root / run_key(head, cfg, lr, seed, data_signature)
         result = train_run(
-            method, head, cfg, data, train_rows, val_rows, lr=lr, seed=seed, mesh=mesh,
-            checkpoint_dir=directory, max_steps=max_steps, progress=progress,
-        )  # fmt: skip
+            method,
+            head,
+            cfg,
+            data,
+            train_rows,
+            val_rows,
+            lr=lr,
+            seed=seed,
+            mesh=mesh,
+            checkpoint_dir=directory,
+            max_steps=max_steps,
+            progress=progress,
+        )
         resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
         resumed += "" if result.finished else " (lr probe)"
         log(
@@ -648,7 +658,9 @@ def train_method(
             best = min((run(lr, seed) for lr in cfg.lrs), key=lambda r: r.val_rmse)
         return best.lr, [best] + [run(best.lr, s) for s in cfg.seeds[1:]]
     per_seed = {s: [run(lr, s) for lr in cfg.lrs] for s in cfg.seeds}
-    mean_val = {lr: np.mean([r.val_rmse for s in cfg.seeds for r in per_seed[s] if r.lr == lr])
-                for lr in cfg.lrs}  # fmt: skip
+    mean_val = {
+        lr: np.mean([r.val_rmse for s in cfg.seeds for r in per_seed[s] if r.lr == lr])
+        for lr in cfg.lrs
+    }
     lr = min(mean_val, key=mean_val.get)
     return lr, [next(r for r in per_seed[s] if r.lr == lr) for s in cfg.seeds]

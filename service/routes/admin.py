@@ -24,10 +24,11 @@ RELOAD_TIMEOUT_S = 600.0  # several workers: how long the answer waits for all o
 @router.post(
     "/reload",
     responses={
-        401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+        401: {"model": ErrorResponse},
+        403: {"model": ErrorResponse},
         409: {"model": ErrorResponse, "description": "artifact refused or reload running"},
     },
-)  # fmt: skip
+)
 async def reload(engine: EngineDep, body: ReloadRequest | None = None) -> ReloadResponse:
     """Load ``path`` (default: the configured model dir), warm it, then swap atomically.
 
@@ -63,8 +64,9 @@ async def _reload_every_worker(engine: Engine, path: Path | None) -> ReloadRespo
     late = [s.pid for s in states if s.generation < generation]
     refused = [s for s in states if s.generation >= generation and s.error]
     if refused:
-        log.warning("reload refused by %d of %d workers: %s", len(refused), len(states),
-                    refused[0].error)  # fmt: skip
+        log.warning(
+            "reload refused by %d of %d workers: %s", len(refused), len(states), refused[0].error
+        )
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"{refused[0].error} (in {len(refused)} of {len(states)} workers)",

@@ -36,13 +36,23 @@ def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
     out = []
     adapters = top.adapters.tolist() if body.adapters else None
     for k, (item_id, r, m, o, cold, w) in enumerate(
-        zip(items, top.rating.tolist(), top.model_rating.tolist(), top.ood_score.tolist(),
-            top.cold_item.tolist(), top.warnings, strict=True)
-    ):  # fmt: skip
+        zip(
+            items,
+            top.rating.tolist(),
+            top.model_rating.tolist(),
+            top.ood_score.tolist(),
+            top.cold_item.tolist(),
+            top.warnings,
+            strict=True,
+        )
+    ):
         entry = {
-            "item_id": item_id, "rating": r, "model_rating": m, "ood_score": o,
+            "item_id": item_id,
+            "rating": r,
+            "model_rating": m,
+            "ood_score": o,
             "cold_start": cold,
-        }  # fmt: skip
+        }
         entry["warnings"] = list(w)
         if adapters is not None:
             entry["adapters"] = adapter_list(batch.layers, adapters[k])

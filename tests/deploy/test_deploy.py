@@ -100,9 +100,20 @@ _GROUPING = re.compile(
 )
 _IDENT = re.compile(r"(?<![\w:.])([a-zA-Z_:][a-zA-Z0-9_:]*)")
 _KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-    "unless", "offset", "inf", "nan",
-}  # fmt: skip
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def promql_references(expr: str) -> tuple[dict[str, set[str]], set[str]]:
@@ -214,9 +225,10 @@ def k8s_objects() -> list[tuple[Path, dict]]:
 
 def k8s_object(kind: str, name: str | None = None) -> dict:
     found = [
-        d for _, d in k8s_objects()
+        d
+        for _, d in k8s_objects()
         if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
-    ]  # fmt: skip
+    ]
     assert len(found) == 1, f"expected one {kind} {name or ''} in deploy/k8s, found {len(found)}"
     return found[0]
 
@@ -299,9 +311,15 @@ def test_config_file_parses(path: Path):
 
 def test_expected_files_exist():
     for path in (
-        DEPLOY / "Dockerfile", ROOT / ".dockerignore", COMPOSE, PROMETHEUS, ALERTS, DASHBOARD,
-        DEPLOY / "README.md", K8S / "kustomization.yaml",
-    ):  # fmt: skip
+        DEPLOY / "Dockerfile",
+        ROOT / ".dockerignore",
+        COMPOSE,
+        PROMETHEUS,
+        ALERTS,
+        DASHBOARD,
+        DEPLOY / "README.md",
+        K8S / "kustomization.yaml",
+    ):
         assert path.is_file(), f"{path.relative_to(ROOT)} is missing"
     assert list(DATASOURCES.glob("*.y*ml")) and list(DASHBOARD_PROVIDERS.glob("*.y*ml"))
 
@@ -360,9 +378,8 @@ def test_alert_queries_name_known_metrics():
 
 def test_design_metrics_are_what_the_service_registers(registered_metrics):
     missing = {
-        name: spec for name, spec in KNOWN_METRICS.items()
-        if registered_metrics.get(name) != spec
-    }  # fmt: skip
+        name: spec for name, spec in KNOWN_METRICS.items() if registered_metrics.get(name) != spec
+    }
     assert not missing, {
         name: f"DESIGN.md says {spec}, service/metrics.py has {registered_metrics.get(name)}"
         for name, spec in missing.items()
@@ -396,10 +413,14 @@ def test_alerts_cover_drift_errors_latency_cache_and_reloads():
         base_metric(name, KNOWN_METRICS) for r in rules for name in promql_references(r["expr"])[0]
     }
     for metric in (
-        "levi_prediction_psi", "levi_activation_drift", "levi_ood_score", "levi_requests_total",
-        "levi_request_duration_seconds", "levi_activation_cache_lookups_total",
+        "levi_prediction_psi",
+        "levi_activation_drift",
+        "levi_ood_score",
+        "levi_requests_total",
+        "levi_request_duration_seconds",
+        "levi_activation_cache_lookups_total",
         "levi_model_reloads_total",
-    ):  # fmt: skip
+    ):
         assert metric in used, f"no alert rule on {metric}"
     psi = [r for r in rules if "levi_prediction_psi" in r["expr"]]
     assert any(re.search(r">\s*0\.2\b", r["expr"]) and r.get("for") == "10m" for r in psi)
@@ -614,9 +635,10 @@ def test_k8s_indexed_job_shards_by_completion_index():
 
 def test_k8s_training_job_runs_make_train_into_the_artifact_claim():
     job = next(
-        d for _, d in k8s_objects()
+        d
+        for _, d in k8s_objects()
         if d["kind"] == "Job" and d["spec"].get("completionMode") != "Indexed"
-    )  # fmt: skip
+    )
     (c,) = pod_containers(job)
     assert c["command"] == ["make", "train"]
     env = {e["name"]: e.get("value") for e in c.get("env", [])}
@@ -663,9 +685,10 @@ def test_dockerfile_slim_non_root_healthcheck_and_entry_point():
     assert cmd[:3] == SERVICE_COMMAND and "/artifacts/latest" in cmd
     # Everything the Dockerfile copies from the context exists and is not .dockerignored.
     ignored = {
-        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
-    }  # fmt: skip
+    }
     for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE):
         for src in shlex.split(line)[:-1]:
             if src.startswith("--"):

@@ -72,21 +72,33 @@ def parts(tmp_path_factory) -> dict:
         user="user id {user_id}, occupation {occupation}", item="movie id {item_id}, title {title}"
     )
     config = HeadConfig(
-        vocab_sizes=features.vocab_sizes, n_multi_hot=len(GENRES), layers=(0, 1),
-        embed_dim=4, mlp_dims=(16, 8), adapter_hidden=8,
-    )  # fmt: skip
+        vocab_sizes=features.vocab_sizes,
+        n_multi_hot=len(GENRES),
+        layers=(0, 1),
+        embed_dim=4,
+        mlp_dims=(16, 8),
+        adapter_hidden=8,
+    )
     acts = np.zeros((1, views.n_views, backbone.n_layers, backbone.hidden_size), np.float32)
     head_params = LeviHead(config).init(
         jax.random.key(1), np.zeros((1, 3), np.int32), np.zeros((1, 3), np.float32), acts
     )
     users = pd.DataFrame(
-        {"user_id": ["1", "2", "3"], "age": [20, 30, 40], "gender": ["M", "F", "M"],
-         "occupation": ["artist", "doctor", "artist"], "zip_code": ["1", "2", "3"]}
-    )  # fmt: skip
+        {
+            "user_id": ["1", "2", "3"],
+            "age": [20, 30, 40],
+            "gender": ["M", "F", "M"],
+            "occupation": ["artist", "doctor", "artist"],
+            "zip_code": ["1", "2", "3"],
+        }
+    )
     items = pd.DataFrame(
-        {"item_id": ["10", "11", "12", "13"], "title": ["great movie", "awful", "a", "b"],
-         "genres": [("Action", "Comedy"), (), ("Horror",), ("Action",)]}
-    )  # fmt: skip
+        {
+            "item_id": ["10", "11", "12", "13"],
+            "title": ["great movie", "awful", "a", "b"],
+            "genres": [("Action", "Comedy"), (), ("Horror",), ("Action",)],
+        }
+    )
     report = tmp / "report"
     (report / "plots").mkdir(parents=True)
     (report / "report.json").write_text('{"methods": {}}')
@@ -94,11 +106,17 @@ def parts(tmp_path_factory) -> dict:
     (report / "plots" / "per_layer_rmse.png").write_bytes(b"\x89PNG fake")
     (report / "checkpoint.bin").write_bytes(b"not part of the artifact")
     return dict(
-        backbone=backbone, head_config=config, head_params=head_params, features=features,
-        views=views, users=users, items=items,
+        backbone=backbone,
+        head_config=config,
+        head_params=head_params,
+        features=features,
+        views=views,
+        users=users,
+        items=items,
         reference=_reference(views.n_views, backbone.n_layers, backbone.hidden_size),
-        report_dir=report, training_config={"seeds": (0, 1), "lr": np.float32(1e-3)},
-    )  # fmt: skip
+        report_dir=report,
+        training_config={"seeds": (0, 1), "lr": np.float32(1e-3)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -187,11 +205,22 @@ def test_manifest_lists_every_file_with_sha256(exported, parts):
     for rel, digest in manifest["files"].items():
         assert hashlib.sha256((exported / rel).read_bytes()).hexdigest() == digest
     expected = {
-        "backbone.jaxexport", "backbone.safetensors", "head.jaxexport", "head.safetensors",
-        "tokenizer.json", "features.json", "users.parquet", "items.parquet",
-        "reference.safetensors", "report.json", "report.md", "plots/per_layer_rmse.png",
-        "user_side.jaxexport", "item_side.jaxexport", "pair.jaxexport",
-    }  # fmt: skip
+        "backbone.jaxexport",
+        "backbone.safetensors",
+        "head.jaxexport",
+        "head.safetensors",
+        "tokenizer.json",
+        "features.json",
+        "users.parquet",
+        "items.parquet",
+        "reference.safetensors",
+        "report.json",
+        "report.md",
+        "plots/per_layer_rmse.png",
+        "user_side.jaxexport",
+        "item_side.jaxexport",
+        "pair.jaxexport",
+    }
     assert set(manifest["files"]) == expected  # checkpoint.bin of report_dir not copied
     assert manifest["format_version"] == 2
     assert "cpu" in manifest["platforms"]
@@ -344,7 +373,7 @@ def _wrong_param_shape(d: Path) -> None:
         "bad-json",
         "unlisted",
         "param-shape",
-    ],  # fmt: skip
+    ],
 )
 def test_refuses_broken_artifacts(exported, tmp_path, corrupt, message):
     copy = tmp_path / "v1"

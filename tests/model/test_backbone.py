@@ -50,8 +50,12 @@ def test_pooled_fn_exports_with_symbolic_batch_and_length(tiny_backbone):
 def _cli(*args, stdin: str):
     return subprocess.run(
         [sys.executable, "-m", "model.encode", *args],
-        input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )  # fmt: skip
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 def test_cli_errors_are_friendly(tmp_path):

@@ -122,10 +122,17 @@ def test_export_symbolic_batch_and_length_round_trips(tiny_params):
 
 def test_config_from_hf_and_bad_configs():
     hf = {
-        "model_type": "bert", "vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6,
-        "num_attention_heads": 12, "intermediate_size": 1536, "max_position_embeddings": 512,
-        "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
-    }  # fmt: skip
+        "model_type": "bert",
+        "vocab_size": 30522,
+        "hidden_size": 384,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 12,
+        "intermediate_size": 1536,
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+        "hidden_act": "gelu",
+    }
     assert BertConfig.from_hf(hf) == BertConfig.minilm_l6()
     with pytest.raises(CheckpointError, match="num_attention_heads"):
         BertConfig.from_hf({k: v for k, v in hf.items() if k != "num_attention_heads"})

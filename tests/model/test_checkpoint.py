@@ -68,12 +68,17 @@ def write_tokenizer(path) -> None:
 
 def hf_config(config: BertConfig) -> dict:
     return {
-        "model_type": "bert", "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
-        "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
-        "intermediate_size": config.intermediate_size, "hidden_act": config.hidden_act,
+        "model_type": "bert",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": config.hidden_act,
         "max_position_embeddings": config.max_position_embeddings,
-        "type_vocab_size": config.type_vocab_size, "layer_norm_eps": config.layer_norm_eps,
-    }  # fmt: skip
+        "type_vocab_size": config.type_vocab_size,
+        "layer_norm_eps": config.layer_norm_eps,
+    }
 
 
 @functools.cache
@@ -194,20 +199,32 @@ def test_wrong_family_or_no_checkpoint(checkpoint, tmp_path):
     "files, want",
     [
         ({}, (64, "config.json max_position_embeddings")),
-        ({"sentence_bert_config.json": {"max_seq_length": 48}},
-         (48, "sentence_bert_config.json max_seq_length")),
-        ({"sentence_bert_config.json": {"max_seq_length": 48},
-          "tokenizer_config.json": {"model_max_length": 40}},
-         (48, "sentence_bert_config.json max_seq_length")),
-        ({"tokenizer_config.json": {"model_max_length": 40}},
-         (40, "tokenizer_config.json model_max_length")),
-        ({"tokenizer_config.json": {"model_max_length": 1e30}},  # transformers' "no limit"
-         (64, "config.json max_position_embeddings")),
-        ({"sentence_bert_config.json": {"max_seq_length": 1000}},  # past the position table
-         (64, "config.json max_position_embeddings")),
+        (
+            {"sentence_bert_config.json": {"max_seq_length": 48}},
+            (48, "sentence_bert_config.json max_seq_length"),
+        ),
+        (
+            {
+                "sentence_bert_config.json": {"max_seq_length": 48},
+                "tokenizer_config.json": {"model_max_length": 40},
+            },
+            (48, "sentence_bert_config.json max_seq_length"),
+        ),
+        (
+            {"tokenizer_config.json": {"model_max_length": 40}},
+            (40, "tokenizer_config.json model_max_length"),
+        ),
+        (
+            {"tokenizer_config.json": {"model_max_length": 1e30}},  # transformers' "no limit"
+            (64, "config.json max_position_embeddings"),
+        ),
+        (
+            {"sentence_bert_config.json": {"max_seq_length": 1000}},  # past the position table
+            (64, "config.json max_position_embeddings"),
+        ),
     ],
     ids=["positions", "sentence-transformers", "st-first", "tokenizer", "no-limit", "capped"],
-)  # fmt: skip
+)
 def test_declared_max_length(tmp_path, files, want):
     for name, data in files.items():
         (tmp_path / name).write_text(json.dumps(data))

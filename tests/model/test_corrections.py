@@ -65,9 +65,12 @@ def test_oov_items_use_their_own_k():
     oov = np.array([i in oov_items for i in items])
     got = replay(model, rating, users, items, Shrinkage(8.0, 6.0, 1.5), item_oov=oov)
     want = sequential(
-        zip(users, items, model, rating, strict=True), 8.0, 6.0, oov_items=oov_items,
+        zip(users, items, model, rating, strict=True),
+        8.0,
+        6.0,
+        oov_items=oov_items,
         k_item_oov=1.5,
-    )  # fmt: skip
+    )
     np.testing.assert_allclose(got.correction, want[:, 0] + want[:, 1], atol=1e-12)
     plain = replay(model, rating, users, items, Shrinkage(8.0, 6.0))
     assert not np.allclose(plain.correction, got.correction)  # the flag changes answers
@@ -94,12 +97,20 @@ def test_replay_continues_from_a_stored_state():
     item_state = {"i3": (4.0, 2.5), "i7": (1.0, -1.0)}
     user_state = {"u2": (10.0, -3.0)}
     got = replay(
-        model, rating, users, items, Shrinkage(3.0, 7.0),
-        user_state=(np.array([user_state.get(u, (0, 0))[0] for u in users]),
-                    np.array([user_state.get(u, (0, 0))[1] for u in users])),
-        item_state=(np.array([item_state.get(i, (0, 0))[0] for i in items]),
-                    np.array([item_state.get(i, (0, 0))[1] for i in items])),
-    )  # fmt: skip
+        model,
+        rating,
+        users,
+        items,
+        Shrinkage(3.0, 7.0),
+        user_state=(
+            np.array([user_state.get(u, (0, 0))[0] for u in users]),
+            np.array([user_state.get(u, (0, 0))[1] for u in users]),
+        ),
+        item_state=(
+            np.array([item_state.get(i, (0, 0))[0] for i in items]),
+            np.array([item_state.get(i, (0, 0))[1] for i in items]),
+        ),
+    )
     want = sequential(
         zip(users, items, model, rating, strict=True), 3.0, 7.0, user_state, item_state
     )
@@ -124,13 +135,20 @@ def test_a_batch_split_in_two_equals_one_replay():
     rest = slice(120, None)
 
     def base(side, ids):
-        return (np.array([state[side][k][0] if k in state[side] else 0 for k in ids]),
-                np.array([state[side][k][1] if k in state[side] else 0 for k in ids]))  # fmt: skip
+        return (
+            np.array([state[side][k][0] if k in state[side] else 0 for k in ids]),
+            np.array([state[side][k][1] if k in state[side] else 0 for k in ids]),
+        )
 
     second = replay(
-        model[rest], rating[rest], users[rest], items[rest], s,
-        user_state=base("user", users[rest]), item_state=base("item", items[rest]),
-    )  # fmt: skip
+        model[rest],
+        rating[rest],
+        users[rest],
+        items[rest],
+        s,
+        user_state=base("user", users[rest]),
+        item_state=base("item", items[rest]),
+    )
     np.testing.assert_allclose(second.correction, whole.correction[rest], atol=1e-12)
 
 

@@ -36,9 +36,15 @@ def _noisy_params(cfg, seed: int):
 @pytest.mark.parametrize("method", TRAINED_METHODS)
 def test_split_functions_equal_the_whole_head(method):
     cfg = head_config(
-        method, TrainConfig.tiny().replace(factor_dim=4), vocab_sizes=VOCAB, n_multi_hot=G,
-        n_layers=N_LAYERS, rating_mean=3.0, rating_range=(1.0, 5.0), id_features=(0, 3),
-    )  # fmt: skip
+        method,
+        TrainConfig.tiny().replace(factor_dim=4),
+        vocab_sizes=VOCAB,
+        n_multi_hot=G,
+        n_layers=N_LAYERS,
+        rating_mean=3.0,
+        rating_range=(1.0, 5.0),
+        id_features=(0, 3),
+    )
     params = _noisy_params(cfg, 0)
     ids, mh, acts = _inputs(64, 1)
     whole = np.asarray(LeviHead(cfg).apply(params, ids, mh, acts))
@@ -54,9 +60,15 @@ def test_split_functions_equal_the_whole_head(method):
 def test_one_user_broadcast_over_many_items():
     """Ranking: the user's parts computed once, repeated over the candidates."""
     cfg = head_config(
-        "levi", TrainConfig.tiny(), vocab_sizes=VOCAB, n_multi_hot=G, n_layers=N_LAYERS,
-        rating_mean=3.0, rating_range=(1.0, 5.0), id_features=(0, 3),
-    )  # fmt: skip
+        "levi",
+        TrainConfig.tiny(),
+        vocab_sizes=VOCAB,
+        n_multi_hot=G,
+        n_layers=N_LAYERS,
+        rating_mean=3.0,
+        rating_range=(1.0, 5.0),
+        id_features=(0, 3),
+    )
     params = _noisy_params(cfg, 2)
     ids, mh, acts = _inputs(50, 3)
     ids[:, :3], mh[:, :2], acts[:, 0] = ids[0, :3], mh[0, :2], acts[0, 0]  # one user

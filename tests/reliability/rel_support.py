@@ -57,9 +57,12 @@ def start_server(
 ) -> Iterator[Server]:
     """The service conftest's server, quieter (warnings only) and with a longer start budget."""
     with service_conftest.start_server(
-        model_dir, log, compile_cache, timeout=START_TIMEOUT_S,
+        model_dir,
+        log,
+        compile_cache,
+        timeout=START_TIMEOUT_S,
         **{"LEVI_LOG_LEVEL": "warning", **env_overrides},
-    ) as srv:  # fmt: skip
+    ) as srv:
         yield srv
 
 
@@ -71,9 +74,15 @@ class Load:
     """
 
     def __init__(
-        self, url: str, bodies: list[dict], *, threads: int = 3, max_requests: int = 20_000,
-        max_seconds: float = 60.0, timeout_s: float = 30.0,
-    ):  # fmt: skip
+        self,
+        url: str,
+        bodies: list[dict],
+        *,
+        threads: int = 3,
+        max_requests: int = 20_000,
+        max_seconds: float = 60.0,
+        timeout_s: float = 30.0,
+    ):
         self.url = url
         self.bodies = bodies
         self.max_requests = max_requests
@@ -152,10 +161,22 @@ class OwnRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         until = time.monotonic() + 10
         while time.monotonic() < until:
             with (

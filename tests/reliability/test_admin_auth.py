@@ -47,7 +47,7 @@ NO_SUCH_MODEL = {"path": "/nonexistent/reliability-model"}  # authorized → 409
         "token-scheme",
         "no-scheme",
         "no-space",
-    ],  # fmt: skip
+    ],
 )
 def test_missing_or_malformed_credentials_are_401(rel_server, authorization):
     headers = {} if authorization is None else {"Authorization": authorization}
@@ -106,8 +106,11 @@ def _app(token: str | None) -> TestClient:
 @pytest.mark.parametrize("token", [None, ""], ids=["unset", "empty"])
 def test_admin_disabled_without_a_configured_token_is_403(token):
     with _app(token) as client:
-        for headers in ({}, {"Authorization": f"Bearer {ADMIN_TOKEN}"},
-                        {"Authorization": "Bearer "}):  # fmt: skip
+        for headers in (
+            {},
+            {"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            {"Authorization": "Bearer "},
+        ):
             r = client.post("/admin/reload", json=NO_SUCH_MODEL, headers=headers)
             assert r.status_code == 403, r.text
             assert "admin disabled" in r.json()["detail"]
@@ -126,11 +129,12 @@ def test_token_comparison_uses_hmac_compare_digest(monkeypatch):
     with _app(ADMIN_TOKEN) as client:
         statuses = [
             client.post(
-                "/admin/reload", json=NO_SUCH_MODEL,
+                "/admin/reload",
+                json=NO_SUCH_MODEL,
                 headers={"Authorization": f"Bearer {t}".encode()},
             ).status_code
             for t in presented
-        ]  # fmt: skip
+        ]
     assert statuses == [401, 401, 401, 401, 409]
     # One constant-time comparison per presented token, of bytes, whatever the length:
     # no early exit on a length mismatch, no str ``==`` anywhere on the way.

@@ -60,7 +60,7 @@ texts = st.one_of(
             "0x10",
             "<script>",
         ]
-    ),  # fmt: skip
+    ),
     st.integers(MAX_ID_LENGTH - 2, MAX_ID_LENGTH + 2).map(lambda n: "7" * n),
     st.integers(MAX_TITLE_LENGTH - 2, MAX_TITLE_LENGTH + 2).map(lambda n: "t" * n),
     st.integers(1_000, 200_000).map(lambda n: "x" * n),
@@ -76,7 +76,7 @@ json_values = st.recursive(
     scalars,
     lambda inner: st.one_of(
         st.lists(inner, max_size=5),
-        st.dictionaries(st.text(any_char, max_size=10), inner, max_size=5),  # fmt: skip
+        st.dictionaries(st.text(any_char, max_size=10), inner, max_size=5),
     ),
     max_leaves=20,
 )
@@ -108,7 +108,7 @@ items = st.one_of(
             st.one_of(
                 st.lists(
                     st.one_of(texts, st.sampled_from(["Comedy", "Action"])), max_size=MAX_GENRES + 2
-                ),  # fmt: skip
+                ),
                 json_values,
             ),
         ),
@@ -118,20 +118,31 @@ items = st.one_of(
 # cache keys), where unicode and odd values could still break something.
 short = st.text(any_char, min_size=1, max_size=MAX_ID_LENGTH).filter(lambda s: s.strip())
 valid_bodies = st.fixed_dictionaries(
-    {"user_id": st.one_of(st.sampled_from(["1", "2", "999"]), short),
-     "item_id": st.one_of(st.sampled_from(["10", "12", "x"]), short)},
-    optional={
-        "user": st.fixed_dictionaries({}, optional={
-            "age": st.integers(0, 120), "gender": short, "occupation": short,
-            "zip_code": st.text(any_char, min_size=1, max_size=16).filter(lambda s: s.strip()),
-        }),
-        "item": st.fixed_dictionaries({}, optional={
-            "title": st.text(any_char, min_size=1, max_size=MAX_TITLE_LENGTH).filter(
-                lambda s: s.strip()),
-            "genres": st.lists(short, max_size=MAX_GENRES),
-        }),
+    {
+        "user_id": st.one_of(st.sampled_from(["1", "2", "999"]), short),
+        "item_id": st.one_of(st.sampled_from(["10", "12", "x"]), short),
     },
-)  # fmt: skip
+    optional={
+        "user": st.fixed_dictionaries(
+            {},
+            optional={
+                "age": st.integers(0, 120),
+                "gender": short,
+                "occupation": short,
+                "zip_code": st.text(any_char, min_size=1, max_size=16).filter(lambda s: s.strip()),
+            },
+        ),
+        "item": st.fixed_dictionaries(
+            {},
+            optional={
+                "title": st.text(any_char, min_size=1, max_size=MAX_TITLE_LENGTH).filter(
+                    lambda s: s.strip()
+                ),
+                "genres": st.lists(short, max_size=MAX_GENRES),
+            },
+        ),
+    },
+)
 predict_bodies = st.one_of(
     valid_bodies,
     valid_bodies,  # half of the bodies are schema-valid
@@ -141,7 +152,7 @@ predict_bodies = st.one_of(
         _maybe("user", users),
         _maybe("item", items),
         _maybe("extra", json_values),
-    ).map(lambda parts: {k: v for p in parts for k, v in p.items()}),  # fmt: skip
+    ).map(lambda parts: {k: v for p in parts for k, v in p.items()}),
     json_values,
 )
 batch_bodies = st.one_of(
@@ -214,7 +225,7 @@ def test_predict_rating_batch_never_answers_5xx(rel_server, body):
             "application/json; charset=latin-1",
             "multipart/form-data; boundary=x",
         ]
-    ),  # fmt: skip
+    ),
     path=st.sampled_from(["/predict-rating", "/predict-rating/batch"]),
 )
 def test_raw_bodies_never_answer_5xx(rel_server, raw, content_type, path):
@@ -225,13 +236,17 @@ def test_raw_bodies_never_answer_5xx(rel_server, raw, content_type, path):
 
 # Feedback events: schema-valid pairs with ratings of every kind, near-valid events, junk.
 ratings = st.one_of(
-    st.floats(1.0, 5.0), st.integers(1, 5), numbers, texts, json_values,
+    st.floats(1.0, 5.0),
+    st.integers(1, 5),
+    numbers,
+    texts,
+    json_values,
     st.sampled_from([float("nan"), float("inf"), -float("inf")]),
-)  # fmt: skip
+)
 timestamps = st.one_of(st.integers(0, 2**31), st.integers(), texts, st.datetimes().map(str))
-valid_events = st.tuples(
-    valid_bodies, st.floats(1.0, 5.0), _maybe("timestamp", timestamps)
-).map(lambda t: {**t[0], "rating": t[1], **t[2]})  # fmt: skip
+valid_events = st.tuples(valid_bodies, st.floats(1.0, 5.0), _maybe("timestamp", timestamps)).map(
+    lambda t: {**t[0], "rating": t[1], **t[2]}
+)
 events = st.one_of(
     valid_events,
     valid_events,
@@ -253,10 +268,15 @@ def feedback_server(artifacts, compile_cache, redis_url, tmp_path_factory):
     work = tmp_path_factory.mktemp("fuzz-feedback")
     prefix = f"levi:fuzz:{uuid.uuid4().hex[:12]}"
     with start_server(
-        artifacts.v1, work / "server.log", compile_cache, REDIS_URL=redis_url,
-        LEVI_CACHE_KEY_PREFIX=prefix, LEVI_CORRECTIONS_KEY_PREFIX=f"{prefix}:fb",
-        LEVI_FEEDBACK_DIR=str(work / "feedback"), LEVI_MAX_BATCH="8",
-    ) as srv:  # fmt: skip
+        artifacts.v1,
+        work / "server.log",
+        compile_cache,
+        REDIS_URL=redis_url,
+        LEVI_CACHE_KEY_PREFIX=prefix,
+        LEVI_CORRECTIONS_KEY_PREFIX=f"{prefix}:fb",
+        LEVI_FEEDBACK_DIR=str(work / "feedback"),
+        LEVI_MAX_BATCH="8",
+    ) as srv:
         srv.feedback_dir = work / "feedback"
         yield srv
 
@@ -269,8 +289,11 @@ ACCEPTED: list[str] = []
 @example(body={"events": [{"user_id": "1", "item_id": "10", "rating": float("nan")}]})
 @example(body={"events": [{"user_id": "1", "item_id": "10", "rating": 1e308}]})
 @example(body={"events": [{"user_id": "1", "item_id": "10", "rating": 3, "timestamp": 2**70}]})
-@example(body={"events": [{"user_id": "\ud800", "item_id": "x", "rating": 5,
-                           "item": {"title": "\udfff"}}]})  # fmt: skip
+@example(
+    body={
+        "events": [{"user_id": "\ud800", "item_id": "x", "rating": 5, "item": {"title": "\udfff"}}]
+    }
+)
 def test_feedback_never_answers_5xx_and_logs_what_it_accepts(feedback_server, body):
     r = _post(feedback_server.base, "/feedback", body)
     STATUSES[r.status_code] = STATUSES.get(r.status_code, 0) + 1
@@ -286,8 +309,11 @@ def test_feedback_never_answers_5xx_and_logs_what_it_accepts(feedback_server, bo
 def test_every_accepted_fuzzed_event_is_in_the_log(feedback_server):
     from model.feedback_format import read_events
 
-    logged = [e["event_id"] for p in feedback_server.feedback_dir.glob("*.jsonl")
-              for e in read_events(p)[0]]  # fmt: skip
+    logged = [
+        e["event_id"]
+        for p in feedback_server.feedback_dir.glob("*.jsonl")
+        for e in read_events(p)[0]
+    ]
     assert ACCEPTED and sorted(logged) == sorted(ACCEPTED)
     r = _post(feedback_server.base, "/predict-rating", {"user_id": "1", "item_id": "10"})
     assert r.status_code == 200 and 1.0 <= r.json()["rating"] <= 5.0

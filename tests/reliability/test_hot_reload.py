@@ -37,9 +37,11 @@ def test_reload_every_second_under_load(rel_server, artifacts, tmp_path):
         for target in plan:
             before = load.count
             r = httpx.post(
-                f"{server.base}/admin/reload", json={"path": str(target)}, headers=ADMIN,
+                f"{server.base}/admin/reload",
+                json={"path": str(target)},
+                headers=ADMIN,
                 timeout=60,
-            )  # fmt: skip
+            )
             if target == broken:
                 assert r.status_code == 409, r.text
                 assert "format_version 99 is not supported" in r.json()["detail"]

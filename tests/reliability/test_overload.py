@@ -33,10 +33,14 @@ ADMITTED_P99_S = 5.0
 def overload_server(artifacts, compile_cache, tmp_path_factory):
     log = tmp_path_factory.mktemp("overload-server") / "server.log"
     with start_server(
-        artifacts.v1, log, compile_cache,
-        LEVI_QUEUE_BOUND=QUEUE_BOUND, LEVI_MAX_BATCH=MAX_BATCH, LEVI_MAX_DELAY_MS=MAX_DELAY_MS,
+        artifacts.v1,
+        log,
+        compile_cache,
+        LEVI_QUEUE_BOUND=QUEUE_BOUND,
+        LEVI_MAX_BATCH=MAX_BATCH,
+        LEVI_MAX_DELAY_MS=MAX_DELAY_MS,
         LEVI_REQUEST_TIMEOUT_S=10,
-    ) as server:  # fmt: skip
+    ) as server:
         yield server
 
 
@@ -112,5 +116,6 @@ def test_flood_beyond_the_queue_bound_is_shed_with_503_and_retry_after(overload_
     # A batch that could never fit in the queue is refused as too large, not "retry later".
     assert detail.status_code == 413, detail.text
     assert f"at most {QUEUE_BOUND} per call" in detail.json()["detail"]
-    assert overload_server.value("levi_requests_total", endpoint="/predict-rating",
-                                 status="503") == len(shed)  # fmt: skip
+    assert overload_server.value(
+        "levi_requests_total", endpoint="/predict-rating", status="503"
+    ) == len(shed)

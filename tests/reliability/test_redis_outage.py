@@ -44,8 +44,10 @@ def test_redis_killed_and_restarted_under_load_fails_no_request(rel_server, kill
             )
             time.sleep(1.5)  # sustained load through the outage, past several back-offs
             assert server.value("levi_activation_cache_errors_total", op="get") > errors0
-            assert server.value("levi_activation_cache_lookups_total", tier="redis",
-                                result="bypass") > 0  # fmt: skip
+            assert (
+                server.value("levi_activation_cache_lookups_total", tier="redis", result="bypass")
+                > 0
+            )
         finally:
             killable_redis.start()
         served_while_down = load.count - during

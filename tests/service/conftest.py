@@ -55,12 +55,16 @@ DATASET = {
     "name": "tiny-service",
     "rating_scale": [1.0, 5.0],
     "columns": {
-        "user": {"age": "numeric", "gender": "categorical", "occupation": "categorical",
-                 "zip_code": "categorical"},
+        "user": {
+            "age": "numeric",
+            "gender": "categorical",
+            "occupation": "categorical",
+            "zip_code": "categorical",
+        },
         "item": {"title": "text", "genres": "multi_categorical"},
     },
     "split": {"kind": "item_attribute", "column": "genres", "in_distribution": ["Comedy"]},
-}  # fmt: skip
+}
 
 
 def column_decls() -> tuple:
@@ -78,11 +82,40 @@ def column_decls() -> tuple:
 
 # Words of the rendered texts (lower-cased); anything else is [UNK], as cold starts may be.
 WORDS = (
-    "user", "id", "age", "occupation", "zip", "code", "movie", "title", "unknown", ",", "(",
-    ")", "writer", "doctor", "student", "engineer", "artist", "lawyer", "kolya", "heat", "toy",
-    "story", "brand", "new", "space", "oddity", "1995", "1996", "55105", "02139", "94110",
-    "10001", *map(str, range(64)),
-)  # fmt: skip
+    "user",
+    "id",
+    "age",
+    "occupation",
+    "zip",
+    "code",
+    "movie",
+    "title",
+    "unknown",
+    ",",
+    "(",
+    ")",
+    "writer",
+    "doctor",
+    "student",
+    "engineer",
+    "artist",
+    "lawyer",
+    "kolya",
+    "heat",
+    "toy",
+    "story",
+    "brand",
+    "new",
+    "space",
+    "oddity",
+    "1995",
+    "1996",
+    "55105",
+    "02139",
+    "94110",
+    "10001",
+    *map(str, range(64)),
+)
 
 
 def _write_tokenizer(path: Path) -> Path:
@@ -120,9 +153,10 @@ def _tiny_backbone(tokenizer_path: Path, seed: int):
     from tiny_assets import tiny_bert
 
     return tiny_bert(
-        tokenizer_path, name=BACKBONE_NAME,
+        tokenizer_path,
+        name=BACKBONE_NAME,
         params_fn=lambda module, args: random_params(module, args, seed),
-    )  # fmt: skip
+    )
 
 
 # The online corrections' shrinkage of the tiny artifacts (training fits them; these differ
@@ -143,9 +177,13 @@ def export_tiny(root: Path, model_version: str, seed: int, tokenizer_path: Path)
     assert features.n_multi_hot == len(GENRES)
     views = views_from_templates(user=USER_TEMPLATE, item=ITEM_TEMPLATE)
     config = HeadConfig(
-        vocab_sizes=features.vocab_sizes, n_multi_hot=features.n_multi_hot, layers=(0, 1),
-        embed_dim=8, mlp_dims=(16, 8), adapter_hidden=8,
-    )  # fmt: skip
+        vocab_sizes=features.vocab_sizes,
+        n_multi_hot=features.n_multi_hot,
+        layers=(0, 1),
+        embed_dim=8,
+        mlp_dims=(16, 8),
+        adapter_hidden=8,
+    )
     n_views, n_layers, d = views.n_views, backbone.n_layers, backbone.hidden_size
     head_args = (
         np.zeros((1, len(config.vocab_sizes)), np.int32),
@@ -164,12 +202,21 @@ def export_tiny(root: Path, model_version: str, seed: int, tokenizer_path: Path)
         disagreement_quantiles=np.array([0.05, 0.1, 0.3]),
     )
     return export_artifact(
-        root, model_version=model_version, backbone=backbone, head_config=config,
-        head_params=head_params, features=features, views=views, users=pd.DataFrame(USERS),
-        items=pd.DataFrame(ITEMS), reference=reference, dataset=DATASET,
+        root,
+        model_version=model_version,
+        backbone=backbone,
+        head_config=config,
+        head_params=head_params,
+        features=features,
+        views=views,
+        users=pd.DataFrame(USERS),
+        items=pd.DataFrame(ITEMS),
+        reference=reference,
+        dataset=DATASET,
         training_config={"source": "tests/service (random weights)", "seed": seed},
-        platforms=("cpu",), corrections=TINY_CORRECTIONS,
-    )  # fmt: skip
+        platforms=("cpu",),
+        corrections=TINY_CORRECTIONS,
+    )
 
 
 @dataclass(frozen=True)
@@ -318,9 +365,12 @@ def launch_server(
             full[k] = str(v)
     with open(log, "w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=full, stdout=sink,
+            [sys.executable, "-m", "service"],
+            cwd=ROOT,
+            env=full,
+            stdout=sink,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         yield Server(base, proc, log)
@@ -338,14 +388,16 @@ def server(artifacts, redis_url, redis_proxy, key_prefix, compile_cache, tmp_pat
     """One ``python -m service`` (uvicorn) process for the e2e tests, Redis behind the proxy."""
     log = tmp_path_factory.mktemp("server") / "server.log"
     with start_server(
-        artifacts.v1, log, compile_cache,
+        artifacts.v1,
+        log,
+        compile_cache,
         REDIS_URL=proxied_url(redis_url, redis_proxy),
         LEVI_CACHE_KEY_PREFIX=key_prefix,
         LEVI_ADMIN_TOKEN=ADMIN_TOKEN,
         LEVI_MAX_BATCH=str(SERVER_MAX_BATCH),
         LEVI_REDIS_BACKOFF_S="0.2",
         LEVI_REDIS_BACKOFF_MAX_S="0.5",
-    ) as srv:  # fmt: skip
+    ) as srv:
         yield srv
 
 

@@ -83,9 +83,10 @@ def test_too_large_body_and_batch_are_413(client):
     r = client.post("/predict-rating/batch", json=big)
     assert r.status_code == 413 and "4096 bytes" in r.json()["detail"]
     chunked = client.post(
-        "/predict-rating", content=iter([b"{" + b" " * 3000, b" " * 3000 + b"}"]),
+        "/predict-rating",
+        content=iter([b"{" + b" " * 3000, b" " * 3000 + b"}"]),
         headers={"content-type": "application/json"},
-    )  # fmt: skip
+    )
     assert chunked.status_code == 413
     r = client.post("/predict-rating/batch", json={"requests": [OK] * 4})
     assert r.status_code == 413 and "at most 3" in r.json()["detail"]

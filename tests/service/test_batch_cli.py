@@ -20,11 +20,16 @@ from service.settings import Settings
 ROWS = [
     {"user_id": "1", "item_id": "10", "age": None, "title": None, "genres": None},
     {"user_id": "2", "item_id": "12", "age": "45", "title": None, "genres": None},
-    {"user_id": "3", "item_id": "555", "age": None, "title": "Space Oddity (2040)",
-     "genres": "Sci-Fi|Comedy"},
+    {
+        "user_id": "3",
+        "item_id": "555",
+        "age": None,
+        "title": "Space Oddity (2040)",
+        "genres": "Sci-Fi|Comedy",
+    },
     {"user_id": "99", "item_id": "11", "age": "19", "title": None, "genres": None},
     {"user_id": "4", "item_id": "10", "age": None, "title": None, "genres": None},
-]  # fmt: skip
+]
 
 
 def _http_body(row: dict) -> dict:
@@ -43,8 +48,9 @@ def scorer(artifacts, redis_url, key_prefix):
     settings = Settings(redis_url=redis_url, cache_key_prefix=key_prefix, max_batch=4)
     metrics = Metrics()
     art = artifacts.loader(artifacts.v1)
-    return build_scorer(art, settings, metrics, redis=make_redis_tier(settings, metrics),
-                        warm=False)  # fmt: skip
+    return build_scorer(
+        art, settings, metrics, redis=make_redis_tier(settings, metrics), warm=False
+    )
 
 
 @pytest.mark.redis
@@ -57,15 +63,35 @@ def test_batch_cli_output_equals_the_http_answers(
     pd.DataFrame(ROWS).to_csv(source, index=False)
     out = tmp_path / "scored.parquet"
     env = dict(
-        os.environ, REDIS_URL=redis_url, LEVI_CACHE_KEY_PREFIX=key_prefix,
-        LEVI_COMPILATION_CACHE_DIR=str(compile_cache), LEVI_MAX_BATCH="4", PYTHONPATH=str(ROOT),
-    )  # fmt: skip
+        os.environ,
+        REDIS_URL=redis_url,
+        LEVI_CACHE_KEY_PREFIX=key_prefix,
+        LEVI_COMPILATION_CACHE_DIR=str(compile_cache),
+        LEVI_MAX_BATCH="4",
+        PYTHONPATH=str(ROOT),
+    )
     env.pop("LEVI_REDIS_URL", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "service.batch", "--model", str(artifacts.v1), "--input",
-         str(source), "--output", str(out), "--batch-size", "2", "--no-progress"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "service.batch",
+            "--model",
+            str(artifacts.v1),
+            "--input",
+            str(source),
+            "--output",
+            str(out),
+            "--batch-size",
+            "2",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {len(ROWS)} rows to {out}" in proc.stderr
     written = pd.read_parquet(out)
@@ -92,9 +118,16 @@ def test_unloadable_model_exits_1_with_the_loaders_reason(tmp_path, capsys):
     source = tmp_path / "ok.csv"
     pd.DataFrame(ROWS[:1]).to_csv(source, index=False)
     code = batch.main(
-        ["--model", str(tmp_path / "missing"), "--input", str(source),
-         "--output", str(tmp_path / "o.csv"), "--no-progress"]
-    )  # fmt: skip
+        [
+            "--model",
+            str(tmp_path / "missing"),
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "o.csv"),
+            "--no-progress",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "cannot load the model" in err and "manifest.json does not exist" in err
@@ -105,9 +138,7 @@ def test_shards_cover_the_input_and_parts_are_reused(scorer, tmp_path):
     frame = pd.DataFrame(ROWS * 3)
     full = batch.run(scorer, frame, tmp_path / "all.parquet", batch_size=4, progress=False)
     shards = [
-        batch.run(
-            scorer, frame, tmp_path / f"s{i}.csv", shard=(i, 3), batch_size=2, progress=False
-        )  # fmt: skip
+        batch.run(scorer, frame, tmp_path / f"s{i}.csv", shard=(i, 3), batch_size=2, progress=False)
         for i in range(3)
     ]
     assert [len(s) for s in shards] == [5, 5, 5]
@@ -154,22 +185,25 @@ def test_on_error_skip_scores_the_rest_and_lists_the_rejects(scorer, tmp_path):
     assert rejects["row"].tolist() == [1, 3]
     assert rejects["column"].tolist() == ["user_id", "age"]
     assert "empty" in rejects["reason"][0] and "old" in rejects["reason"][1]
-    single = batch.run(scorer, pd.DataFrame([ROWS[2]]), tmp_path / "one.parquet",
-                       progress=False)  # fmt: skip
+    single = batch.run(scorer, pd.DataFrame([ROWS[2]]), tmp_path / "one.parquet", progress=False)
     assert result["rating"][1] == pytest.approx(single["rating"][0], abs=1e-6)
 
 
 @pytest.mark.parametrize(
     "rows, message",
     [
-        ([{"user_id": "1", "item_id": "10", "age": "old"}], "row 0 (0-based, header excluded), "
-         "column 'age'"),
-        ([{"user_id": "1", "item_id": "10"}, {"user_id": "", "item_id": "3"}],
-         "row 1 (0-based, header excluded), column 'user_id'"),
+        (
+            [{"user_id": "1", "item_id": "10", "age": "old"}],
+            "row 0 (0-based, header excluded), column 'age'",
+        ),
+        (
+            [{"user_id": "1", "item_id": "10"}, {"user_id": "", "item_id": "3"}],
+            "row 1 (0-based, header excluded), column 'user_id'",
+        ),
         ([{"user_id": "1", "item_id": "10", "title": "x" * 20_001}], "column 'title'"),
         ([{"user": "1", "item_id": "10"}], "lacks column(s) ['user_id']"),
     ],
-)  # fmt: skip
+)
 def test_malformed_input_exits_2_naming_row_and_column(
     tmp_path, capsys, monkeypatch, artifacts, rows, message
 ):
@@ -178,9 +212,8 @@ def test_malformed_input_exits_2_naming_row_and_column(
     source = tmp_path / "bad.csv"
     pd.DataFrame(rows).to_csv(source, index=False)
     code = batch.main(
-        ["--model", str(artifacts.v1), "--input", str(source),
-         "--output", str(tmp_path / "o.csv")]
-    )  # fmt: skip
+        ["--model", str(artifacts.v1), "--input", str(source), "--output", str(tmp_path / "o.csv")]
+    )
     assert code == 2
     assert message in capsys.readouterr().err
 

@@ -40,10 +40,17 @@ def make(redis_url, proxy, redis_client):
 
     def build(**kw) -> OnlineCorrections:
         metrics = Metrics()
-        tier = RedisTier(proxied_url(redis_url, proxy), metrics, ttl_s=60, timeout_s=0.2,
-                         backoff_s=0.01, backoff_max_s=0.01)  # fmt: skip
-        c = OnlineCorrections("v1", K, (1.0, 5.0), metrics, redis_tier=tier, key_prefix=prefix,
-                              **kw)  # fmt: skip
+        tier = RedisTier(
+            proxied_url(redis_url, proxy),
+            metrics,
+            ttl_s=60,
+            timeout_s=0.2,
+            backoff_s=0.01,
+            backoff_max_s=0.01,
+        )
+        c = OnlineCorrections(
+            "v1", K, (1.0, 5.0), metrics, redis_tier=tier, key_prefix=prefix, **kw
+        )
         made.append(tier)
         return c
 

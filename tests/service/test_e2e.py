@@ -168,21 +168,32 @@ def test_metrics_parse_and_name_every_design_metric(server):
     httpx.post(f"{server.base}/predict-rating", json={"user_id": "1", "item_id": "10"})
     names = {name for name, _ in server.metrics()}
     for metric in (
-        "levi_requests_total", "levi_request_duration_seconds_bucket", "levi_batch_size_bucket",
-        "levi_queue_wait_seconds_bucket", "levi_backbone_seconds_bucket",
-        "levi_head_seconds_bucket", "levi_activation_cache_lookups_total",
-        "levi_prediction_rating_bucket", "levi_adapter_rating_bucket",
-        "levi_adapter_disagreement_bucket", "levi_ood_score_bucket",
-        "levi_unknown_entities_total", "levi_prediction_psi", "levi_activation_drift",
-        "levi_model_info", "levi_model_reloads_total",
-    ):  # fmt: skip
+        "levi_requests_total",
+        "levi_request_duration_seconds_bucket",
+        "levi_batch_size_bucket",
+        "levi_queue_wait_seconds_bucket",
+        "levi_backbone_seconds_bucket",
+        "levi_head_seconds_bucket",
+        "levi_activation_cache_lookups_total",
+        "levi_prediction_rating_bucket",
+        "levi_adapter_rating_bucket",
+        "levi_adapter_disagreement_bucket",
+        "levi_ood_score_bucket",
+        "levi_unknown_entities_total",
+        "levi_prediction_psi",
+        "levi_activation_drift",
+        "levi_model_info",
+        "levi_model_reloads_total",
+    ):
         assert metric in names, metric
     samples = server.metrics()
-    endpoints = {dict(labels).get("endpoint") for name, labels in samples if "endpoint" in
-                 dict(labels)}  # fmt: skip
+    endpoints = {
+        dict(labels).get("endpoint") for name, labels in samples if "endpoint" in dict(labels)
+    }
     assert "/predict-rating" in endpoints
-    assert all(not str(e).startswith("/predict-rating/") or e == "/predict-rating/batch"
-               for e in endpoints)  # fmt: skip
+    assert all(
+        not str(e).startswith("/predict-rating/") or e == "/predict-rating/batch" for e in endpoints
+    )
 
 
 def _flip_byte(d: Path) -> None:
@@ -230,9 +241,16 @@ def _wrong_param_shape(d: Path) -> None:
         (lambda d: (d / "tokenizer.json").unlink(), r"tokenizer\.json is missing"),
         (_wrong_param_shape, r"parameter 'params/mlp/mlp_0/kernel' has shape"),
     ],
-    ids=["flipped-byte", "truncated", "bad-json", "format-version", "platform", "no-tokenizer",
-         "param-shape"],
-)  # fmt: skip
+    ids=[
+        "flipped-byte",
+        "truncated",
+        "bad-json",
+        "format-version",
+        "platform",
+        "no-tokenizer",
+        "param-shape",
+    ],
+)
 def test_broken_artifact_is_refused_with_the_loaders_reason_and_the_old_model_kept(
     server, artifacts, tmp_path, corrupt, message
 ):
@@ -257,9 +275,11 @@ def test_broken_artifact_is_refused_with_the_loaders_reason_and_the_old_model_ke
 
 def test_artifacts_root_is_refused_with_a_hint(server, artifacts):
     r = httpx.post(
-        f"{server.base}/admin/reload", json={"path": str(artifacts.root)}, headers=ADMIN,
+        f"{server.base}/admin/reload",
+        json={"path": str(artifacts.root)},
+        headers=ADMIN,
         timeout=120,
-    )  # fmt: skip
+    )
     assert r.status_code == 409, r.text
     assert "looks like the artifacts root: pass" in r.json()["detail"]
 
@@ -285,9 +305,11 @@ def test_reload_under_concurrent_load_fails_no_request(server, artifacts):
     try:
         time.sleep(0.3)
         r = httpx.post(
-            f"{server.base}/admin/reload", json={"path": str(artifacts.v2)}, headers=ADMIN,
+            f"{server.base}/admin/reload",
+            json={"path": str(artifacts.v2)},
+            headers=ADMIN,
             timeout=240,
-        )  # fmt: skip
+        )
         assert r.status_code == 200, r.text
         assert r.json()["model_version"] == "tiny-v2"
         time.sleep(0.3)
@@ -306,7 +328,9 @@ def test_reload_under_concurrent_load_fails_no_request(server, artifacts):
     )
     # Back to v1 for the other tests.
     r = httpx.post(
-        f"{server.base}/admin/reload", json={"path": str(artifacts.v1)}, headers=ADMIN,
+        f"{server.base}/admin/reload",
+        json={"path": str(artifacts.v1)},
+        headers=ADMIN,
         timeout=240,
-    )  # fmt: skip
+    )
     assert r.status_code == 200, r.text

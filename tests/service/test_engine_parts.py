@@ -45,8 +45,14 @@ def test_redis_tier_backs_off_counts_errors_and_comes_back():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     metrics = Metrics()
-    tier = RedisTier(f"redis://127.0.0.1:{port}/0", metrics, ttl_s=60, timeout_s=0.05,
-                     backoff_s=0.1, backoff_max_s=0.2)  # fmt: skip
+    tier = RedisTier(
+        f"redis://127.0.0.1:{port}/0",
+        metrics,
+        ttl_s=60,
+        timeout_s=0.05,
+        backoff_s=0.1,
+        backoff_max_s=0.2,
+    )
     cache = ActivationCache("fp", (2, 3), "float16", metrics, local=LocalLRU(10), remote=tier)
     t0 = time.perf_counter()
     assert cache.get_many(["a", "b"]) == {}

@@ -68,14 +68,19 @@ def test_corrections_equal_the_numpy_reference(client):
         assert body["corrections"] == "applied" and body["model_version"] == "tiny-v1"
         sent += size
     k = Shrinkage.from_json(TINY_CORRECTIONS)
-    stream = [(e["user_id"], e["item_id"], model_rating[(e["user_id"], e["item_id"])],
-               e["rating"]) for e in events]  # fmt: skip
+    stream = [
+        (e["user_id"], e["item_id"], model_rating[(e["user_id"], e["item_id"])], e["rating"])
+        for e in events
+    ]
     # the offsets each pair answers with now: one more (ignored) event of that pair
     for user, item in PAIRS:
         want = sequential(
-            [*stream, (user, item, 3.0, 3.0)], k.k_item, k.k_user, oov_items={"new-7"},
+            [*stream, (user, item, 3.0, 3.0)],
+            k.k_item,
+            k.k_user,
+            oov_items={"new-7"},
             k_item_oov=k.k_item_oov,
-        )[-1]  # fmt: skip
+        )[-1]
         got = client.post("/predict-rating", json=pair_body(user, item)).json()
         assert got["corrections"]["item"] == pytest.approx(want[0], abs=1e-5)
         assert got["corrections"]["user"] == pytest.approx(want[1], abs=1e-5)

@@ -60,9 +60,11 @@ def test_two_replicas_sharing_redis_answer_the_same_corrections(
 ):
     prefix = f"levi:test-fb:{uuid.uuid4().hex[:10]}"
     env = dict(
-        REDIS_URL=redis_url, LEVI_CORRECTIONS_KEY_PREFIX=prefix,
-        LEVI_FEEDBACK_DIR=str(tmp_path / "feedback"), LEVI_MAX_BATCH="4",
-    )  # fmt: skip
+        REDIS_URL=redis_url,
+        LEVI_CORRECTIONS_KEY_PREFIX=prefix,
+        LEVI_FEEDBACK_DIR=str(tmp_path / "feedback"),
+        LEVI_MAX_BATCH="4",
+    )
     with (
         start_server(artifacts.v1, tmp_path / "a.log", compile_cache, **env) as a,
         start_server(artifacts.v1, tmp_path / "b.log", compile_cache, **env) as b,
@@ -82,9 +84,12 @@ def test_two_replicas_sharing_redis_answer_the_same_corrections(
         k = Shrinkage.from_json(TINY_CORRECTIONS)
         for user, item in PAIRS:
             want = sequential(
-                [*stream, (user, item, 3.0, 3.0)], k.k_item, k.k_user, oov_items={"new-3"},
+                [*stream, (user, item, 3.0, 3.0)],
+                k.k_item,
+                k.k_user,
+                oov_items={"new-3"},
                 k_item_oov=k.k_item_oov,
-            )[-1]  # fmt: skip
+            )[-1]
             answers = [
                 httpx.post(f"{s.base}/predict-rating", json=body(user, item), timeout=30).json()
                 for s in (a, b)
@@ -106,10 +111,24 @@ def private_redis(directory: Path, port: int):
     assert binary, "redis-server (Debian's redis-server package) is needed for this test"
     directory.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     client = redis.Redis(port=port, socket_timeout=1)
     until = time.monotonic() + 20
     while True:
@@ -134,12 +153,18 @@ def test_redis_killed_during_feedback_loses_no_increment(artifacts, compile_cach
     events: list[tuple[str, str, float]] = []
     with contextlib.ExitStack() as stack:
         first = stack.enter_context(private_redis(data, port))
-        srv = stack.enter_context(start_server(
-            artifacts.v1, tmp_path / "server.log", compile_cache,
-            REDIS_URL=f"redis://127.0.0.1:{port}/0", LEVI_CORRECTIONS_KEY_PREFIX=prefix,
-            LEVI_FEEDBACK_DIR=str(tmp_path / "feedback"), LEVI_REDIS_BACKOFF_S="0.1",
-            LEVI_REDIS_BACKOFF_MAX_S="0.3",
-        ))  # fmt: skip
+        srv = stack.enter_context(
+            start_server(
+                artifacts.v1,
+                tmp_path / "server.log",
+                compile_cache,
+                REDIS_URL=f"redis://127.0.0.1:{port}/0",
+                LEVI_CORRECTIONS_KEY_PREFIX=prefix,
+                LEVI_FEEDBACK_DIR=str(tmp_path / "feedback"),
+                LEVI_REDIS_BACKOFF_S="0.1",
+                LEVI_REDIS_BACKOFF_MAX_S="0.3",
+            )
+        )
         model = model_ratings(srv.base)
         rng = np.random.default_rng(11)
         statuses: dict[str, int] = defaultdict(int)
@@ -149,9 +174,10 @@ def test_redis_killed_during_feedback_loses_no_increment(artifacts, compile_cach
                 user, item = PAIRS[rng.integers(len(PAIRS))]
                 rating = float(rng.integers(1, 6))
                 r = httpx.post(
-                    f"{srv.base}/feedback", json={"events": [body(user, item, rating)]},
+                    f"{srv.base}/feedback",
+                    json={"events": [body(user, item, rating)]},
                     timeout=30,
-                )  # fmt: skip
+                )
                 assert r.status_code == 200, r.text
                 statuses[r.json()["corrections"]] += 1
                 events.append((user, item, rating))
@@ -201,8 +227,10 @@ def test_the_log_keeps_every_answered_event_through_kill_9(artifacts, compile_ca
             rng = np.random.default_rng(seed)
             with httpx.Client(timeout=10) as http:
                 while not stop.is_set():
-                    batch = [body(*PAIRS[j], float(rng.integers(1, 6)))
-                             for j in rng.integers(0, len(PAIRS), 5)]  # fmt: skip
+                    batch = [
+                        body(*PAIRS[j], float(rng.integers(1, 6)))
+                        for j in rng.integers(0, len(PAIRS), 5)
+                    ]
                     try:
                         r = http.post(f"{srv.base}/feedback", json={"events": batch})
                     except httpx.HTTPError:

@@ -41,8 +41,12 @@ warnings.warn("a library warning")
 def _emit(level: str, fmt: str) -> list[str]:
     proc = subprocess.run(
         [sys.executable, "-c", EMIT.format(level=level, fmt=fmt)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
     return proc.stderr.splitlines()
@@ -110,9 +114,10 @@ def test_request_id_is_kept_on_errors_and_fresh_per_request(client):
     ids = {client.get("/healthz").headers["x-request-id"] for _ in range(5)}
     assert len(ids) == 5
     r = client.post(
-        "/predict-rating", content=b"x" * 2048,
+        "/predict-rating",
+        content=b"x" * 2048,
         headers={"X-Request-ID": "big-1", "Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     assert r.status_code == 413 and r.headers["x-request-id"] == "big-1"
     r = client.post("/predict-rating", json={"user_id": "1"}, headers={"X-Request-ID": "v-1"})
     assert r.status_code == 422 and r.headers["x-request-id"] == "v-1"

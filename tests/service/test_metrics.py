@@ -50,16 +50,23 @@ def test_several_processes_sum_counters_and_combine_gauges_by_mode(tmp_path):
     env = {"PYTHONPATH": str(ROOT), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
 
     def run(code: str, *args: str) -> str:
-        proc = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
     run(WORKER, "5", "0.1", "v2")
     run(WORKER, "7", "0.3", "v2")  # the later one: its PSI is the most recent
     samples = _samples(run(SCRAPE))
-    assert samples[("levi_requests_total", (("endpoint", "/predict-rating"),
-                                            ("status", "200")))] == 12  # fmt: skip
+    assert (
+        samples[("levi_requests_total", (("endpoint", "/predict-rating"), ("status", "200")))] == 12
+    )
     assert samples[("levi_prediction_psi", ())] == 0.3
     info = {labels: v for (name, labels), v in samples.items() if name == "levi_model_info"}
     assert len(info) == 2 and set(info.values()) == {1.0}  # one per process (pid), v2 only

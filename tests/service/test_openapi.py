@@ -11,6 +11,13 @@ def test_committed_openapi_matches_the_live_schema():
         "service/openapi.json is stale; run `.venv/bin/python -m service.openapi --write`"
     )
     paths = json.loads(committed)["paths"]
-    for path in ("/predict-rating", "/predict-rating/batch", "/healthz", "/readyz",
-                 "/v1/model", "/metrics", "/admin/reload"):  # fmt: skip
+    for path in (
+        "/predict-rating",
+        "/predict-rating/batch",
+        "/healthz",
+        "/readyz",
+        "/v1/model",
+        "/metrics",
+        "/admin/reload",
+    ):
         assert path in paths

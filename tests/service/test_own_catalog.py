@@ -78,10 +78,12 @@ def write_books(directory: Path, n_readers: int = 40, n_books: int = 60, n_ratin
         {
             "reader": [f"r{k:03d}" for k in range(n_readers)],
             "country": rng.choice(COUNTRIES, n_readers),
-            "age": [None if k % 9 == 0 else int(a) for k, a in
-                    enumerate(rng.integers(15, 80, n_readers))],
+            "age": [
+                None if k % 9 == 0 else int(a)
+                for k, a in enumerate(rng.integers(15, 80, n_readers))
+            ],
         }
-    )  # fmt: skip
+    )
     readers.to_csv(directory / "readers.csv", index=False)
     quality = rng.normal(0, 1.5, n_books)
     books = []
@@ -129,14 +131,21 @@ def books(tmp_path_factory):
     spec = write_books(work / "data")
     backbone = _tiny_backbone(_write_tokenizer(work / "tokenizer.json"), 0)
     cfg = TrainConfig.tiny().replace(
-        dataset=str(spec), seeds=(0,), lrs=(1e-2,), max_epochs=2,
+        dataset=str(spec),
+        seeds=(0,),
+        lrs=(1e-2,),
+        max_epochs=2,
         methods=("global_mean", "biases", "mlp", "levi"),
         batch_size=1000,  # more than the catalog's training pairs: one batch is all of them
-    )  # fmt: skip
+    )
     result = run_pipeline(
-        cfg, output_dir=work / "artifacts", backbone=backbone, cache=work / "cache",
-        progress=False, log=lambda _: None,
-    )  # fmt: skip
+        cfg,
+        output_dir=work / "artifacts",
+        backbone=backbone,
+        cache=work / "cache",
+        progress=False,
+        log=lambda _: None,
+    )
     return spec, result
 
 
@@ -160,9 +169,12 @@ def test_the_artifact_carries_the_resolved_spec(books):
     art = load_artifact(books[1].artifact)
     assert art.manifest["rating_range"] == [0.0, 10.0]
     assert art.dataset["columns"]["item"] == {
-        "title": "text", "author": "categorical", "subjects": "multi_categorical",
-        "year": "numeric", "blurb": "text",
-    }  # fmt: skip
+        "title": "text",
+        "author": "categorical",
+        "subjects": "multi_categorical",
+        "year": "numeric",
+        "blurb": "text",
+    }
     year = next(c for c in art.features.columns if c.name == "year")
     assert len(year.edges) == 3  # quantile:4 fitted on train
     subjects = next(c for c in art.features.columns if c.name == "subjects")
@@ -180,8 +192,9 @@ def test_served_over_http_with_its_own_fields_and_scale(books, compile_cache, tm
         assert known.status_code == 200, known.text
         assert 0.0 <= known.json()["rating"] <= 10.0
         # the catalog's ratings average about 6: answers on a 1-5 scale could not get there
-        pairs = [{"user_id": f"r{u:03d}", "item_id": f"978{i:07d}"} for u in range(5)
-                 for i in range(8)]  # fmt: skip
+        pairs = [
+            {"user_id": f"r{u:03d}", "item_id": f"978{i:07d}"} for u in range(5) for i in range(8)
+        ]
         many = httpx.post(f"{srv.base}/predict-rating/batch", json={"requests": pairs}).json()
         assert np.mean([p["rating"] for p in many["predictions"]]) > 5.0
         # a delimited string of a column with `sep` reads as the list it stands for
@@ -193,9 +206,14 @@ def test_served_over_http_with_its_own_fields_and_scale(books, compile_cache, tm
         cold = {
             "user_id": "r001",
             "item_id": "new-book",
-            "item": {"title": "great book", "author": "author 3", "subjects": ["history"],
-                     "year": 2001, "blurb": "a sequel"},
-        }  # fmt: skip
+            "item": {
+                "title": "great book",
+                "author": "author 3",
+                "subjects": ["history"],
+                "year": 2001,
+                "blurb": "a sequel",
+            },
+        }
         r = httpx.post(f"{srv.base}/predict-rating", json=cold)
         assert r.status_code == 200, r.text
         body = r.json()
@@ -224,8 +242,12 @@ def test_served_over_http_with_its_own_fields_and_scale(books, compile_cache, tm
         assert [f["name"] for f in info["dataset"]["fields"]["user"]] == ["country", "age"]
         schema = httpx.get(f"{srv.base}/openapi.json").json()["components"]["schemas"]
         assert set(schema["ItemFields"]["properties"]) == {
-            "title", "author", "subjects", "year", "blurb",
-        }  # fmt: skip
+            "title",
+            "author",
+            "subjects",
+            "year",
+            "blurb",
+        }
 
 
 def test_batch_cli_takes_the_catalogs_feature_columns(books, tmp_path):
@@ -244,8 +266,18 @@ def test_batch_cli_takes_the_catalogs_feature_columns(books, tmp_path):
     rows.to_csv(src, index=False)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("REDIS_URL", None)
-    cmd = [sys.executable, "-m", "service.batch", "--model", str(result.artifact),
-           "--input", str(src), "--output", str(out), "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.batch",
+        "--model",
+        str(result.artifact),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     scored = pd.read_parquet(out)
@@ -312,13 +344,18 @@ def test_spec_refuses_what_would_serve_differently_than_it_trained(tmp_path):
     path.write_text(SPEC.replace("valid_fraction = 0.1", "valid_fraction = 0"))
     with pytest.raises(SpecError, match=r"split.valid_fraction"):
         load_spec(path)
-    path.write_text(SPEC.replace('kind = "item_attribute"', 'kind = "time"\ncutoff = "soon"')
-                    .replace('column = "subjects"\n', "")
-                    .replace('in_distribution = ["fiction", "romance"]\n', ""))  # fmt: skip
+    path.write_text(
+        SPEC.replace('kind = "item_attribute"', 'kind = "time"\ncutoff = "soon"')
+        .replace('column = "subjects"\n', "")
+        .replace('in_distribution = ["fiction", "romance"]\n', "")
+    )
     with pytest.raises(SpecError, match=r"cutoff 'soon' is not a date"):
         load_spec(path)
     # a list in a column declared categorical
-    path.write_text(SPEC.replace('subjects = { type = "multi_categorical", sep = "|" }',
-                                 'subjects = "categorical"'))  # fmt: skip
+    path.write_text(
+        SPEC.replace(
+            'subjects = { type = "multi_categorical", sep = "|" }', 'subjects = "categorical"'
+        )
+    )
     with pytest.raises(DataError, match=r"books.jsonl: row 1, column 'subjects': holds a list"):
         load_spec_dataset(load_spec(path))

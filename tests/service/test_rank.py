@@ -61,9 +61,12 @@ def test_user_fields_reach_every_candidate(client):
     plain = client.post("/rank", json={"user_id": "new-u", "candidates": CANDIDATES}).json()
     given = client.post(
         "/rank",
-        json={"user_id": "new-u", "user": {"age": 30, "occupation": "doctor"},
-              "candidates": CANDIDATES},
-    ).json()  # fmt: skip
+        json={
+            "user_id": "new-u",
+            "user": {"age": 30, "occupation": "doctor"},
+            "candidates": CANDIDATES,
+        },
+    ).json()
     assert plain["cold_start"] and given["cold_start"]
     a = {e["item_id"]: e["rating"] for e in plain["ranked"]}
     b = {e["item_id"]: e["rating"] for e in given["ranked"]}
@@ -75,14 +78,20 @@ def test_user_fields_reach_every_candidate(client):
     [
         ({"user_id": "1", "candidates": []}, ["body", "candidates"]),
         ({"user_id": "1", "candidates": [{"item_id": ""}]}, ["body", "candidates", 0, "item_id"]),
-        ({"user_id": "1", "user": {"height": 3}, "candidates": CANDIDATES},
-         ["body", "user", "height"]),
-        ({"user_id": "1",
-          "candidates": [{"item_id": "a"}, {"item_id": "b", "item": {"author": 1}}]},
-         ["body", "candidates", 1, "item", "author"]),
+        (
+            {"user_id": "1", "user": {"height": 3}, "candidates": CANDIDATES},
+            ["body", "user", "height"],
+        ),
+        (
+            {
+                "user_id": "1",
+                "candidates": [{"item_id": "a"}, {"item_id": "b", "item": {"author": 1}}],
+            },
+            ["body", "candidates", 1, "item", "author"],
+        ),
         ({"user_id": "1", "candidates": CANDIDATES, "top_k": 0}, ["body", "top_k"]),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_422_naming_the_field(client, body, loc):
     r = client.post("/rank", json=body)
     assert r.status_code == 422, r.text

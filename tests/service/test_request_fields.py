@@ -61,11 +61,12 @@ def test_declared_fields_are_accepted_and_used(client):
     r = client.post(
         "/predict-rating",
         json={
-            "user_id": "9", "item_id": "new-1",
+            "user_id": "9",
+            "item_id": "new-1",
             "user": {"age": 30, "occupation": "doctor", "zip_code": 2139},  # int zip: accepted
             "item": {"title": "Heat (1995)", "genres": ["Action", "Crime"]},
         },
-    )  # fmt: skip
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["cold_start"] == {"user": True, "item": True}
@@ -104,10 +105,14 @@ def test_model_summary_lists_fields_types_and_the_split(client):
     info = client.get("/v1/model").json()
     fields = {e: {f["name"]: f["kind"] for f in fs} for e, fs in info["dataset"]["fields"].items()}
     assert fields == {
-        "user": {"age": "numeric", "gender": "categorical", "occupation": "categorical",
-                 "zip_code": "categorical"},
+        "user": {
+            "age": "numeric",
+            "gender": "categorical",
+            "occupation": "categorical",
+            "zip_code": "categorical",
+        },
         "item": {"title": "text", "genres": "multi_categorical"},
-    }  # fmt: skip
+    }
     assert info["dataset"]["name"] == "tiny-service"
     assert info["dataset"]["split"]["kind"] == "item_attribute"
     assert info["rating_range"] == [1.0, 5.0]

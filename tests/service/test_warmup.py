@@ -149,8 +149,11 @@ def test_between_the_stages_nothing_compiles_and_answers_are_the_artifacts(stage
     counter.active = False
     assert counter.count == 0, "a shape compiled while serving"
     assert not shapes.complete
-    pairs = [{"user_id": r.user_id, "item_id": r.item_id, "user": dict(r.user),
-              "item": dict(r.item)} for n in (1, 2, 3, 5) for r in requests[:n]]  # fmt: skip
+    pairs = [
+        {"user_id": r.user_id, "item_id": r.item_id, "user": dict(r.user), "item": dict(r.item)}
+        for n in (1, 2, 3, 5)
+        for r in requests[:n]
+    ]
     want = direct_scores(art, pairs)
     np.testing.assert_allclose(
         np.concatenate([g.rating for g in got]), [w["rating"] for w in want], atol=1e-5

@@ -64,8 +64,9 @@ def _per_worker_counts(shared: Path) -> dict[int, float]:
         for family in MultiProcessCollector.merge([str(file)]):
             for s in family.samples:
                 if s.name == "levi_requests_total" and s.labels == {
-                    "endpoint": "/predict-rating", "status": "200"
-                }:  # fmt: skip
+                    "endpoint": "/predict-rating",
+                    "status": "200",
+                }:
                     out[pid] = s.value
     return out
 
@@ -87,10 +88,15 @@ def two_workers(artifacts, compile_cache, tmp_path_factory):
     tmp.mkdir()
     log = work / "server.log"
     with launch_server(
-        artifacts.v1, log, compile_cache,
-        LEVI_WORKERS="2", LEVI_LOG_FORMAT="json", LEVI_ADMIN_TOKEN=ADMIN_TOKEN,
-        TMPDIR=str(tmp), LEVI_MAX_BATCH="4",
-    ) as srv:  # fmt: skip
+        artifacts.v1,
+        log,
+        compile_cache,
+        LEVI_WORKERS="2",
+        LEVI_LOG_FORMAT="json",
+        LEVI_ADMIN_TOKEN=ADMIN_TOKEN,
+        TMPDIR=str(tmp),
+        LEVI_MAX_BATCH="4",
+    ) as srv:
         yield srv, tmp
     assert not list(tmp.glob("levi-workers-*")), "the shared directory outlived the server"
 
@@ -117,8 +123,9 @@ def test_no_503_after_readyz_answers_200(two_workers):
 
     def fire() -> None:
         for pair in PAIRS:
-            after.append(httpx.post(f"{server.base}/predict-rating", json=pair, timeout=30)
-                         .status_code)  # fmt: skip
+            after.append(
+                httpx.post(f"{server.base}/predict-rating", json=pair, timeout=30).status_code
+            )
 
     threads = [threading.Thread(target=fire) for _ in range(4)]
     for t in threads:
@@ -237,9 +244,11 @@ def test_json_logs_one_object_per_line_with_model_version_and_request_id(two_wor
     assert any(r["logger"].startswith("uvicorn") for r in records), "uvicorn's own lines"
     # A line logged while handling a request carries its id.
     r = httpx.post(
-        f"{server.base}/admin/reload", json={"path": "/no/such/model"},
-        headers={**ADMIN, "X-Request-ID": "logged-1"}, timeout=120,
-    )  # fmt: skip
+        f"{server.base}/admin/reload",
+        json={"path": "/no/such/model"},
+        headers={**ADMIN, "X-Request-ID": "logged-1"},
+        timeout=120,
+    )
     assert r.status_code == 409 and r.headers["x-request-id"] == "logged-1", r.text
     deadline = time.monotonic() + 10
     while not (lines := [r for r in _json_lines(server.log) if r["request_id"] == "logged-1"]):

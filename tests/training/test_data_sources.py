@@ -47,10 +47,19 @@ MOVIES = [  # movie_id, title, genres (GroupLens names)
     (12, 'The "Usual" Suspects (1995)', ("Crime", "Film-Noir", "Sci-Fi")),
 ]
 RATINGS = [  # user_id, movie_id, rating, timestamp
-    (1, 1, 5, 874965758), (1, 2, 3, 876893171), (1, 12, 4, 878542960), (2, 1, 4, 888550871),
-    (2, 3, 2, 888551023), (3, 4, 1, 889237455), (3, 5, 3, 889237269), (4, 12, 5, 892003242),
-    (10, 2, 4, 877888877), (10, 3, 5, 877889123), (10, 1, 1, 877889000), (4, 1, 2, 892002000),
-]  # fmt: skip
+    (1, 1, 5, 874965758),
+    (1, 2, 3, 876893171),
+    (1, 12, 4, 878542960),
+    (2, 1, 4, 888550871),
+    (2, 3, 2, 888551023),
+    (3, 4, 1, 889237455),
+    (3, 5, 3, 889237269),
+    (4, 12, 5, 892003242),
+    (10, 2, 4, 877888877),
+    (10, 3, 5, 877889123),
+    (10, 1, 1, 877889000),
+    (4, 1, 2, 892002000),
+]
 
 
 def write_grouplens(root: Path) -> Path:
@@ -90,21 +99,42 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 # TFDS `movie_genres` ClassLabel indices, copied from tensorflow_datasets (not from our code).
 TFDS_LABELS = {
-    "Action": 0, "Adventure": 1, "Animation": 2, "Children's": 3, "Comedy": 4, "Crime": 5,
-    "Documentary": 6, "Drama": 7, "Film-Noir": 9, "Musical": 12, "Sci-Fi": 15, "Thriller": 16,
+    "Action": 0,
+    "Adventure": 1,
+    "Animation": 2,
+    "Children's": 3,
+    "Comedy": 4,
+    "Crime": 5,
+    "Documentary": 6,
+    "Drama": 7,
+    "Film-Noir": 9,
+    "Musical": 12,
+    "Sci-Fi": 15,
+    "Thriller": 16,
     "unknown": 17,
-}  # fmt: skip
+}
 
 
 def tfds_records() -> dict[str, list]:
     """Columns as `tfds.as_numpy` yields `movielens/100k-ratings`: bytes, ClassLabel ints."""
     users = {u[0]: u for u in USERS}
     movies = {m[0]: m for m in MOVIES}
-    out: dict[str, list] = {k: [] for k in (
-        "user_id", "movie_id", "user_rating", "timestamp", "movie_title", "movie_genres",
-        "user_gender", "bucketized_user_age", "raw_user_age", "user_occupation_text",
-        "user_zip_code",
-    )}  # fmt: skip
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "user_id",
+            "movie_id",
+            "user_rating",
+            "timestamp",
+            "movie_title",
+            "movie_genres",
+            "user_gender",
+            "bucketized_user_age",
+            "raw_user_age",
+            "user_occupation_text",
+            "user_zip_code",
+        )
+    }
     for u, i, r, t in reversed(RATINGS):  # TFDS does not keep the u.data order
         _, age, gender, occupation, zip_code = users[u]
         _, title, genres = movies[i]
@@ -191,8 +221,9 @@ def test_genres_are_ordered_and_unknown_names_refused() -> None:
 
 
 def test_validate_names_the_missing_column(grouplens: RatingsDataset) -> None:
-    broken = RatingsDataset("x", grouplens.ratings, grouplens.users.drop(columns="user_id"),
-                            grouplens.items)  # fmt: skip
+    broken = RatingsDataset(
+        "x", grouplens.ratings, grouplens.users.drop(columns="user_id"), grouplens.items
+    )
     with pytest.raises(ValueError, match="users table has no column 'user_id'"):
         broken.validate()
 
@@ -277,9 +308,13 @@ METADATA = [
     {"asin": "B01", "title": "Dune &amp; Sons", "main_cat": "Books", "category": ["Books", "SF"]},
     {"asin": "B02", "title": "Emma", "main_cat": "", "category": ["Books", "Literature"]},
     {"asin": "B02", "title": "Emma (repeat)", "main_cat": "Books"},
-    {"asin": "C01", "title": "Cable", "category": ["Electronics"],
-     "main_cat": '<img src="x.png" alt="AMAZON FASHION" />'},
-]  # fmt: skip
+    {
+        "asin": "C01",
+        "title": "Cable",
+        "category": ["Electronics"],
+        "main_cat": '<img src="x.png" alt="AMAZON FASHION" />',
+    },
+]
 
 
 def write_amazon(root: Path) -> Path:
@@ -295,16 +330,23 @@ def test_amazon_json_lines(tmp_path: Path) -> None:
     assert ds.name == "amazon"
     # The exact repeat and the review of a product without metadata are dropped.
     assert ds.ratings[["user_id", "item_id", "rating"]].values.tolist() == [
-        ["A1", "B01", 5.0], ["A1", "B02", 3.0], ["A2", "B01", 4.0], ["A3", "C01", 1.0]
-    ]  # fmt: skip
+        ["A1", "B01", 5.0],
+        ["A1", "B02", 3.0],
+        ["A2", "B01", 4.0],
+        ["A3", "C01", 1.0],
+    ]
     items = ds.items.set_index("item_id")
     assert items.loc["B01", "title"] == "Dune & Sons"
     assert items.loc["B02", "title"] == "Emma"  # first record of a repeated asin wins
     assert items["category"].to_dict() == {"B01": "Books", "B02": "Books", "C01": "AMAZON FASHION"}
     assert items.loc["C01", "genres"] == ("AMAZON FASHION",)
     assert ds.users.to_dict("records")[0] == {
-        "user_id": "A1", "age": -1, "gender": "", "occupation": "", "zip_code": ""
-    }  # fmt: skip
+        "user_id": "A1",
+        "age": -1,
+        "gender": "",
+        "occupation": "",
+        "zip_code": "",
+    }
     from training.spec import load_spec
     from training.split import make_split
 

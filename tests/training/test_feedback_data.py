@@ -15,10 +15,19 @@ from training.pipeline import prepare_data
 
 def event(event_id: str, user_id: str, item_id: str, rating: float, ts: int, **extra) -> dict:
     return {
-        "event_id": event_id, "received_at": ts + 0.5, "model_version": "v1",
-        "dataset": "tiny-synthetic", "user_id": user_id, "item_id": item_id, "rating": rating,
-        "timestamp": ts, "model_rating": 3.0, "served_rating": 3.1, "user": None, "item": None,
-    } | extra  # fmt: skip
+        "event_id": event_id,
+        "received_at": ts + 0.5,
+        "model_version": "v1",
+        "dataset": "tiny-synthetic",
+        "user_id": user_id,
+        "item_id": item_id,
+        "rating": rating,
+        "timestamp": ts,
+        "model_rating": 3.0,
+        "served_rating": 3.1,
+        "user": None,
+        "item": None,
+    } | extra
 
 
 EVENTS = [
@@ -31,7 +40,7 @@ EVENTS = [
         990_000_002,
         user={"age": 30, "occupation": "artist"},
         item={"title": "great movie 3 (1995)", "genres": ["Action", "Comedy"]},
-    ),  # fmt: skip
+    ),
     event("e3", "31", "book-9", 2.0, 990_000_003),  # re-rated: replaces e2
     event("e5", "10", "24", 5.0, 990_000_007),  # a pair of the data set (2.0 there): replaced
     event("x1", "1", "2", 1.0, 990_000_004, dataset="another-catalog"),

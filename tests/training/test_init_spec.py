@@ -64,12 +64,15 @@ def books(tmp_path):
 def _init(books, *extra: str) -> int:
     return main(
         [
-            "--ratings", str(books / "ratings.parquet"),
-            "--users", str(books / "tables" / "users.csv"),
-            "--items", str(books / "tables" / "books.jsonl"),
+            "--ratings",
+            str(books / "ratings.parquet"),
+            "--users",
+            str(books / "tables" / "users.csv"),
+            "--items",
+            str(books / "tables" / "books.jsonl"),
             *extra,
         ]
-    )  # fmt: skip
+    )
 
 
 def test_books_draft_guesses_roles_types_and_loads_the_data(books, capsys):

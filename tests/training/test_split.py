@@ -80,10 +80,18 @@ def test_item_attribute_rule_and_partition(tiny: RatingsDataset) -> None:
         assert list(part.columns) == list(ratings.columns)
         assert part.index.equals(pd.RangeIndex(len(part)))
     assert split.summary() == {
-        "name": "item_attribute", "seed": 3, "train": 80, "val": 10, "test": 10, "ood": 18,
-        "id_ratings": 100, "ood_ratings": 18, "id_items": 3, "ood_items": 4,
+        "name": "item_attribute",
+        "seed": 3,
+        "train": 80,
+        "val": 10,
+        "test": 10,
+        "ood": 18,
+        "id_ratings": 100,
+        "ood_ratings": 18,
+        "id_items": 3,
+        "ood_items": 4,
         "ood_groups": {"Horror": 13, "Sci-Fi": 5},
-    }  # fmt: skip
+    }
 
 
 def test_ood_groups_are_row_positions_of_each_value(tiny: RatingsDataset) -> None:
@@ -95,8 +103,11 @@ def test_ood_groups_are_row_positions_of_each_value(tiny: RatingsDataset) -> Non
     assert set(split.ood["item_id"].iloc[split.ood_groups["Sci-Fi"]]) == {"4"}
     assert list(genre_shift(tiny, min_group=6).ood_groups) == ["Horror"]
     assert sorted(genre_shift(tiny, min_group=2).ood_groups) == [
-        "Horror", "Sci-Fi", "Western", "unknown"
-    ]  # fmt: skip
+        "Horror",
+        "Sci-Fi",
+        "Western",
+        "unknown",
+    ]
 
 
 def test_split_is_a_function_of_the_seed(tiny: RatingsDataset) -> None:
@@ -118,8 +129,9 @@ def test_item_attribute_errors(tiny: RatingsDataset) -> None:
         genre_shift(tiny, in_distribution=["Action", "Thrillr"])
     everything = ["Action", "Comedy", "Drama", "Horror", "Western", "unknown"]
     with pytest.raises(ValueError, match="115 ID and 0 OOD"):
-        genre_shift(make_dataset({k: v for k, v in TINY.items() if k != "6"}),
-                    in_distribution=everything)  # fmt: skip
+        genre_shift(
+            make_dataset({k: v for k, v in TINY.items() if k != "6"}), in_distribution=everything
+        )
     # values match whatever their case
     assert len(genre_shift(tiny, in_distribution=["action", "COMEDY", "drama"]).ood) == 18
 
@@ -184,9 +196,19 @@ def test_movielens_preset_gives_the_papers_genre_shift() -> None:
     assert (s["id_items"], s["id_ratings"]) == (1_461, 91_142)
     assert (s["ood_items"], s["ood_ratings"]) == (221, 8_858)
     assert tuple(s["ood_groups"]) == (
-        "Adventure", "Animation", "Children's", "Crime", "Documentary", "Film-Noir", "Horror",
-        "Musical", "Mystery", "Sci-Fi", "War", "Western",
-    )  # fmt: skip
+        "Adventure",
+        "Animation",
+        "Children's",
+        "Crime",
+        "Documentary",
+        "Film-Noir",
+        "Horror",
+        "Musical",
+        "Mystery",
+        "Sci-Fi",
+        "War",
+        "Western",
+    )
     assert (s["train"], s["val"], s["test"]) == (72_914, 9_114, 9_114)
     genres = ds.items.set_index("item_id")["genres"]
     ood_genres = split.ood["item_id"].map(genres)

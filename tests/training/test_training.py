@@ -54,9 +54,14 @@ def _setup(method="levi", **overrides):
     tables = synthetic_tables()
     mesh = make_mesh()
     head = head_config(
-        method, cfg, vocab_sizes=(N_USERS + 1, N_ITEMS + 1), n_multi_hot=0, n_layers=L,
-        rating_mean=float(tables.rating[:300].mean()), rating_range=(1.0, 5.0),
-    )  # fmt: skip
+        method,
+        cfg,
+        vocab_sizes=(N_USERS + 1, N_ITEMS + 1),
+        n_multi_hot=0,
+        n_layers=L,
+        rating_mean=float(tables.rating[:300].mean()),
+        rating_range=(1.0, 5.0),
+    )
     return cfg, tables, mesh, head, device_tables(tables, mesh)
 
 
@@ -66,9 +71,18 @@ TRAIN, VAL, TEST = np.arange(300), np.arange(300, 350), np.arange(350, 400)
 def test_one_training_step_smoke():
     cfg, _, mesh, head, data = _setup()
     result = train_run(
-        "levi", head, cfg, data, TRAIN, VAL, lr=1e-3, seed=0, mesh=mesh, max_steps=1,
+        "levi",
+        head,
+        cfg,
+        data,
+        TRAIN,
+        VAL,
+        lr=1e-3,
+        seed=0,
+        mesh=mesh,
+        max_steps=1,
         progress=False,
-    )  # fmt: skip
+    )
     assert result.steps == 1 and not result.finished
     leaves = [np.asarray(x) for x in __import__("jax").tree_util.tree_leaves(result.params)]
     assert leaves and all(np.isfinite(x).all() for x in leaves)
@@ -94,8 +108,9 @@ def test_resume_continues_from_the_saved_step(tmp_path):
 
 def test_levi_learns_the_synthetic_signal():
     cfg, tables, mesh, head, data = _setup(max_epochs=25, patience=25, dropout=0.0)
-    result = train_run("levi", head, cfg, data, TRAIN, VAL, lr=1e-2, seed=0, mesh=mesh,
-                       progress=False)  # fmt: skip
+    result = train_run(
+        "levi", head, cfg, data, TRAIN, VAL, lr=1e-2, seed=0, mesh=mesh, progress=False
+    )
     pred = predict_ratings(head, predict_adapters(head, result.params, data, TEST, mesh=mesh))
     y = tables.rating[TEST]
     mean_rmse = rmse(np.full(len(TEST), tables.rating[TRAIN].mean()), y)
@@ -147,13 +162,23 @@ def test_whole_path_on_tiny_data(tmp_path, tiny_spec, tiny_backbone):
 
     cfg = TrainConfig.tiny().replace(lrs=(1e-2,), max_epochs=2, dataset=str(tiny_spec))
     result = run_pipeline(
-        cfg, output_dir=tmp_path, backbone=tiny_backbone,
-        cache=tmp_path / "cache", progress=False, log=lambda _: None,
-    )  # fmt: skip
+        cfg,
+        output_dir=tmp_path,
+        backbone=tiny_backbone,
+        cache=tmp_path / "cache",
+        progress=False,
+        log=lambda _: None,
+    )
     doc = json.loads((result.report_dir / "report.json").read_text())
     assert list(doc) == [
-        "dataset", "split", "backbone", "seeds", "methods", "exported", "online_corrections",
-    ]  # fmt: skip
+        "dataset",
+        "split",
+        "backbone",
+        "seeds",
+        "methods",
+        "exported",
+        "online_corrections",
+    ]
     assert doc["seeds"] == [0, 1] and list(doc["methods"]) == list(METHODS)
     for name, m in doc["methods"].items():
         keys = {"id_rmse", "ood_rmse", "ood_rmse_by_group"} | (
@@ -255,8 +280,7 @@ def test_data_parallel_on_two_host_devices_matches_one_device():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     cfg, _, mesh, head, data = _setup(max_epochs=1, dropout=0.0)
-    one = train_run("levi", head, cfg, data, TRAIN, VAL, lr=1e-2, seed=0, mesh=mesh,
-                    progress=False)  # fmt: skip
+    one = train_run("levi", head, cfg, data, TRAIN, VAL, lr=1e-2, seed=0, mesh=mesh, progress=False)
     assert float(out.stdout.strip().splitlines()[-1]) == pytest.approx(one.val_rmse, abs=1e-4)
 
 

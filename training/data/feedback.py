@@ -140,9 +140,14 @@ def add_feedback(
         joined(dataset.items, new_items, ("item_id",)),
     ).validate()
     summary = FeedbackSummary(
-        files=files, added=len(in_scale), duplicates=duplicates,
-        other_dataset=len(events) - len(ours), out_of_scale=len(ours) - len(in_scale),
-        partial_lines=partial, new_users=len(new_users), new_items=len(new_items),
+        files=files,
+        added=len(in_scale),
+        duplicates=duplicates,
+        other_dataset=len(events) - len(ours),
+        out_of_scale=len(ours) - len(in_scale),
+        partial_lines=partial,
+        new_users=len(new_users),
+        new_items=len(new_items),
         replaced=replaced,
-    )  # fmt: skip
+    )
     return out, summary

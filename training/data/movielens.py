@@ -39,9 +39,17 @@ PACKAGED_FILES = {
 GROUPLENS_FILES = ("u.data", "u.item", "u.user")
 TFDS_NAME = "movielens/100k-ratings"
 TFDS_FIELDS = (
-    "user_id", "movie_id", "user_rating", "timestamp", "movie_title", "movie_genres",
-    "user_gender", "raw_user_age", "user_occupation_text", "user_zip_code",
-)  # fmt: skip
+    "user_id",
+    "movie_id",
+    "user_rating",
+    "timestamp",
+    "movie_title",
+    "movie_genres",
+    "user_gender",
+    "raw_user_age",
+    "user_occupation_text",
+    "user_zip_code",
+)
 
 
 def is_ml100k(ds: RatingsDataset) -> bool:
@@ -142,17 +150,26 @@ def load_packaged(cache: Path | None = None) -> RatingsDataset:
 def _read_bar_file(path: Path, names: Sequence[str] | None = None) -> pd.DataFrame:
     # QUOTE_NONE: titles hold bare quotes; latin-1: u.item is not UTF-8.
     return pd.read_csv(
-        path, sep="|", header=None, names=names, dtype=str, encoding="latin-1",
-        keep_default_na=False, quoting=csv.QUOTE_NONE,
-    )  # fmt: skip
+        path,
+        sep="|",
+        header=None,
+        names=names,
+        dtype=str,
+        encoding="latin-1",
+        keep_default_na=False,
+        quoting=csv.QUOTE_NONE,
+    )
 
 
 def from_grouplens_files(directory: Path) -> RatingsDataset:
     """Canonical tables from ``u.data``, ``u.item`` and ``u.user`` in ``directory``."""
     ratings = pd.read_csv(
-        directory / "u.data", sep="\t", header=None, dtype={0: str, 1: str},
+        directory / "u.data",
+        sep="\t",
+        header=None,
+        dtype={0: str, 1: str},
         names=["user_id", "item_id", "rating", "timestamp"],
-    )  # fmt: skip
+    )
     raw_items = _read_bar_file(directory / "u.item")
     if raw_items.shape[1] < 5 + len(MOVIELENS_GENRES):
         raise ValueError(

@@ -62,6 +62,9 @@ def load_spec_dataset(
         raise SpecError(f"unknown reader {name!r}: expected one of {', '.join(READERS)}")
     raw = TABLE_READERS[name](path)
     return apply_spec(
-        spec, raw.ratings, raw.users, raw.items, origin={"ratings": f"{name} ratings",
-        "users": f"{name} users", "items": f"{name} items"},
-    )  # fmt: skip
+        spec,
+        raw.ratings,
+        raw.users,
+        raw.items,
+        origin={"ratings": f"{name} ratings", "users": f"{name} users", "items": f"{name} items"},
+    )

@@ -25,9 +25,14 @@ from training.data.dataset import RatingsDataset, _sorted, _text
 from training.spec import DatasetSpec, EntitySpec, SpecError
 
 FORMATS = {
-    ".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl",
-    ".json": "jsonl", ".ndjson": "jsonl",
-}  # fmt: skip
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+}
 
 
 class DataError(ValueError):
@@ -272,13 +277,21 @@ def apply_spec(
     origin = origin or {}
     rated = _ratings(ratings, spec, origin.get("ratings", "ratings"))
     users_t = _entity(
-        users, spec.users, spec.key("users"), "user_id", rated["user_id"],
+        users,
+        spec.users,
+        spec.key("users"),
+        "user_id",
+        rated["user_id"],
         origin.get("users", "users"),
-    )  # fmt: skip
+    )
     items_t = _entity(
-        items, spec.items, spec.key("items"), "item_id", rated["item_id"],
+        items,
+        spec.items,
+        spec.key("items"),
+        "item_id",
+        rated["item_id"],
         origin.get("items", "items"),
-    )  # fmt: skip
+    )
     return RatingsDataset(spec.name, rated, users_t, items_t).validate()
 
 
