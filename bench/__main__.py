@@ -297,17 +297,25 @@ def bench_serve(args) -> tuple[Section, dict[int, dict]]:
 
 
 def bench_variants(args, default: dict[int, dict]) -> Section:
-    sec = Section("Serving variants: micro-batching off, Redis tier")
+    sec = Section("Serving variants: micro-batching off, online corrections off, Redis tier")
     c = max([x for x in args.connections if x <= 32] or [min(args.connections)])
-    variants = [("micro-batching off (LEVI_MAX_BATCH=1)", {"LEVI_MAX_BATCH": "1"})]
+    variants = [
+        ("micro-batching off (LEVI_MAX_BATCH=1)", {"LEVI_MAX_BATCH": "1"}),
+        ("online corrections off (LEVI_CORRECTIONS=0)", {"LEVI_CORRECTIONS": "0"}),
+    ]
     url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     why_not = redis_reachable(url)
     if why_not is None:
         prefix = f"levi:bench:{os.getpid()}:{int(time.time())}"
         variants.append(
             (
-                "Redis tier (REDIS_URL set, LEVI_LOCAL_CACHE_SIZE=0)",
-                {"REDIS_URL": url, "LEVI_LOCAL_CACHE_SIZE": "0", "LEVI_CACHE_KEY_PREFIX": prefix},
+                "Redis tier (REDIS_URL set, LEVI_LOCAL_CACHE_SIZE=0; corrections read from Redis)",
+                {
+                    "REDIS_URL": url,
+                    "LEVI_LOCAL_CACHE_SIZE": "0",
+                    "LEVI_CACHE_KEY_PREFIX": prefix,
+                    "LEVI_CORRECTIONS_KEY_PREFIX": f"{prefix}:fb",
+                },
             )
         )
     base = default.get(c)
