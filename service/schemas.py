@@ -137,7 +137,7 @@ class FeedbackEvent(_Strict):
         None,
         description="when it was rated: seconds since the epoch or ISO 8601 (naive = UTC); "
         "default: when the service received it",
-        examples=[1764477000],
+        examples=["2026-11-30T04:30:00Z"],
     )
     user: EntityFields | None = None
     item: EntityFields | None = None

@@ -30,7 +30,7 @@ from service.routes.predict import (
     refuse_larger_than,
     score,
 )
-from service.schemas import FeedbackEvent, FeedbackRequest, FeedbackResponse
+from service.schemas import ErrorResponse, FeedbackEvent, FeedbackRequest, FeedbackResponse
 
 router = APIRouter(tags=["feedback"])
 log = logging.getLogger(__name__)
@@ -64,7 +64,14 @@ def check_ratings(events: list[FeedbackEvent], rating_range: tuple[float, float]
 
 @router.post(
     "/feedback",
-    responses={**ERRORS, 503: {"description": "not ready, queue full or the log not writable"}},
+    responses={
+        **ERRORS,
+        503: {
+            "model": ErrorResponse,
+            "description": "not ready, queue full, feedback disabled or the log not writable "
+            "(the reason is given; nothing of the request was applied)",
+        },
+    },
     response_model=FeedbackResponse,
 )
 async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsDep):
