@@ -29,7 +29,7 @@ import itertools
 import logging
 import threading
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -128,6 +128,10 @@ class OnlineCorrections:
         max_backlog: events whose increments are kept while Redis is down.
         item_known: whether an item id is in the model's vocabulary; the others (cold-start
             items) use ``shrinkage.k_item_oov``. None: every item uses ``k_item``.
+        mirror_size: with Redis, entities per side whose state this process mirrors (the
+            least recently read go first; during an outage an evicted entity answers without
+            its correction until Redis returns). Without Redis the process's state is the
+            only one and is not bounded.
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class OnlineCorrections:
         max_backlog: int = 100_000,
         key_prefix: str = KEY_PREFIX,
         item_known: Callable[[str], bool] | None = None,
+        mirror_size: int = 200_000,
     ):
         self.model_version = model_version
         self.item_known = item_known
@@ -156,7 +161,10 @@ class OnlineCorrections:
         self._applied = f"{base}:applied"
         self._writer = uuid.uuid4().hex  # this process's batches, numbered from 1
         self._numbers = itertools.count(1)
-        self._local: dict[str, dict[str, tuple[int, float]]] = {s: {} for s in SIDES}
+        self.mirror_size = mirror_size
+        self._local: dict[str, OrderedDict[str, tuple[int, float]]] = {
+            s: OrderedDict() for s in SIDES
+        }
         self._backlog: deque[Pending] = deque()
         self._backlog_events = 0
         self._lock = threading.Lock()  # the local state and the backlog
@@ -212,7 +220,17 @@ class OnlineCorrections:
                         local.pop(entity, None)
                         continue
                     local[entity] = out[side][entity] = (int(n), float(total))
+                    local.move_to_end(entity)
+            self._trim()
             return out
+
+    def _trim(self) -> None:
+        """Keep the Redis mirror within ``mirror_size`` per side (under ``_lock``)."""
+        if self.redis is None:
+            return
+        for local in self._local.values():
+            while len(local) > self.mirror_size:
+                local.popitem(last=False)
 
     def item_oov(self, items: Sequence[str]) -> np.ndarray | None:
         """bool ``[n]``: the item id is out of the model's vocabulary (None: not told)."""
@@ -298,6 +316,8 @@ class OnlineCorrections:
                     for entity, (dn, ds) in per_entity.items():
                         n, s = state[side].get(entity, (0, 0.0))
                         local[entity] = (n + dn, s + ds)
+                        local.move_to_end(entity)
+                self._trim()
             if self.redis is None:
                 for side in SIDES:
                     self.metrics.corrected_entities.labels(side=side).set(len(self._local[side]))

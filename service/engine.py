@@ -104,6 +104,7 @@ def build_scorer(
             max_backlog=settings.corrections_backlog,
             key_prefix=settings.corrections_key_prefix,
             item_known=item_vocabulary(artifact.features),
+            mirror_size=settings.corrections_mirror_size,
         )
     if warm:
         scorer.warm_up()

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Redis keeps a model version's corrections this long after their last feedback",
     )
+    corrections_mirror_size: int = Field(
+        200_000,
+        ge=1,
+        description="with Redis: users / items per side whose corrections a process mirrors "
+        "(answers during a Redis outage come from it)",
+    )
     corrections_key_prefix: str = Field(
         "levi:fb", min_length=1, max_length=64, description="Redis key prefix of corrections"
     )

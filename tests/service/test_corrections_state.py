@@ -138,3 +138,13 @@ def test_a_reload_drops_what_waits_and_counts_it(make, proxy):
     c.discard_backlog()
     assert c.backlog_events == 0
     assert c.metrics.feedback_replay.labels(result="dropped")._value.get() == 1
+
+
+def test_the_redis_mirror_is_bounded_and_refilled_from_redis(make, proxy):
+    c = make(mirror_size=3)
+    for k in range(6):
+        feed(c, f"u{k}", f"i{k}", 5.0)
+    assert len(c._local["item"]) == 3 and set(c._local["item"]) == {"i3", "i4", "i5"}
+    _, item = c.offsets(["u0"], ["i0"])  # evicted from the mirror, read back from Redis
+    assert item[0] == pytest.approx(2.0 / (1 + K.k_item))
+    assert "i0" in c._local["item"] and len(c._local["item"]) == 3
