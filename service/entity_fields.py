@@ -153,7 +153,10 @@ def check_fields(
                     err = dict(err)
                     if err.get("type") == "extra_forbidden":
                         known = ", ".join(models[entity].model_fields) or "none"
-                        err["msg"] = f"not a {entity} field of this model (its fields: {known})"
+                        article = "an" if entity == "item" else "a"
+                        err["msg"] = (
+                            f"not {article} {entity} field of this model (its fields: {known})"
+                        )
                     err["loc"] = (*prefix, entity, *err["loc"])
                     errors.append(err)
                 parsed.append({})

@@ -204,6 +204,19 @@ class DatasetSummary(BaseModel):
     split: dict = Field(default_factory=dict, description="the ID/OOD split of training")
 
 
+class CorrectionsSummary(BaseModel):
+    """The online corrections of ``POST /feedback`` on this model (README: "Feedback")."""
+
+    enabled: bool = Field(description="LEVI_CORRECTIONS")
+    shared: bool = Field(description="kept in Redis for every replica (else this process's)")
+    k_item: float = Field(description="shrinkage of item offsets (ratings at half weight)")
+    k_user: float
+    k_item_oov: float | None = Field(
+        None, description="shrinkage of cold-start (out-of-vocabulary) items' offsets"
+    )
+    fitted: bool = Field(description="k fitted at training time (else the defaults)")
+
+
 class ModelResponse(BaseModel):
     """Summary of the served artifact's manifest."""
 
@@ -221,6 +234,7 @@ class ModelResponse(BaseModel):
     activation_dtype: str
     loaded_at: str
     ood_score: dict = Field(default_factory=dict, description="calibration of ood_score")
+    corrections: CorrectionsSummary
 
 
 class StatusResponse(BaseModel):

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
+from service.corrections import shrinkage_of
 from service.deps import EngineDep
 from service.entity_fields import describe
-from service.schemas import BackboneSummary, DatasetSummary, ErrorResponse, ModelResponse
+from service.schemas import (
+    BackboneSummary,
+    CorrectionsSummary,
+    DatasetSummary,
+    ErrorResponse,
+    ModelResponse,
+)
 
 router = APIRouter(tags=["model"])
 
@@ -14,7 +21,7 @@ router = APIRouter(tags=["model"])
 @router.get("/v1/model", responses={503: {"model": ErrorResponse}})
 async def model_summary(engine: EngineDep) -> ModelResponse:
     """The served model: version, backbone, text views, adapter layers, the dataset spec's
-    request fields and split, tables, calibration."""
+    request fields and split, tables, calibration, online corrections."""
     scorer = engine.scorer
     if scorer is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, engine.not_ready_reason())
@@ -51,4 +58,10 @@ async def model_summary(engine: EngineDep) -> ModelResponse:
         activation_dtype=str(scorer.cache.dtype),
         loaded_at=engine.loaded_at or "",
         ood_score=ood,
+        corrections=CorrectionsSummary(
+            enabled=scorer.corrections is not None,
+            shared=scorer.corrections is not None and scorer.corrections.redis is not None,
+            **shrinkage_of(manifest).to_json(),
+            fitted=bool(manifest.get("corrections")),
+        ),
     )

@@ -113,6 +113,13 @@ def test_corrections_equal_the_numpy_reference(client):
     assert 'levi_corrected_entities{side="item"} 4.0' in metrics
 
 
+def test_the_model_summary_shows_the_corrections(client, artifacts, compile_cache):
+    info = client.get("/v1/model").json()["corrections"]
+    assert info == {"enabled": True, "shared": False, **TINY_CORRECTIONS, "fitted": True}
+    with loaded_client(artifacts.v1, compile_cache, corrections=False) as off:
+        assert off.get("/v1/model").json()["corrections"]["enabled"] is False
+
+
 def test_bad_events_name_their_field(client):
     ok = {"user_id": "1", "item_id": "10", "rating": 4}
     cases = [
@@ -120,6 +127,7 @@ def test_bad_events_name_their_field(client):
         ({"events": [{**ok, "rating": 0.5}]}, ["body", "events", 0, "rating"]),
         ({"events": [{**ok, "rating": "good"}]}, ["body", "events", 0, "rating"]),
         ({"events": [{**ok, "item": {"colour": "red"}}]}, ["body", "events", 0, "item", "colour"]),
+        ({"events": [{**ok, "user": {"colour": "red"}}]}, ["body", "events", 0, "user", "colour"]),
         ({"events": [{**ok, "timestamp": "yesterday"}]}, ["body", "events", 0, "timestamp"]),
         ({"events": [{"item_id": "10", "rating": 3}]}, ["body", "events", 0, "user_id"]),
         ({"events": []}, ["body", "events"]),
@@ -128,6 +136,10 @@ def test_bad_events_name_their_field(client):
         r = client.post("/feedback", json=body)
         assert r.status_code == 422, (body, r.text)
         assert any(e["loc"] == loc for e in r.json()["detail"]), (loc, r.text)
+        if "colour" in loc:
+            entity = loc[-2]
+            article = "an" if entity == "item" else "a"
+            assert f"not {article} {entity} field of this model" in r.text
     assert logged(client.feedback_dir) == []  # nothing of a refused request is kept
     # a 70-bit integer in a categorical field: read as a number, logged as one (never a 5xx)
     huge = {**ok, "user": {"occupation": 2**70}}
