@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -128,6 +129,8 @@ class OnlineCorrections:
         max_backlog: events whose increments are kept while Redis is down.
         item_known: whether an item id is in the model's vocabulary; the others (cold-start
             items) use ``shrinkage.k_item_oov``. None: every item uses ``k_item``.
+        dedup_s: how long a client-supplied event id is remembered, so a retried request
+            is not learned twice (``first_seen``).
         mirror_size: with Redis, entities per side whose state this process mirrors (the
             least recently read go first; during an outage an evicted entity answers without
             its correction until Redis returns). Without Redis the process's state is the
@@ -147,6 +150,7 @@ class OnlineCorrections:
         key_prefix: str = KEY_PREFIX,
         item_known: Callable[[str], bool] | None = None,
         mirror_size: int = 200_000,
+        dedup_s: int = 3600,
     ):
         self.model_version = model_version
         self.item_known = item_known
@@ -159,6 +163,9 @@ class OnlineCorrections:
         base = f"{key_prefix}:{{{model_version}}}"
         self._keys = {s: f"{base}:{s}" for s in SIDES}
         self._applied = f"{base}:applied"
+        self._seen = f"{base}:seen:"
+        self.dedup_s = dedup_s
+        self._recent: OrderedDict[str, float] = OrderedDict()  # client event id -> when
         self._writer = uuid.uuid4().hex  # this process's batches, numbered from 1
         self._numbers = itertools.count(1)
         self.mirror_size = mirror_size
@@ -263,6 +270,40 @@ class OnlineCorrections:
         return corrected
 
     # -- feedback ---------------------------------------------------------------------------
+
+    def first_seen(self, event_ids: Sequence[str | None]) -> np.ndarray:
+        """bool ``[n]``: which events to learn from: False for a client-supplied id already
+        received in the last ``dedup_s`` seconds (a retried request), True otherwise.
+
+        With Redis every replica sees every id (``SET NX`` with a TTL, one key per id); without
+        it, or while it does not answer, this process's own recent ids.
+        """
+        keep = np.ones(len(event_ids), bool)
+        given = [(j, i) for j, i in enumerate(event_ids) if i is not None]
+        if not given:
+            return keep
+        claimed = None
+        if self.redis is not None:
+
+            def claim(client: redis.Redis) -> list:
+                with client.pipeline(transaction=False) as pipe:
+                    for _, i in given:
+                        pipe.set(self._seen + i, "1", nx=True, ex=self.dedup_s)
+                    return pipe.execute()
+
+            claimed = self.redis.call("feedback_dedup", claim)
+        now = time.monotonic()
+        with self._lock:
+            while self._recent and now - next(iter(self._recent.values())) > self.dedup_s:
+                self._recent.popitem(last=False)
+            for k, (j, i) in enumerate(given):
+                known = i in self._recent
+                keep[j] = bool(claimed[k]) if claimed is not None else not known
+                self._recent[i] = now
+                self._recent.move_to_end(i)
+            while len(self._recent) > self.mirror_size:
+                self._recent.popitem(last=False)
+        return keep
 
     def record(
         self,

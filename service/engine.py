@@ -105,6 +105,7 @@ def build_scorer(
             key_prefix=settings.corrections_key_prefix,
             item_known=item_vocabulary(artifact.features),
             mirror_size=settings.corrections_mirror_size,
+            dedup_s=settings.feedback_dedup_s,
         )
     if warm:
         scorer.warm_up()

@@ -125,9 +125,21 @@ class RankResponse(BaseModel):
     ranked: list[RankedItem]
 
 
+EventId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[A-Za-z0-9_.:-]+$"),
+]
+
+
 class FeedbackEvent(_Strict):
     """A rating a user gave, for the online corrections and the next retraining."""
 
+    event_id: EventId | None = Field(
+        None,
+        description="a unique id of the event (e.g. a UUID): a request retried with the same "
+        "ids is not learned twice, and retraining counts each id once; default: the service "
+        "assigns one",
+    )
     user_id: EntityId
     item_id: EntityId
     rating: float = Field(
@@ -153,7 +165,10 @@ class FeedbackResponse(BaseModel):
     """What happened to the events (all of them, or the request failed)."""
 
     accepted: int = Field(description="events written to the feedback log")
-    event_ids: list[str] = Field(description="ids the service gave them, in request order")
+    event_ids: list[str] = Field(description="their ids (yours or the service's), in order")
+    duplicates: int = Field(
+        0, description="events whose event_id was already received: logged, not learned again"
+    )
     model_version: str = Field(description="the model whose ratings the residuals are of")
     corrections: str = Field(
         description="applied (to the corrections: Redis's, shared by every replica, or this "

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         description="with Redis: users / items per side whose corrections a process mirrors "
         "(answers during a Redis outage come from it)",
     )
+    feedback_dedup_s: int = Field(
+        3600,
+        gt=0,
+        description="a client-supplied event_id is remembered this long: a retried POST "
+        "/feedback is logged again but not learned twice",
+    )
     corrections_key_prefix: str = Field(
         "levi:fb", min_length=1, max_length=64, description="Redis key prefix of corrections"
     )

@@ -97,7 +97,7 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
     dataset = str(scorer.artifact.dataset.get("name", ""))
     events = [
         {
-            "event_id": uuid.uuid4().hex,
+            "event_id": e.event_id or uuid.uuid4().hex,
             "received_at": received,
             "model_version": batch.model_version,
             "dataset": dataset,
@@ -123,33 +123,39 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
             status.HTTP_503_SERVICE_UNAVAILABLE, f"feedback not recorded: {e}"
         ) from None
     engine.metrics.feedback_events.inc(len(events))
+    status_, duplicates = await _learn(engine, inputs, batch, body.events)
     return json_response(
         {
             "accepted": len(events),
             "event_ids": [e["event_id"] for e in events],
             "model_version": batch.model_version,
-            "corrections": await _learn(engine, inputs, batch, body.events),
+            "corrections": status_,
+            "duplicates": duplicates,
         }
     )
 
 
-async def _learn(engine, inputs, batch, events) -> str:
-    """Apply the logged events to the corrections of the model that scored them."""
+async def _learn(engine, inputs, batch, events) -> tuple[str, int]:
+    """Apply the logged events to the corrections of the model that scored them (those with
+    an event_id already received excepted); ``(status, duplicates)``."""
     scorer = engine.scorer
     if scorer is None or scorer.corrections is None:
-        return "off"
+        return "off", 0
     if scorer.model_version != batch.model_version:
-        return "skipped"
+        return "skipped", 0
     corrections = scorer.corrections
     try:
-        await asyncio.to_thread(
-            corrections.record,
-            [r.user_id for r in inputs],
-            [r.item_id for r in inputs],
-            batch.model_rating,
-            np.array([e.rating for e in events], np.float64),
-        )
+        fresh = await asyncio.to_thread(corrections.first_seen, [e.event_id for e in events])
+        rows = np.flatnonzero(fresh)
+        if len(rows):
+            await asyncio.to_thread(
+                corrections.record,
+                [inputs[j].user_id for j in rows],
+                [inputs[j].item_id for j in rows],
+                batch.model_rating[rows],
+                np.array([events[j].rating for j in rows], np.float64),
+            )
     except Exception:  # the events are logged (accepted); a fault here must not lose them
         log.exception("feedback logged but not applied to the corrections")
-        return "skipped"
-    return "kept" if corrections.backlog_events else "applied"
+        return "skipped", 0
+    return ("kept" if corrections.backlog_events else "applied"), len(events) - len(rows)

@@ -150,6 +150,28 @@ def test_bad_events_name_their_field(client):
     assert r.status_code == 413 and "LEVI_MAX_FEEDBACK_EVENTS" in r.json()["detail"]
 
 
+def test_a_retried_request_with_client_ids_is_logged_but_not_learned_twice(client):
+    events = [
+        {"event_id": "app-1:0001", "user_id": "1", "item_id": "10", "rating": 5},
+        {"event_id": "app-1:0002", "user_id": "2", "item_id": "10", "rating": 5},
+    ]
+    first = client.post("/feedback", json={"events": events}).json()
+    assert first["event_ids"] == ["app-1:0001", "app-1:0002"] and first["duplicates"] == 0
+    once = client.post("/predict-rating", json={"user_id": "3", "item_id": "10"}).json()
+    retry = client.post("/feedback", json={"events": events}).json()  # the answer was lost
+    assert retry["accepted"] == 2 and retry["duplicates"] == 2
+    again = client.post("/predict-rating", json={"user_id": "3", "item_id": "10"}).json()
+    assert again["corrections"] == once["corrections"]  # not learned twice
+    mixed = [events[0], {"event_id": "app-1:0003", "user_id": "4", "item_id": "10", "rating": 5}]
+    assert client.post("/feedback", json={"events": mixed}).json()["duplicates"] == 1
+    ids = [e["event_id"] for e in logged(client.feedback_dir)]
+    assert ids.count("app-1:0001") == 3  # logged each time; retraining counts an id once
+    read, _, duplicates, _ = read_feedback_dir(client.feedback_dir)
+    assert len(read) == 3 and duplicates == 3
+    bad = client.post("/feedback", json={"events": [{**events[0], "event_id": "a b"}]})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "event_id"
+
+
 def test_timestamps_are_kept_as_seconds(client):
     events = [
         {"user_id": "1", "item_id": "10", "rating": 4, "timestamp": 1700000000},

@@ -99,8 +99,15 @@ def test_two_replicas_sharing_redis_answer_the_same_corrections(
                 assert got["corrections"]["item"] == pytest.approx(want[0], abs=1e-5)
                 assert got["corrections"]["user"] == pytest.approx(want[1], abs=1e-5)
         assert a.value("levi_corrected_entities", side="item") == len({e[1] for e in stream})
+        # a request retried on the other replica (its answer was lost): not learned twice
+        retried = {"events": [{**body("1", "10", 5.0), "event_id": "retry-1"}]}
+        assert httpx.post(f"{a.base}/feedback", json=retried, timeout=30).json()["duplicates"] == 0
+        before = httpx.post(f"{a.base}/predict-rating", json=body("1", "10"), timeout=30).json()
+        assert httpx.post(f"{b.base}/feedback", json=retried, timeout=30).json()["duplicates"] == 1
+        after = httpx.post(f"{b.base}/predict-rating", json=body("1", "10"), timeout=30).json()
+        assert after["corrections"] == pytest.approx(before["corrections"], abs=1e-6)
     events, skipped = logged(tmp_path / "feedback")
-    assert len(events) == 12 and skipped == 0
+    assert len(events) == 14 and skipped == 0  # 12, the retried one twice
     assert len(list((tmp_path / "feedback").glob("*.jsonl"))) == 2  # one file per process
 
 
