@@ -250,9 +250,12 @@ valid_events = st.tuples(valid_bodies, st.floats(1.0, 5.0), _maybe("timestamp", 
 events = st.one_of(
     valid_events,
     valid_events,
-    st.tuples(predict_bodies, _maybe("rating", ratings), _maybe("timestamp", timestamps)).map(
-        lambda t: {**t[0], **t[1], **t[2]} if isinstance(t[0], dict) else t[0]
-    ),
+    st.tuples(
+        predict_bodies,
+        _maybe("rating", ratings),
+        _maybe("timestamp", timestamps),
+        _maybe("event_id", st.one_of(texts, json_values, st.uuids().map(str))),
+    ).map(lambda t: {**t[0], **t[1], **t[2], **t[3]} if isinstance(t[0], dict) else t[0]),
 )
 feedback_bodies = st.one_of(
     st.lists(valid_events, min_size=1, max_size=8).map(lambda e: {"events": e}),
