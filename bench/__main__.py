@@ -411,40 +411,42 @@ def bench_scaling(args) -> Section:
     return sec
 
 
-def bench_rank(args) -> Section:
-    sec = Section("Ranking and batch scoring (bench/rank.py)")
-    code, out = run_module("bench.rank", ["--model", str(args.model)], None, timeout=1800)
+def bullet_section(args, title: str, module: str, intro: str) -> Section:
+    """A part whose script prints its own result lines: ``intro``, then one bullet a line."""
+    sec = Section(title)
+    code, out = run_module(module, ["--model", str(args.model)], None, timeout=1800)
     if code != 0:
-        sec.skipped = f"bench/rank.py failed (exit {code}): {out.strip()[-500:]}"
+        script = module.replace(".", "/") + ".py"
+        sec.skipped = f"{script} failed (exit {code}): {out.strip()[-500:]}"
         return sec
-    sec.lines += [
+    sec.lines += [intro, "", *[f"- {line}" for line in out.strip().splitlines()]]
+    return sec
+
+
+def bench_rank(args) -> Section:
+    return bullet_section(
+        args,
+        "Ranking and batch scoring (bench/rank.py)",
+        "bench.rank",
         "The vectorised scoring path: per-entity projections of the head's first layers "
         "(first-layer decomposition), one pair function per batch. Targets: /rank 1,000 "
         "candidates p50 <= 20 ms, p99 <= 40 ms; pair function >= 2x the whole head; batch CLI "
         "1,000,000 pairs <= 40 s. The floor is the pair function's FLOPs over the GEMM rate "
         "measured in the same run.",
-        "",
-        *[f"- {line}" for line in out.strip().splitlines()],
-    ]
-    return sec
+    )
 
 
 def bench_feedback(args) -> Section:
-    sec = Section("Feedback loop: progressive validation over HTTP (bench/feedback.py)")
-    code, out = run_module("bench.feedback", ["--model", str(args.model)], None, timeout=1800)
-    if code != 0:
-        sec.skipped = f"bench/feedback.py failed (exit {code}): {out.strip()[-500:]}"
-        return sec
-    sec.lines += [
+    return bullet_section(
+        args,
+        "Feedback loop: progressive validation over HTTP (bench/feedback.py)",
+        "bench.feedback",
         "The MovieLens preset's OOD ratings, then its ID test ratings (a fresh service each), "
         "in timestamp order: each pair is asked (POST /predict-rating) before its rating is "
         "sent (POST /feedback). The model alone is the answers' model_rating, the corrected "
         "figure their rating. Targets: OOD <= 1.00; ID test no worse than the model alone "
         "+ 0.002.",
-        "",
-        *[f"- {line}" for line in out.strip().splitlines()],
-    ]
-    return sec
+    )
 
 
 def training_timings(model: Path) -> tuple[dict[str, float], Path] | None:
