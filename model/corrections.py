@@ -86,7 +86,7 @@ class Shrinkage:
                 float(doc["k_user"]),  # type: ignore[arg-type]
                 None if oov is None else float(oov),  # type: ignore[arg-type]
             )
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"manifest corrections needs k_item and k_user ({e})") from None
 
 

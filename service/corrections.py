@@ -49,6 +49,7 @@ SIDES = ("user", "item")
 KEY_PREFIX = "levi:fb"
 MERGE_EVENTS = 5_000  # kept increments never sent are merged into batches of about this size
 REPLAY_PER_READ = 4  # kept batches a scoring call may replay before it reads
+RECENT_IDS = 1_000_000  # client event ids a process remembers (within LEVI_FEEDBACK_DEDUP_S)
 
 # KEYS: user hash, item hash, applied hash. ARGV: ttl, writer, batch number, then per side the
 # number of entities and (id, count, sum) per entity. The batch number is recorded last, so a
@@ -275,8 +276,10 @@ class OnlineCorrections:
         """bool ``[n]``: which events to learn from: False for a client-supplied id already
         received in the last ``dedup_s`` seconds (a retried request), True otherwise.
 
-        With Redis every replica sees every id (``SET NX`` with a TTL, one key per id); without
-        it, or while it does not answer, this process's own recent ids.
+        With Redis every replica sees every id (``SET NX`` with a TTL, one key per id); this
+        process's own recent ids count too (at most ``RECENT_IDS``), so an id first received
+        while Redis was down is still known here when it is retried after Redis returns. A
+        caller that then fails to learn the events gives the ids back (:meth:`forget`).
         """
         keep = np.ones(len(event_ids), bool)
         given = [(j, i) for j, i in enumerate(event_ids) if i is not None]
@@ -297,13 +300,23 @@ class OnlineCorrections:
             while self._recent and now - next(iter(self._recent.values())) > self.dedup_s:
                 self._recent.popitem(last=False)
             for k, (j, i) in enumerate(given):
-                known = i in self._recent
-                keep[j] = bool(claimed[k]) if claimed is not None else not known
+                new_in_redis = bool(claimed[k]) if claimed is not None else True
+                keep[j] = new_in_redis and i not in self._recent
                 self._recent[i] = now
                 self._recent.move_to_end(i)
-            while len(self._recent) > self.mirror_size:
+            while len(self._recent) > RECENT_IDS:
                 self._recent.popitem(last=False)
         return keep
+
+    def forget(self, event_ids: Sequence[str | None]) -> None:
+        """Give back ids :meth:`first_seen` claimed for events that were not learned after
+        all, so that a retry of them is (best effort with Redis)."""
+        given = [i for i in event_ids if i is not None]
+        with self._lock:
+            for i in given:
+                self._recent.pop(i, None)
+        if given and self.redis is not None:
+            self.redis.call("feedback_dedup", lambda c: c.delete(*[self._seen + i for i in given]))
 
     def record(
         self,

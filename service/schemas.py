@@ -136,9 +136,9 @@ class FeedbackEvent(_Strict):
 
     event_id: EventId | None = Field(
         None,
-        description="a unique id of the event (e.g. a UUID): a request retried with the same "
-        "ids is not learned twice, and retraining counts each id once; default: the service "
-        "assigns one",
+        description="a globally unique id of the event (e.g. a UUID), sent again unchanged "
+        "with a retry: a request retried with the same ids is not learned twice, and "
+        "retraining counts each id once; default: the service assigns one",
     )
     user_id: EntityId
     item_id: EntityId
@@ -173,8 +173,9 @@ class FeedbackResponse(BaseModel):
     corrections: str = Field(
         description="applied (to the corrections: Redis's, shared by every replica, or this "
         "process's without Redis), kept (Redis is down or behind: applied in this process, "
-        "replayed to Redis when it answers), off (LEVI_CORRECTIONS=0) or skipped (the model "
-        "was reloaded while they were scored)"
+        "replayed to Redis when it answers), duplicate (every event_id was already received), "
+        "off (LEVI_CORRECTIONS=0) or skipped (the model was reloaded while they were scored, "
+        "or applying them failed: a retry with the same ids is learned)"
     )
 
 

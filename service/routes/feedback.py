@@ -144,9 +144,10 @@ async def _learn(engine, inputs, batch, events) -> tuple[str, int]:
     if scorer.model_version != batch.model_version:
         return "skipped", 0
     corrections = scorer.corrections
+    ids = [e.event_id for e in events]
+    fresh = await asyncio.to_thread(corrections.first_seen, ids)
+    rows = np.flatnonzero(fresh)
     try:
-        fresh = await asyncio.to_thread(corrections.first_seen, [e.event_id for e in events])
-        rows = np.flatnonzero(fresh)
         if len(rows):
             await asyncio.to_thread(
                 corrections.record,
@@ -155,7 +156,14 @@ async def _learn(engine, inputs, batch, events) -> tuple[str, int]:
                 batch.model_rating[rows],
                 np.array([events[j].rating for j in rows], np.float64),
             )
-    except Exception:  # the events are logged (accepted); a fault here must not lose them
+    except Exception:  # logged (accepted) but not learned: a retry must be learned
+        await asyncio.to_thread(corrections.forget, [ids[j] for j in rows])
         log.exception("feedback logged but not applied to the corrections")
         return "skipped", 0
-    return ("kept" if corrections.backlog_events else "applied"), len(events) - len(rows)
+    except BaseException:  # cancelled (shutdown): give the ids back, go on cancelling
+        corrections.forget([ids[j] for j in rows])
+        raise
+    duplicates = len(events) - len(rows)
+    if not len(rows):
+        return "duplicate", duplicates
+    return ("kept" if corrections.backlog_events else "applied"), duplicates

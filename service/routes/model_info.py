@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
+from model.corrections import DEFAULT_SHRINKAGE
 from service.corrections import shrinkage_of
 from service.deps import EngineDep
 from service.entity_fields import describe
@@ -16,6 +17,24 @@ from service.schemas import (
 )
 
 router = APIRouter(tags=["model"])
+
+
+def _corrections(scorer) -> CorrectionsSummary:
+    online = scorer.corrections
+    if online is not None:
+        shrinkage, fitted = online.shrinkage, bool(scorer.artifact.manifest.get("corrections"))
+    else:  # off: the manifest's values are only shown, never used; a bad one is no error here
+        try:
+            shrinkage, fitted = shrinkage_of(scorer.artifact.manifest), True
+        except ValueError:
+            shrinkage, fitted = DEFAULT_SHRINKAGE, False
+        fitted = fitted and bool(scorer.artifact.manifest.get("corrections"))
+    return CorrectionsSummary(
+        enabled=online is not None,
+        shared=online is not None and online.redis is not None,
+        **shrinkage.to_json(),
+        fitted=fitted,
+    )
 
 
 @router.get("/v1/model", responses={503: {"model": ErrorResponse}})
@@ -58,10 +77,5 @@ async def model_summary(engine: EngineDep) -> ModelResponse:
         activation_dtype=str(scorer.cache.dtype),
         loaded_at=engine.loaded_at or "",
         ood_score=ood,
-        corrections=CorrectionsSummary(
-            enabled=scorer.corrections is not None,
-            shared=scorer.corrections is not None and scorer.corrections.redis is not None,
-            **shrinkage_of(manifest).to_json(),
-            fitted=bool(manifest.get("corrections")),
-        ),
+        corrections=_corrections(scorer),
     )

@@ -148,3 +148,35 @@ def test_the_redis_mirror_is_bounded_and_refilled_from_redis(make, proxy):
     _, item = c.offsets(["u0"], ["i0"])  # evicted from the mirror, read back from Redis
     assert item[0] == pytest.approx(2.0 / (1 + K.k_item))
     assert "i0" in c._local["item"] and len(c._local["item"]) == 3
+
+
+def test_an_id_first_seen_during_an_outage_is_still_known_after_it(make, proxy):
+    c = make()
+    proxy.stop()
+    assert c.first_seen(["evt-1", None, "evt-1"]).tolist() == [True, True, False]
+    proxy.start()
+    time.sleep(0.05)
+    # Redis never saw evt-1 (its SET NX would succeed), this process did: still a duplicate
+    assert c.first_seen(["evt-1", "evt-2"]).tolist() == [False, True]
+    assert make().first_seen(["evt-2"]).tolist() == [False]  # another process, via Redis
+
+
+def test_forgotten_ids_are_learned_on_retry(make):
+    c = make()
+    assert c.first_seen(["evt-9"]).tolist() == [True]
+    c.forget(["evt-9"])  # the events were not learned after all
+    assert c.first_seen(["evt-9"]).tolist() == [True]
+    assert make().first_seen(["evt-9"]).tolist() == [False]
+
+
+def test_the_model_summary_survives_a_bad_manifest_entry_with_corrections_off():
+    from types import SimpleNamespace
+
+    from service.routes.model_info import _corrections
+
+    scorer = SimpleNamespace(
+        corrections=None, artifact=SimpleNamespace(manifest={"corrections": {"k_user": 1.0}})
+    )
+    summary = _corrections(scorer)
+    assert summary.enabled is False and summary.fitted is False
+    assert summary.k_item == pytest.approx(10.0)

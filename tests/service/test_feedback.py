@@ -172,6 +172,22 @@ def test_a_retried_request_with_client_ids_is_logged_but_not_learned_twice(clien
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "event_id"
 
 
+def test_events_not_learned_after_a_fault_are_learned_on_retry(client, monkeypatch):
+    from service.corrections import OnlineCorrections
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a fault while applying")
+
+    body = {"events": [{"event_id": "app-2:1", "user_id": "1", "item_id": "11", "rating": 1}]}
+    with monkeypatch.context() as m:
+        m.setattr(OnlineCorrections, "record", broken)
+        first = client.post("/feedback", json=body)
+    assert first.status_code == 200 and first.json()["corrections"] == "skipped"  # logged
+    retry = client.post("/feedback", json=body).json()
+    assert retry["corrections"] == "applied" and retry["duplicates"] == 0
+    assert client.post("/feedback", json=body).json()["corrections"] == "duplicate"
+
+
 def test_timestamps_are_kept_as_seconds(client):
     events = [
         {"user_id": "1", "item_id": "10", "rating": 4, "timestamp": 1700000000},
