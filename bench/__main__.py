@@ -638,48 +638,34 @@ def main(argv: list[str] | None = None) -> int:
         f"no artifact at {args.model} (no manifest.json): run `make train` first "
         "(or pass --model artifacts/<version>)"
     )
+    serving: dict[int, dict] = {}  # bench_serve's figures, the variants' default row
+
+    def serve(a) -> Section:
+        sec, figures = bench_serve(a)
+        serving.update(figures)
+        return sec
+
+    # part -> (title when skipped, needs the artifact, runner), in PARTS order
+    runners = {
+        "serve": ("Serving", True, serve),
+        "variants": ("Serving variants", True, lambda a: bench_variants(a, serving)),
+        "rank": ("Ranking and batch scoring", True, bench_rank),
+        "feedback": ("Feedback loop", True, bench_feedback),
+        "encode": ("Encoder", False, bench_encode),
+        "scaling": ("Scaling", True, bench_scaling),
+        "train": ("Training", False, bench_train),
+        "rss": ("Memory", True, bench_rss),
+        "startup": ("Start-up", True, bench_startup),
+    }
+    assert tuple(runners) == PARTS
     sections: list[Section] = []
-    results: dict[int, dict] = {}
-    if "serve" not in skip:
-        if model is None:
-            sections.append(Section("Serving", skipped=missing_model))
+    for part, (title, needs_model, runner) in runners.items():
+        if part in skip:
+            continue
+        if needs_model and model is None:
+            sections.append(Section(title, skipped=missing_model))
         else:
-            sec, results = bench_serve(args)
-            sections.append(sec)
-    if "variants" not in skip:
-        if model is None:
-            sections.append(Section("Serving variants", skipped=missing_model))
-        else:
-            sections.append(bench_variants(args, results))
-    if "rank" not in skip:
-        if model is None:
-            sections.append(Section("Ranking and batch scoring", skipped=missing_model))
-        else:
-            sections.append(bench_rank(args))
-    if "feedback" not in skip:
-        if model is None:
-            sections.append(Section("Feedback loop", skipped=missing_model))
-        else:
-            sections.append(bench_feedback(args))
-    if "encode" not in skip:
-        sections.append(bench_encode(args))
-    if "scaling" not in skip:
-        if model is None:
-            sections.append(Section("Scaling", skipped=missing_model))
-        else:
-            sections.append(bench_scaling(args))
-    if "train" not in skip:
-        sections.append(bench_train(args))
-    if "rss" not in skip:
-        if model is None:
-            sections.append(Section("Memory", skipped=missing_model))
-        else:
-            sections.append(bench_rss(args))
-    if "startup" not in skip:
-        if model is None:
-            sections.append(Section("Start-up", skipped=missing_model))
-        else:
-            sections.append(bench_startup(args))
+            sections.append(runner(args))
 
     head = [
         "# Benchmarks",

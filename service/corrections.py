@@ -179,7 +179,6 @@ class OnlineCorrections:
         self._record_lock = threading.Lock()  # one feedback batch at a time per process
         self._replay_lock = threading.Lock()  # one replay at a time: batches go in order
         self._script = None if redis_tier is None else redis_tier.client.register_script(_APPLY)
-        metrics.feedback_backlog.set(0)  # a previous version's backlog is not this one's
 
     # -- state ------------------------------------------------------------------------------
 
@@ -456,6 +455,7 @@ class OnlineCorrections:
                 self.metrics.feedback_replay.labels(result="dropped").inc(self._backlog_events)
             self._backlog.clear()
             self._backlog_events = 0
+            self.metrics.feedback_backlog.set(0)
 
     @property
     def backlog_events(self) -> int:

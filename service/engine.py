@@ -276,7 +276,6 @@ class Engine:
         self.scorer = scorer  # the swap: one reference assignment
         if previous is not None and previous.corrections is not None:
             previous.corrections.discard_backlog()  # the old version's: counted as dropped
-            self.metrics.feedback_backlog.set(0)
         self.path = Path(path)
         self.loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.load_error = None

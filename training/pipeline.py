@@ -313,17 +313,7 @@ def evaluate_trained(
     levi_adapters: list[tuple[np.ndarray, np.ndarray]] = []  # [n_test, A], [n_ood, A]
     for method, results in runs.items():
         for r in results:
-            a_test, a_ood = (
-                predict_adapters(
-                    r.head,
-                    r.params,
-                    device.tables,
-                    rows,
-                    mesh=device.mesh,
-                    batch_size=cfg.eval_batch_size,
-                )
-                for rows in (held.test, held.ood)
-            )
+            a_test, a_ood = (_adapters(r, device, cfg, rows) for rows in (held.test, held.ood))
             p_test, p_ood = predict_ratings(r.head, a_test), predict_ratings(r.head, a_ood)
             predictions.setdefault(method, []).append((p_test, p_ood))
             scores = held.score(p_test, p_ood)
@@ -407,7 +397,6 @@ def reference_stats(
         ``prediction_hist`` (fractions, ``[HIST_BINS]``) over ``prediction_edges``
         ``[HIST_BINS + 1]``; ``disagreement_quantiles`` at ``QUANTILES``.
     """
-    data, mesh = device.tables, device.mesh
     train = prep.rows["train"]
     acts = prep.activations
     means, variances = [], []
@@ -423,9 +412,7 @@ def reference_stats(
         mean = s1[0] / total
         means.append(mean)
         variances.append(np.maximum(s1[1] / total - mean**2, 0.0))
-    adapters = predict_adapters(
-        run.head, run.params, data, train, mesh=mesh, batch_size=cfg.eval_batch_size
-    )
+    adapters = _adapters(run, device, cfg, train)
     head = run.head
     edges = np.linspace(head.rating_min, head.rating_max, HIST_BINS + 1)
     hist, _ = np.histogram(predict_ratings(head, adapters), bins=edges)
@@ -440,17 +427,17 @@ def reference_stats(
     }
 
 
+def _adapters(run: RunResult, device: DeviceData, cfg: TrainConfig, rows: np.ndarray) -> np.ndarray:
+    """Adapter ratings ``[len(rows), A]`` of one trained run on pair ``rows``."""
+    tables, mesh = device.tables, device.mesh
+    return predict_adapters(
+        run.head, run.params, tables, rows, mesh=mesh, batch_size=cfg.eval_batch_size
+    )
+
+
 def _predict(run: RunResult, device: DeviceData, cfg: TrainConfig, rows: np.ndarray) -> np.ndarray:
     """Ratings ``[len(rows)]`` of one trained run on pair ``rows``."""
-    adapters = predict_adapters(
-        run.head,
-        run.params,
-        device.tables,
-        rows,
-        mesh=device.mesh,
-        batch_size=cfg.eval_batch_size,
-    )
-    return predict_ratings(run.head, adapters)
+    return predict_ratings(run.head, _adapters(run, device, cfg, rows))
 
 
 def _items_hidden(prep: Prepared, device: DeviceData) -> dict[str, Any] | None:

@@ -26,9 +26,9 @@ from service.routes.predict import (
     ERRORS,
     checked_inputs,
     json_response,
-    not_ready,
     refuse_larger_than,
     score,
+    served_scorer,
 )
 from service.schemas import ErrorResponse, FeedbackEvent, FeedbackRequest, FeedbackResponse
 
@@ -76,11 +76,8 @@ def check_ratings(events: list[FeedbackEvent], rating_range: tuple[float, float]
 )
 async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsDep):
     """Record ratings users gave: logged for retraining, learned by the online corrections."""
-    limit = min(settings.max_feedback_events, settings.queue_bound)
-    refuse_larger_than(len(body.events), limit, "events", "LEVI_MAX_FEEDBACK_EVENTS")
-    scorer = engine.scorer
-    if scorer is None:
-        raise not_ready(engine)
+    refuse_larger_than(len(body.events), settings, "max_feedback_events", "events")
+    scorer = served_scorer(engine)
     if engine.feedback_log is None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,

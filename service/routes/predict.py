@@ -18,7 +18,7 @@ from service.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from service.scorer import ScoreInput
+from service.scorer import ScoreInput, Scorer
 from service.settings import Settings
 
 router = APIRouter(tags=["predictions"])
@@ -41,6 +41,18 @@ def not_ready(engine: Engine) -> HTTPException:
     )
 
 
+def served_scorer(engine: Engine) -> Scorer:
+    """The scorer of the model being served.
+
+    Raises:
+        HTTPException: 503 (with the reason) while no model is loaded.
+    """
+    scorer = engine.scorer
+    if scorer is None:
+        raise not_ready(engine)
+    return scorer
+
+
 def checked_inputs(engine: Engine, payloads: Sequence[Payload]) -> list[ScoreInput]:
     """Score inputs, the ``user`` / ``item`` objects checked against the served model's fields.
 
@@ -48,9 +60,7 @@ def checked_inputs(engine: Engine, payloads: Sequence[Payload]) -> list[ScoreInp
         HTTPException: 503 while no model is loaded.
         RequestValidationError: an unknown field or a wrong type (422 naming the field).
     """
-    scorer = engine.scorer
-    if scorer is None:
-        raise not_ready(engine)
+    scorer = served_scorer(engine)
     fields = check_fields(scorer.request_models, [(p[0], p[3], p[4]) for p in payloads])
     return [
         ScoreInput(user_id=p[1], item_id=p[2], user=user, item=item)
@@ -58,13 +68,16 @@ def checked_inputs(engine: Engine, payloads: Sequence[Payload]) -> list[ScoreInp
     ]
 
 
-def refuse_larger_than(count: int, limit: int, field: str, setting: str) -> None:
-    """413 when a body lists more entries than one call may (a request larger than the queue
-    bound could never be admitted: not a 503 that retrying cannot fix).
+def refuse_larger_than(count: int, settings: Settings, setting: str, field: str) -> None:
+    """413 when a body lists more entries than one call may: the setting ``setting`` (e.g.
+    ``max_rank_candidates``) or the queue bound, whichever is lower (a request larger than the
+    queue bound could never be admitted: not a 503 that retrying cannot fix).
 
     Raises:
         HTTPException: 413 naming the field, the limit and its setting.
     """
+    limit = min(getattr(settings, setting), settings.queue_bound)
+    setting = f"LEVI_{setting.upper()}"
     if count > limit:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,
@@ -106,8 +119,7 @@ async def predict_rating(body: PredictRequest, engine: EngineDep, settings: Sett
 @router.post("/predict-rating/batch", responses=ERRORS, response_model=BatchPredictResponse)
 async def predict_rating_batch(body: BatchPredictRequest, engine: EngineDep, settings: SettingsDep):
     """Predict several pairs; answers keep the order of ``requests``."""
-    limit = min(settings.max_batch_request, settings.queue_bound)
-    refuse_larger_than(len(body.requests), limit, "requests", "LEVI_MAX_BATCH_REQUEST")
+    refuse_larger_than(len(body.requests), settings, "max_batch_request", "requests")
     inputs = checked_inputs(
         engine,
         [

@@ -15,9 +15,9 @@ from service.results import ScoreBatch, adapter_list
 from service.routes.predict import (
     ERRORS,
     json_response,
-    not_ready,
     refuse_larger_than,
     score,
+    served_scorer,
 )
 from service.schemas import RankRequest, RankResponse
 from service.scorer import ScoreInput
@@ -68,11 +68,8 @@ def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
 @router.post("/rank", responses=ERRORS, response_model=RankResponse)
 async def rank(body: RankRequest, engine: EngineDep, settings: SettingsDep):
     """Rank candidate items for one user by predicted rating (``top_k`` to cut the list)."""
-    limit = min(settings.max_rank_candidates, settings.queue_bound)
-    refuse_larger_than(len(body.candidates), limit, "candidates", "LEVI_MAX_RANK_CANDIDATES")
-    scorer = engine.scorer
-    if scorer is None:
-        raise not_ready(engine)
+    refuse_larger_than(len(body.candidates), settings, "max_rank_candidates", "candidates")
+    scorer = served_scorer(engine)
     # The user's fields once, each candidate's item fields: 422s name the field.
     payloads = [(("body",), body.user, None)]
     payloads += [(("body", "candidates", i), None, c.item) for i, c in enumerate(body.candidates)]

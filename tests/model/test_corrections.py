@@ -39,6 +39,19 @@ def sequential(
     return np.array(out)
 
 
+def offsets_now(events, user, item, shrinkage, oov_items=()):
+    """``(item offset, user offset)`` a pair answers with after ``events`` (the reference:
+    one more, ignored, event of that pair)."""
+    row = sequential(
+        [*events, (user, item, 3.0, 3.0)],
+        shrinkage.k_item,
+        shrinkage.k_user,
+        oov_items=oov_items,
+        k_item_oov=shrinkage.k_item_oov,
+    )[-1]
+    return row[0], row[1]
+
+
 def random_events(n=400, seed=0):
     rng = np.random.default_rng(seed)
     users = [f"u{j}" for j in rng.integers(0, 12, n)]

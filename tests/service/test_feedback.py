@@ -13,7 +13,7 @@ from conftest import TINY_CORRECTIONS, loaded_client
 from model.corrections import Shrinkage
 from model.feedback_format import read_events
 from service import feedback_log
-from tests.model.test_corrections import sequential
+from tests.model.test_corrections import offsets_now
 from training.data.feedback import read_feedback_dir
 
 PAIRS = [("1", "10"), ("1", "11"), ("2", "10"), ("3", "12"), ("2", "new-7"), ("4", "11")]
@@ -72,15 +72,8 @@ def test_corrections_equal_the_numpy_reference(client):
         (e["user_id"], e["item_id"], model_rating[(e["user_id"], e["item_id"])], e["rating"])
         for e in events
     ]
-    # the offsets each pair answers with now: one more (ignored) event of that pair
     for user, item in PAIRS:
-        want = sequential(
-            [*stream, (user, item, 3.0, 3.0)],
-            k.k_item,
-            k.k_user,
-            oov_items={"new-7"},
-            k_item_oov=k.k_item_oov,
-        )[-1]
+        want = offsets_now(stream, user, item, k, oov_items={"new-7"})
         got = client.post("/predict-rating", json=pair_body(user, item)).json()
         assert got["corrections"]["item"] == pytest.approx(want[0], abs=1e-5)
         assert got["corrections"]["user"] == pytest.approx(want[1], abs=1e-5)

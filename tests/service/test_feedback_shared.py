@@ -22,7 +22,7 @@ from conftest import TINY_CORRECTIONS, free_port, start_server
 
 from model.corrections import Shrinkage
 from model.feedback_format import read_events
-from tests.model.test_corrections import sequential
+from tests.model.test_corrections import offsets_now
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -83,13 +83,7 @@ def test_two_replicas_sharing_redis_answer_the_same_corrections(
             stream.append((user, item, model[(user, item)], rating))
         k = Shrinkage.from_json(TINY_CORRECTIONS)
         for user, item in PAIRS:
-            want = sequential(
-                [*stream, (user, item, 3.0, 3.0)],
-                k.k_item,
-                k.k_user,
-                oov_items={"new-3"},
-                k_item_oov=k.k_item_oov,
-            )[-1]
+            want = offsets_now(stream, user, item, k, oov_items={"new-3"})
             answers = [
                 httpx.post(f"{s.base}/predict-rating", json=body(user, item), timeout=30).json()
                 for s in (a, b)
