@@ -77,6 +77,7 @@ FORMAT_VERSION = 2
 SUPPORTED_FORMAT_VERSIONS = (2,)
 MANIFEST = "manifest.json"
 BACKBONE_EXPORT, BACKBONE_PARAMS = "backbone.jaxexport", "backbone.safetensors"
+BACKBONE_FILES = (BACKBONE_EXPORT, BACKBONE_PARAMS)
 HEAD_EXPORT, HEAD_PARAMS = "head.jaxexport", "head.safetensors"
 # The first-layer decomposition (model.decomposed), for views that split by side.
 SIDE_EXPORTS = {"user": "user_side.jaxexport", "item": "item_side.jaxexport"}
@@ -651,11 +652,24 @@ def _as(array: Any, dtype: type, name: str, aval: Any) -> np.ndarray:
     return out
 
 
-def load_artifact(path: str | Path) -> Artifact:
+def shares_backbone(manifest: Mapping[str, Any], other: Artifact) -> bool:
+    """Whether an artifact with ``manifest`` has the very backbone ``other`` has loaded: the
+    same fingerprint and byte-identical exported function and parameters (their sha256)."""
+    mine, theirs = manifest.get("files") or {}, other.manifest.get("files") or {}
+    return str((manifest.get("backbone") or {}).get("fingerprint", "")) == str(
+        other.manifest["backbone"].get("fingerprint", "?")
+    ) and all(mine.get(f) is not None and mine.get(f) == theirs.get(f) for f in BACKBONE_FILES)
+
+
+def load_artifact(path: str | Path, *, backbone_of: Artifact | None = None) -> Artifact:
     """Load and check an artifact.
 
     Args:
         path: a version directory or the ``latest`` symlink (resolved).
+        backbone_of: a loaded artifact whose backbone to reuse when this one's is the same
+            (:func:`shares_backbone`; the normal case for a retrain): its exported function,
+            parameters and jitted call, so its compiled shapes serve both. Another backbone
+            is loaded as usual.
 
     Returns:
         The checked :class:`Artifact`.
@@ -672,9 +686,15 @@ def load_artifact(path: str | Path) -> Artifact:
     manifest = _read_manifest(given, root)
     _check_files(root, manifest)
     _check_platform(root, manifest)
-    exported_backbone = _deserialize(root / BACKBONE_EXPORT)
+    shared = (
+        backbone_of if backbone_of is not None and shares_backbone(manifest, backbone_of) else None
+    )
+    if shared is not None:
+        exported_backbone, backbone_params = shared.exported_backbone, shared.backbone_params
+    else:
+        exported_backbone = _deserialize(root / BACKBONE_EXPORT)
+        backbone_params = jax.device_put(_load_params(root / BACKBONE_PARAMS, exported_backbone))
     exported_head = _deserialize(root / HEAD_EXPORT)
-    backbone_params = _load_params(root / BACKBONE_PARAMS, exported_backbone)
     head_params = _load_params(root / HEAD_PARAMS, exported_head)
 
     try:
@@ -715,9 +735,9 @@ def load_artifact(path: str | Path) -> Artifact:
         reference=reference,
         exported_backbone=exported_backbone,
         exported_head=exported_head,
-        backbone_params=jax.device_put(backbone_params),
+        backbone_params=backbone_params,
         head_params=jax.device_put(head_params),
-        _encode_fn=jax.jit(exported_backbone.call),
+        _encode_fn=shared._encode_fn if shared is not None else jax.jit(exported_backbone.call),
         _score_fn=jax.jit(exported_head.call),
         layout=layout,
         _side_fns=side_fns,

@@ -19,7 +19,16 @@ from service.engine import Engine
 from service.entity_fields import with_model_fields
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from service.routes import admin, feedback, health, metrics, model_info, predict, rank
+from service.routes import (
+    admin,
+    feedback,
+    health,
+    metrics,
+    model_info,
+    predict,
+    rank,
+    versions,
+)
 from service.settings import Settings
 from service.workers import WorkerGroup
 
@@ -123,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = app_metrics
     app.state.workers = group
-    for module in (predict, rank, feedback, health, model_info, metrics, admin):
+    for module in (predict, rank, feedback, health, model_info, versions, metrics, admin):
         app.include_router(module.router)
     static_openapi = app.openapi
 

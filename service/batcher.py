@@ -29,7 +29,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from service.metrics import Metrics
 from service.results import ScoreBatch
@@ -49,9 +50,16 @@ class DeadlineError(TimeoutError):
 @dataclass
 class _Pending:
     requests: Sequence[ScoreInput]
-    future: asyncio.Future
+    future: asyncio.Future | None  # None: background work nobody waits for
     enqueued: float  # perf_counter
     deadline: float  # perf_counter
+    target: Any = None  # what scores it (a version's scorer); None: the score function's default
+    on_done: Callable[[ScoreBatch | None], None] | None = field(default=None, repr=False)
+
+    @property
+    def abandoned(self) -> bool:
+        """Nobody waits for the answer any more (timeout or disconnect)."""
+        return self.future is not None and self.future.done()
 
 
 class ArrivalRate:
@@ -94,8 +102,10 @@ class MicroBatcher:
     """Gathers pairs from concurrent requests into batches for ``score``.
 
     Args:
-        score: scores the pairs of one or more jobs (called on the worker thread); read again
-            for every batch, so a model swap takes effect on the next batch.
+        score: ``score(target, pairs, background)`` scores the pairs of one or more jobs of
+            one target (called on the worker thread; ``target`` is what :meth:`submit` was
+            given, None for the default, which is read again for every batch, so a model swap
+            takes effect on the next batch).
         max_batch: most pairs per call, except that a job larger than it is scored alone.
         max_delay_s: longest wait for more pairs once one is pending.
         queue_bound: most pending pairs; beyond it :meth:`submit` raises QueueFullError.
@@ -103,20 +113,25 @@ class MicroBatcher:
 
     def __init__(
         self,
-        score: Callable[[Sequence[ScoreInput]], ScoreBatch],
+        score: Callable[[Any, Sequence[ScoreInput], bool], ScoreBatch],
         metrics: Metrics,
         *,
         max_batch: int,
         max_delay_s: float,
         queue_bound: int,
+        background_bound: int = 4096,
     ):
         self.score = score
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.queue_bound = queue_bound
+        self.background_bound = background_bound
         self._queue: deque[_Pending] = deque()
         self._pending_pairs = 0
+        # Work nobody waits for (shadow scoring): scored only while no request waits.
+        self._background: deque[_Pending] = deque()
+        self._background_pairs = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levi-scorer")
@@ -138,17 +153,21 @@ class MicroBatcher:
                 await self._task
         while self._queue:
             p = self._queue.popleft()
-            if not p.future.done():
+            if p.future is not None and not p.future.done():
                 p.future.set_exception(QueueFullError("the service is shutting down"))
         self._pending_pairs = 0
+        self._background.clear()
+        self._background_pairs = 0
         self._executor.shutdown(wait=True)
 
     async def run_between_batches(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` on the scorer thread once the batch in flight (if any) has finished."""
         await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def submit(self, requests: Sequence[ScoreInput], timeout_s: float) -> ScoreBatch:
-        """Score ``requests`` (in order) within ``timeout_s``, as one job.
+    async def submit(
+        self, requests: Sequence[ScoreInput], timeout_s: float, target: Any = None
+    ) -> ScoreBatch:
+        """Score ``requests`` (in order) within ``timeout_s``, as one job, with ``target``.
 
         Raises:
             QueueFullError: the queue is full.
@@ -165,7 +184,7 @@ class MicroBatcher:
         now = time.perf_counter()
         self.arrivals.observe(now, len(requests))
         future = loop.create_future()
-        self._queue.append(_Pending(requests, future, now, now + timeout_s))
+        self._queue.append(_Pending(requests, future, now, now + timeout_s, target))
         self._pending_pairs += len(requests)
         self._wakeup.set()
         try:
@@ -173,11 +192,38 @@ class MicroBatcher:
         except TimeoutError:
             raise DeadlineError(f"not scored within the {timeout_s:g}s request timeout") from None
 
+    def submit_background(
+        self,
+        requests: Sequence[ScoreInput],
+        target: Any,
+        timeout_s: float,
+        on_done: Callable[[ScoreBatch | None], None],
+    ) -> bool:
+        """Queue work nobody waits for (shadow scoring): scored with ``target`` only while no
+        request waits, ``on_done(batch)`` on the event loop when scored (``on_done(None)``
+        when it failed or was not started within ``timeout_s``).
+
+        Returns:
+            False (nothing queued) when the background queue holds ``background_bound`` pairs.
+        """
+        if self._task is None or self._wakeup is None:
+            return False
+        if self._background_pairs + len(requests) > self.background_bound:
+            return False
+        now = time.perf_counter()
+        self._background.append(_Pending(requests, None, now, now + timeout_s, target, on_done))
+        self._background_pairs += len(requests)
+        self._wakeup.set()
+        return True
+
     async def _run(self) -> None:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
+                if self._background:
+                    await self._run_background(loop)
+                    continue
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -208,7 +254,9 @@ class MicroBatcher:
                 self.metrics.queue_wait.observe(started - p.enqueued)
             self.metrics.batch_size.observe(len(pairs))
             try:
-                results = await loop.run_in_executor(self._executor, self.score, pairs)
+                results = await loop.run_in_executor(
+                    self._executor, self.score, batch[0].target, pairs, False
+                )
             except Exception as e:  # delivered to each waiting request, logged once here
                 log.exception("scoring a batch of %d pairs failed", len(pairs))
                 for p in batch:
@@ -222,23 +270,45 @@ class MicroBatcher:
                     p.future.set_result(results.slice(start, stop))
                 start = stop
 
+    async def _run_background(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Score the oldest background job (nothing else waits)."""
+        p = self._background.popleft()
+        self._background_pairs -= len(p.requests)
+        if time.perf_counter() > p.deadline:
+            p.on_done(None)
+            return
+        try:
+            result = await loop.run_in_executor(
+                self._executor, self.score, p.target, p.requests, True
+            )
+        except Exception:
+            log.exception("background scoring of %d pairs failed", len(p.requests))
+            result = None
+        p.on_done(result)
+
     def _take(self) -> list[_Pending]:
-        """Pending jobs whose request is still waiting, up to ``max_batch`` pairs (one job
-        larger than that is taken alone)."""
+        """Pending jobs whose request is still waiting, of the first one's target, up to
+        ``max_batch`` pairs (one job larger than that is taken alone); jobs of other targets
+        keep their place for the next batch."""
         now = time.perf_counter()
         batch: list[_Pending] = []
+        skipped: list[_Pending] = []
         pairs = 0
         while self._queue:
             p = self._queue[0]
+            if batch and p.target is not batch[0].target and not p.abandoned:
+                skipped.append(self._queue.popleft())
+                continue
             if batch and pairs + len(p.requests) > self.max_batch:
                 break
             self._queue.popleft()
             self._pending_pairs -= len(p.requests)
-            if p.future.done():  # the request gave up (timeout or disconnect)
+            if p.abandoned:  # the request gave up (timeout or disconnect)
                 continue
             if now > p.deadline:
                 p.future.set_exception(DeadlineError("deadline passed while queued"))
                 continue
             batch.append(p)
             pairs += len(p.requests)
+        self._queue.extendleft(reversed(skipped))
         return batch

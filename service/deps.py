@@ -30,6 +30,15 @@ async def get_metrics(request: Request) -> Metrics:
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
+# A version or alias a client asks for (testing a challenger, comparing versions).
+RequestedVersion = Annotated[
+    str | None,
+    Header(
+        alias="X-Model-Version",
+        description="answer with this model version or alias (champion, challenger, "
+        "previous) instead of the routed one",
+    ),
+]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 

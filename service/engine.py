@@ -1,8 +1,15 @@
-"""The serving engine: the current model, its warm-up, hot reload and the micro-batcher.
+"""The serving engine: the loaded versions, their warm-up, rollout changes and the
+micro-batcher.
 
-A model is loaded and warmed on a background thread, then swapped in with one assignment;
-the micro-batcher reads the current scorer for every batch, so in-flight batches finish on
-the old model and the next batch uses the new one. A failed load leaves the old one serving.
+What is served is a :class:`service.versions.Rollout`: a champion, optionally a challenger
+(canary and shadow traffic) and the previous champion. Every change (a reload, a new or
+retired challenger, a promotion, a rollback, the gate's decision) is a new
+:class:`~service.versions.RolloutPlan`: versions it names that are not loaded yet are loaded
+and warmed on a background thread at a lower CPU priority, then the whole rollout is swapped
+in with one assignment. A request reads the rollout once and is scored by the version it
+chose, so in-flight requests finish on the versions they started with. A failed load leaves
+everything as it was. Versions with the same backbone share its parameters, compiled shapes
+and activation cache, so a retrained challenger costs its head and projections only.
 
 The first model of a start is ready once the shapes first traffic needs are compiled; the
 rest compile in the background while it serves (service/warmup.py). A reload warms every
@@ -13,14 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import gc
 import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -30,9 +38,11 @@ from service.cache import ActivationCache, LocalLRU, RedisTier
 from service.corrections import OnlineCorrections, item_vocabulary, shrinkage_of
 from service.feedback_log import FeedbackLog
 from service.metrics import Metrics
+from service.online_eval import OnlineEvaluation, PredictionLog, decision
 from service.results import ScoreBatch
 from service.scorer import ScoreInput, Scorer
 from service.settings import Settings
+from service.versions import Rollout, RolloutError, RolloutPlan, Version
 from service.warmup import CompiledShapes, start_background, warm_first, warm_rest
 from service.workers import WorkerGroup, WorkerState
 
@@ -40,6 +50,7 @@ if TYPE_CHECKING:
     from model.artifact import Artifact
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ModelNotReadyError(RuntimeError):
@@ -52,6 +63,45 @@ class ReloadConflictError(RuntimeError):
 
 class ReloadError(RuntimeError):
     """The new artifact could not be loaded or warmed; the old model keeps serving (409)."""
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Give the calling thread a lower CPU priority (Linux: threads have their own nice
+    value), so a version compiling next to the one serving leaves it the CPU. No-op where
+    unsupported."""
+    if niceness <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError) as e:
+        log.debug("could not lower the loading thread's priority: %s", e)
+
+
+async def on_own_thread(fn: Callable[[], T], name: str) -> T:
+    """``fn()`` on a new thread (not the shared pool, whose threads other work reuses: a
+    priority set inside ``fn`` dies with this thread)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as e:  # delivered to the awaiting coroutine
+            loop.call_soon_threadsafe(_settle, future, None, e)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
+
+
+def _settle(future: asyncio.Future, result: object, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def activation_layout(artifact: Artifact) -> tuple[tuple[int, int], np.dtype]:
@@ -69,23 +119,27 @@ def build_scorer(
     redis: RedisTier | None,
     warm: bool = True,
     corrections: bool = False,
+    cache: ActivationCache | None = None,
 ) -> Scorer:
     """A scorer over ``artifact`` with its activation cache (LRU + the shared Redis tier).
 
     Args:
         corrections: add the online corrections of this model version (shared through
             ``redis`` when given; ``service/corrections.py``) to its answers.
+        cache: the activation cache of another version with the same backbone fingerprint,
+            to share (default: a new one).
     """
     shape, dtype = activation_layout(artifact)
-    cache = ActivationCache(
-        artifact.manifest["backbone"]["fingerprint"],
-        shape,
-        dtype,
-        metrics,
-        local=LocalLRU(settings.local_cache_size),
-        remote=redis,
-        key_prefix=settings.cache_key_prefix,
-    )
+    if cache is None or cache.fingerprint != artifact.manifest["backbone"]["fingerprint"]:
+        cache = ActivationCache(
+            artifact.manifest["backbone"]["fingerprint"],
+            shape,
+            dtype,
+            metrics,
+            local=LocalLRU(settings.local_cache_size),
+            remote=redis,
+            key_prefix=settings.cache_key_prefix,
+        )
     scorer = Scorer(
         artifact,
         cache,
@@ -170,7 +224,7 @@ def freeze_long_lived() -> None:
 
 
 class Engine:
-    """Owns the served model and everything that scores with it.
+    """Owns the served versions and everything that scores with them.
 
     Models are loaded only through :func:`model.artifact.load_artifact`, so every artifact
     served has passed its checksum, format-version and platform checks.
@@ -194,9 +248,25 @@ class Engine:
             if settings.feedback_dir is not None
             else None
         )
-        self.scorer: Scorer | None = None
-        self.path: Path | None = None
-        self.loaded_at: str | None = None
+        self.predictions: PredictionLog | None = None
+        self.online: OnlineEvaluation | None = None
+        if settings.online_eval:
+            self.predictions = PredictionLog(
+                metrics,
+                redis_tier=self.redis,
+                ttl_s=settings.prediction_ttl_s,
+                max_pairs=settings.prediction_log_size,
+                queue_pairs=settings.prediction_queue,
+                key_prefix=settings.online_key_prefix,
+            )
+            self.online = OnlineEvaluation(
+                self.predictions,
+                metrics,
+                redis_tier=self.redis,
+                ttl_s=settings.online_eval_ttl_s,
+                key_prefix=settings.online_key_prefix,
+            )
+        self.rollout: Rollout | None = None
         self.load_error: str | None = None
         self.batcher = MicroBatcher(
             self.score,
@@ -204,29 +274,85 @@ class Engine:
             max_batch=settings.max_batch,
             max_delay_s=settings.max_delay_ms / 1000.0,
             queue_bound=settings.queue_bound,
+            background_bound=settings.shadow_queue_bound,
         )
-        self._reload_lock = asyncio.Lock()
+        self._change_lock = asyncio.Lock()
         self._initial: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
-        self._background: tuple[CompiledShapes, threading.Thread] | None = None
-        self.generation = 0  # the last reload of the worker group applied (several workers)
+        self._gate_task: asyncio.Task | None = None
+        # Background warm-ups (staged start) by version: stopped when the version is unloaded.
+        self._background: dict[int, tuple[CompiledShapes, threading.Thread]] = {}
+        self.generation = 0  # the last change of the worker group applied (several workers)
+
+    # -- what is served -------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self.scorer is not None
+        return self.rollout is not None
 
-    def build(self, path: Path, *, staged: bool = False) -> tuple[Scorer, CompiledShapes]:
+    @property
+    def scorer(self) -> Scorer | None:
+        """The champion's scorer (None before the first model is loaded)."""
+        rollout = self.rollout
+        return rollout.champion.scorer if rollout is not None else None
+
+    @property
+    def path(self) -> Path | None:
+        rollout = self.rollout
+        return rollout.champion.path if rollout is not None else None
+
+    @property
+    def loaded_at(self) -> str | None:
+        rollout = self.rollout
+        return rollout.champion.loaded_at if rollout is not None else None
+
+    def plan(self) -> RolloutPlan:
+        """The plan being served (raises ModelNotReadyError before the first load)."""
+        rollout = self.rollout
+        if rollout is None:
+            raise ModelNotReadyError(self.not_ready_reason())
+        return rollout.plan()
+
+    def not_ready_reason(self) -> str:
+        if self.load_error:
+            return f"model not loaded: {self.load_error}"
+        return "model is loading and warming up"
+
+    # -- loading --------------------------------------------------------------------------
+
+    def build(
+        self, path: Path, *, staged: bool = False, loaded: tuple[Version, ...] = ()
+    ) -> Version:
         """Load and warm the artifact at ``path`` (blocking; run off the event loop).
 
         Args:
             staged: warm only what first traffic needs (service/warmup.py, stage 1); the
                 caller starts the rest with :func:`service.warmup.start_background`.
                 Otherwise every shape is compiled before this returns.
+            loaded: versions already loaded; one with the same backbone lends it (its
+                parameters, compiled shapes and activation cache).
         """
         from model.artifact import load_artifact
 
         t0 = time.perf_counter()
-        shapes = CompiledShapes(load_artifact(Path(path)), self.metrics)
+        root = Path(path).resolve()
+        donor = next(
+            (
+                v
+                for v in loaded
+                if v.scorer.artifact.manifest["backbone"].get("fingerprint")
+                == _fingerprint_at(root)
+            ),
+            None,
+        )
+        artifact = load_artifact(root, backbone_of=donor.shapes._artifact if donor else None)
+        shared = (
+            donor is not None
+            and artifact.exported_backbone is donor.scorer.artifact.exported_backbone
+        )
+        shapes = CompiledShapes(
+            artifact, self.metrics, backbone_from=donor.shapes if shared else None
+        )
         scorer = build_scorer(
             shapes,
             self.settings,
@@ -234,25 +360,41 @@ class Engine:
             redis=self.redis,
             warm=False,
             corrections=self.settings.corrections,
+            cache=donor.scorer.cache if shared else None,
         )
-        loaded = time.perf_counter() - t0
+        loaded_s = time.perf_counter() - t0
         first = warm_first(scorer, shapes)
         rest = 0.0 if staged else warm_rest(scorer, shapes)
         stages = self.metrics.warmup_seconds
-        stages.labels(stage="load").set(loaded)
+        stages.labels(stage="load").set(loaded_s)
         stages.labels(stage="first").set(first)
         if not staged:
             stages.labels(stage="background").set(rest)
         log.info(
-            "model %s: artifact and entity tables read in %.1fs, first shapes compiled in %.1fs%s",
+            "model %s: artifact and entity tables read in %.1fs%s, first shapes compiled in "
+            "%.1fs%s",
             scorer.model_version,
-            loaded,
+            loaded_s,
+            f" (backbone shared with {donor.model_version})" if shared else "",
             first,
             "; the rest compile in the background" if staged else f", the rest in {rest:.1f}s",
         )
-        return scorer, shapes
+        return Version(
+            scorer=scorer,
+            shapes=shapes,
+            path=root,
+            loaded_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            load_seconds=time.perf_counter() - t0,
+        )
 
-    def _warm_rest_in_background(self, scorer: Scorer, shapes: CompiledShapes) -> None:
+    def _build_while_serving(self, path: Path, loaded: tuple[Version, ...]) -> Version:
+        """:meth:`build` of every shape at a lower CPU priority (run on its own thread)."""
+        lower_thread_priority(self.settings.load_niceness)
+        return self.build(path, loaded=loaded)
+
+    def _warm_rest_in_background(self, version: Version) -> None:
+        scorer, shapes = version.scorer, version.shapes
+
         def done(seconds: float) -> None:
             self.metrics.warmup_seconds.labels(stage="background").set(seconds)
             log.info(
@@ -261,96 +403,178 @@ class Engine:
                 seconds,
             )
 
-        self._background = (shapes, start_background(scorer, shapes, done))
+        self._background[id(version)] = (shapes, start_background(scorer, shapes, done))
 
-    async def _stop_background(self) -> None:
-        """End the background warm-up after its current shape (a swap or shutdown)."""
-        if self._background is not None:
-            shapes, thread = self._background
-            self._background = None
+    async def _stop_background(self, keep: set[int] | None = None) -> None:
+        """End background warm-ups (of versions not in ``keep``) after their current shape."""
+        for key in [k for k in self._background if keep is None or k not in keep]:
+            shapes, thread = self._background.pop(key)
             shapes.stopping.set()
             await asyncio.to_thread(thread.join)
 
-    def _install(self, scorer: Scorer, path: Path) -> None:
-        previous = self.scorer
-        self.scorer = scorer  # the swap: one reference assignment
-        if previous is not None and previous.corrections is not None:
-            previous.corrections.discard_backlog()  # the old version's: counted as dropped
-        self.path = Path(path)
-        self.loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    async def _load(self, plan: RolloutPlan, *, initial: bool) -> Rollout:
+        """The rollout of ``plan``: loaded versions reused, the others loaded (in order)."""
+        current = self.rollout
+        have = {str(v.path): v for v, _ in current.versions()} if current is not None else {}
+        versions: dict[str, Version] = {}
+        for p in plan.paths:
+            if p in have:
+                versions[p] = have[p]
+                continue
+            loaded = tuple(have.values()) + tuple(versions.values())
+            if initial:  # nothing serves yet: ready after the first shapes of each
+                staged = self.settings.warmup == "first"
+                version = await asyncio.to_thread(self.build, Path(p), staged=staged, loaded=loaded)
+                if staged:
+                    self._warm_rest_in_background(version)
+            else:
+                version = await on_own_thread(
+                    functools.partial(self._build_while_serving, Path(p), loaded), "levi-load"
+                )
+            versions[p] = version
+        return Rollout(
+            champion=versions[plan.champion],
+            challenger=versions[plan.challenger] if plan.challenger else None,
+            previous=versions[plan.previous] if plan.previous else None,
+            canary=plan.canary if plan.challenger else 0.0,
+            shadow=plan.shadow and plan.challenger is not None,
+        )
+
+    def _install(self, rollout: Rollout) -> set[int]:
+        """Swap ``rollout`` in; the ids of the versions it keeps."""
+        previous = self.rollout
+        self.rollout = rollout  # the swap: one reference assignment
+        kept = {id(v) for v, _ in rollout.versions()}
+        if previous is not None:
+            for v, _ in previous.versions():
+                if id(v) not in kept and v.scorer.corrections is not None:
+                    v.scorer.corrections.discard_backlog()  # counted as dropped
         self.load_error = None
-        backbone = str(scorer.artifact.manifest.get("backbone", {}).get("name", "unknown"))
-        self.metrics.set_model(scorer.model_version, backbone)
-        logs.set_model_version(scorer.model_version)
+        champion = rollout.champion
+        backbone = str(champion.scorer.artifact.manifest.get("backbone", {}).get("name", "unknown"))
+        self.metrics.set_model(champion.model_version, backbone)
+        self.metrics.set_versions(
+            {a: v.model_version for a, v in rollout.aliases().items()}, rollout.canary
+        )
+        logs.set_model_version(champion.model_version)
         if self.group is not None:
             self.group.announce(
-                WorkerState(os.getpid(), scorer.model_version, backbone, self.generation)
+                WorkerState(os.getpid(), champion.model_version, backbone, self.generation)
             )
+        return kept
 
     async def _freeze(self) -> None:
         # On the scorer thread, after the batch in flight: that batch may still hold the
         # previous model, which must be unreferenced before it is collected.
         await self.batcher.run_between_batches(freeze_long_lived)
 
-    def score(self, requests: Sequence[ScoreInput]) -> ScoreBatch:
-        scorer = self.scorer
+    # -- scoring --------------------------------------------------------------------------
+
+    def score(
+        self, target: Scorer | None, requests: Sequence[ScoreInput], background: bool = False
+    ) -> ScoreBatch:
+        """Score with ``target`` (default: the champion); background (shadow) work stays out
+        of the serving metrics and drift windows."""
+        scorer = target if target is not None else self.scorer
         if scorer is None:
             raise ModelNotReadyError(self.not_ready_reason())
-        return scorer.score(requests)
+        return scorer.score(requests, observe=not background)
 
-    def not_ready_reason(self) -> str:
-        if self.load_error:
-            return f"model not loaded: {self.load_error}"
-        return "model is loading and warming up"
+    def answered(
+        self, rollout: Rollout, version: Version, inputs: Sequence[ScoreInput], batch: ScoreBatch
+    ) -> None:
+        """After an answer: log its predictions for the online evaluation and queue its shadow
+        scoring (never blocks, never fails the answer)."""
+        users = [r.user_id for r in inputs]
+        items = [r.item_id for r in inputs]
+        if self.predictions is not None:
+            self.predictions.record(version.model_version, users, items, batch)
+        shadow = rollout.shadow_of(version)
+        if shadow is None:
+            return
+
+        def done(result: ScoreBatch | None) -> None:
+            if result is None:
+                self.metrics.shadow.labels(result="expired").inc(len(inputs))
+                return
+            self.metrics.shadow.labels(result="scored").inc(len(inputs))
+            if self.predictions is not None:
+                self.predictions.record(shadow.model_version, users, items, result)
+
+        queued = self.batcher.submit_background(
+            list(inputs), shadow.scorer, self.settings.shadow_timeout_s, done
+        )
+        if not queued:
+            self.metrics.shadow.labels(result="dropped").inc(len(inputs))
+
+    # -- start, changes, stop -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the batcher and load the configured model in the background."""
+        """Start the batcher and load the configured versions in the background."""
         await self.batcher.start()
         self._initial = asyncio.create_task(self._load_initial(), name="levi-initial-load")
 
+    def _configured_plan(self) -> RolloutPlan:
+        s = self.settings
+        challenger = str(Path(s.challenger_dir).resolve()) if s.challenger_dir else None
+        champion = str(Path(s.model_dir).resolve())
+        if challenger == champion:
+            challenger = None
+        return RolloutPlan(
+            champion=champion,
+            challenger=challenger,
+            canary=s.canary if challenger else 0.0,
+            shadow=s.shadow and challenger is not None,
+        )
+
     async def _load_initial(self) -> None:
-        path = self.settings.model_dir
+        plan = None
         applied = self.group.serving() if self.group is not None else None
-        if applied is not None:  # a worker started after a reload serves what the others do
-            path, self.generation = Path(applied.path), applied.generation
+        if applied is not None:  # a worker started after a change serves what the others do
+            plan, self.generation = RolloutPlan.from_json(applied.plan), applied.generation
         t0 = time.perf_counter()
         try:
-            staged = self.settings.warmup == "first"
-            scorer, shapes = await asyncio.to_thread(self.build, path, staged=staged)
+            plan = plan or self._configured_plan()
+            rollout = await self._load(plan, initial=True)
         except Exception as e:  # keep serving /healthz and /readyz with the reason
             self.load_error = f"{type(e).__name__}: {e}"
-            log.error("could not load the model from %s: %s", path, self.load_error)
+            log.error(
+                "could not load the model from %s: %s", self.settings.model_dir, self.load_error
+            )
+            await self._stop_background()
             return
-        self._install(scorer, path)
+        self._install(rollout)
         await self._freeze()
         log.info(
-            "serving model %s from %s (ready after %.1fs)",
-            scorer.model_version,
-            path,
+            "serving model %s from %s (ready after %.1fs)%s",
+            rollout.champion.model_version,
+            rollout.champion.path,
             time.perf_counter() - t0,
+            f"; challenger {rollout.challenger.model_version} (canary {rollout.canary:g}, "
+            f"shadow {'on' if rollout.shadow else 'off'})"
+            if rollout.challenger
+            else "",
         )
-        if staged:
-            self._warm_rest_in_background(scorer, shapes)
         if self.group is not None:
-            self._watcher = asyncio.create_task(self._watch_reloads(), name="levi-reloads")
+            self._watcher = asyncio.create_task(self._watch_changes(), name="levi-rollouts")
 
-    async def _watch_reloads(self, interval_s: float = 0.25) -> None:
-        """Several workers: apply every reload the group asks for (service/workers.py)."""
+    async def _watch_changes(self, interval_s: float = 0.25) -> None:
+        """Several workers: apply every change the group asks for (service/workers.py)."""
         assert self.group is not None
         while True:
             await asyncio.sleep(interval_s)
-            request = self.group.reload_request()
+            request = self.group.rollout_request()
             if request is None or request.generation <= self.generation:
                 continue
             error = None
             try:
-                await self.reload(Path(request.path), generation=request.generation)
+                await self.apply(RolloutPlan.from_json(request.plan), generation=request.generation)
             except ReloadConflictError:
                 continue  # one is running here; the request is looked at again
             except ReloadError as e:
                 error = str(e)
-            except Exception as e:  # keep watching: the old model serves on
-                log.exception("reload from %s failed", request.path)
+            except Exception as e:  # keep watching: the old versions serve on
+                log.exception("rollout change %d failed", request.generation)
                 error = f"{type(e).__name__}: {e}"
             if error is not None:
                 self.generation = request.generation
@@ -370,55 +594,212 @@ class Engine:
         if self._initial is not None:
             await self._initial
 
+    async def apply(
+        self, plan: RolloutPlan, *, generation: int | None = None
+    ) -> tuple[Rollout | None, Rollout, float]:
+        """Load what ``plan`` needs (at a lower priority, while the current versions serve),
+        then swap it in.
+
+        Args:
+            generation: the worker group's change this is (several workers), announced with
+                the new state.
+
+        Returns:
+            ``(rollout before, rollout after, seconds)``.
+
+        Raises:
+            ReloadConflictError: another change is running.
+            ReloadError: an artifact was refused; everything keeps serving as it was.
+        """
+        if self._change_lock.locked():
+            raise ReloadConflictError(
+                "a reload or rollout change is already running; retry when it has finished"
+            )
+        async with self._change_lock:
+            before = self.rollout
+            t0 = time.perf_counter()
+            try:
+                rollout = await self._load(plan, initial=before is None)
+            except Exception as e:
+                self.metrics.model_reloads.labels(result="failure").inc()
+                serving = before.champion.model_version if before else "none"
+                missing = [
+                    p
+                    for p in plan.paths
+                    if before is None or p not in {str(v.path) for v, _ in before.versions()}
+                ]
+                log.warning("loading %s refused: %s: %s", missing, type(e).__name__, e)
+                raise ReloadError(
+                    f"artifact {', '.join(missing)} refused ({type(e).__name__}: {e}); "
+                    f"still serving model {serving}"
+                ) from e
+            if generation is not None and self.group is not None:
+                self.generation = generation
+                self.group.record_serving(plan.to_json(), generation)
+            kept = self._install(rollout)
+            await self._stop_background(keep=kept)
+            await self._freeze()
+            self.metrics.model_reloads.labels(result="success").inc()
+            seconds = time.perf_counter() - t0
+            log.info(
+                "rollout: champion %s, challenger %s (canary %g, shadow %s), previous %s (%.1fs)",
+                rollout.champion.model_version,
+                rollout.challenger.model_version if rollout.challenger else "none",
+                rollout.canary,
+                "on" if rollout.shadow else "off",
+                rollout.previous.model_version if rollout.previous else "none",
+                seconds,
+            )
+            return before, rollout, seconds
+
     async def reload(
         self, path: Path | None, *, generation: int | None = None
     ) -> tuple[str, str, float]:
-        """Load, warm and swap in a new model.
-
-        Args:
-            generation: the worker group's reload this is (several workers), announced with
-                the new model.
+        """Load, warm and swap in a new champion (the one it replaces stays as ``previous``).
 
         Returns:
             ``(previous version, new version, seconds)``.
 
         Raises:
-            ReloadConflictError: another reload is running.
+            ReloadConflictError: another change is running.
             ReloadError: the artifact was refused; the old model keeps serving.
         """
-        if self._reload_lock.locked():
-            raise ReloadConflictError("a reload is already running; retry when it has finished")
-        async with self._reload_lock:
-            target = Path(path) if path is not None else self.settings.model_dir
-            previous = self.scorer.model_version if self.scorer else "none"
-            t0 = time.perf_counter()
-            try:
-                scorer, _ = await asyncio.to_thread(self.build, target)
-            except Exception as e:
-                self.metrics.model_reloads.labels(result="failure").inc()
-                log.warning("reload from %s refused: %s: %s", target, type(e).__name__, e)
-                raise ReloadError(
-                    f"artifact {target} refused ({type(e).__name__}: {e}); "
-                    f"still serving model {previous}"
-                ) from e
-            await self._stop_background()  # the old model's: the new one is all compiled
-            if generation is not None and self.group is not None:
-                self.generation = generation
-                self.group.record_serving(target, generation)
-            self._install(scorer, target)
-            await self._freeze()
-            self.metrics.model_reloads.labels(result="success").inc()
-            seconds = time.perf_counter() - t0
-            log.info("reloaded: %s -> %s in %.1fs", previous, scorer.model_version, seconds)
-            return previous, scorer.model_version, seconds
+        target = str(Path(path if path is not None else self.settings.model_dir).resolve())
+        current = self.rollout
+        plan = current.plan().reload(target) if current is not None else RolloutPlan(target)
+        before, after, seconds = await self.apply(plan, generation=generation)
+        previous = before.champion.model_version if before else "none"
+        return previous, after.champion.model_version, seconds
+
+    async def change(
+        self, plan: RolloutPlan, *, decision: str, trigger: str, figures: dict | None = None
+    ) -> tuple[str, RolloutPlan, float]:
+        """Apply ``plan`` in this process, or in every worker (several workers), then log and
+        count the decision.
+
+        Returns:
+            ``(the champion version before, the plan now served, seconds)``.
+
+        Raises:
+            ReloadConflictError: another change is running.
+            ReloadError: a version was refused (by some worker); nothing changed there.
+        """
+        before = self.scorer.model_version if self.scorer else "none"
+        t0 = time.perf_counter()
+        if self.group is None:
+            await self.apply(plan)
+        else:
+            await self._change_every_worker(plan)
+        seconds = time.perf_counter() - t0
+        self.metrics.rollout_decisions.labels(decision=decision, trigger=trigger).inc()
+        log.warning(
+            "rollout decision %s (%s): champion %s -> %s, challenger %s (canary %g, shadow "
+            "%s), previous %s%s",
+            decision,
+            trigger,
+            before,
+            Path(plan.champion).name,
+            Path(plan.challenger).name if plan.challenger else "none",
+            plan.canary,
+            "on" if plan.shadow else "off",
+            Path(plan.previous).name if plan.previous else "none",
+            f"; figures {figures}" if figures else "",
+        )
+        return before, plan, seconds
+
+    async def _change_every_worker(self, plan: RolloutPlan, timeout_s: float = 600.0) -> None:
+        """Several workers: ask each to apply ``plan``; return once all have."""
+        group = self.group
+        assert group is not None
+        try:
+            generation = group.request_rollout(plan.to_json())
+        except RuntimeError as e:
+            raise ReloadConflictError(str(e)) from None
+        log.info("rollout change %d asked of all %d workers", generation, group.expected)
+        states = await group.wait_applied(generation, timeout_s)
+        late = [st.pid for st in states if st.generation < generation]
+        refused = [st for st in states if st.generation >= generation and st.error]
+        if refused:
+            log.warning(
+                "change refused by %d of %d workers: %s",
+                len(refused),
+                len(states),
+                refused[0].error,
+            )
+            raise ReloadError(f"{refused[0].error} (in {len(refused)} of {len(states)} workers)")
+        if late:
+            raise ReloadError(
+                f"worker(s) {late} had not applied the change after {timeout_s:g}s; they serve "
+                "their old versions until they do (levi_model_version_info)"
+            )
+
+    # -- the gate -------------------------------------------------------------------------
+
+    def comparison(self) -> dict | None:
+        """The online comparison of the challenger with the champion (blocking: Redis)."""
+        rollout = self.rollout
+        if self.online is None or rollout is None or rollout.challenger is None:
+            return None
+        pair = (rollout.champion.model_version, rollout.challenger.model_version)
+        _, comparison, _ = self.online.report(
+            [],
+            pair,
+            rating=self.settings.gate_rating,
+            confidence=self.settings.gate_confidence,
+        )
+        return comparison
+
+    def consider_gate(self) -> None:
+        """After feedback was joined: let the gate decide (settings ``LEVI_GATE*``), one check
+        at a time, off the request."""
+        if not self.settings.gate or self.rollout is None or self.rollout.challenger is None:
+            return
+        if self._gate_task is not None and not self._gate_task.done():
+            return
+        self._gate_task = asyncio.create_task(self._gate(), name="levi-gate")
+
+    async def _gate(self) -> None:
+        rollout = self.rollout
+        if rollout is None or rollout.challenger is None:
+            return
+        comparison = await asyncio.to_thread(self.comparison)
+        if comparison is None or self.rollout is not rollout:
+            return
+        verdict = decision(comparison, self.settings.gate_min_events)
+        if verdict is None:
+            return
+        plan = rollout.plan()
+        try:
+            new = plan.promote() if verdict == "promote" else plan.without_challenger()
+        except RolloutError:
+            return
+        figures = {k: comparison.get(k) for k in ("kind", "n", "clusters", "mean_diff", "ci")}
+        name = "promote" if verdict == "promote" else "remove_challenger"
+        try:
+            await self.change(new, decision=name, trigger="gate", figures=figures)
+        except (ReloadConflictError, ReloadError) as e:  # the next feedback looks again
+            log.warning("gate decision %s not applied: %s", name, e)
 
     async def stop(self) -> None:
-        for task in (self._initial, self._watcher):
+        for task in (self._initial, self._watcher, self._gate_task):
             if task is not None and not task.done():
                 task.cancel()
         await self._stop_background()
         await self.batcher.stop()
         if self.feedback_log is not None:
             self.feedback_log.close()
+        if self.online is not None:
+            self.online.close()
         if self.redis is not None:
             self.redis.close()
+
+
+def _fingerprint_at(root: Path) -> str | None:
+    """The backbone fingerprint an artifact's manifest names (None when unreadable: the load
+    then reports why)."""
+    import json
+
+    try:
+        return str(json.loads((root / "manifest.json").read_text())["backbone"]["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -196,6 +196,7 @@ class Metrics:
             multiprocess_mode="liveall",
         )
         self._model_labels: tuple[str, str] | None = None
+        self._version_labels: set[tuple[str, str]] = set()
         self.warmup_pending = Gauge(
             "levi_warmup_pending_shapes",
             "Input shapes of the served model not compiled yet: ready comes after the shapes "
@@ -255,6 +256,89 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # Versions and online evaluation (service/versions.py, service/online_eval.py).
+        self.model_versions = Gauge(
+            "levi_model_version_info",
+            "Loaded model versions by alias (champion, challenger, previous; value 1) and the "
+            'challenger\'s canary share (alias="canary", value 0-1).',
+            ["alias", "model_version"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.routed = Counter(
+            "levi_routed_requests",
+            "Scoring requests by the alias that answered them (champion, challenger, or "
+            "named: a version asked for with the X-Model-Version header).",
+            ["alias"],
+            registry=r,
+        )
+        self.shadow = Counter(
+            "levi_shadow_pairs",
+            "Pairs scored in shadow (off the request path) by result: scored, dropped (queue "
+            "full), expired (not reached in time), failed.",
+            ["result"],
+            registry=r,
+        )
+        self.rollout_decisions = Counter(
+            "levi_rollout_decisions",
+            "Rollout changes by decision (challenger, remove_challenger, promote, rollback, "
+            "reload) and trigger (admin, gate).",
+            ["decision", "trigger"],
+            registry=r,
+        )
+        self.prediction_log = Counter(
+            "levi_prediction_log",
+            "Predictions kept for the online evaluation by result: stored, dropped (writer "
+            "queue full), redis_error (kept in process only).",
+            ["result"],
+            registry=r,
+        )
+        self.online_events = Counter(
+            "levi_online_feedback_joined",
+            "Feedback events joined with a version's logged prediction, by model version and "
+            "slice (all, cold_item, known_item, ood_high, ood_low).",
+            ["model_version", "slice"],
+            registry=r,
+        )
+        self.online_squared_error = Counter(
+            "levi_online_squared_error",
+            "Sum of squared errors of joined feedback events, by model version, slice and "
+            "rating (served: with online corrections; model: the model alone). RMSE = "
+            "sqrt(rate(this) / rate(levi_online_feedback_joined_total)).",
+            ["model_version", "slice", "rating"],
+            registry=r,
+        )
+        self.online_absolute_error = Counter(
+            "levi_online_absolute_error",
+            "Sum of absolute errors of joined feedback events (as levi_online_squared_error).",
+            ["model_version", "slice", "rating"],
+            registry=r,
+        )
+        self.online_paired = Counter(
+            "levi_online_paired",
+            "Feedback events whose pair both the champion and the challenger predicted.",
+            ["champion", "challenger"],
+            registry=r,
+        )
+        self.online_paired_squared_error = Counter(
+            "levi_online_paired_squared_error",
+            "Sum over paired events (both versions predicted the pair) of each side's squared "
+            "error, by side (champion, challenger) and rating (served, model): the mean "
+            "difference is (rate(side=challenger) - rate(side=champion)) / "
+            "rate(levi_online_paired_total).",
+            ["champion", "challenger", "side", "rating"],
+            registry=r,
+        )
+        self.online_eval_errors = Counter(
+            "levi_online_eval_redis_errors",
+            "Feedback batches whose online-evaluation sums could not be added in Redis (they "
+            "count in this process's figures only).",
+            registry=r,
+        )
+        for result in ("scored", "dropped", "expired", "failed"):
+            self.shadow.labels(result=result)
+        for result in ("stored", "dropped", "redis_error"):
+            self.prediction_log.labels(result=result)
         for side in ("user", "item"):
             self.corrected_entities.labels(side=side)
         for result in ("replayed", "dropped"):
@@ -278,6 +362,22 @@ class Metrics:
         self.model_info.labels(model_version=model_version, backbone=backbone).set(1)
         self._model_labels = (model_version, backbone)
 
+    def set_versions(self, aliases: dict[str, str], canary: float) -> None:
+        """Make ``levi_model_version_info`` name exactly the loaded versions (alias ->
+        model version) and the canary share (as :meth:`set_model` does for one model)."""
+        for labels in list(self._version_labels):
+            self.model_versions.labels(*labels).set(0)
+        self.model_versions.clear()
+        self._version_labels = set()
+        for alias, version in aliases.items():
+            self.model_versions.labels(alias=alias, model_version=version).set(1)
+            self._version_labels.add((alias, version))
+        if "challenger" in aliases:
+            self.model_versions.labels(alias="canary", model_version=aliases["challenger"]).set(
+                canary
+            )
+            self._version_labels.add(("canary", aliases["challenger"]))
+
 
 def multiprocess_dir() -> str | None:
     """The multiprocess directory of this process (set by ``python -m service --workers N``)."""
@@ -292,7 +392,7 @@ class _LiveModelInfo:
 
     def collect(self):
         for family in self.collector.collect():
-            if family.name == "levi_model_info":
+            if family.name in ("levi_model_info", "levi_model_version_info"):
                 family.samples = [s for s in family.samples if s.value != 0]
             yield family
 

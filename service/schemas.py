@@ -192,6 +192,82 @@ class ReloadResponse(BaseModel):
     seconds: float
 
 
+class ChallengerRequest(_Strict):
+    """A version to try next to the champion (``PUT /admin/challenger``)."""
+
+    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
+        description="the artifact version directory (artifacts/<model_version>, or the latest "
+        "link, resolved when asked)"
+    )
+    canary: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        strict=True,
+        description="share of users (sticky by a hash of the user id) it answers",
+    )
+    shadow: bool = Field(
+        False,
+        strict=True,
+        description="also score, off the request path, what the other version answers "
+        "(for the paired comparison)",
+    )
+
+
+class RolloutResponse(BaseModel):
+    """What is served after a rollout change."""
+
+    decision: str = Field(
+        description="challenger, remove_challenger, promote, rollback (or reload)"
+    )
+    champion: str
+    challenger: str | None = None
+    previous: str | None = None
+    canary: float = 0.0
+    shadow: bool = False
+    seconds: float = Field(description="time the change took (loading a new version included)")
+
+
+class OnlineFigures(BaseModel):
+    """A version judged by the feedback joined with its logged predictions."""
+
+    n: int = Field(description="feedback events joined with this version's predictions")
+    rmse: float | None = Field(description="of the served rating (online corrections included)")
+    mae: float | None = None
+    model: dict = Field(description="rmse and mae of the model's own rating")
+    slices: dict = Field(
+        description="the same per slice: cold_item / known_item, ood_high / ood_low (ood_score "
+        "above or not above its training median)"
+    )
+
+
+class VersionEntry(BaseModel):
+    model_version: str
+    aliases: list[str] = Field(description="champion, challenger, previous")
+    path: str
+    loaded_at: str
+    traffic: float = Field(description="share of users it answers (by user-id hash)")
+    shadow: bool = Field(description="it also scores the other version's answers, off path")
+    online: OnlineFigures
+
+
+class ModelsResponse(BaseModel):
+    """Every loaded version, its traffic and how it does on live feedback."""
+
+    versions: list[VersionEntry]
+    comparison: dict | None = Field(
+        description="challenger minus champion in squared error: kind (paired on pairs both "
+        "predicted, or unpaired), n, clusters, mean_diff, ci (the interval, or null with too "
+        "few user clusters), confidence, rating (model or served), interval (how it is "
+        "computed)"
+    )
+    gate: dict = Field(description="the automatic gate's settings and its verdict now")
+    source: str = Field(
+        description="redis (every replica's feedback) or process (this process's: no Redis, "
+        "or it did not answer)"
+    )
+
+
 class BackboneSummary(BaseModel):
     name: str
     fingerprint: str

@@ -348,7 +348,7 @@ class Scorer:
         warnings = [s.warnings for s in slots]
         return cache.arrays, slot_rows[index], cold, warnings, index
 
-    def _score_decomposed(self, inputs: Sequence[ScoreInput]) -> ScoreBatch:
+    def _score_decomposed(self, inputs: Sequence[ScoreInput], observe: bool = True) -> ScoreBatch:
         sides = {}
         for side in SIDES:
             keys = _keys(side, inputs)
@@ -378,11 +378,13 @@ class Scorer:
             for a, b in zip(u_index.tolist(), i_index.tolist(), strict=True)
         )
         dist = (u_parts["dist"][u_rows] + i_parts["dist"][i_rows]) / self.views.n_views
-        return self._finish(adapters, rating, u_cold[u_index], i_cold[i_index], warnings, dist)
+        return self._finish(
+            adapters, rating, u_cold[u_index], i_cold[i_index], warnings, dist, observe
+        )
 
     # -- the whole-head path (pair views) --------------------------------------------------
 
-    def _score_whole(self, inputs: Sequence[ScoreInput]) -> ScoreBatch:
+    def _score_whole(self, inputs: Sequence[ScoreInput], observe: bool = True) -> ScoreBatch:
         recs, cold, warn = {}, {}, {}
         for side in SIDES:
             keys = _keys(side, inputs)
@@ -418,22 +420,31 @@ class Scorer:
         adapters = np.concatenate([c[0] for c in chunks]).astype(np.float32)
         rating = np.concatenate([c[1] for c in chunks]).astype(np.float32)
         dist = self.drift.view_distances(acts).mean(axis=1)
-        return self._finish(adapters, rating, cold["user"], cold["item"], tuple(warnings), dist)
+        return self._finish(
+            adapters, rating, cold["user"], cold["item"], tuple(warnings), dist, observe
+        )
 
     # -- scoring --------------------------------------------------------------------------
 
-    def score(self, inputs: Sequence[ScoreInput]) -> ScoreBatch:
-        """Answers for ``inputs``, in order, with the online corrections when they are on."""
+    def score(self, inputs: Sequence[ScoreInput], *, observe: bool = True) -> ScoreBatch:
+        """Answers for ``inputs``, in order, with the online corrections when they are on.
+
+        Args:
+            observe: count the answers in the serving metrics and drift windows (False for
+                shadow scoring, which nobody is answered with).
+        """
         if not inputs:
             raise ValueError("score() needs at least one pair")
         score = self._score_decomposed if self.decomposed else self._score_whole
-        batch = score(inputs)
+        batch = score(inputs, observe)
         if self.corrections is None:
             return batch
         users = [r.user_id for r in inputs]
         return self.corrections.apply(batch, users, [r.item_id for r in inputs])
 
-    def _finish(self, adapters, rating, cold_user, cold_item, warnings, dist) -> ScoreBatch:
+    def _finish(
+        self, adapters, rating, cold_user, cold_item, warnings, dist, observe=True
+    ) -> ScoreBatch:
         ood = np.asarray(self.artifact.ood_score(adapters), dtype=np.float32)
         batch = ScoreBatch.of_model(
             rating,
@@ -445,7 +456,8 @@ class Scorer:
             self.layers,
             self.model_version,
         )
-        self._observe(batch, dist)
+        if observe:
+            self._observe(batch, dist)
         return batch
 
     def _observe(self, batch: ScoreBatch, dist: np.ndarray) -> None:

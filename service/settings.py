@@ -32,6 +32,82 @@ class Settings(BaseSettings):
     model_dir: Path = Field(
         Path("artifacts/latest"), description="artifact version directory (or the latest link)"
     )
+    challenger_dir: Path | None = Field(
+        None,
+        description="artifact served as challenger from the start (PUT /admin/challenger "
+        "changes it at run time); unset = none",
+    )
+    canary: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of users (0-1, sticky by a hash of the user id, the same on every "
+        "replica) answered by the challenger",
+    )
+    shadow: bool = Field(
+        False,
+        description="the challenger also scores what the champion answers (and the champion "
+        "the challenger's canary answers), off the request path, for the paired comparison",
+    )
+    shadow_queue_bound: int = Field(
+        4096, ge=1, description="pairs waiting for shadow scoring; beyond, shadow work is dropped"
+    )
+    shadow_timeout_s: float = Field(
+        5.0, gt=0, description="shadow work not started within this many seconds is dropped"
+    )
+    load_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="nice value of the thread that loads and compiles a new version while "
+        "another serves (Linux), so that serving keeps the CPU",
+    )
+    online_eval: bool = Field(
+        True,
+        description="keep each version's predictions (LEVI_PREDICTION_TTL_S) and join them "
+        "with POST /feedback: online RMSE / MAE per version in GET /v1/models and metrics",
+    )
+    prediction_ttl_s: int = Field(
+        2 * 24 * 3600,
+        gt=0,
+        description="how long a prediction can be joined with the feedback on its pair",
+    )
+    prediction_log_size: int = Field(
+        500_000, ge=1, description="(user, item) pairs whose predictions a process keeps"
+    )
+    prediction_queue: int = Field(
+        50_000,
+        ge=1,
+        description="predictions waiting to be written for the online evaluation; beyond, "
+        "dropped and counted (levi_prediction_log_total)",
+    )
+    online_key_prefix: str = Field(
+        "levi:online",
+        min_length=1,
+        max_length=64,
+        description="Redis key prefix of logged predictions and online-evaluation sums",
+    )
+    online_eval_ttl_s: int = Field(
+        30 * 24 * 3600,
+        gt=0,
+        description="Redis keeps a version's online-evaluation sums this long after their "
+        "last update",
+    )
+    gate: bool = Field(
+        False,
+        description="decide a rollout automatically: promote the challenger when it errs "
+        "less than the champion with LEVI_GATE_CONFIDENCE over at least LEVI_GATE_MIN_EVENTS "
+        "joined feedback events, remove it when it errs more",
+    )
+    gate_min_events: int = Field(500, ge=1, description="joined events before the gate decides")
+    gate_confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="confidence of the gate's interval"
+    )
+    gate_rating: Literal["model", "served"] = Field(
+        "model",
+        description="what the comparison judges: model (each version's own rating; fair to a "
+        "new challenger, whose online corrections start from zero) or served (with them)",
+    )
     redis_url: str | None = Field(
         None,
         validation_alias=AliasChoices("LEVI_REDIS_URL", "REDIS_URL", "redis_url"),

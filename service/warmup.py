@@ -113,15 +113,30 @@ class CompiledShapes:
     Args:
         artifact: the loaded artifact.
         metrics: ``levi_warmup_pending_shapes`` is kept here.
+        backbone_from: the compiled shapes of another version whose artifact lent this one
+            its backbone (``load_artifact(..., backbone_of=...)``): its compiled backbone
+            shapes count as compiled here, and are compiled once for both.
     """
 
-    def __init__(self, artifact: Artifact, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        artifact: Artifact,
+        metrics: Metrics | None = None,
+        *,
+        backbone_from: CompiledShapes | None = None,
+    ):
         import jax
 
         self._artifact = artifact
         self._metrics = metrics
+        shared = (
+            backbone_from is not None
+            and backbone_from.exported_backbone is artifact.exported_backbone
+        )
         self._jit = {
-            "backbone": (
+            "backbone": backbone_from._jit["backbone"]
+            if shared
+            else (
                 jax.jit(artifact.exported_backbone.call),
                 artifact.backbone_params,
                 artifact.exported_backbone,
@@ -134,6 +149,9 @@ class CompiledShapes:
         }
         self._row_inputs = _decomposed_inputs(artifact)  # function -> per-row input shapes
         self.compiled: set[Shape] = set()
+        if shared:
+            with backbone_from._lock:
+                self.compiled = {s for s in backbone_from.compiled if s.function == "backbone"}
         self.pending: set[Shape] = set()
         self.complete = False  # everything compiled: calls go straight to the artifact
         self.stopping = threading.Event()  # the background stage ends after its current shape

@@ -10,13 +10,15 @@ worker inherits. In it:
   generation it has applied (:class:`WorkerGroup`). ``/readyz`` answers 200 only when N live
   workers have one; and a worker takes connections only once it can score (service/app.py),
   so no request meets a worker that would answer 503 "not ready";
-- ``reload.json``: the latest reload asked for (a generation number and an artifact path).
-  Every worker watches it and reloads in place, serving its old model until the new one is
-  warm (service/engine.py); the worker that took ``POST /admin/reload`` answers once every
-  live worker has applied it (or refused it, keeping its model).
-- ``serving.json``: the latest reload a worker applied. A worker started later (uvicorn
-  replaces one that died) loads that path, not ``LEVI_MODEL_DIR``, then applies any newer
-  reload like the others.
+- ``reload.json``: the latest rollout change asked for (a generation number and the whole
+  plan: champion, challenger, previous paths and traffic, service/versions.py), by a reload,
+  a challenger change, a promotion, a rollback or the gate. Every worker watches it and
+  applies it in place, serving its old versions until the new ones are warm
+  (service/engine.py); the worker that took the admin call answers once every live worker
+  has applied it (or refused it, keeping what it served).
+- ``serving.json``: the latest plan a worker applied. A worker started later (uvicorn
+  replaces one that died) loads that plan, not ``LEVI_MODEL_DIR``, then applies any newer
+  change like the others.
 
 A worker that exits cleanly removes its state file and its ``live*`` gauge files
 (:func:`prometheus_client.multiprocess.mark_process_dead`); one that was killed is found on
@@ -118,9 +120,11 @@ class WorkerState:
 
 
 @dataclass(frozen=True)
-class ReloadRequest:
+class RolloutRequest:
+    """A rollout change asked of every worker: ``plan`` is a ``RolloutPlan.to_json()``."""
+
     generation: int
-    path: str
+    plan: dict
 
 
 class WorkerGroup:
@@ -213,40 +217,41 @@ class WorkerGroup:
 
     # -- reloads -------------------------------------------------------------------------
 
-    def reload_request(self) -> ReloadRequest | None:
-        """The latest reload asked for, if any."""
+    def rollout_request(self) -> RolloutRequest | None:
+        """The latest rollout change asked for, if any."""
         try:
-            return ReloadRequest(**json.loads((self.path / RELOAD_FILE).read_text()))
+            return RolloutRequest(**json.loads((self.path / RELOAD_FILE).read_text()))
         except FileNotFoundError:
             return None
 
-    def serving(self) -> ReloadRequest | None:
-        """The latest reload a worker applied: what a new worker should load."""
+    def serving(self) -> RolloutRequest | None:
+        """The latest change a worker applied: what a new worker should load."""
         try:
-            return ReloadRequest(**json.loads((self.path / SERVING_FILE).read_text()))
+            return RolloutRequest(**json.loads((self.path / SERVING_FILE).read_text()))
         except FileNotFoundError:
             return None
 
-    def record_serving(self, path: Path, generation: int) -> None:
-        """This worker applied reload ``generation`` of ``path``."""
-        _write_json(self.path / SERVING_FILE, {"generation": generation, "path": str(path)})
+    def record_serving(self, plan: dict, generation: int) -> None:
+        """This worker applied change ``generation`` (``plan``)."""
+        _write_json(self.path / SERVING_FILE, {"generation": generation, "plan": plan})
 
-    def request_reload(self, path: Path) -> int:
-        """Ask every worker to reload ``path``; the request's generation.
+    def request_rollout(self, plan: dict) -> int:
+        """Ask every worker to apply ``plan``; the request's generation.
 
         Raises:
-            RuntimeError: the previous reload has not reached every live worker yet.
+            RuntimeError: the previous change has not reached every live worker yet.
         """
         with open(self.path / ".reload.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two admin requests in two workers at once
-            current = self.reload_request()
+            current = self.rollout_request()
             generation = current.generation if current else 0
             behind = [w.pid for w in self.ready_workers() if w.generation < generation]
             if behind:
                 raise RuntimeError(
-                    f"a reload is still running in worker(s) {behind}; retry when it has finished"
+                    f"a reload or rollout change is still running in worker(s) {behind}; "
+                    "retry when it has finished"
                 )
-            _write_json(self.path / RELOAD_FILE, {"generation": generation + 1, "path": str(path)})
+            _write_json(self.path / RELOAD_FILE, {"generation": generation + 1, "plan": plan})
         return generation + 1
 
     async def wait_applied(self, generation: int, timeout_s: float) -> list[WorkerState]:

@@ -1,86 +1,161 @@
-"""``POST /admin/reload``: load, warm and swap in a new artifact (bearer token).
+"""Admin endpoints (bearer token): reload, and the rollout of a new version next to the
+champion: ``PUT|DELETE /admin/challenger``, ``POST /admin/promote``, ``POST /admin/rollback``.
 
-With several workers (``--workers N``) every worker reloads in place, each serving its old
-model until the new one is warm; the answer comes once all have (service/workers.py).
+Every change is a new plan of what to serve (service/versions.py), applied by
+:meth:`service.engine.Engine.change`: versions not loaded yet are loaded and warmed while the
+current ones serve, then the whole rollout is swapped in. With several workers
+(``--workers N``) every worker applies it; the answer comes once all have. A refused artifact
+leaves everything serving as it was (409).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, status
+from fastapi.exceptions import RequestValidationError
 
 from service.deps import AdminDep, EngineDep
-from service.engine import Engine, ReloadConflictError, ReloadError
-from service.schemas import ErrorResponse, ReloadRequest, ReloadResponse
+from service.engine import Engine, ModelNotReadyError, ReloadConflictError, ReloadError
+from service.schemas import (
+    ChallengerRequest,
+    ErrorResponse,
+    ReloadRequest,
+    ReloadResponse,
+    RolloutResponse,
+)
+from service.scoring import not_ready
+from service.versions import RolloutError, RolloutPlan
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 log = logging.getLogger(__name__)
-RELOAD_TIMEOUT_S = 600.0  # several workers: how long the answer waits for all of them
-
-
-@router.post(
-    "/reload",
-    responses={
-        401: {"model": ErrorResponse},
-        403: {"model": ErrorResponse},
-        409: {"model": ErrorResponse, "description": "artifact refused or reload running"},
+ADMIN_ERRORS = {
+    401: {"model": ErrorResponse},
+    403: {"model": ErrorResponse},
+    409: {
+        "model": ErrorResponse,
+        "description": "artifact refused, another change running, or the change does not fit "
+        "what is served (e.g. no challenger to promote)",
     },
-)
-async def reload(engine: EngineDep, body: ReloadRequest | None = None) -> ReloadResponse:
-    """Load ``path`` (default: the configured model dir), warm it, then swap atomically.
+    503: {"model": ErrorResponse, "description": "no model loaded yet"},
+}
 
-    A refused artifact (checksum, format, platform, ...) leaves the old model serving.
+
+def _artifact_dir(path: str, loc: tuple) -> str:
+    """``path`` resolved (``latest`` names the version it points at now).
+
+    Raises:
+        RequestValidationError: 422 naming ``loc`` when it is not a directory.
     """
-    path = Path(body.path) if body and body.path else None
-    if engine.group is not None:
-        return await _reload_every_worker(engine, path)
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_dir():
+        raise RequestValidationError(
+            [
+                {
+                    "type": "path_not_directory",
+                    "loc": loc,
+                    "msg": f"{path} is not an artifact directory on the server (expected "
+                    "artifacts/<model_version>, as written by `make train`)",
+                    "input": path,
+                }
+            ]
+        )
+    return str(resolved)
+
+
+def _current(engine: Engine) -> RolloutPlan:
     try:
-        previous, version, seconds = await engine.reload(path)
+        return engine.plan()
+    except ModelNotReadyError:
+        raise not_ready(engine) from None
+
+
+async def _change_or_409(engine: Engine, plan: RolloutPlan, decision: str):
+    try:
+        return await engine.change(plan, decision=decision, trigger="admin")
     except (ReloadConflictError, ReloadError) as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
-    return ReloadResponse(
-        previous_version=previous,
-        model_version=version,
-        path=str(engine.path),
+
+
+async def _change(engine: Engine, plan: RolloutPlan, decision: str) -> RolloutResponse:
+    _, applied, seconds = await _change_or_409(engine, plan, decision)
+    rollout = engine.rollout
+    assert rollout is not None
+    return RolloutResponse(
+        decision=decision,
+        champion=rollout.champion.model_version,
+        challenger=rollout.challenger.model_version if rollout.challenger else None,
+        previous=rollout.previous.model_version if rollout.previous else None,
+        canary=applied.canary,
+        shadow=applied.shadow,
         seconds=round(seconds, 3),
     )
 
 
-async def _reload_every_worker(engine: Engine, path: Path | None) -> ReloadResponse:
-    """Several workers: ask each to reload ``path``, answer once all have (or say who not)."""
-    group = engine.group
-    target = path if path is not None else engine.settings.model_dir
-    previous = engine.scorer.model_version if engine.scorer else "none"
-    t0 = time.perf_counter()
+def _planned(change) -> RolloutPlan:
     try:
-        generation = group.request_reload(target)
-    except RuntimeError as e:
+        return change()
+    except RolloutError as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
-    log.info("reload %d of %s asked of all %d workers", generation, target, group.expected)
-    states = await group.wait_applied(generation, RELOAD_TIMEOUT_S)
-    late = [s.pid for s in states if s.generation < generation]
-    refused = [s for s in states if s.generation >= generation and s.error]
-    if refused:
-        log.warning(
-            "reload refused by %d of %d workers: %s", len(refused), len(states), refused[0].error
-        )
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"{refused[0].error} (in {len(refused)} of {len(states)} workers)",
-        )
-    if late:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"worker(s) {late} had not applied the reload after {RELOAD_TIMEOUT_S:g}s; "
-            "they serve their old model until they do (levi_model_info)",
-        )
-    versions = sorted({s.model_version for s in states})
-    return ReloadResponse(
-        previous_version=previous,
-        model_version=", ".join(versions),
-        path=str(target),
-        seconds=round(time.perf_counter() - t0, 3),
+
+
+@router.post("/reload", responses=ADMIN_ERRORS)
+async def reload(engine: EngineDep, body: ReloadRequest | None = None) -> ReloadResponse:
+    """Load ``path`` (default: the configured model dir) as champion, warm it, then swap
+    atomically; the champion it replaces stays loaded as ``previous`` (instant rollback).
+
+    A refused artifact (checksum, format, platform, ...) leaves the old model serving.
+    """
+    if body and body.path:
+        target = _artifact_dir(body.path, ("body", "path"))
+    else:
+        target = str(Path(engine.settings.model_dir).resolve())
+    current = engine.plan() if engine.rollout is not None else None
+    plan = current.reload(target) if current is not None else RolloutPlan(target)
+    before, _, seconds = await _change_or_409(engine, plan, "reload")
+    versions = (
+        sorted({s.model_version for s in engine.group.ready_workers()})
+        if engine.group
+        else [engine.scorer.model_version]
     )
+    return ReloadResponse(
+        previous_version=before,
+        model_version=", ".join(versions),
+        path=target,
+        seconds=round(seconds, 3),
+    )
+
+
+@router.put("/challenger", responses=ADMIN_ERRORS)
+async def put_challenger(engine: EngineDep, body: ChallengerRequest) -> RolloutResponse:
+    """Serve the artifact at ``path`` as challenger: ``canary`` share of users (0-1, sticky
+    by user-id hash), ``shadow`` scoring of the other version's answers. Loading it does not
+    stop the champion from serving; the same path again only changes its traffic."""
+    target = _artifact_dir(body.path, ("body", "path"))
+    current = _current(engine)
+    plan = _planned(lambda: current.with_challenger(target, body.canary, body.shadow))
+    return await _change(engine, plan, "challenger")
+
+
+@router.delete("/challenger", responses=ADMIN_ERRORS)
+async def delete_challenger(engine: EngineDep) -> RolloutResponse:
+    """Retire the challenger: its users go back to the champion, it is unloaded."""
+    current = _current(engine)
+    return await _change(engine, _planned(current.without_challenger), "remove_challenger")
+
+
+@router.post("/promote", responses=ADMIN_ERRORS)
+async def promote(engine: EngineDep) -> RolloutResponse:
+    """The challenger becomes champion (for every user, at once: it is loaded and warm); the
+    champion stays loaded as ``previous``."""
+    current = _current(engine)
+    return await _change(engine, _planned(current.promote), "promote")
+
+
+@router.post("/rollback", responses=ADMIN_ERRORS)
+async def rollback(engine: EngineDep) -> RolloutResponse:
+    """``previous`` becomes champion again, at once (it is still loaded: nothing compiles);
+    the rolled-back version is unloaded."""
+    current = _current(engine)
+    return await _change(engine, _planned(current.rollback), "rollback")

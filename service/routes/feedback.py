@@ -1,11 +1,13 @@
 """``POST /feedback``: ratings users gave, logged durably, then learned from online.
 
-Each event is scored by the served model (its ``model_rating``, the rating without
-corrections, is what the residual is taken from), written to the feedback log and synced to
-disk (``service/feedback_log.py``), and only then applied to
-the online corrections (``service/corrections.py``). The answer comes after the log write:
-an answered event is on disk; a log that cannot be written is a 503 naming the reason, and
-nothing of the request is applied.
+Each event is scored by every served version (champion, and challenger if any: each one's
+``model_rating``, the rating without corrections, is what its residual is taken from),
+written to the feedback log with the version that answers its user and synced to disk
+(``service/feedback_log.py``), and only then applied to each version's online corrections
+(``service/corrections.py``) and joined with the predictions the versions made for the pair
+(``service/online_eval.py``; the gate may then decide). The answer comes after the log
+write: an answered event is on disk; a log that cannot be written is a 503 naming the
+reason, and nothing of the request is applied.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ from fastapi.exceptions import RequestValidationError
 
 from service.deps import EngineDep, SettingsDep
 from service.feedback_log import FeedbackLogError
-from service.routes.predict import (
+from service.schemas import ErrorResponse, FeedbackEvent, FeedbackRequest, FeedbackResponse
+from service.scoring import (
     ERRORS,
     checked_inputs,
     json_response,
     refuse_larger_than,
+    route,
     score,
-    served_scorer,
+    served_rollout,
 )
-from service.schemas import ErrorResponse, FeedbackEvent, FeedbackRequest, FeedbackResponse
 
 router = APIRouter(tags=["feedback"])
 log = logging.getLogger(__name__)
@@ -77,39 +80,44 @@ def check_ratings(events: list[FeedbackEvent], rating_range: tuple[float, float]
 async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsDep):
     """Record ratings users gave: logged for retraining, learned by the online corrections."""
     refuse_larger_than(len(body.events), settings, "max_feedback_events", "events")
-    scorer = served_scorer(engine)
+    rollout = served_rollout(engine)
     if engine.feedback_log is None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "feedback is disabled: set LEVI_FEEDBACK_DIR to a writable directory",
         )
-    check_ratings(body.events, scorer.rating_range)
+    check_ratings(body.events, rollout.champion.scorer.rating_range)
     payloads = [
         (("body", "events", i), e.user_id, e.item_id, e.user, e.item)
         for i, e in enumerate(body.events)
     ]
-    inputs = checked_inputs(engine, payloads)
-    batch = await score(engine, settings, inputs)
+    served = rollout.served()
+    inputs = [checked_inputs(v.scorer, payloads) for v in served]
+    batches = await asyncio.gather(
+        *(score(engine, settings, x, v) for v, x in zip(served, inputs, strict=True))
+    )
     received = time.time()
-    dataset = str(scorer.artifact.dataset.get("name", ""))
+    dataset = str(rollout.champion.scorer.artifact.dataset.get("name", ""))
+    # Each event is logged with the answer of the version its user is routed to.
+    which = [served.index(route(rollout, e.user_id, None)) for e in body.events]
+    model_ratings = [b.model_rating.tolist() for b in batches]
+    served_ratings = [b.rating.tolist() for b in batches]
     events = [
         {
             "event_id": e.event_id or uuid.uuid4().hex,
             "received_at": received,
-            "model_version": batch.model_version,
+            "model_version": served[k].model_version,
             "dataset": dataset,
             "user_id": e.user_id,
             "item_id": e.item_id,
             "rating": e.rating,
             "timestamp": _seconds(e.timestamp, received),
-            "model_rating": m,
-            "served_rating": r,
+            "model_rating": model_ratings[k][j],
+            "served_rating": served_ratings[k][j],
             "user": given.user or None,  # the checked fields, as the model reads them
             "item": given.item or None,
         }
-        for e, given, m, r in zip(
-            body.events, inputs, batch.model_rating.tolist(), batch.rating.tolist(), strict=True
-        )
+        for j, (e, given, k) in enumerate(zip(body.events, inputs[0], which, strict=True))
     ]
     try:
         await asyncio.to_thread(engine.feedback_log.append, events)
@@ -120,26 +128,55 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
             status.HTTP_503_SERVICE_UNAVAILABLE, f"feedback not recorded: {e}"
         ) from None
     engine.metrics.feedback_events.inc(len(events))
-    status_, duplicates = await _learn(engine, inputs, batch, body.events)
+    outcomes = [
+        await _learn(engine, v, x, b, body.events)
+        for v, x, b in zip(served, inputs, batches, strict=True)
+    ]
+    status_, duplicates, fresh = outcomes[0]
+    await _evaluate(engine, rollout, body.events, fresh)
     return json_response(
         {
             "accepted": len(events),
             "event_ids": [e["event_id"] for e in events],
-            "model_version": batch.model_version,
+            "model_version": rollout.champion.model_version,
             "corrections": status_,
             "duplicates": duplicates,
         }
     )
 
 
-async def _learn(engine, inputs, batch, events) -> tuple[str, int]:
-    """Apply the logged events to the corrections of the model that scored them (those with
-    an event_id already received excepted); ``(status, duplicates)``."""
-    scorer = engine.scorer
-    if scorer is None or scorer.corrections is None:
-        return "off", 0
-    if scorer.model_version != batch.model_version:
-        return "skipped", 0
+async def _evaluate(engine, rollout, events: list[FeedbackEvent], fresh: np.ndarray) -> None:
+    """Join the new events with the versions' logged predictions (never fails the answer),
+    then let the gate look."""
+    if engine.online is None or not fresh.any():
+        return
+    rows = np.flatnonzero(fresh).tolist()
+    pair = None
+    if rollout.challenger is not None:
+        pair = (rollout.champion.model_version, rollout.challenger.model_version)
+    try:
+        await asyncio.to_thread(
+            engine.online.join,
+            [events[j].user_id for j in rows],
+            [events[j].item_id for j in rows],
+            [events[j].rating for j in rows],
+            pair,
+        )
+    except Exception:  # the events are logged and learned; only the figures miss them
+        log.exception("joining feedback with logged predictions failed")
+        return
+    engine.consider_gate()
+
+
+async def _learn(engine, version, inputs, batch, events) -> tuple[str, int, np.ndarray]:
+    """Apply the logged events to ``version``'s corrections (those with an event_id already
+    received excepted); ``(status, duplicates, which events were new)``."""
+    everything = np.ones(len(events), bool)
+    scorer = version.scorer
+    if scorer.corrections is None:
+        return "off", 0, everything
+    if engine.rollout is None or all(v is not version for v in engine.rollout.served()):
+        return "skipped", 0, everything
     corrections = scorer.corrections
     ids = [e.event_id for e in events]
     fresh = await asyncio.to_thread(corrections.first_seen, ids)
@@ -156,11 +193,12 @@ async def _learn(engine, inputs, batch, events) -> tuple[str, int]:
     except Exception:  # logged (accepted) but not learned: a retry must be learned
         await asyncio.to_thread(corrections.forget, [ids[j] for j in rows])
         log.exception("feedback logged but not applied to the corrections")
-        return "skipped", 0
+        return "skipped", 0, np.asarray(fresh, bool)
     except BaseException:  # cancelled (shutdown): give the ids back, go on cancelling
         corrections.forget([ids[j] for j in rows])
         raise
     duplicates = len(events) - len(rows)
     if not len(rows):
-        return "duplicate", duplicates
-    return ("kept" if corrections.backlog_events else "applied"), duplicates
+        return "duplicate", duplicates, np.asarray(fresh, bool)
+    status_ = "kept" if corrections.backlog_events else "applied"
+    return status_, duplicates, np.asarray(fresh, bool)

@@ -9,18 +9,20 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter
 
-from service.deps import EngineDep, SettingsDep
+from service.deps import EngineDep, RequestedVersion, SettingsDep
 from service.entity_fields import check_fields
 from service.results import ScoreBatch, adapter_list
-from service.routes.predict import (
-    ERRORS,
-    json_response,
-    refuse_larger_than,
-    score,
-    served_scorer,
-)
 from service.schemas import RankRequest, RankResponse
 from service.scorer import ScoreInput
+from service.scoring import (
+    ERRORS,
+    count_route,
+    json_response,
+    refuse_larger_than,
+    route,
+    score,
+    served_rollout,
+)
 
 router = APIRouter(tags=["predictions"])
 
@@ -66,10 +68,15 @@ def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
 
 
 @router.post("/rank", responses=ERRORS, response_model=RankResponse)
-async def rank(body: RankRequest, engine: EngineDep, settings: SettingsDep):
-    """Rank candidate items for one user by predicted rating (``top_k`` to cut the list)."""
+async def rank(
+    body: RankRequest, engine: EngineDep, settings: SettingsDep, requested: RequestedVersion = None
+):
+    """Rank candidate items for one user by predicted rating (``top_k`` to cut the list); one
+    version (the user's) ranks every candidate."""
     refuse_larger_than(len(body.candidates), settings, "max_rank_candidates", "candidates")
-    scorer = served_scorer(engine)
+    rollout = served_rollout(engine)
+    version = route(rollout, body.user_id, requested)
+    scorer = version.scorer
     # The user's fields once, each candidate's item fields: 422s name the field.
     payloads = [(("body",), body.user, None)]
     payloads += [(("body", "candidates", i), None, c.item) for i, c in enumerate(body.candidates)]
@@ -79,4 +86,7 @@ async def rank(body: RankRequest, engine: EngineDep, settings: SettingsDep):
         ScoreInput(body.user_id, c.item_id, user, item)
         for c, (_, item) in zip(body.candidates, fields[1:], strict=True)
     ]
-    return json_response(ranked(body, await score(engine, settings, inputs)))
+    count_route(engine, rollout, version, requested)
+    batch = await score(engine, settings, inputs, version)
+    engine.answered(rollout, version, inputs, batch)
+    return json_response(ranked(body, batch))

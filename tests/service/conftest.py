@@ -164,8 +164,13 @@ def _tiny_backbone(tokenizer_path: Path, seed: int):
 TINY_CORRECTIONS = {"k_item": 6.0, "k_user": 15.0, "k_item_oov": 2.0}
 
 
-def export_tiny(root: Path, model_version: str, seed: int, tokenizer_path: Path) -> Path:
-    """A real artifact ``root/<model_version>`` (and ``root/latest``) from random weights."""
+def export_tiny(
+    root: Path, model_version: str, seed: int, tokenizer_path: Path, head_seed: int | None = None
+) -> Path:
+    """A real artifact ``root/<model_version>`` (and ``root/latest``) from random weights.
+
+    ``head_seed`` (default ``seed``) draws the head alone: two artifacts of one ``seed`` and
+    different head seeds share their backbone, as a retrain does."""
     from model.artifact import export_artifact
     from model.features import fit_feature_spec
     from model.head import HeadConfig, LeviHead
@@ -191,7 +196,10 @@ def export_tiny(root: Path, model_version: str, seed: int, tokenizer_path: Path)
         np.zeros((1, n_views, n_layers, d), np.float32),
     )
     head_params = random_params(
-        LeviHead(config), head_args, seed + 100, out_bias=config.rating_mean
+        LeviHead(config),
+        head_args,
+        (seed if head_seed is None else head_seed) + 100,
+        out_bias=config.rating_mean,
     )
     rng = np.random.default_rng(seed)
     reference = ReferenceStats(
@@ -224,6 +232,7 @@ class Artifacts:
     root: Path
     v1: Path
     v2: Path
+    v3: Path  # v1's backbone, another head (a retrain), in its own root
     loader: Any  # path -> model.artifact.Artifact (cached)
 
 
@@ -237,7 +246,8 @@ def artifacts(tmp_path_factory) -> Artifacts:
     v1 = export_tiny(root, "tiny-v1", 0, tokenizer)
     v2 = export_tiny(root, "tiny-v2", 1, tokenizer)
     assert (root / "latest").resolve() == v2.resolve()
-    return Artifacts(root, v1, v2, functools.cache(lambda p: load_artifact(Path(p))))
+    v3 = export_tiny(tmp_path_factory.mktemp("artifacts-retrain"), "tiny-v3", 0, tokenizer, 7)
+    return Artifacts(root, v1, v2, v3, functools.cache(lambda p: load_artifact(Path(p))))
 
 
 @pytest.fixture(scope="session")

@@ -109,7 +109,9 @@ def test_admin_needs_the_bearer_token(client):
     r = client.post(
         "/admin/reload", json={"path": "/no/such/dir"}, headers={"Authorization": f"Bearer {TOKEN}"}
     )
-    assert r.status_code == 409 and "/no/such/dir" in r.json()["detail"]
+    # A path that is no directory is bad input naming the field; a refused artifact is a 409.
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "path"]
+    assert "/no/such/dir" in r.json()["detail"][0]["msg"]
     r = client.post("/admin/reload", json={"path": 5}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "path"]
 

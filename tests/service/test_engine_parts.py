@@ -77,7 +77,8 @@ class _Answers(list):
         return _Answers(self[start:stop])
 
 
-def _results(batch):
+def _results(target, batch, background=False):
+    """A score function of MicroBatcher: ``(target, pairs, background)`` -> answers."""
     return _Answers(f"{r.user_id}:{len(batch)}" for r in batch)
 
 
@@ -85,9 +86,9 @@ def _recording_scorer():
     """A scorer that answers like ``_results`` and the list of batch sizes it was called with."""
     seen = []
 
-    def score(batch):
+    def score(target, batch, background=False):
         seen.append(len(batch))
-        return _results(batch)
+        return _results(target, batch)
 
     return score, seen
 
@@ -132,11 +133,11 @@ def test_micro_batcher_keeps_jobs_whole():
 def test_micro_batcher_deadline_and_errors_reach_the_caller():
     release = threading.Event()
 
-    def slow(batch):
+    def slow(target, batch, background=False):
         release.wait(5)
         if batch[0].user_id == "boom":
             raise ValueError("scorer failed")
-        return _results(batch)
+        return _results(target, batch)
 
     async def scenario():
         b = MicroBatcher(slow, Metrics(), max_batch=4, max_delay_s=0.0, queue_bound=100)

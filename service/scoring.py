@@ -1,0 +1,196 @@
+"""What the scoring routes share: limits, field checks, version routing and the call into the
+micro-batcher, with overload, deadlines and not-ready mapped to HTTP errors.
+
+Routes import this module, never each other. A request is routed once
+(:func:`route`): the version a client names in the ``X-Model-Version`` header, else the
+challenger for users in the canary share, else the champion. Lists of pairs of several
+users (``/predict-rating/batch``, ``/feedback``) are split by the version of each user and
+scored per version (:func:`score_by_user`); a ``/rank`` has one user, so one version ranks all
+its candidates. After each answer the engine logs the predictions for the online evaluation
+and queues the shadow scoring (:meth:`service.engine.Engine.answered`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Response, status
+
+from service.batcher import DeadlineError, QueueFullError
+from service.engine import Engine, ModelNotReadyError
+from service.entity_fields import check_fields
+from service.results import ScoreBatch, dumps
+from service.schemas import ErrorResponse
+from service.scorer import ScoreInput, Scorer
+from service.settings import Settings
+from service.versions import Rollout, UnknownVersionError, Version
+
+# (loc prefix, user_id, item_id, user object, item object) of one pair of a request body
+Payload = tuple[tuple, str, str, dict | None, dict | None]
+# The documented errors of every scoring route.
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "body is not valid JSON"},
+    404: {
+        "model": ErrorResponse,
+        "description": "the X-Model-Version header names no loaded version or alias",
+    },
+    413: {"model": ErrorResponse, "description": "body or list too large"},
+    503: {"model": ErrorResponse, "description": "not ready or queue full (see Retry-After)"},
+    504: {"model": ErrorResponse, "description": "not scored within the request timeout"},
+}
+
+
+def not_ready(engine: Engine) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        engine.not_ready_reason(),
+        headers={"Retry-After": "5"},
+    )
+
+
+def served_rollout(engine: Engine) -> Rollout:
+    """What is served now (read once per request).
+
+    Raises:
+        HTTPException: 503 (with the reason) while no model is loaded.
+    """
+    rollout = engine.rollout
+    if rollout is None:
+        raise not_ready(engine)
+    return rollout
+
+
+def served_scorer(engine: Engine) -> Scorer:
+    """The champion's scorer.
+
+    Raises:
+        HTTPException: 503 (with the reason) while no model is loaded.
+    """
+    return served_rollout(engine).champion.scorer
+
+
+def route(rollout: Rollout, user_id: str, requested: str | None) -> Version:
+    """The version that answers ``user_id`` (module docstring).
+
+    Raises:
+        HTTPException: 404 naming the header when ``requested`` is not loaded.
+    """
+    try:
+        return rollout.route(user_id, requested)
+    except UnknownVersionError as e:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
+
+
+def count_route(engine: Engine, rollout: Rollout, version: Version, requested: str | None) -> None:
+    """One scoring job in ``levi_routed_requests_total{alias}``."""
+    alias = "champion" if version is rollout.champion else "challenger"
+    engine.metrics.routed.labels(alias="named" if requested else alias).inc()
+
+
+def checked_inputs(scorer: Scorer, payloads: Sequence[Payload]) -> list[ScoreInput]:
+    """Score inputs, the ``user`` / ``item`` objects checked against ``scorer``'s fields.
+
+    Raises:
+        RequestValidationError: an unknown field or a wrong type (422 naming the field).
+    """
+    fields = check_fields(scorer.request_models, [(p[0], p[3], p[4]) for p in payloads])
+    return [
+        ScoreInput(user_id=p[1], item_id=p[2], user=user, item=item)
+        for p, (user, item) in zip(payloads, fields, strict=True)
+    ]
+
+
+def refuse_larger_than(count: int, settings: Settings, setting: str, field: str) -> None:
+    """413 when a body lists more entries than one call may: the setting ``setting`` (e.g.
+    ``max_rank_candidates``) or the queue bound, whichever is lower (a request larger than the
+    queue bound could never be admitted: not a 503 that retrying cannot fix).
+
+    Raises:
+        HTTPException: 413 naming the field, the limit and its setting.
+    """
+    limit = min(getattr(settings, setting), settings.queue_bound)
+    setting = f"LEVI_{setting.upper()}"
+    if count > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"{field}: {count} entries; at most {limit} per call ({setting}; split the list)",
+        )
+
+
+def json_response(content: object) -> Response:
+    """The answer serialised once from plain values (orjson), not through pydantic models."""
+    return Response(dumps(content), media_type="application/json")
+
+
+async def score(
+    engine: Engine, settings: Settings, inputs: Sequence[ScoreInput], version: Version
+) -> ScoreBatch:
+    """Score ``inputs`` with ``version`` through the micro-batcher, mapping overload and
+    deadlines to 503 / 504."""
+    try:
+        return await engine.batcher.submit(inputs, settings.request_timeout_s, version.scorer)
+    except QueueFullError as e:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"overloaded: {e}", headers={"Retry-After": "1"}
+        ) from None
+    except DeadlineError as e:
+        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, str(e)) from None
+    except ModelNotReadyError as e:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, str(e), headers={"Retry-After": "5"}
+        ) from None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The pairs of one version within a request: their positions, inputs and answers."""
+
+    version: Version
+    positions: list[int]
+    inputs: list[ScoreInput]
+    batch: ScoreBatch
+
+
+async def score_by_user(
+    engine: Engine,
+    settings: Settings,
+    payloads: Sequence[Payload],
+    requested: str | None,
+    *,
+    answered: bool = True,
+) -> list[Scored]:
+    """Route each pair by its user, check its fields against its version, score each
+    version's pairs as one job (concurrently).
+
+    Args:
+        answered: the answers go to a client: log them for the online evaluation and
+            shadow them (:meth:`Engine.answered`); False for feedback's own scoring.
+    """
+    rollout = served_rollout(engine)
+    groups: dict[int, tuple[Version, list[int]]] = {}
+    for j, p in enumerate(payloads):
+        version = route(rollout, p[1], requested)
+        groups.setdefault(id(version), (version, []))[1].append(j)
+    for version, _ in groups.values():
+        count_route(engine, rollout, version, requested)
+    parts = [
+        (version, positions, checked_inputs(version.scorer, [payloads[j] for j in positions]))
+        for version, positions in groups.values()
+    ]
+    batches = await asyncio.gather(*(score(engine, settings, x, v) for v, _, x in parts))
+    out = [Scored(v, pos, x, b) for (v, pos, x), b in zip(parts, batches, strict=True)]
+    if answered:
+        for s in out:
+            engine.answered(rollout, s.version, s.inputs, s.batch)
+    return out
+
+
+def predictions_in_order(scored: Sequence[Scored], n: int) -> list[dict]:
+    """``PredictResponse``-shaped answers of every pair, in request order."""
+    out: list[dict] = [{}] * n
+    for s in scored:
+        for j, answer in zip(s.positions, s.batch.predictions(), strict=True):
+            out[j] = answer
+    return out
