@@ -8,7 +8,7 @@ PORT   ?= 8000
 ARTIFACTS ?= artifacts
 TRAIN_ARGS ?=
 
-.PHONY: setup fetch test test-fast lint format train model serve bench drift-demo clean
+.PHONY: setup fetch test test-fast lint format train model serve challenger bench drift-demo clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,17 @@ model: setup fetch
 
 serve: model
 	$(PY) -m service --host $(HOST) --port $(PORT) --model $(ARTIFACTS)/latest
+
+# Hand the newest trained model (artifacts/latest) to the running service as challenger:
+# CANARY share of users (0-1), SHADOW scoring of the champion's answers; needs LEVI_ADMIN_TOKEN.
+CANARY ?= 0.1
+SHADOW ?= true
+challenger:
+	@test -n "$$LEVI_ADMIN_TOKEN" || { echo "set LEVI_ADMIN_TOKEN (the service's admin token)"; exit 2; }
+	curl -fsS -X PUT http://$(HOST):$(PORT)/admin/challenger \
+	  -H "Authorization: Bearer $$LEVI_ADMIN_TOKEN" -H 'content-type: application/json' \
+	  -d '{"path": "$(abspath $(ARTIFACTS))/latest", "canary": $(CANARY), "shadow": $(SHADOW)}'
+	@echo
 
 # ID then genre-shift traffic against the default model; plots the drift metrics it scrapes.
 drift-demo: model

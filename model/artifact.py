@@ -653,12 +653,34 @@ def _as(array: Any, dtype: type, name: str, aval: Any) -> np.ndarray:
 
 
 def shares_backbone(manifest: Mapping[str, Any], other: Artifact) -> bool:
-    """Whether an artifact with ``manifest`` has the very backbone ``other`` has loaded: the
-    same fingerprint and byte-identical exported function and parameters (their sha256)."""
+    """Whether an artifact with ``manifest`` may have the backbone ``other`` has loaded: the
+    same fingerprint and byte-identical parameters (their sha256). The exported functions
+    are compared after that (:func:`same_function`): their bytes differ with source
+    locations alone."""
     mine, theirs = manifest.get("files") or {}, other.manifest.get("files") or {}
-    return str((manifest.get("backbone") or {}).get("fingerprint", "")) == str(
-        other.manifest["backbone"].get("fingerprint", "?")
-    ) and all(mine.get(f) is not None and mine.get(f) == theirs.get(f) for f in BACKBONE_FILES)
+    fingerprint = str((manifest.get("backbone") or {}).get("fingerprint", ""))
+    return (
+        fingerprint == str(other.manifest["backbone"].get("fingerprint", "?"))
+        and mine.get(BACKBONE_PARAMS) is not None
+        and mine.get(BACKBONE_PARAMS) == theirs.get(BACKBONE_PARAMS)
+    )
+
+
+_LOCATION = re.compile(r"^#loc\d* = loc\(.*\)$", re.MULTILINE)
+
+
+def same_function(a: export.Exported, b: export.Exported) -> bool:
+    """Whether two exported functions compute the same thing: the same input and output
+    structure and shapes, and the same StableHLO once source locations are left out."""
+    if a is b:
+        return True
+    if (a.in_tree, str(a.in_avals), str(a.out_avals)) != (
+        b.in_tree,
+        str(b.in_avals),
+        str(b.out_avals),
+    ):
+        return False
+    return _LOCATION.sub("", a.mlir_module()) == _LOCATION.sub("", b.mlir_module())
 
 
 def load_artifact(path: str | Path, *, backbone_of: Artifact | None = None) -> Artifact:

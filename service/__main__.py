@@ -1,4 +1,5 @@
-"""``python -m service [--host H] [--port P] [--model DIR] [--workers N]``: serve with uvicorn.
+"""``python -m service [--host H] [--port P] [--model DIR] [--workers N] [--challenger DIR
+[--canary SHARE] [--shadow]]``: serve with uvicorn.
 
 Every other setting comes from the environment (``LEVI_*``, ``REDIS_URL``; see
 service/settings.py). Flags given here are passed on as ``LEVI_*`` variables, so each
@@ -27,12 +28,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="port (LEVI_PORT, default 8000)")
     parser.add_argument("--model", help="artifact directory (LEVI_MODEL_DIR)")
     parser.add_argument("--workers", type=int, help="worker processes (LEVI_WORKERS)")
+    parser.add_argument(
+        "--challenger", help="artifact served as challenger (LEVI_CHALLENGER_DIR; GET /v1/models)"
+    )
+    parser.add_argument(
+        "--canary", type=float, help="share of users the challenger answers, 0-1 (LEVI_CANARY)"
+    )
+    parser.add_argument(
+        "--shadow",
+        action="store_const",
+        const="true",
+        help="the challenger also scores the champion's answers, off the request path "
+        "(LEVI_SHADOW)",
+    )
     args = parser.parse_args(argv)
     for flag, env in (
         ("host", "HOST"),
         ("port", "PORT"),
         ("model", "MODEL_DIR"),
         ("workers", "WORKERS"),
+        ("challenger", "CHALLENGER_DIR"),
+        ("canary", "CANARY"),
+        ("shadow", "SHADOW"),
     ):
         value = getattr(args, flag)
         if value is not None:

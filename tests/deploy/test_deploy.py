@@ -60,6 +60,26 @@ KNOWN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "levi_corrected_entities": ("gauge", frozenset({"side"})),
     "levi_feedback_replay_backlog": ("gauge", frozenset()),
     "levi_feedback_replay_total": ("counter", frozenset({"result"})),
+    "levi_model_version_info": ("gauge", frozenset({"alias", "model_version"})),
+    "levi_routed_requests_total": ("counter", frozenset({"alias"})),
+    "levi_shadow_pairs_total": ("counter", frozenset({"result"})),
+    "levi_rollout_decisions_total": ("counter", frozenset({"decision", "trigger"})),
+    "levi_prediction_log_total": ("counter", frozenset({"result"})),
+    "levi_online_feedback_joined_total": ("counter", frozenset({"model_version", "slice"})),
+    "levi_online_squared_error_total": (
+        "counter",
+        frozenset({"model_version", "slice", "rating"}),
+    ),
+    "levi_online_absolute_error_total": (
+        "counter",
+        frozenset({"model_version", "slice", "rating"}),
+    ),
+    "levi_online_paired_total": ("counter", frozenset({"champion", "challenger"})),
+    "levi_online_paired_squared_error_total": (
+        "counter",
+        frozenset({"champion", "challenger", "side", "rating"}),
+    ),
+    "levi_online_eval_redis_errors_total": ("counter", frozenset()),
 }
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = frozenset({"job", "instance"})

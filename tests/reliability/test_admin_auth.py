@@ -24,7 +24,9 @@ from service.settings import Settings
 
 pytestmark = [pytest.mark.reliability]
 
-NO_SUCH_MODEL = {"path": "/nonexistent/reliability-model"}  # authorized → 409, no reload
+NO_SUCH_MODEL = {
+    "path": "/nonexistent/reliability-model"
+}  # authorized → 422 naming body.path, no reload
 
 
 @pytest.mark.e2e
@@ -93,9 +95,10 @@ def test_right_token_is_admitted_case_insensitive_scheme(rel_server):
             headers={"Authorization": f"{scheme} {ADMIN_TOKEN}"},
             timeout=60,
         )
-        # Past the auth: the reload itself is refused (no such artifact), old model kept.
-        assert r.status_code == 409, r.text
-        assert "still serving model" in r.json()["detail"]
+        # Past the auth: the reload itself is refused (no such artifact directory, 422 naming
+        # the field); the old model keeps serving.
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["body", "path"]
 
 
 def _app(token: str | None) -> TestClient:
@@ -135,7 +138,7 @@ def test_token_comparison_uses_hmac_compare_digest(monkeypatch):
             ).status_code
             for t in presented
         ]
-    assert statuses == [401, 401, 401, 401, 409]
+    assert statuses == [401, 401, 401, 401, 422]
     # One constant-time comparison per presented token, of bytes, whatever the length:
     # no early exit on a length mismatch, no str ``==`` anywhere on the way.
     assert len(calls) == len(presented)

@@ -255,8 +255,8 @@ def test_json_logs_one_object_per_line_with_model_version_and_request_id(two_wor
         assert time.monotonic() < deadline, "no log line carries the request id"
         time.sleep(0.1)
     refused = [r for r in lines if r["level"] == "WARNING"]
-    assert refused and "reload refused by 2 of 2 workers" in refused[0]["message"]
-    assert refused[0]["logger"] == "service.routes.admin"
+    assert refused and "change refused by 2 of 2 workers" in refused[0]["message"]
+    assert refused[0]["logger"] == "service.engine"
 
 
 def test_a_killed_worker_is_replaced_with_the_reloaded_model_and_counters_stay(two_workers):
@@ -283,6 +283,72 @@ def test_a_killed_worker_is_replaced_with_the_reloaded_model_and_counters_stay(t
     assert httpx.get(f"{server.base}/readyz", timeout=5).status_code == 200
     r = httpx.post(f"{server.base}/predict-rating", json=PAIRS[0], timeout=30)
     assert r.status_code == 200
+
+
+def _champions(samples: dict) -> dict[int, str]:
+    """pid -> champion model version of every live worker (``levi_model_version_info``)."""
+    return {
+        int(dict(labels)["pid"]): dict(labels)["model_version"]
+        for (name, labels), value in samples.items()
+        if name == "levi_model_version_info" and dict(labels)["alias"] == "champion" and value
+    }
+
+
+def test_promote_and_rollback_under_load_from_8_clients(two_workers, artifacts):
+    """A challenger (canary + shadow) on both workers, then promote and roll back while 8
+    clients predict: no request fails, and every worker switches each time."""
+    server, _ = two_workers
+    wait_ready(server.base, server.proc, server.log)
+    start = set(_champions(_scrape(server.base)).values())
+    assert len(start) == 1
+    (champion,) = start
+    r = httpx.put(
+        f"{server.base}/admin/challenger",
+        json={"path": str(artifacts.v3), "canary": 0.5, "shadow": True},
+        headers=ADMIN,
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    statuses: list[int] = []
+    versions: set[str] = set()
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        with httpx.Client(timeout=60) as c:
+            n = 0
+            while not stop.is_set():
+                pair = {"user_id": f"load-{k}-{n % 20}", "item_id": "11"}
+                r = c.post(f"{server.base}/predict-rating", json=pair)
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    versions.add(r.json()["model_version"])
+                n += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        r = httpx.post(f"{server.base}/admin/promote", headers=ADMIN, timeout=300)
+        assert r.status_code == 200, r.text
+        assert _champions(_scrape(server.base)) == dict.fromkeys(
+            _worker_pids(_scrape(server.base)), "tiny-v3"
+        )
+        time.sleep(0.5)
+        r = httpx.post(f"{server.base}/admin/rollback", headers=ADMIN, timeout=300)
+        assert r.status_code == 200, r.text
+        assert r.json()["champion"] == champion
+        assert set(_champions(_scrape(server.base)).values()) == {champion}
+        assert len(_champions(_scrape(server.base))) == 2
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert versions == {champion, "tiny-v3"}
+    models = httpx.get(f"{server.base}/v1/models", timeout=10).json()
+    assert [v["aliases"] for v in models["versions"]] == [["champion"]]
 
 
 def test_workers_that_cannot_load_the_model_stop_the_server_with_the_reason(
