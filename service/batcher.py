@@ -1,14 +1,33 @@
-"""Dynamic micro-batching: concurrent requests scored together, off the event loop.
+"""Dynamic micro-batching with a fair scheduler: concurrent requests scored together, off the
+event loop, and no request's work can starve the others.
 
 A request enqueues its pairs as one job (a single prediction, a batch, a ranking) and awaits
 one future; the scorer gets the pairs of several jobs at once and returns arrays
 (:class:`service.results.ScoreBatch`), which are sliced back per job. No per-pair futures or
-result objects.
+result objects. One collector task runs the scorer on a single worker thread (the model
+itself uses every core). While a batch is being scored the next one fills up, so batches
+grow with load and stay small when idle.
 
-Requests enqueue their pairs and await a future. One collector task takes the first pending
-pair, gathers more until ``max_batch`` pairs or ``max_delay`` has passed, and runs the scorer
-on a single worker thread (the model itself uses every core). While a batch is being scored
-the next one fills up, so batches grow with load and stay small when idle.
+**Small and large jobs.** A job of at most ``max_batch`` pairs is *small*: it is batched with
+other small jobs of the same target (version). A larger job (a ``/rank``, a batch request, a
+feedback request of many events) is done in *steps*, each bounded in time: first its
+entities that are not cached yet are projected a few at a time (``prepare``: their texts
+encoded, the costly part of a cold request, ``service/scorer.py``), then its pairs are scored
+in slices of ``slice_pairs`` (cheap once projected). The collector alternates: a batch of
+small jobs, then one step of a large job (large jobs take turns), so a small request waits
+behind at most one step, never behind a whole large job. Between steps the scheduler looks
+again: a job whose request gave up (timeout, disconnect) is dropped, its remaining steps never
+run. A small job's pairs are scored in one call; a large job's answers are the concatenation
+of its slices (the same values: every pair is scored on its own).
+
+**Admission** counts cost, not only pairs: each job carries an estimate of the tokens of text
+it will have to encode (cold entities), and the queue refuses (503) beyond ``queue_bound``
+pairs or ``queue_tokens`` tokens pending, so a burst of cold requests cannot queue more
+encoding than the deadlines allow.
+
+**Background work** (shadow scoring: nobody waits for it) runs only while no request waits,
+in the same bounded steps, and is dropped when its own queue is full or it was not started
+in time.
 
 The wait for more pairs is adaptive: it happens only when the recent arrival rate expects at
 least one more pair within ``max_delay`` (:class:`ArrivalRate`). A lone client (one request
@@ -40,14 +59,15 @@ log = logging.getLogger(__name__)
 
 
 class QueueFullError(RuntimeError):
-    """More pairs are pending than the queue bound allows; retry later (503)."""
+    """More pairs (or more text to encode) are pending than the queue bounds allow; retry
+    later (503)."""
 
 
 class DeadlineError(TimeoutError):
     """A pair's deadline passed before it was scored (504)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending:
     requests: Sequence[ScoreInput]
     future: asyncio.Future | None  # None: background work nobody waits for
@@ -55,6 +75,11 @@ class _Pending:
     deadline: float  # perf_counter
     target: Any = None  # what scores it (a version's scorer); None: the score function's default
     on_done: Callable[[ScoreBatch | None], None] | None = field(default=None, repr=False)
+    cold_tokens: int = 0  # estimated tokens of text to encode (admission cost)
+    prepared: bool = True  # large jobs: False until their entities are projected
+    state: Any = None  # the prepare steps' state (what is left to project)
+    done: int = 0  # pairs scored so far (a large job's slices)
+    parts: list = field(default_factory=list)  # the slices' answers
 
     @property
     def abandoned(self) -> bool:
@@ -99,16 +124,22 @@ class ArrivalRate:
 
 
 class MicroBatcher:
-    """Gathers pairs from concurrent requests into batches for ``score``.
+    """Gathers pairs from concurrent requests into batches for ``score``, large jobs in steps.
 
     Args:
         score: ``score(target, pairs, background)`` scores the pairs of one or more jobs of
             one target (called on the worker thread; ``target`` is what :meth:`submit` was
             given, None for the default, which is read again for every batch, so a model swap
             takes effect on the next batch).
-        max_batch: most pairs per call, except that a job larger than it is scored alone.
+        prepare: ``prepare(target, pairs, state) -> (done, state)``: one bounded step of a
+            large job's preparation (projecting a few of its uncached entities); None: large
+            jobs go straight to their slices.
+        max_batch: most pairs per batch of small jobs; a job with more is large.
         max_delay_s: longest wait for more pairs once one is pending.
         queue_bound: most pending pairs; beyond it :meth:`submit` raises QueueFullError.
+        queue_tokens: most pending tokens of text to encode (None: unbounded).
+        slice_pairs: pairs per scoring step of a large job.
+        background_bound: most pairs of background work waiting.
     """
 
     def __init__(
@@ -120,15 +151,25 @@ class MicroBatcher:
         max_delay_s: float,
         queue_bound: int,
         background_bound: int = 4096,
+        prepare: Callable[[Any, Sequence[ScoreInput], Any], tuple[bool, Any]] | None = None,
+        queue_tokens: int | None = None,
+        slice_pairs: int = 1024,
     ):
         self.score = score
+        self.prepare = prepare
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.queue_bound = queue_bound
+        self.queue_tokens = queue_tokens
+        self.slice_pairs = max(slice_pairs, max_batch)
         self.background_bound = background_bound
-        self._queue: deque[_Pending] = deque()
+        self._small: deque[_Pending] = deque()
+        self._large: deque[_Pending] = deque()
+        self._small_pairs = 0
         self._pending_pairs = 0
+        self._pending_tokens = 0
+        self._large_turn = False
         # Work nobody waits for (shadow scoring): scored only while no request waits.
         self._background: deque[_Pending] = deque()
         self._background_pairs = 0
@@ -142,6 +183,11 @@ class MicroBatcher:
         """Pairs waiting to be scored."""
         return self._pending_pairs
 
+    @property
+    def pending_tokens(self) -> int:
+        """Estimated tokens of text the pending jobs will encode."""
+        return self._pending_tokens
+
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="levi-micro-batcher")
@@ -151,11 +197,12 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while self._queue:
-            p = self._queue.popleft()
-            if p.future is not None and not p.future.done():
-                p.future.set_exception(QueueFullError("the service is shutting down"))
-        self._pending_pairs = 0
+        for queue in (self._small, self._large):
+            while queue:
+                p = queue.popleft()
+                if p.future is not None and not p.future.done():
+                    p.future.set_exception(QueueFullError("the service is shutting down"))
+        self._pending_pairs = self._pending_tokens = self._small_pairs = 0
         self._background.clear()
         self._background_pairs = 0
         self._executor.shutdown(wait=True)
@@ -164,13 +211,28 @@ class MicroBatcher:
         """Run ``fn`` on the scorer thread once the batch in flight (if any) has finished."""
         await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+    # -- admission ------------------------------------------------------------------------
+
+    def _job(self, requests, future, timeout_s, target, on_done=None, cold_tokens=0) -> _Pending:
+        now = time.perf_counter()
+        job = _Pending(requests, future, now, now + timeout_s, target, on_done, cold_tokens)
+        job.prepared = len(requests) <= self.max_batch or self.prepare is None
+        return job
+
     async def submit(
-        self, requests: Sequence[ScoreInput], timeout_s: float, target: Any = None
+        self,
+        requests: Sequence[ScoreInput],
+        timeout_s: float,
+        target: Any = None,
+        cold_tokens: int = 0,
     ) -> ScoreBatch:
         """Score ``requests`` (in order) within ``timeout_s``, as one job, with ``target``.
 
+        Args:
+            cold_tokens: estimated tokens of text the job will encode (admission cost).
+
         Raises:
-            QueueFullError: the queue is full.
+            QueueFullError: the queue is full (pairs or tokens).
             DeadlineError: not answered within ``timeout_s``.
         """
         if self._task is None or self._wakeup is None:
@@ -180,12 +242,26 @@ class MicroBatcher:
                 f"{self._pending_pairs} predictions are queued and this request adds "
                 f"{len(requests)}; the bound is {self.queue_bound}"
             )
-        loop = asyncio.get_running_loop()
-        now = time.perf_counter()
-        self.arrivals.observe(now, len(requests))
-        future = loop.create_future()
-        self._queue.append(_Pending(requests, future, now, now + timeout_s, target))
+        if (
+            self.queue_tokens is not None
+            and cold_tokens
+            and self._pending_tokens + cold_tokens > self.queue_tokens
+        ):
+            raise QueueFullError(
+                f"about {self._pending_tokens} tokens of new text are queued for encoding and "
+                f"this request adds about {cold_tokens}; the bound is {self.queue_tokens} "
+                "(LEVI_QUEUE_TOKENS)"
+            )
+        future = asyncio.get_running_loop().create_future()
+        job = self._job(requests, future, timeout_s, target, cold_tokens=cold_tokens)
+        self.arrivals.observe(job.enqueued, len(requests))
+        if len(requests) <= self.max_batch:
+            self._small.append(job)
+            self._small_pairs += len(requests)
+        else:
+            self._large.append(job)
         self._pending_pairs += len(requests)
+        self._pending_tokens += cold_tokens
         self._wakeup.set()
         try:
             return await asyncio.wait_for(future, timeout_s)
@@ -210,99 +286,182 @@ class MicroBatcher:
             return False
         if self._background_pairs + len(requests) > self.background_bound:
             return False
-        now = time.perf_counter()
-        self._background.append(_Pending(requests, None, now, now + timeout_s, target, on_done))
+        self._background.append(self._job(requests, None, timeout_s, target, on_done))
         self._background_pairs += len(requests)
         self._wakeup.set()
         return True
+
+    # -- the collector --------------------------------------------------------------------
+
+    def _forget(self, job: _Pending) -> None:
+        """``job`` left the queues (finished, failed or dropped): release its admission."""
+        self._pending_pairs -= len(job.requests)
+        self._pending_tokens -= job.cold_tokens
+
+    def _drop_dead(self) -> None:
+        """Drop large jobs nobody waits for, and those past their deadline (504)."""
+        now = time.perf_counter()
+        kept: deque[_Pending] = deque()
+        for p in self._large:
+            if p.abandoned:
+                self._forget(p)
+                self.metrics.scheduler_dropped.inc(len(p.requests) - p.done)
+            elif now > p.deadline:
+                self._forget(p)
+                p.future.set_exception(DeadlineError("deadline passed before it was scored"))
+                self.metrics.scheduler_dropped.inc(len(p.requests) - p.done)
+            else:
+                kept.append(p)
+        self._large = kept
 
     async def _run(self) -> None:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            self._drop_dead()
+            if not self._small and not self._large:
                 if self._background:
                     await self._run_background(loop)
                     continue
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # Give concurrent requests up to max_delay to join a batch that is not full yet,
-            # when the arrival rate says one is likely to come in that time.
-            if (
-                self._pending_pairs < self.max_batch
-                and self.max_delay_s > 0
-                and self.arrivals.expected_within(
-                    time.perf_counter(), self.max_delay_s, pending=self._pending_pairs
-                )
-                >= 1.0
-            ):
-                until = self._queue[0].enqueued + self.max_delay_s
-                while self._pending_pairs < self.max_batch:
-                    left = until - time.perf_counter()
-                    if left <= 0:
-                        break
-                    self._wakeup.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), left)
-            batch = self._take()
-            if not batch:
+            if self._large and (not self._small or self._large_turn):
+                self._large_turn = False
+                await self._step_large(loop)
                 continue
-            started = time.perf_counter()
-            pairs = [r for p in batch for r in p.requests]
+            self._large_turn = bool(self._large)
+            await self._run_small(loop)
+
+    async def _run_small(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One batch of small jobs (after the adaptive wait for company)."""
+        # Give concurrent requests up to max_delay to join a batch that is not full yet,
+        # when the arrival rate says one is likely to come in that time (and no large job
+        # waits for its turn).
+        if (
+            not self._large
+            and self._small_pairs < self.max_batch
+            and self.max_delay_s > 0
+            and self.arrivals.expected_within(
+                time.perf_counter(), self.max_delay_s, pending=self._small_pairs
+            )
+            >= 1.0
+        ):
+            until = self._small[0].enqueued + self.max_delay_s
+            while self._small_pairs < self.max_batch:
+                left = until - time.perf_counter()
+                if left <= 0:
+                    break
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+        batch = self._take()
+        if not batch:
+            return
+        started = time.perf_counter()
+        pairs = [r for p in batch for r in p.requests]
+        for p in batch:
+            self.metrics.queue_wait.observe(started - p.enqueued)
+        self.metrics.batch_size.observe(len(pairs))
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self.score, batch[0].target, pairs, False
+            )
+        except Exception as e:  # delivered to each waiting request, logged once here
+            log.exception("scoring a batch of %d pairs failed", len(pairs))
             for p in batch:
-                self.metrics.queue_wait.observe(started - p.enqueued)
-            self.metrics.batch_size.observe(len(pairs))
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self.score, batch[0].target, pairs, False
-                )
-            except Exception as e:  # delivered to each waiting request, logged once here
-                log.exception("scoring a batch of %d pairs failed", len(pairs))
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(e)
-                continue
-            start = 0
-            for p in batch:
-                stop = start + len(p.requests)
                 if not p.future.done():
-                    p.future.set_result(results.slice(start, stop))
-                start = stop
+                    p.future.set_exception(e)
+            return
+        start = 0
+        for p in batch:
+            stop = start + len(p.requests)
+            if not p.future.done():
+                p.future.set_result(results.slice(start, stop))
+            start = stop
+
+    async def _step(self, job: _Pending, loop, *, background: bool) -> ScoreBatch | None:
+        """One step of a large job: a prepare step, or the next slice. Its answer when this
+        step finished it, else None."""
+        if not job.prepared:
+            job.prepared, job.state = await loop.run_in_executor(
+                self._executor, self.prepare, job.target, job.requests, job.state
+            )
+            return None
+        if job.done == 0 and job.future is not None:
+            self.metrics.queue_wait.observe(time.perf_counter() - job.enqueued)
+        start, stop = job.done, min(len(job.requests), job.done + self.slice_pairs)
+        self.metrics.batch_size.observe(stop - start)
+        part = await loop.run_in_executor(
+            self._executor, self.score, job.target, job.requests[start:stop], background
+        )
+        job.parts.append(part)
+        job.done = stop
+        if stop < len(job.requests):
+            return None
+        return job.parts[0] if len(job.parts) == 1 else ScoreBatch.concat(job.parts)
+
+    async def _step_large(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One step of the oldest large job; then the next large job has its turn."""
+        job = self._large[0]
+        try:
+            result = await self._step(job, loop, background=False)
+        except Exception as e:
+            log.exception("scoring a job of %d pairs failed", len(job.requests))
+            self._remove_large(job)
+            if not job.future.done():
+                job.future.set_exception(e)
+            return
+        if result is None:
+            if self._large and self._large[0] is job:
+                self._large.rotate(-1)  # round robin among large jobs
+            return
+        self._remove_large(job)
+        if not job.future.done():
+            job.future.set_result(result)
+
+    def _remove_large(self, job: _Pending) -> None:
+        with contextlib.suppress(ValueError):
+            self._large.remove(job)
+            self._forget(job)
 
     async def _run_background(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Score the oldest background job (nothing else waits)."""
-        p = self._background.popleft()
-        self._background_pairs -= len(p.requests)
-        if time.perf_counter() > p.deadline:
+        """One step of the oldest background job (nothing else waits)."""
+        p = self._background[0]
+        if p.done == 0 and not p.parts and time.perf_counter() > p.deadline:
+            self._background.popleft()
+            self._background_pairs -= len(p.requests)
             p.on_done(None)
             return
         try:
-            result = await loop.run_in_executor(
-                self._executor, self.score, p.target, p.requests, True
-            )
+            result = await self._step(p, loop, background=True)
         except Exception:
             log.exception("background scoring of %d pairs failed", len(p.requests))
             result = None
+            p.done = len(p.requests)
+        if p.done < len(p.requests) or (result is None and p.done == 0):
+            return
+        self._background.popleft()
+        self._background_pairs -= len(p.requests)
         p.on_done(result)
 
     def _take(self) -> list[_Pending]:
-        """Pending jobs whose request is still waiting, of the first one's target, up to
-        ``max_batch`` pairs (one job larger than that is taken alone); jobs of other targets
-        keep their place for the next batch."""
+        """Pending small jobs whose request is still waiting, of the first one's target, up
+        to ``max_batch`` pairs; jobs of other targets keep their place for the next batch."""
         now = time.perf_counter()
         batch: list[_Pending] = []
         skipped: list[_Pending] = []
         pairs = 0
-        while self._queue:
-            p = self._queue[0]
+        while self._small:
+            p = self._small[0]
             if batch and p.target is not batch[0].target and not p.abandoned:
-                skipped.append(self._queue.popleft())
+                skipped.append(self._small.popleft())
                 continue
             if batch and pairs + len(p.requests) > self.max_batch:
                 break
-            self._queue.popleft()
-            self._pending_pairs -= len(p.requests)
+            self._small.popleft()
+            self._small_pairs -= len(p.requests)
+            self._forget(p)
             if p.abandoned:  # the request gave up (timeout or disconnect)
                 continue
             if now > p.deadline:
@@ -310,5 +469,5 @@ class MicroBatcher:
                 continue
             batch.append(p)
             pairs += len(p.requests)
-        self._queue.extendleft(reversed(skipped))
+        self._small.extendleft(reversed(skipped))
         return batch

@@ -275,6 +275,9 @@ class Engine:
             max_delay_s=settings.max_delay_ms / 1000.0,
             queue_bound=settings.queue_bound,
             background_bound=settings.shadow_queue_bound,
+            prepare=self.prepare,
+            queue_tokens=settings.queue_tokens,
+            slice_pairs=settings.slice_pairs,
         )
         self._change_lock = asyncio.Lock()
         self._initial: asyncio.Task | None = None
@@ -479,6 +482,13 @@ class Engine:
         if scorer is None:
             raise ModelNotReadyError(self.not_ready_reason())
         return scorer.score(requests, observe=not background)
+
+    def prepare(self, target: Scorer | None, requests: Sequence[ScoreInput], state):
+        """One bounded step of a large job's preparation (``Scorer.prepare``)."""
+        scorer = target if target is not None else self.scorer
+        if scorer is None:
+            raise ModelNotReadyError(self.not_ready_reason())
+        return scorer.prepare(requests, self.settings.step_tokens, state)
 
     def answered(
         self, rollout: Rollout, version: Version, inputs: Sequence[ScoreInput], batch: ScoreBatch

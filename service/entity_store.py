@@ -101,6 +101,11 @@ class ProjectionCache:
     def __len__(self) -> int:
         return len(self._slots)
 
+    def contains(self, key: Hashable) -> bool:
+        """Whether ``key`` is cached (without marking it used; safe to call from another
+        thread than the one that scores: one dict lookup)."""
+        return key in self._slots
+
     def lookup(self, keys: Sequence[Hashable]) -> dict[Hashable, Slot]:
         """The cached keys among ``keys`` (each marked as recently used)."""
         found = {}

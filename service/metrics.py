@@ -91,6 +91,12 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.scheduler_dropped = Counter(
+            "levi_scheduler_dropped_pairs",
+            "Pairs of large requests whose remaining scoring steps were dropped because nobody "
+            "waited for them any more (the client gave up, or the deadline passed).",
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "levi_queue_wait_seconds",
             "Time a prediction waited in the micro-batch queue.",

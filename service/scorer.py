@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PAIR_SAMPLE = 512  # pair views: entity pairs tokenized to find the length buckets in use
 MIN_PAIR_CHUNK = 1024  # the pair function runs on up to this many pairs per call
+TEMPLATE_TOKENS = 16  # a text view's template and id, in tokens (for cost estimates)
 ID_FIELD = {"user": "user_id", "item": "item_id"}
 
 
@@ -82,6 +83,19 @@ def _keys(side: str, inputs: Sequence[ScoreInput]) -> list[tuple[str, tuple]]:
     if side == "user":
         return [(r.user_id, freeze(r.user)) for r in inputs]
     return [(r.item_id, freeze(r.item)) for r in inputs]
+
+
+def _within(items: Sequence, budget: int, cost, at_least_one: bool) -> list:
+    """The longest prefix of ``items`` whose ``cost`` sums to at most ``budget`` (and at least
+    one item when ``at_least_one`` and there is any)."""
+    out, spent = [], 0
+    for x in items:
+        c = cost(x)
+        if spent + c > budget and (out or not at_least_one):
+            break
+        out.append(x)
+        spent += c
+    return out
 
 
 def _padded_index(index: np.ndarray, start: int, stop: int, rows: int) -> np.ndarray:
@@ -423,6 +437,101 @@ class Scorer:
         return self._finish(
             adapters, rating, cold["user"], cold["item"], tuple(warnings), dist, observe
         )
+
+    # -- large jobs in steps (service/batcher.py) ------------------------------------------
+
+    @staticmethod
+    def _key_tokens(key: tuple[str, tuple]) -> int:
+        """About how many tokens an entity's text views take: the template and id, and a
+        token per ~3 characters of the request's field values (an upper bound for MovieLens
+        titles; the tokenizer itself is not run: this is for admission and step sizes)."""
+        return TEMPLATE_TOKENS + sum(len(str(v)) for _, v in key[1]) // 3
+
+    def estimate_cold_tokens(self, inputs: Sequence[ScoreInput]) -> int:
+        """About how many tokens of text scoring ``inputs`` will encode: the distinct
+        entities whose projections are not cached (an upper bound: their activations may be
+        cached). Cheap (no rendering, no tokenizing), for admission."""
+        if not self.decomposed:  # pair views: one text per distinct pair, nothing projected
+            pairs = dict.fromkeys(zip(_keys("user", inputs), _keys("item", inputs), strict=True))
+            return sum(self._key_tokens(u) + self._key_tokens(i) for u, i in pairs)
+        total = 0
+        for side in SIDES:
+            cache = self.projections[side]
+            for key in dict.fromkeys(_keys(side, inputs)):
+                if not cache.contains(key):
+                    total += self._key_tokens(key)
+        return total
+
+    def prepare(
+        self, inputs: Sequence[ScoreInput], budget_tokens: int, state: dict | None = None
+    ) -> tuple[bool, dict]:
+        """One bounded step ahead of scoring a large job: project its entities that are not
+        cached yet (encoding their texts), about ``budget_tokens`` tokens of text per step
+        (at least one entity), so that no single call holds the scorer for long.
+
+        Args:
+            state: what the previous step returned (None at first).
+
+        Returns:
+            ``(done, state)``: done once nothing is left to encode (the job is then scored
+            from cached projections, in slices).
+        """
+        if state is None:
+            state = {"left": self._uncached(inputs)}
+        left: list = state["left"]
+        budget = budget_tokens
+        while left and budget > 0:
+            side, keys = left[0]
+            if side == "text":  # pair views: activations, not projections, are cached
+                chunk = _within(
+                    keys, budget, lambda t: TEMPLATE_TOKENS + len(t) // 3, budget == budget_tokens
+                )
+                if chunk:
+                    fresh = self._encode(chunk)
+                    self.cache.put_many({self.cache.key(t): fresh[i] for i, t in enumerate(chunk)})
+                budget -= sum(TEMPLATE_TOKENS + len(t) // 3 for t in chunk)
+            else:
+                cache = self.projections[side]
+                keys = [k for k in keys if not cache.contains(k)]
+                chunk = _within(keys, budget, self._key_tokens, budget == budget_tokens)
+                if chunk:
+                    self._project(side, chunk)
+                budget -= max(1, sum(self._key_tokens(k) for k in chunk))
+            left[0] = (side, keys[len(chunk) :])
+            if not left[0][1]:
+                left.pop(0)
+            elif not chunk:
+                break  # the next entity does not fit in what is left of this step
+        return not left, state
+
+    def _uncached(self, inputs: Sequence[ScoreInput]) -> list[tuple[str, list]]:
+        """Per side, the distinct entity keys not in the projection cache (factored views),
+        or the texts not in the activation cache (pair views)."""
+        if not self.decomposed:
+            texts = list(
+                dict.fromkeys(
+                    t
+                    for u, i in zip(
+                        self.resolve("user", _keys("user", inputs))[0],
+                        self.resolve("item", _keys("item", inputs))[0],
+                        strict=True,
+                    )
+                    for t in self.views.render(u, i)
+                )
+            )
+            found = self.cache.get_many([self.cache.key(t) for t in texts])
+            missing = [t for t in texts if self.cache.key(t) not in found]
+            return [("text", missing)] if missing else []
+        out = []
+        for side in SIDES:
+            cache = self.projections[side]
+            distinct = list(dict.fromkeys(_keys(side, inputs)))
+            if len(distinct) > cache.capacity:
+                continue  # more than the cache holds: each slice projects its own
+            missing = [k for k in distinct if not cache.contains(k)]
+            if missing:
+                out.append((side, missing))
+        return out
 
     # -- scoring --------------------------------------------------------------------------
 

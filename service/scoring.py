@@ -124,13 +124,37 @@ def json_response(content: object) -> Response:
     return Response(dumps(content), media_type="application/json")
 
 
+def refuse_costlier_than(tokens: int, settings: Settings, field: str) -> None:
+    """413 when a request brings more new text to encode than one call may
+    (``LEVI_MAX_COLD_TOKENS``): it could not be answered within the deadline anyway.
+
+    Raises:
+        HTTPException: 413 naming the field, the estimate and the setting.
+    """
+    if tokens > settings.max_cold_tokens:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"{field}: about {tokens} tokens of new text to encode (entities the service has "
+            f"not seen: their fields or unknown ids); at most {settings.max_cold_tokens} per "
+            "call (LEVI_MAX_COLD_TOKENS): split the list",
+        )
+
+
 async def score(
-    engine: Engine, settings: Settings, inputs: Sequence[ScoreInput], version: Version
+    engine: Engine,
+    settings: Settings,
+    inputs: Sequence[ScoreInput],
+    version: Version,
+    field: str = "body",
 ) -> ScoreBatch:
-    """Score ``inputs`` with ``version`` through the micro-batcher, mapping overload and
-    deadlines to 503 / 504."""
+    """Score ``inputs`` with ``version`` through the micro-batcher (admitted by pairs and by
+    the new text they bring), mapping cost, overload and deadlines to 413 / 503 / 504."""
+    tokens = version.scorer.estimate_cold_tokens(inputs)
+    refuse_costlier_than(tokens, settings, field)
     try:
-        return await engine.batcher.submit(inputs, settings.request_timeout_s, version.scorer)
+        return await engine.batcher.submit(
+            inputs, settings.request_timeout_s, version.scorer, cold_tokens=tokens
+        )
     except QueueFullError as e:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, f"overloaded: {e}", headers={"Retry-After": "1"}
@@ -159,6 +183,7 @@ async def score_by_user(
     payloads: Sequence[Payload],
     requested: str | None,
     *,
+    field: str = "body",
     answered: bool = True,
 ) -> list[Scored]:
     """Route each pair by its user, check its fields against its version, score each
@@ -179,7 +204,7 @@ async def score_by_user(
         (version, positions, checked_inputs(version.scorer, [payloads[j] for j in positions]))
         for version, positions in groups.values()
     ]
-    batches = await asyncio.gather(*(score(engine, settings, x, v) for v, _, x in parts))
+    batches = await asyncio.gather(*(score(engine, settings, x, v, field) for v, _, x in parts))
     out = [Scored(v, pos, x, b) for (v, pos, x), b in zip(parts, batches, strict=True)]
     if answered:
         for s in out:

@@ -138,6 +138,32 @@ class Settings(BaseSettings):
         16_384, ge=1, description="pending pairs beyond which requests get 503"
     )
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline (504 after)")
+    step_tokens: int = Field(
+        160,
+        ge=1,
+        description="tokens of new text a large request encodes per scheduling step (at least "
+        "one entity): a small request waits behind at most one such step, about 10-15 ms "
+        "with MiniLM on 2 cores (service/batcher.py)",
+    )
+    slice_pairs: int = Field(
+        1024,
+        ge=1,
+        description="pairs of a large request scored per scheduling step once its entities "
+        "are projected",
+    )
+    max_cold_tokens: int = Field(
+        40_000,
+        ge=1,
+        description="most tokens of new text (entities not cached: request fields, unknown "
+        "ids) one request may bring; beyond: 413 (about 25-40 new item titles per 1,000 tokens "
+        "on MovieLens)",
+    )
+    queue_tokens: int = Field(
+        120_000,
+        ge=1,
+        description="most tokens of new text pending encoding over all queued requests; "
+        "beyond: 503 with Retry-After",
+    )
     max_batch_request: int = Field(1000, ge=1, description="most entries in one batch request")
     max_rank_candidates: int = Field(
         10_000, ge=1, description="most candidates in one POST /rank (beyond: 413)"

@@ -94,7 +94,7 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
     served = rollout.served()
     inputs = [checked_inputs(v.scorer, payloads) for v in served]
     batches = await asyncio.gather(
-        *(score(engine, settings, x, v) for v, x in zip(served, inputs, strict=True))
+        *(score(engine, settings, x, v, "events") for v, x in zip(served, inputs, strict=True))
     )
     received = time.time()
     dataset = str(rollout.champion.scorer.artifact.dataset.get("name", ""))

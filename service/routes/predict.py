@@ -49,5 +49,5 @@ async def predict_rating_batch(
         (("body", "requests", i), r.user_id, r.item_id, r.user, r.item)
         for i, r in enumerate(body.requests)
     ]
-    scored = await score_by_user(engine, settings, payloads, requested)
+    scored = await score_by_user(engine, settings, payloads, requested, field="requests")
     return json_response({"predictions": predictions_in_order(scored, len(payloads))})

@@ -87,6 +87,6 @@ async def rank(
         for c, (_, item) in zip(body.candidates, fields[1:], strict=True)
     ]
     count_route(engine, rollout, version, requested)
-    batch = await score(engine, settings, inputs, version)
+    batch = await score(engine, settings, inputs, version, "candidates")
     engine.answered(rollout, version, inputs, batch)
     return json_response(ranked(body, batch))

@@ -80,6 +80,7 @@ KNOWN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
         frozenset({"champion", "challenger", "side", "rating"}),
     ),
     "levi_online_eval_redis_errors_total": ("counter", frozenset()),
+    "levi_scheduler_dropped_pairs_total": ("counter", frozenset()),
 }
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = frozenset({"job", "instance"})

@@ -232,7 +232,7 @@ def _json_lines(log: Path) -> list[dict]:
 
 
 def test_json_logs_one_object_per_line_with_model_version_and_request_id(two_workers):
-    server, _ = two_workers
+    server, tmp = two_workers
     wait_ready(server.base, server.proc, server.log)
     records = _json_lines(server.log)
     keys = {"time", "level", "logger", "message", "model_version", "request_id"}
@@ -242,10 +242,13 @@ def test_json_logs_one_object_per_line_with_model_version_and_request_id(two_wor
     assert all(r["logger"] == "service.engine" and r["level"] == "INFO" for r in serving)
     assert all(r["message"].startswith(f"serving model {r['model_version']} ") for r in serving)
     assert any(r["logger"].startswith("uvicorn") for r in records), "uvicorn's own lines"
-    # A line logged while handling a request carries its id.
+    # A line logged while handling a request carries its id (a directory that is no artifact:
+    # every worker refuses it).
+    empty = tmp / "not-an-artifact"
+    empty.mkdir(exist_ok=True)
     r = httpx.post(
         f"{server.base}/admin/reload",
-        json={"path": "/no/such/model"},
+        json={"path": str(empty)},
         headers={**ADMIN, "X-Request-ID": "logged-1"},
         timeout=120,
     )
