@@ -5,6 +5,7 @@ Run with ``python -m service`` or ``uvicorn --factory service.app:create_app``.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +29,29 @@ log = logging.getLogger("service")
 DESCRIPTION = """Rating prediction with LEVI: a frozen text encoder's layers, each with its own
 adapter, ensembled with a from-scratch MLP over ids and features. Every answer carries the
 per-layer adapter ratings and an out-of-distribution score."""
+
+
+# Errors of a wrong JSON type ("should be a valid integer") also say which type came: a
+# `true` where a count belongs reads "got the boolean true".
+_TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type", "int_from_float"}
+
+
+def _says_what_came(error: dict) -> bool:
+    return error.get("type") in _TYPE_ERRORS and "input" in error
+
+
+def _json_kind(value: object) -> str:
+    """``value`` as the client sent it: its JSON type and (short) text."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:40] + "..."
+        return f"the string {json.dumps(text)}"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -54,6 +78,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         )
     detail = [
         {k: e[k] for k in ("loc", "msg", "type") if k in e}
+        | ({"msg": f"{e['msg']}; got {_json_kind(e['input'])}"} if _says_what_came(e) else {})
         | ({"ctx": e["ctx"]} if "ctx" in e else {})
         for e in errors
     ]
