@@ -150,7 +150,8 @@ class FeedbackEvent(_Strict):
         None,
         description="a globally unique id of the event (e.g. a UUID), sent again unchanged "
         "with a retry: a request retried with the same ids is not learned twice, and "
-        "retraining counts each id once; default: the service assigns one",
+        "retraining counts each id once; the same id with another payload is a 409; "
+        "default: the service assigns one",
     )
     user_id: EntityId
     item_id: EntityId

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 
 from service.deps import EngineDep, SettingsDep
 from service.feedback_log import FeedbackLogError
+from service.idempotency import REUSED_ID_RESPONSES, event_fingerprint, refuse_reused_event_ids
 from service.routes.predict import (
     ERRORS,
     checked_inputs,
@@ -66,6 +67,7 @@ def check_ratings(events: list[FeedbackEvent], rating_range: tuple[float, float]
     "/feedback",
     responses={
         **ERRORS,
+        **REUSED_ID_RESPONSES,
         503: {
             "model": ErrorResponse,
             "description": "not ready, queue full, feedback disabled or the log not writable "
@@ -89,6 +91,7 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
         for i, e in enumerate(body.events)
     ]
     inputs = checked_inputs(engine, payloads)
+    await refuse_reused_event_ids(body.events, scorer.corrections)  # 409 before anything is kept
     batch = await score(engine, settings, inputs)
     received = time.time()
     dataset = str(scorer.artifact.dataset.get("name", ""))
@@ -142,7 +145,8 @@ async def _learn(engine, inputs, batch, events) -> tuple[str, int]:
         return "skipped", 0
     corrections = scorer.corrections
     ids = [e.event_id for e in events]
-    fresh = await asyncio.to_thread(corrections.first_seen, ids)
+    prints = [event_fingerprint(e) for e in events]
+    fresh = await asyncio.to_thread(corrections.first_seen, ids, prints)
     rows = np.flatnonzero(fresh)
     try:
         if len(rows):
