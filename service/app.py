@@ -16,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from service.connections import POLICY_STATE_KEY, ConnectionPolicy
 from service.engine import Engine
 from service.entity_fields import with_model_fields
 from service.metrics import Metrics
@@ -114,11 +115,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings()
     app_metrics = Metrics()
+    connection_policy = ConnectionPolicy(
+        settings.receive_timeout_s, settings.max_connections, app_metrics
+    )
     # Set by `python -m service --workers N` (N > 1): metrics and readiness span the workers.
     group = WorkerGroup.from_environment(settings.workers)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
         logging.captureWarnings(True)  # Python warnings through the service's log handler
         engine = Engine(settings, app_metrics, group=group)
         app.state.engine = engine
@@ -133,7 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 group.mark_failed(engine.not_ready_reason())
                 raise RuntimeError(f"this worker cannot serve: {engine.not_ready_reason()}")
         try:
-            yield
+            # The HTTP protocol reads its limits and metrics from the lifespan state.
+            yield {POLICY_STATE_KEY: connection_policy}
         finally:
             await engine.stop()
             if group is not None:

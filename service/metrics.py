@@ -264,6 +264,29 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # Slow and surplus clients (service/connections.py).
+        self.open_connections = Gauge(
+            "levi_open_connections",
+            "HTTP connections open within LEVI_MAX_CONNECTIONS (summed over workers).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.connections_refused = Counter(
+            "levi_connections_refused",
+            "Connections opened beyond LEVI_MAX_CONNECTIONS: answered 503 with Retry-After, or "
+            "closed when they sent no whole request within 1 s.",
+            registry=r,
+        )
+        self.receive_timeouts = Counter(
+            "levi_receive_timeouts",
+            "Connections closed because a request did not arrive whole within "
+            "LEVI_RECEIVE_TIMEOUT_S, by phase: silent (nothing sent; closed without an answer), "
+            "headers or body (the request was partly received; answered 408).",
+            ["phase"],
+            registry=r,
+        )
+        for phase in ("silent", "headers", "body"):
+            self.receive_timeouts.labels(phase=phase)
         self.damaged_metric_files = Counter(
             "levi_metrics_damaged_files",
             "Multiprocess metric value files a scrape left out because they could not be read "
