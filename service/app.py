@@ -1,6 +1,8 @@
 """The FastAPI app factory: ``create_app(settings)``.
 
-Run with ``python -m service`` or ``uvicorn --factory service.app:create_app``.
+Run with ``python -m service``. ``uvicorn --factory service.app:create_app`` serves it too, but
+without the receive deadline and the connection bound unless given
+``--http service.connections:GuardedHttpProtocol`` (service/connections.py).
 """
 
 from __future__ import annotations
