@@ -6,6 +6,8 @@ service/settings.py). Flags given here are passed on as ``LEVI_*`` variables, so
 uvicorn worker process builds the same settings. With ``--workers N`` (N > 1) a fresh shared
 directory for metrics and readiness is made for this run and removed at exit
 (service/workers.py). Logging: ``LEVI_LOG_LEVEL``, ``LEVI_LOG_FORMAT`` (service/logs.py).
+Slow and surplus clients: ``LEVI_RECEIVE_TIMEOUT_S``, ``LEVI_MAX_CONNECTIONS``
+(service/connections.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from service.connections import GuardedHttpProtocol
 from service.logs import log_config
 from service.settings import Settings, describe_settings_error
 from service.workers import prepare_shared_dir, remove_shared_dir, startup_failures
@@ -77,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             log_config=log_config(settings.log_level, settings.log_format),
             log_level=settings.log_level,
             access_log=False,
+            # A receive deadline and a connection bound (LEVI_RECEIVE_TIMEOUT_S,
+            # LEVI_MAX_CONNECTIONS) that uvicorn's own protocol lacks.
+            http=GuardedHttpProtocol,
         )
         if failures := startup_failures(shared):
             print(f"error: no worker could start: {'; '.join(failures)}", file=sys.stderr)

@@ -1,10 +1,13 @@
 """The FastAPI app factory: ``create_app(settings)``.
 
-Run with ``python -m service`` or ``uvicorn --factory service.app:create_app``.
+Run with ``python -m service``. ``uvicorn --factory service.app:create_app`` serves it too, but
+without the receive deadline and the connection bound unless given
+``--http service.connections:GuardedHttpProtocol`` (service/connections.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from service.connections import POLICY_STATE_KEY, ConnectionPolicy
 from service.engine import Engine
 from service.entity_fields import with_model_fields
 from service.metrics import Metrics
@@ -37,6 +41,29 @@ log = logging.getLogger("service")
 DESCRIPTION = """Rating prediction with LEVI: a frozen text encoder's layers, each with its own
 adapter, ensembled with a from-scratch MLP over ids and features. Every answer carries the
 per-layer adapter ratings and an out-of-distribution score."""
+
+
+# Errors of a wrong JSON type ("should be a valid integer") also say which type came: a
+# `true` where a count belongs reads "got the boolean true".
+_TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type", "int_from_float"}
+
+
+def _says_what_came(error: dict) -> bool:
+    return error.get("type") in _TYPE_ERRORS and "input" in error
+
+
+def _json_kind(value: object) -> str:
+    """``value`` as the client sent it: its JSON type and (short) text."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:40] + "..."
+        return f"the string {json.dumps(text)}"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -63,6 +90,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         )
     detail = [
         {k: e[k] for k in ("loc", "msg", "type") if k in e}
+        | ({"msg": f"{e['msg']}; got {_json_kind(e['input'])}"} if _says_what_came(e) else {})
         | ({"ctx": e["ctx"]} if "ctx" in e else {})
         for e in errors
     ]
@@ -98,11 +126,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings()
     app_metrics = Metrics()
+    connection_policy = ConnectionPolicy(
+        settings.receive_timeout_s, settings.max_connections, app_metrics
+    )
     # Set by `python -m service --workers N` (N > 1): metrics and readiness span the workers.
     group = WorkerGroup.from_environment(settings.workers)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
         logging.captureWarnings(True)  # Python warnings through the service's log handler
         engine = Engine(settings, app_metrics, group=group)
         app.state.engine = engine
@@ -117,7 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 group.mark_failed(engine.not_ready_reason())
                 raise RuntimeError(f"this worker cannot serve: {engine.not_ready_reason()}")
         try:
-            yield
+            # The HTTP protocol reads its limits and metrics from the lifespan state.
+            yield {POLICY_STATE_KEY: connection_policy}
         finally:
             await engine.stop()
             if group is not None:

@@ -50,6 +50,9 @@ KEY_PREFIX = "levi:fb"
 MERGE_EVENTS = 5_000  # kept increments never sent are merged into batches of about this size
 REPLAY_PER_READ = 4  # kept batches a scoring call may replay before it reads
 RECENT_IDS = 1_000_000  # client event ids a process remembers (within LEVI_FEEDBACK_DEDUP_S)
+# The stored payload of an id recorded without a fingerprint (and by earlier versions, which
+# stored "1"): such an id is a duplicate whatever the payload, never a conflict.
+UNKNOWN_PAYLOAD = "1"
 
 # KEYS: user hash, item hash, applied hash. ARGV: ttl, writer, batch number, then per side the
 # number of entities and (id, count, sum) per entity. The batch number is recorded last, so a
@@ -110,6 +113,17 @@ class Pending:
         self.n_events += other.n_events
 
 
+def _decoded(value: bytes | str | None) -> str | None:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else value
+
+
+def _differ(stored: str | None, fingerprint: str) -> bool:
+    """Whether an id stored with ``stored`` now comes with another payload (unknown payloads
+    never differ)."""
+    unknown = (None, UNKNOWN_PAYLOAD)
+    return stored not in unknown and fingerprint not in unknown and stored != fingerprint
+
+
 def _aggregate(ids: Sequence[str], residual: np.ndarray) -> dict[str, tuple[int, float]]:
     out: dict[str, tuple[int, float]] = {}
     for key, value in zip(ids, residual.tolist(), strict=True):
@@ -166,7 +180,8 @@ class OnlineCorrections:
         self._applied = f"{base}:applied"
         self._seen = f"{base}:seen:"
         self.dedup_s = dedup_s
-        self._recent: OrderedDict[str, float] = OrderedDict()  # client event id -> when
+        # client event id -> (when, payload fingerprint), oldest first
+        self._recent: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._writer = uuid.uuid4().hex  # this process's batches, numbered from 1
         self._numbers = itertools.count(1)
         self.mirror_size = mirror_size
@@ -271,7 +286,11 @@ class OnlineCorrections:
 
     # -- feedback ---------------------------------------------------------------------------
 
-    def first_seen(self, event_ids: Sequence[str | None]) -> np.ndarray:
+    def first_seen(
+        self,
+        event_ids: Sequence[str | None],
+        fingerprints: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """bool ``[n]``: which events to learn from: False for a client-supplied id already
         received in the last ``dedup_s`` seconds (a retried request), True otherwise.
 
@@ -279,9 +298,17 @@ class OnlineCorrections:
         process's own recent ids count too (at most ``RECENT_IDS``), so an id first received
         while Redis was down is still known here when it is retried after Redis returns. A
         caller that then fails to learn the events gives the ids back (:meth:`forget`).
+
+        Args:
+            event_ids: ``[n]`` client ids (None: the service assigned one, never a repeat).
+            fingerprints: ``[n]`` payload fingerprints
+                (:func:`service.idempotency.event_fingerprint`), stored with each new id so
+                that :meth:`conflicts` can tell a retry from a reuse with another payload.
+                Ids a concurrent request claimed with another payload are logged.
         """
         keep = np.ones(len(event_ids), bool)
-        given = [(j, i) for j, i in enumerate(event_ids) if i is not None]
+        prints = list(fingerprints) if fingerprints is not None else [UNKNOWN_PAYLOAD] * len(keep)
+        given = [(j, i, prints[j]) for j, i in enumerate(event_ids) if i is not None]
         if not given:
             return keep
         claimed = None
@@ -289,23 +316,68 @@ class OnlineCorrections:
 
             def claim(client: redis.Redis) -> list:
                 with client.pipeline(transaction=False) as pipe:
-                    for _, i in given:
-                        pipe.set(self._seen + i, "1", nx=True, ex=self.dedup_s)
+                    for _, i, fp in given:
+                        pipe.set(self._seen + i, fp, nx=True, ex=self.dedup_s)
+                        pipe.get(self._seen + i)  # ours, or the payload it was first seen with
                     return pipe.execute()
 
             claimed = self.redis.call("feedback_dedup", claim)
         now = time.monotonic()
+        raced = []
         with self._lock:
-            while self._recent and now - next(iter(self._recent.values())) > self.dedup_s:
+            while self._recent and now - next(iter(self._recent.values()))[0] > self.dedup_s:
                 self._recent.popitem(last=False)
-            for k, (j, i) in enumerate(given):
-                new_in_redis = bool(claimed[k]) if claimed is not None else True
-                keep[j] = new_in_redis and i not in self._recent
-                self._recent[i] = now
+            for k, (j, i, fp) in enumerate(given):
+                new, first = True, fp  # first: the payload the id was first received with
+                if claimed is not None:
+                    new, first = bool(claimed[2 * k]), _decoded(claimed[2 * k + 1]) or fp
+                old = self._recent.get(i)
+                if old is not None:  # e.g. first received while Redis was down
+                    new, first = False, old[1]
+                keep[j] = new
+                if not new and _differ(first, fp):
+                    raced.append(i)
+                self._recent[i] = (now, first)
                 self._recent.move_to_end(i)
             while len(self._recent) > RECENT_IDS:
                 self._recent.popitem(last=False)
+        if raced:
+            # Requests checked by conflicts() at the same moment: both were logged, the first
+            # one claimed the id and is learned; retraining counts the id once.
+            log.warning(
+                "event_id(s) %s arrived at the same time with another payload; the first is "
+                "learned, the others only logged",
+                ", ".join(raced[:10]),
+            )
         return keep
+
+    def conflicts(self, event_ids: Sequence[str | None], fingerprints: Sequence[str]) -> list[int]:
+        """Positions of events whose client id was received (and learned) in the last
+        ``dedup_s`` seconds with another payload: a reused id, not a retry.
+
+        Read-only: Redis's record of every replica when it answers, and this process's own
+        recent ids. Ids recorded without a fingerprint (before fingerprints were stored)
+        never conflict.
+        """
+        given = [(j, i) for j, i in enumerate(event_ids) if i is not None]
+        if not given:
+            return []
+        stored: list | None = None
+        if self.redis is not None:
+            keys = [self._seen + i for _, i in given]
+            stored = self.redis.call("feedback_dedup", lambda c: c.mget(keys))
+        now = time.monotonic()
+        out = []
+        with self._lock:
+            for k, (j, i) in enumerate(given):
+                local = self._recent.get(i)
+                fresh = local is not None and now - local[0] <= self.dedup_s
+                if fresh and _differ(local[1], fingerprints[j]):
+                    out.append(j)
+                    continue
+                if stored is not None and _differ(_decoded(stored[k]), fingerprints[j]):
+                    out.append(j)
+        return out
 
     def forget(self, event_ids: Sequence[str | None]) -> None:
         """Give back ids :meth:`first_seen` claimed for events that were not learned after

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs
+from service.connections import RECEIVE_TIMEOUT_EXTENSION
 from service.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -160,6 +161,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, recording_send)
         finally:
+            if scope.get("extensions", {}).get(RECEIVE_TIMEOUT_EXTENSION):
+                status = 408  # the body never came: the client got 408, whatever the app said
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()

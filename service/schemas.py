@@ -5,9 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 MAX_ID_LENGTH = 64
+
+# Numbers and switches of request bodies take their own JSON type only: `true` is no count
+# (pydantic's lax mode reads it as 1), `"3"` no rating and `1` no boolean. Response models keep
+# the plain types (they are built from our own values).
+StrictNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 EntityId = Annotated[
     str,
@@ -99,9 +104,16 @@ class RankRequest(_Strict):
 
     user_id: EntityId
     user: EntityFields | None = None
-    candidates: list[RankCandidate] = Field(min_length=1)
-    top_k: int | None = Field(None, ge=1, description="return only the best k (default: all)")
-    adapters: bool = Field(False, description="include each candidate's per-adapter ratings")
+    candidates: list[RankCandidate] = Field(
+        min_length=1,
+        description="each item_id at most once (a repeated one is a 422 naming it)",
+    )
+    top_k: StrictInt | None = Field(
+        None, ge=1, description="return only the best k (default: all); a JSON integer"
+    )
+    adapters: StrictBool = Field(
+        False, description="include each candidate's per-adapter ratings (true or false)"
+    )
 
 
 class RankedItem(BaseModel):
@@ -138,12 +150,13 @@ class FeedbackEvent(_Strict):
         None,
         description="a globally unique id of the event (e.g. a UUID), sent again unchanged "
         "with a retry: a request retried with the same ids is not learned twice, and "
-        "retraining counts each id once; default: the service assigns one",
+        "retraining counts each id once; the same id with another payload is a 409; "
+        "default: the service assigns one",
     )
     user_id: EntityId
     item_id: EntityId
-    rating: float = Field(
-        allow_inf_nan=False, description="inside the served model's rating range (GET /v1/model)"
+    rating: StrictNumber = Field(
+        description="a JSON number inside the served model's rating range (GET /v1/model)"
     )
     timestamp: dt.datetime | None = Field(
         None,

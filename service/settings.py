@@ -219,6 +219,23 @@ class Settings(BaseSettings):
         "(replayed when it answers; beyond, the oldest are dropped from Redis's state only)",
     )
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest request body")
+    receive_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="`python -m service`: a request must arrive whole (request line, headers "
+        "and body) within this many seconds, a connection's first one from the moment it "
+        "opened, later ones from their first byte; beyond: 408 (a partial request) or closed "
+        "(nothing sent). Trickled bytes do not extend it (service/connections.py)",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="`python -m service`: connections one process serves at once (each worker "
+        "of --workers N); one opened beyond gets 503 with Retry-After once its request "
+        "arrived, or is closed after 1 s without one; /healthz, /readyz and /metrics are "
+        "answered anyway",
+    )
     admin_token: SecretStr | None = Field(
         None, description="bearer token of /admin/*; unset = admin endpoints disabled (403)"
     )

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 
 from service.deps import EngineDep, SettingsDep
 from service.feedback_log import FeedbackLogError
+from service.idempotency import REUSED_ID_RESPONSES, event_fingerprint, refuse_reused_event_ids
 from service.schemas import ErrorResponse, FeedbackEvent, FeedbackRequest, FeedbackResponse
 from service.scoring import (
     ERRORS,
@@ -69,6 +70,7 @@ def check_ratings(events: list[FeedbackEvent], rating_range: tuple[float, float]
     "/feedback",
     responses={
         **ERRORS,
+        **REUSED_ID_RESPONSES,
         503: {
             "model": ErrorResponse,
             "description": "not ready, queue full, feedback disabled or the log not writable "
@@ -93,6 +95,8 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
     ]
     served = rollout.served()
     inputs = [checked_inputs(v.scorer, payloads) for v in served]
+    # 409 before anything is kept: an event_id reused with another payload.
+    await refuse_reused_event_ids(body.events, rollout.champion.scorer.corrections)
     batches = await asyncio.gather(
         *(score(engine, settings, x, v, "events") for v, x in zip(served, inputs, strict=True))
     )
@@ -179,7 +183,8 @@ async def _learn(engine, version, inputs, batch, events) -> tuple[str, int, np.n
         return "skipped", 0, everything
     corrections = scorer.corrections
     ids = [e.event_id for e in events]
-    fresh = await asyncio.to_thread(corrections.first_seen, ids)
+    prints = [event_fingerprint(e) for e in events]
+    fresh = await asyncio.to_thread(corrections.first_seen, ids, prints)
     rows = np.flatnonzero(fresh)
     try:
         if len(rows):

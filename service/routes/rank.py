@@ -2,17 +2,20 @@
 
 Scored by the same vectorised path as ``/predict-rating/batch`` (so the ratings are the
 same for the same pairs); the user's side of the head is computed once for all candidates.
+Each item may be a candidate once: a repeated ``item_id`` is a 422 naming the repeat (two
+entries of one item could carry different fields, and a ranking lists an item once).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
 
 from service.deps import EngineDep, RequestedVersion, SettingsDep
 from service.entity_fields import check_fields
 from service.results import ScoreBatch, adapter_list
-from service.schemas import RankRequest, RankResponse
+from service.schemas import RankCandidate, RankRequest, RankResponse
 from service.scorer import ScoreInput
 from service.scoring import (
     ERRORS,
@@ -25,6 +28,46 @@ from service.scoring import (
 )
 
 router = APIRouter(tags=["predictions"])
+
+MAX_LISTED_DUPLICATES = 20  # errors listed in one 422; the rest are counted
+
+
+def refuse_duplicate_candidates(candidates: list[RankCandidate]) -> None:
+    """422 naming ``body.candidates.<i>.item_id`` of every repeated item id (after the first
+    occurrence, at most ``MAX_LISTED_DUPLICATES`` listed).
+
+    Raises:
+        RequestValidationError: some item id is a candidate more than once.
+    """
+    first: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []
+    for i, c in enumerate(candidates):
+        j = first.setdefault(c.item_id, i)
+        if j != i:
+            repeats.append((i, j))
+    if not repeats:
+        return
+    errors: list[dict] = [
+        {
+            "type": "duplicate_item_id",
+            "loc": ("body", "candidates", i, "item_id"),
+            "msg": f"item_id {c!r} is also candidate {j}; list each item once (drop the "
+            "repeat, or keep one entry with the item fields you mean)",
+            "input": c,
+        }
+        for i, j in repeats[:MAX_LISTED_DUPLICATES]
+        for c in (candidates[i].item_id,)
+    ]
+    if len(repeats) > MAX_LISTED_DUPLICATES:
+        errors.append(
+            {
+                "type": "duplicate_item_id",
+                "loc": ("body", "candidates"),
+                "msg": f"{len(repeats) - MAX_LISTED_DUPLICATES} more repeated item_ids "
+                f"({len(repeats)} in all); list each item once",
+            }
+        )
+    raise RequestValidationError(errors)
 
 
 def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
@@ -74,6 +117,7 @@ async def rank(
     """Rank candidate items for one user by predicted rating (``top_k`` to cut the list); one
     version (the user's) ranks every candidate."""
     refuse_larger_than(len(body.candidates), settings, "max_rank_candidates", "candidates")
+    refuse_duplicate_candidates(body.candidates)
     rollout = served_rollout(engine)
     version = route(rollout, body.user_id, requested)
     scorer = version.scorer

@@ -413,14 +413,22 @@ def server(artifacts, redis_url, redis_proxy, key_prefix, compile_cache, tmp_pat
 
 @contextlib.contextmanager
 def loaded_client(model_dir: Path, compile_cache: Path, **settings: Any) -> Iterator[Any]:
-    """A ``fastapi.testclient.TestClient`` on the real app, returned once the model is warm."""
+    """A ``fastapi.testclient.TestClient`` on the real app, returned once the model is warm.
+
+    Redis is off unless ``redis_url`` is among ``settings``.
+    """
     from fastapi.testclient import TestClient
 
     from service.app import create_app
     from service.settings import Settings
 
     config = Settings(
-        model_dir=model_dir, redis_url=None, compilation_cache_dir=compile_cache, **settings
+        **{
+            "model_dir": model_dir,
+            "redis_url": None,
+            "compilation_cache_dir": compile_cache,
+            **settings,
+        }
     )
     with TestClient(create_app(config)) as c:
         until = time.monotonic() + 240

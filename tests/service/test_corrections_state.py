@@ -169,6 +169,29 @@ def test_forgotten_ids_are_learned_on_retry(make):
     assert make().first_seen(["evt-9"]).tolist() == [False]
 
 
+def test_a_reused_id_is_told_from_a_retry_across_processes_and_outages(
+    make, proxy, redis_client, caplog
+):
+    c = make()
+    assert c.first_seen(["e1", "e2"], ["fp1:a", "fp1:b"]).tolist() == [True, True]
+    # read-only: a retry (same payload) is no conflict, another payload is
+    assert c.conflicts(["e1", "e1", None, "e3"], ["fp1:a", "fp1:x", "fp1:y", "fp1:z"]) == [1]
+    other = make()  # another replica: knows the ids through Redis
+    assert other.conflicts(["e2", "e1"], ["fp1:x", "fp1:a"]) == [0]
+    proxy.stop()
+    assert c.conflicts(["e1"], ["fp1:x"]) == [0]  # this process still remembers
+    assert other.conflicts(["e1"], ["fp1:x"]) == []  # nothing to tell it
+    proxy.start()
+    time.sleep(0.05)
+    # an id stored without a payload (earlier versions stored "1") never conflicts
+    redis_client.set(f"{make.prefix}:{{v1}}:seen:e4", "1", ex=60)
+    assert c.conflicts(["e4"], ["fp1:q"]) == []
+    # two requests checked at the same moment: the second claim loses and is logged
+    with caplog.at_level("WARNING", logger="service.corrections"):
+        assert other.first_seen(["e2"], ["fp1:x"]).tolist() == [False]
+    assert "e2" in caplog.text and "another payload" in caplog.text
+
+
 def test_the_model_summary_survives_a_bad_manifest_entry_with_corrections_off():
     from types import SimpleNamespace
 

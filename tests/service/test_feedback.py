@@ -119,6 +119,9 @@ def test_bad_events_name_their_field(client):
         ({"events": [ok, {**ok, "rating": 6}]}, ["body", "events", 1, "rating"]),
         ({"events": [{**ok, "rating": 0.5}]}, ["body", "events", 0, "rating"]),
         ({"events": [{**ok, "rating": "good"}]}, ["body", "events", 0, "rating"]),
+        # a rating is a JSON number: neither a boolean (read as 1 before) nor a numeric string
+        ({"events": [ok, {**ok, "rating": True}]}, ["body", "events", 1, "rating"]),
+        ({"events": [{**ok, "rating": "4"}]}, ["body", "events", 0, "rating"]),
         ({"events": [{**ok, "item": {"colour": "red"}}]}, ["body", "events", 0, "item", "colour"]),
         ({"events": [{**ok, "user": {"colour": "red"}}]}, ["body", "events", 0, "user", "colour"]),
         ({"events": [{**ok, "timestamp": "yesterday"}]}, ["body", "events", 0, "timestamp"]),

@@ -90,6 +90,12 @@ def test_user_fields_reach_every_candidate(client):
             ["body", "candidates", 1, "item", "author"],
         ),
         ({"user_id": "1", "candidates": CANDIDATES, "top_k": 0}, ["body", "top_k"]),
+        # JSON types are not coerced: true is no count, 2.0 / "2" no integer, 1 no boolean
+        ({"user_id": "1", "candidates": CANDIDATES, "top_k": True}, ["body", "top_k"]),
+        ({"user_id": "1", "candidates": CANDIDATES, "top_k": 2.0}, ["body", "top_k"]),
+        ({"user_id": "1", "candidates": CANDIDATES, "top_k": "2"}, ["body", "top_k"]),
+        ({"user_id": "1", "candidates": CANDIDATES, "adapters": 1}, ["body", "adapters"]),
+        ({"user_id": "1", "candidates": CANDIDATES, "adapters": "true"}, ["body", "adapters"]),
     ],
 )
 def test_bad_input_is_422_naming_the_field(client, body, loc):
@@ -101,3 +107,52 @@ def test_bad_input_is_422_naming_the_field(client, body, loc):
 def test_too_many_candidates_is_413(client):
     r = client.post("/rank", json={"user_id": "1", "candidates": [{"item_id": "10"}] * 51})
     assert r.status_code == 413 and "at most 50" in r.json()["detail"]
+
+
+def test_a_boolean_for_a_count_says_what_came(client):
+    r = client.post("/rank", json={"user_id": "1", "candidates": CANDIDATES, "top_k": True})
+    assert r.status_code == 422, r.text
+    (err,) = r.json()["detail"]
+    assert err["loc"] == ["body", "top_k"]
+    assert "integer" in err["msg"] and "got the boolean true" in err["msg"], err
+
+
+def test_a_repeated_candidate_is_422_naming_the_repeat(client):
+    # top_k=2 over [50, 50, 11] used to answer 50 twice
+    body = {
+        "user_id": "1",
+        "candidates": [{"item_id": "50"}, {"item_id": "50"}, {"item_id": "11"}],
+        "top_k": 2,
+    }
+    r = client.post("/rank", json=body)
+    assert r.status_code == 422, r.text
+    (err,) = r.json()["detail"]
+    assert err["loc"] == ["body", "candidates", 1, "item_id"]
+    assert "'50'" in err["msg"] and "candidate 0" in err["msg"], err
+    # the same id with different fields (ambiguous), and ids equal once whitespace is stripped
+    body["candidates"] = [
+        {"item_id": "new-1", "item": {"title": "Heat (1995)"}},
+        {"item_id": "11"},
+        {"item_id": " new-1", "item": {"title": "Kolya (1996)"}},
+        {"item_id": "11 "},
+    ]
+    r = client.post("/rank", json=body)
+    assert r.status_code == 422, r.text
+    assert [e["loc"] for e in r.json()["detail"]] == [
+        ["body", "candidates", 2, "item_id"],
+        ["body", "candidates", 3, "item_id"],
+    ]
+    # ids differing in case are different items
+    body["candidates"] = [{"item_id": "a"}, {"item_id": "A"}]
+    assert client.post("/rank", json=body).status_code == 200
+
+
+def test_many_repeats_are_listed_up_to_a_bound_and_counted(client):
+    from service.routes.rank import MAX_LISTED_DUPLICATES
+
+    r = client.post("/rank", json={"user_id": "1", "candidates": [{"item_id": "10"}] * 50})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert len(detail) == MAX_LISTED_DUPLICATES + 1
+    assert detail[0]["loc"] == ["body", "candidates", 1, "item_id"]
+    assert detail[-1]["loc"] == ["body", "candidates"] and "49 in all" in detail[-1]["msg"]

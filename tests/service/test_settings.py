@@ -62,3 +62,20 @@ def test_an_unwritable_compilation_cache_is_a_warning_not_a_failure(tmp_path, ca
     with caplog.at_level("WARNING", logger="service.engine"):
         assert enable_compilation_cache(tmp_path / "a-file" / "xla") is False
     assert "compilation cache off" in caplog.text and "LEVI_COMPILATION_CACHE=0" in caplog.text
+
+
+def test_slow_client_limits_are_settings_with_safe_defaults(monkeypatch):
+    from service.settings import describe_settings_error
+
+    defaults = Settings(redis_url=None)
+    assert defaults.receive_timeout_s == 10.0 and defaults.max_connections == 1000
+    monkeypatch.setenv("LEVI_RECEIVE_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("LEVI_MAX_CONNECTIONS", "64")
+    s = Settings(redis_url=None)
+    assert s.receive_timeout_s == 2.5 and s.max_connections == 64
+    monkeypatch.setenv("LEVI_RECEIVE_TIMEOUT_S", "0")
+    monkeypatch.setenv("LEVI_MAX_CONNECTIONS", "0")
+    with pytest.raises(ValidationError) as info:
+        Settings(redis_url=None)
+    text = describe_settings_error(info.value)
+    assert "LEVI_RECEIVE_TIMEOUT_S" in text and "LEVI_MAX_CONNECTIONS" in text

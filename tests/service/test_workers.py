@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -166,6 +167,38 @@ def test_a_scrape_of_any_worker_counts_every_request(two_workers):
     }
     assert sorted(int(p) for p in info) == sorted(per_worker), info
     assert set(info.values()) == {1.0}
+
+
+def test_a_damaged_metrics_file_leaves_the_scrape_working(two_workers):
+    """A 0-byte value file (a worker killed between creating and sizing it) made every
+    /metrics a 503: now it is left out, counted and logged, and removed when its worker is
+    gone; a live process's is left in place."""
+    server, tmp = two_workers
+    wait_ready(server.base, server.proc, server.log)
+    (shared,) = tmp.glob("levi-workers-*")
+    before = _scrape(server.base)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid runs no more: a dead worker's
+    dead = shared / f"counter_{gone.pid}.db"
+    dead.write_bytes(b"")
+    alive = shared / f"summary_{server.proc.pid}.db"  # uvicorn's supervisor runs
+    alive.write_bytes(b"")
+    try:
+        for _ in range(4):  # either worker answers
+            r = httpx.get(f"{server.base}/metrics", timeout=10)
+            assert r.status_code == 200, r.text
+        samples = _scrape(server.base)
+    finally:
+        alive.unlink()
+    assert _predictions_200(samples) == _predictions_200(before)
+    assert not dead.exists()
+
+    def damaged(samples: dict, action: str) -> float:
+        return samples.get(("levi_metrics_damaged_files_total", (("action", action),)), 0.0)
+
+    assert damaged(samples, "removed") == damaged(before, "removed") + 1
+    assert damaged(samples, "skipped") == damaged(before, "skipped") + 5  # once per scrape
+    assert "left out of the scrape" in server.log.read_text()
 
 
 def test_reload_reaches_every_worker_without_a_failed_request(two_workers, artifacts):
