@@ -65,7 +65,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """The input rows; ids are read as strings."""
+    """The input rows; ids are read as strings (see :func:`input_schema` for the types)."""
     if not path.is_file():
         raise InputError(f"input file {path} does not exist")
     suffix = "".join(path.suffixes[-2:]).lower()
@@ -88,6 +88,14 @@ def read_table(path: Path) -> pd.DataFrame:
             "GET /v1/model)"
         )
     return frame
+
+
+def input_schema(path: Path) -> pa.Schema | None:
+    """The Arrow schema of a Parquet input (exact even for an empty file); None for CSV,
+    whose cells are all read as text."""
+    if ".parquet" in "".join(path.suffixes).lower() or path.suffix.lower() == ".pq":
+        return pq.read_schema(path)
+    return None
 
 
 def _value(v: Any) -> Any:
@@ -256,16 +264,56 @@ def to_inputs(
     )
 
 
+def score_columns(layers: Sequence[int]) -> list[str]:
+    """The columns scoring adds, in order: ``rating``, ``adapter_<layer>`` per adapter
+    (1-based encoder layer), ``ood_score``."""
+    return ["rating", *(f"adapter_{layer}" for layer in layers), "ood_score"]
+
+
+def output_schema(
+    frame: pd.DataFrame, layers: Sequence[int], input_schema: pa.Schema | None = None
+) -> pa.Schema:
+    """The Arrow schema of every output of ``frame``, whichever rows a shard holds.
+
+    The input's columns (types from ``input_schema``, the file's own, when given; else
+    inferred from the whole input, not from one shard) then the score columns as float32.
+    Every part file and every shard's output is written with it, so an empty shard's output
+    has the score columns too and all shards read together as one data set.
+
+    Args:
+        frame: the whole input (every shard reads the whole file, so every shard gets the
+            same schema).
+        layers: the model's 1-based adapter layers.
+        input_schema: the input file's schema, exact for Parquet (an empty file included).
+    """
+    scores = score_columns(layers)
+    fields = []
+    for name in frame.columns:
+        if name in scores:
+            continue  # replaced by the score (see score_rows)
+        if input_schema is not None and name in input_schema.names:
+            fields.append(input_schema.field(name))
+            continue
+        try:
+            kind = pa.array(frame[name], from_pandas=True).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # values of several types: kept as text
+            kind = pa.string()
+        fields.append(pa.field(str(name), kind))
+    return pa.schema(fields + [pa.field(c, pa.float32()) for c in scores])
+
+
 def score_rows(scorer: Scorer, frame: pd.DataFrame, inputs: list[ScoreInput]) -> pd.DataFrame:
-    """``frame`` with ``rating``, ``adapter_<layer>`` and ``ood_score`` columns added."""
-    out = frame.reset_index(drop=True).copy()
-    batch = scorer.score(inputs) if inputs else None  # None: every row here was refused
-    n_adapters = len(scorer.layers)
-    out["rating"] = batch.rating if batch else np.zeros(0, np.float32)
-    adapters = batch.adapters if batch else np.zeros((0, n_adapters), np.float32)
+    """``frame`` with ``rating``, ``adapter_<layer>`` and ``ood_score`` columns added (an input
+    column of one of those names is replaced); an empty ``frame`` gets them too."""
+    scores = score_columns(scorer.layers)
+    out = frame.reset_index(drop=True).drop(columns=[c for c in scores if c in frame.columns])
+    batch = scorer.score(inputs) if inputs else None  # None: no row here, or all refused
+    empty = np.zeros(0, np.float32)
+    out["rating"] = batch.rating if batch else empty
+    adapters = batch.adapters if batch else np.zeros((0, len(scorer.layers)), np.float32)
     for j, layer in enumerate(scorer.layers):
         out[f"adapter_{layer}"] = adapters[:, j]
-    out["ood_score"] = batch.ood_score if batch else np.zeros(0, np.float32)
+    out["ood_score"] = batch.ood_score if batch else empty
     return out
 
 
@@ -275,15 +323,33 @@ def shard_range(n_rows: int, shard: tuple[int, int]) -> tuple[int, int]:
     return n_rows * i // n, n_rows * (i + 1) // n
 
 
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write atomically (temp file, then rename) as CSV or Parquet by suffix."""
+def write_table(frame: pd.DataFrame, path: Path, schema: pa.Schema | None = None) -> None:
+    """Write atomically (temp file, then rename) as CSV or Parquet by suffix.
+
+    Args:
+        schema: the Parquet file's schema (see :func:`output_schema`); None: inferred from
+            ``frame``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if path.suffix.lower() == ".csv":
         frame.to_csv(tmp, index=False)
-    else:
+    elif schema is None:
         frame.to_parquet(tmp, index=False)
+    else:
+        pq.write_table(_arrow_table(frame, schema), tmp)
     os.replace(tmp, path)
+
+
+def _arrow_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    try:
+        return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column of mixed values: written as text
+        fixed = frame.copy()
+        for f in schema:
+            if f.type == pa.string() and fixed[f.name].dtype == object:
+                fixed[f.name] = [None if _value(v) is None else str(v) for v in fixed[f.name]]
+        return pa.Table.from_pandas(fixed, schema=schema, preserve_index=False)
 
 
 def part_ok(part: Path, rows: int) -> bool:
@@ -308,14 +374,20 @@ def run(
     progress: bool = True,
     checked: Checked | None = None,
     on_error: str = "fail",
+    input_schema: pa.Schema | None = None,
 ) -> pd.DataFrame:
     """Score this shard's rows chunk by chunk into part files, then write ``output``.
 
     A rerun keeps the finished parts whose row count checks out and redoes the others.
+    Every output has the same columns and types (:func:`output_schema`), an empty shard's or
+    an empty input's included.
 
     Args:
+        frame: the whole input; the shard's rows are taken from it.
         checked: the shard's validated rows (from :func:`to_inputs`); validated here if None.
         on_error: ``fail`` or ``skip`` (refused rows go to ``<output>.rejects.parquet``).
+        input_schema: the input file's Arrow schema (:func:`read_table`), for the types of the
+            columns passed through; None: inferred from ``frame``.
     """
     i, n = shard
     start, stop = shard_range(len(frame), shard)
@@ -326,6 +398,7 @@ def run(
         )
     parts_dir = parts_dir or output.with_name(output.name + ".parts")
     shard_dir = parts_dir / f"shard-{i:05d}-of-{n:05d}"
+    schema = output_schema(frame, scorer.layers, input_schema)
     parts = []
     position = np.searchsorted(checked.kept, np.arange(0, len(shard_frame) + 1))
     with tqdm(total=stop - start, unit="row", desc="score", disable=not progress) as bar:
@@ -335,25 +408,25 @@ def run(
             part = shard_dir / f"rows-{start + lo:012d}-{start + hi:012d}.parquet"
             if not (part.exists() and part_ok(part, b - a)):  # resumable: whole parts kept
                 rows = shard_frame.iloc[checked.kept[a:b]]
-                write_table(score_rows(scorer, rows, checked.inputs[a:b]), part)
+                write_table(score_rows(scorer, rows, checked.inputs[a:b]), part, schema)
             parts.append(part)
             bar.update(hi - lo)
-    columns = list(frame.columns)
-    result = (
-        pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-        if parts
-        else frame.iloc[0:0]
-    )
-    if parts and list(result.columns[: len(columns)]) != columns:
+    if parts:
+        result = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    else:  # an empty shard or input: no rows, every column
+        result = score_rows(scorer, shard_frame, [])
+    if list(result.columns) != schema.names:
         raise InputError(
             f"part files under {shard_dir} were written from an input with other columns; "
             "delete that folder and rerun"
         )
-    write_table(result, output)
+    write_table(result, output, schema)
     rejects_path = output.with_name(output.name + ".rejects.parquet")
     if len(checked.rejects):
         write_table(checked.rejects, rejects_path)
         log.warning("%d row(s) refused, listed in %s", len(checked.rejects), rejects_path)
+    else:  # not one of an earlier run's
+        rejects_path.unlink(missing_ok=True)
     return result
 
 
@@ -429,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             parts_dir=args.parts_dir,
             progress=not args.no_progress,
             checked=checked,
+            input_schema=input_schema(args.input),
         )
     except InputError as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
