@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from model.features import ColumnDecl
 from model.templates import ViewSet, views_from_templates
+from model.timestamps import TimestampError, to_seconds
 
 PRESETS_DIR = Path(__file__).with_name("presets")
 TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
@@ -132,7 +133,11 @@ class RatingsSpec(TableFile):
     user: str = "user_id"
     item: str = "item_id"
     rating: str = "rating"
-    timestamp: str | None = Field(None, description="seconds since the epoch or an ISO date")
+    timestamp: str | None = Field(
+        None,
+        description="the time column: seconds since the epoch or ISO 8601 dates, within "
+        "[1970-01-01, 2262-04-11) (model/timestamps.py)",
+    )
 
 
 class EntitySpec(TableFile):
@@ -191,7 +196,8 @@ class SplitSpec(_Strict):
     """How ratings become ID train/val/test and an OOD test set.
 
     * ``random``: ID ratings only (no OOD test set);
-    * ``time``: ratings at or after ``cutoff`` (an ISO date), or the latest
+    * ``time``: ratings at or after ``cutoff`` (an ISO 8601 date, UTC unless it has an
+      offset), or the latest
       ``ood_fraction`` of ratings, are OOD; OOD groups are months;
     * ``item_attribute``: an item is ID when its ``column`` has ANY of ``in_distribution``;
       OOD groups are the column's values;
@@ -228,14 +234,10 @@ class SplitSpec(_Strict):
         if self.kind == "time" and (self.cutoff is None) == (self.ood_fraction is None):
             raise ValueError("split kind 'time' needs exactly one of cutoff or ood_fraction")
         if self.cutoff is not None:
-            import pandas as pd
-
             try:
-                pd.Timestamp(self.cutoff)
-            except ValueError:
-                raise ValueError(
-                    f"cutoff {self.cutoff!r} is not a date (expected e.g. 2024-05-01)"
-                ) from None
+                to_seconds(self.cutoff)
+            except TimestampError as e:
+                raise ValueError(f"cutoff: {e}") from None
         unused = {
             "random": ("column", "in_distribution", "cutoff", "ood_fraction"),
             "time": ("column", "in_distribution"),

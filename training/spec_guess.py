@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from model.timestamps import column_seconds
 from training.data.dataset import _text
 
 SAMPLE_ROWS = 100_000  # rows that decide the column types
@@ -203,13 +204,41 @@ def _numbers(values: pd.Series) -> pd.Series | None:
 
 
 def _dates(values: pd.Series) -> pd.Series | None:
-    """UTC datetimes, parsed as the loader parses a timestamp column; None if any fails."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return pd.to_datetime(values, utc=True)
-    if not all(isinstance(v, str) for v in values) or not values.str.match(r"\d{4}-\d\d").all():
+    """UTC datetimes of a column of dates (a date-time type, or ISO 8601 strings), each valid
+    as the loader reads a timestamp (``model.timestamps``); None if it is no such column or
+    a cell is not valid."""
+    if not pd.api.types.is_datetime64_any_dtype(values) and not _is_time(values):
         return None
-    dates = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
-    return None if dates.isna().any() else dates
+    if pd.api.types.is_numeric_dtype(values):
+        return None  # numbers are seconds, not dates
+    seconds, bad = column_seconds(values)
+    return None if bad is not None else pd.Series(pd.to_datetime(seconds, unit="s", utc=True))
+
+
+def _is_time(values: pd.Series) -> bool:
+    """Numbers (seconds), a date-time type or ISO-8601-looking strings: a time column by its
+    kind, valid cells or not."""
+    if pd.api.types.is_bool_dtype(values):
+        return False
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
+        return True
+    return all(isinstance(v, str) for v in values) and bool(values.str.match(r"\d{4}-\d\d").all())
+
+
+def check_times(values: pd.Series, where: str, column: str) -> None:
+    """Refuse a time column with an invalid cell (``model.timestamps``), naming the row.
+
+    Raises:
+        InitError: the first invalid cell's row (1-based, header excluded), the value, the
+            rule and how many rows are invalid.
+    """
+    _, bad = column_seconds(values)
+    if bad is not None:
+        raise InitError(
+            f"{where}: row {bad.first + 1}, column {column!r}: {bad.error} ({bad.count:,} such "
+            "row(s) in the rows read); fix or drop those rows and rerun (or name another time "
+            "column with --timestamp, or drop the column to draft without a time split)"
+        )
 
 
 # -- ratings --------------------------------------------------------------------------------
@@ -227,10 +256,9 @@ def _unfit(role: str, values: pd.Series) -> str | None:
             return f"has {len(values) - len(present):,} empty cells (drop those rows)"
         return None
     if role == "timestamp":
-        numeric = pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present)
         if len(present) < len(values):
             return f"has {len(values) - len(present):,} empty cells"
-        if not numeric and _dates(present) is None:
+        if not _is_time(present):
             return f"holds neither seconds nor ISO dates, e.g. {present.iloc[0]!r}"
         return None
     if any(_is_list(v) for v in present.iloc[:1000]):
@@ -246,15 +274,10 @@ def _role_facts(role: str, values: pd.Series) -> str:
         numbers = _numbers(present)
         return f"values {numbers.min():g} to {numbers.max():g}, {numbers.nunique():,} distinct"
     if role == "timestamp":
-        dates = _dates(present)
+        dates = _dates(present)  # (checked by check_times before)
         if dates is None:  # numbers: seconds since the epoch
             lo, hi = present.min(), present.max()
             facts = f"numbers {lo:,.0f} to {hi:,.0f}"
-            if present.median() > 1e11:
-                return facts + (
-                    ": these look like milliseconds, but the loader reads seconds since the "
-                    "epoch; convert the column, or the time split's months will be wrong"
-                )
             if present.median() < 1e8:
                 return facts + (
                     ": small for seconds since the epoch (1973 or later); the time split "
@@ -284,6 +307,8 @@ def guess_roles(
     notes: list[str] = []
 
     def take(role: str, column: str, how: str) -> None:
+        if role == "timestamp":
+            check_times(frame[column], where, column)  # (no empty cells: _unfit)
         out[role] = Guess(column, column, f"{how}; {_role_facts(role, frame[column])}")
 
     for role, column in given.items():
@@ -345,10 +370,12 @@ def _by_dtype(frame: pd.DataFrame, columns: list[str], out: dict[str, Guess | No
     if out["timestamp"] is None:
         for c in free:
             values = frame[c]
-            if pd.api.types.is_datetime64_any_dtype(values) and values.notna().all():
+            dated = pd.api.types.is_datetime64_any_dtype(values) and values.notna().all()
+            if dated and column_seconds(values)[1] is None:
                 take("timestamp", c, "by dtype: dates")
                 break
-            if pd.api.types.is_integer_dtype(values) and len(values) and values.min() >= 1e8:
+            large = pd.api.types.is_integer_dtype(values) and len(values) and values.min() >= 1e8
+            if large and column_seconds(values)[1] is None:
                 take("timestamp", c, "by dtype: large integers, like seconds since the epoch")
                 break
     for role in ("user", "item"):

@@ -11,7 +11,6 @@ nothing of the request is applied.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 import uuid
@@ -34,14 +33,6 @@ from service.schemas import ErrorResponse, FeedbackEvent, FeedbackRequest, Feedb
 
 router = APIRouter(tags=["feedback"])
 log = logging.getLogger(__name__)
-
-
-def _seconds(when: dt.datetime | None, received: float) -> int:
-    if when is None:
-        return int(received)
-    if when.tzinfo is None:  # naive: UTC
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp())
 
 
 def check_ratings(events: list[FeedbackEvent], rating_range: tuple[float, float]) -> None:
@@ -101,7 +92,7 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
             "user_id": e.user_id,
             "item_id": e.item_id,
             "rating": e.rating,
-            "timestamp": _seconds(e.timestamp, received),
+            "timestamp": int(received) if e.timestamp is None else e.timestamp,  # checked
             "model_rating": m,
             "served_rating": r,
             "user": given.user or None,  # the checked fields, as the model reads them

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from model.features import as_values
+from model.timestamps import column_seconds
 from training.data.dataset import RatingsDataset, _sorted, _text
 from training.spec import DatasetSpec, EntitySpec, SpecError
 
@@ -33,6 +34,12 @@ FORMATS = {
     ".json": "jsonl",
     ".ndjson": "jsonl",
 }
+
+
+# pyarrow would turn date strings into its own timestamps (with its own rules for offsets
+# and ranges); they are read as text and converted by model.timestamps. A strptime format
+# that no cell matches turns its inference off ([] would mean its default parser).
+NO_TIMESTAMPS = ["%Y-%m-%d (dates are read as text)"]
 
 
 class DataError(ValueError):
@@ -79,7 +86,9 @@ def read_file(path: Path, fmt: str | None = None, strings: Sequence[str] = ()) -
                     stream,
                     parse_options=csv.ParseOptions(delimiter="\t" if kind == "tsv" else ","),
                     convert_options=csv.ConvertOptions(
-                        column_types={c: pa.string() for c in strings}, strings_can_be_null=True
+                        column_types={c: pa.string() for c in strings},
+                        strings_can_be_null=True,
+                        timestamp_parsers=NO_TIMESTAMPS,
                     ),
                 )
         else:
@@ -87,6 +96,13 @@ def read_file(path: Path, fmt: str | None = None, strings: Sequence[str] = ()) -
 
             with pa.input_stream(path, compression="detect") as stream:
                 table = json.read_json(stream)
+            dated = [f.name for f in table.schema if pa.types.is_temporal(f.type)]
+            if dated:  # read again with those as the strings they are
+                schema = pa.schema([(name, pa.string()) for name in dated])
+                with pa.input_stream(path, compression="detect") as stream:
+                    table = json.read_json(
+                        stream, parse_options=json.ParseOptions(explicit_schema=schema)
+                    )
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
         raise DataError(f"{path}: could not read it as {kind}: {e}") from None
     return table.to_pandas(types_mapper=None)
@@ -116,7 +132,9 @@ def _ids(values: pd.Series, where: str, column: str) -> pd.Series:
     return out
 
 
-def _ratings(frame: pd.DataFrame, spec: DatasetSpec, where: str) -> pd.DataFrame:
+def _ratings(
+    frame: pd.DataFrame, spec: DatasetSpec, where: str, text_cells: bool = False
+) -> pd.DataFrame:
     r = spec.ratings
     roles = [r.user, r.item, r.rating] + ([r.timestamp] if r.timestamp else [])
     _require(frame, roles, where, "a role column named in [ratings]")
@@ -145,7 +163,7 @@ def _ratings(frame: pd.DataFrame, spec: DatasetSpec, where: str) -> pd.DataFrame
             "item_id": _ids(frame[r.item], where, r.item),
             "rating": rating.to_numpy(np.float32),
             "timestamp": (
-                _seconds(frame[r.timestamp], where, r.timestamp)
+                _seconds(frame[r.timestamp], where, r.timestamp, text_cells)
                 if r.timestamp
                 else np.zeros(len(frame), np.int64)
             ),
@@ -154,26 +172,18 @@ def _ratings(frame: pd.DataFrame, spec: DatasetSpec, where: str) -> pd.DataFrame
     return _sorted(out, ("user_id", "item_id"), ("timestamp",))
 
 
-def _seconds(values: pd.Series, where: str, column: str) -> np.ndarray:
-    """int64 seconds since the epoch from numbers (seconds) or dates (ISO 8601)."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        dates = pd.to_datetime(values, utc=True)
-    elif pd.api.types.is_numeric_dtype(values):
-        if values.isna().any():
-            k = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise DataError(f"{where}: {_row(k)}, column {column!r}: the timestamp is empty")
-        return values.to_numpy(np.int64)
-    else:
-        dates = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
-    bad = np.flatnonzero(dates.isna().to_numpy())
-    if len(bad):
-        k = int(bad[0])
+def _seconds(values: pd.Series, where: str, column: str, text_cells: bool) -> np.ndarray:
+    """int64 seconds since the epoch, each cell valid by ``model.timestamps`` (numbers are
+    seconds, strings ISO 8601, within [1970-01-01, 2262-04-11)); ``text_cells``: a CSV/TSV
+    column, where a cell of digits is a number."""
+    seconds, bad = column_seconds(values, text_numbers=text_cells)
+    if bad is not None:
         raise DataError(
-            f"{where}: {_row(k)}, column {column!r}: {values.iloc[k]!r} is not a timestamp "
-            "(expected seconds since the epoch or an ISO date such as 2024-05-01)"
+            f"{where}: {_row(bad.first)}, column {column!r}: {bad.error} ({bad.count:,} such "
+            "row(s)); fix or drop those rows, or leave ratings.timestamp out of the spec if "
+            "the column is not a time"
         )
-    epoch = pd.Timestamp(0, tz="UTC")
-    return ((dates - epoch) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+    return seconds
 
 
 def _typed_column(values: pd.Series, kind: str, sep: str | None, where: str, name: str):
@@ -265,17 +275,20 @@ def apply_spec(
     items: pd.DataFrame | None = None,
     *,
     origin: dict[str, str] | None = None,
+    text_ratings: bool = False,
 ) -> RatingsDataset:
     """Typed, checked tables from raw ones (role and key columns named as in the spec).
 
     Args:
         origin: table name -> where it came from (file name), for messages.
+        text_ratings: the ratings were read from CSV/TSV, where every cell is text (a
+            timestamp cell of digits is a number of seconds).
 
     Raises:
         DataError: naming the file, row and column of the first bad value.
     """
     origin = origin or {}
-    rated = _ratings(ratings, spec, origin.get("ratings", "ratings"))
+    rated = _ratings(ratings, spec, origin.get("ratings", "ratings"), text_ratings)
     users_t = _entity(
         users,
         spec.users,
@@ -321,4 +334,7 @@ def read_spec_files(spec: DatasetSpec, data_path: Path | None = None) -> Ratings
         ]
         frames[entity] = read_file(file, table.format, strings)
         origin[entity] = str(file)
-    return apply_spec(spec, ratings, frames["users"], frames["items"], origin=origin)
+    text = file_format(Path(path), r.format) in ("csv", "tsv")
+    return apply_spec(
+        spec, ratings, frames["users"], frames["items"], origin=origin, text_ratings=text
+    )
