@@ -63,7 +63,7 @@ def _out_of_range(seconds: float, shown: str) -> TimestampError:
     hint = ""
     if seconds >= MAX_SECONDS:
         for scale, unit in _SCALES:
-            if _RECENT <= seconds / scale < MAX_SECONDS:
+            if _RECENT * scale <= seconds < MAX_SECONDS * scale:  # (no float of a huge int)
                 hint = f"; it looks like {unit}: divide by {scale:,} to get seconds"
                 break
     side = "before 1970-01-01" if seconds < MIN_SECONDS else "on or after 2262-04-11"

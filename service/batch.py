@@ -1,10 +1,14 @@
 """Batch scoring: ``python -m service.batch --model DIR --input FILE --output FILE``.
 
-Reads Parquet or CSV with columns ``user_id, item_id`` and optionally the model's user and
-item fields (its dataset spec's columns, ``GET /v1/model``), named as the field or as
-``user.<field>`` / ``item.<field>``; multi-valued fields as a list or a ``|``-separated string
-(or the column's own ``sep``). Other columns pass through. Writes the input columns plus
-``rating``, ``adapter_<layer>`` (1-based encoder layer) and ``ood_score``, in input order.
+Reads Parquet, CSV, TSV or JSON lines (``model/table_files.py``: as training reads its files:
+byte-order marks, ``--encoding``, ``--delimiter``; ids kept as written, so ``NA`` is an id;
+a cell is missing when empty or one of the model's ``na_values``) with columns ``user_id,
+item_id`` and optionally the model's user and item fields (its dataset spec's columns, ``GET
+/v1/model``), named as the field or as ``user.<field>`` / ``item.<field>``; multi-valued
+fields as a list or a ``|``-separated string (or the column's own ``sep``). Other columns
+pass through (times are not read). Writes the input columns plus ``rating``,
+``adapter_<layer>`` (1-based encoder layer) and ``ood_score``, in input order; every output,
+an empty one included, has the same columns and types.
 
 The same scorer and activation cache as the service (``REDIS_URL`` is honoured, so a batch
 job warms the cache for the online replicas and reuses theirs). ``--shard i/N`` scores the
@@ -37,6 +41,14 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from model.features import Column, FeatureSpec
+from model.table_files import (
+    DEFAULT_NA_VALUES,
+    TableFileError,
+    TableOptions,
+    check_options,
+    mark_missing,
+    read_table_file,
+)
 from service.entity_fields import check_fields, request_models
 from service.metrics import Metrics
 from service.schemas import MAX_ID_LENGTH
@@ -64,22 +76,31 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """The input rows; ids are read as strings (see :func:`input_schema` for the types)."""
-    if not path.is_file():
-        raise InputError(f"input file {path} does not exist")
-    suffix = "".join(path.suffixes[-2:]).lower()
+def read_table(
+    path: Path, encoding: str | None = None, delimiter: str | None = None
+) -> pd.DataFrame:
+    """The input rows, read by ``model.table_files`` as training reads its files.
+
+    CSV/TSV cells are all read as text (the model's fields convert them, as the HTTP API
+    does); ids are kept as written (``NA``, ``null``, ``None`` are ids); a cell is missing
+    when it is empty (:func:`apply_na_values` adds the model's ``na_values``). UTF-8 unless
+    a byte-order mark says otherwise (UTF-16 spreadsheet exports), or ``encoding``; the
+    delimiter from the header line unless given.
+
+    Raises:
+        InputError: the file is missing or unreadable (the message says which flag to pass),
+            or lacks ``user_id`` / ``item_id``.
+    """
     try:
-        if suffix.endswith(".csv") or suffix.endswith(".csv.gz"):
-            frame = pd.read_csv(path, dtype=str, keep_default_na=True)
-        elif ".parquet" in suffix or suffix.endswith(".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            raise InputError(f"input file {path}: expected a .csv or .parquet file")
-    except (ValueError, OSError) as e:
-        if isinstance(e, InputError):
-            raise
-        raise InputError(f"input file {path} could not be read: {e}") from None
+        frame = read_table_file(
+            path,
+            TableOptions(encoding=encoding, delimiter=delimiter),
+            ids=REQUIRED,
+            all_text=True,
+            hint=lambda option, value: f"pass --{option} {value}",
+        )
+    except TableFileError as e:
+        raise InputError(str(e).removeprefix(f"{path}: ")) from None
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise InputError(
@@ -88,6 +109,13 @@ def read_table(path: Path) -> pd.DataFrame:
             "GET /v1/model)"
         )
     return frame
+
+
+def apply_na_values(frame: pd.DataFrame, dataset: dict[str, Any]) -> pd.DataFrame:
+    """``frame`` with the cells the model's dataset spec declares missing (its
+    ``na_values``, recorded in the manifest; default only the empty cell) set missing, ids
+    excepted: the batch CLI reads a file as training read the model's files."""
+    return mark_missing(frame, dataset.get("na_values") or DEFAULT_NA_VALUES, keep=REQUIRED)
 
 
 def input_schema(path: Path) -> pa.Schema | None:
@@ -435,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m service.batch", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--model", type=Path, help="artifact directory (LEVI_MODEL_DIR)")
-    parser.add_argument("--input", type=Path, required=True, help=".csv or .parquet")
+    parser.add_argument(
+        "--input", type=Path, required=True, help=".parquet, .csv, .tsv or .jsonl (optionally .gz)"
+    )
     parser.add_argument("--output", type=Path, required=True, help=".csv or .parquet")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/N (default 0/1)")
     parser.add_argument(
@@ -452,6 +482,14 @@ def main(argv: list[str] | None = None) -> int:
         help="fail (default): stop at the first bad row, naming it; skip: score the rest and "
         "write the refused rows with the reason to <output>.rejects.parquet",
     )
+    parser.add_argument(
+        "--encoding",
+        help="CSV/TSV/JSON text encoding, e.g. cp1252 (default: UTF-8, or what a byte-order "
+        "mark says)",
+    )
+    parser.add_argument(
+        "--delimiter", help="CSV/TSV delimiter (default: ',' or tab, or the header line's)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -463,7 +501,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {describe_settings_error(e)}", file=sys.stderr)
         return 2
     try:
-        frame = read_table(args.input)
+        check_options(args.encoding, args.delimiter, ".")
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        frame = read_table(args.input, args.encoding, args.delimiter)
     except InputError as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
         return 2
@@ -479,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the loader's message says what is wrong with which file
         print(f"error: cannot load the model {settings.model_dir}: {e}", file=sys.stderr)
         return 1
+    frame = apply_na_values(frame, artifact.dataset)
     try:  # every row is checked against the model's fields before anything is scored
         start, stop = shard_range(len(frame), args.shard)
         checked = to_inputs(

@@ -34,6 +34,7 @@ INVALID = [
     (25_000_000_000, "on or after 2262-04-11"),  # seconds, never read as milliseconds
     (1_700_000_000_000, "looks like milliseconds: divide by 1,000"),
     (-1, "before 1970-01-01"),
+    (10**400, "on or after 2262-04-11"),  # JSON integers have no size limit
     (float("inf"), "not a finite number"),
     (float("nan"), "missing"),
     (None, "missing"),
