@@ -235,9 +235,9 @@ def read_table_file(
 
             table = pq.read_table(path)
         elif opts.format in ("csv", "tsv"):
-            table = _read_csv(path, opts, [*ids, *text], all_text, hint)
+            table = _read_csv(path, opts, [*ids, *text], all_text)
         else:
-            table = _read_json(path, opts, hint)
+            table = _read_json(path, opts)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, ValueError) as e:
         if isinstance(e, TableFileError):
             raise
@@ -287,17 +287,17 @@ def mark_missing(
     return out
 
 
-def _read_csv(
-    path: Path, opts: TableOptions, text: Sequence[str], all_text: bool, hint: Hint
-) -> pa.Table:
+def _read_csv(path: Path, opts: TableOptions, text: Sequence[str], all_text: bool) -> pa.Table:
     from pyarrow import csv
 
     encoding = "utf8" if opts.encoding in ("utf-8", "utf-8-sig") else opts.encoding
     read = csv.ReadOptions(encoding=encoding)
     parse = csv.ParseOptions(delimiter=opts.delimiter, newlines_in_values=True)
-    if all_text:
+    if all_text or text:  # the header's own names (they are trimmed after reading)
         with _open(path) as stream:
-            text = csv.open_csv(stream, read_options=read, parse_options=parse).schema.names
+            names = csv.open_csv(stream, read_options=read, parse_options=parse).schema.names
+        wanted = set(text)
+        text = [n for n in names if all_text or n.strip() in wanted]
     convert = csv.ConvertOptions(
         column_types={c: pa.string() for c in text},
         null_values=list(opts.na_values),
@@ -309,7 +309,7 @@ def _read_csv(
         return csv.read_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
 
 
-def _read_json(path: Path, opts: TableOptions, hint: Hint) -> pa.Table | pd.DataFrame:
+def _read_json(path: Path, opts: TableOptions) -> pa.Table | pd.DataFrame:
     from pyarrow import json
 
     if _first_char(path, opts.encoding) == "[":  # one array of objects, not JSON lines

@@ -461,3 +461,12 @@ def test_reading_options_are_checked_with_the_spec(tmp_path, options, message):
     spec = spec_for(tmp_path, "ratings.csv", f'[users]\npath = "u.csv"\n{options}\n')
     with pytest.raises(SpecError, match=re.escape(message)):
         load_spec(spec)
+
+
+def test_ids_keep_their_zeros_under_a_header_with_spaces(tmp_path):
+    ratings = na_ratings().assign(user_id=["007", "008", "009", "010"])
+    (tmp_path / "ratings.csv").write_text(
+        _csv_bytes(ratings.rename(columns={"user_id": " user_id "}))
+    )
+    ds = load_spec_dataset(load_spec(spec_for(tmp_path, "ratings.csv")))
+    assert sorted(ds.ratings["user_id"]) == ["007", "008", "009", "010"]
