@@ -8,8 +8,9 @@ JSON lines (``*.jsonl``), one accepted event per line, UTF-8::
      "timestamp": 1764476990, "model_rating": 3.71, "served_rating": 3.84,
      "user": {...} | null, "item": {...} | null}
 
-``event_id`` is assigned by the service and unique; ``timestamp`` is the event's time (seconds
-since the epoch; the client's, else the time it was received). A process appends whole lines
+``event_id`` is assigned by the service and unique; ``timestamp`` is the event's time (int
+seconds since the epoch, valid as ``model/timestamps.py`` defines; the client's, else the time
+it was received). A process appends whole lines
 and syncs them to disk before it answers, so a crash can leave at most one partial last line
 of an event that was never answered; readers skip it.
 """

@@ -1,10 +1,14 @@
 """Batch scoring: ``python -m service.batch --model DIR --input FILE --output FILE``.
 
-Reads Parquet or CSV with columns ``user_id, item_id`` and optionally the model's user and
-item fields (its dataset spec's columns, ``GET /v1/model``), named as the field or as
-``user.<field>`` / ``item.<field>``; multi-valued fields as a list or a ``|``-separated string
-(or the column's own ``sep``). Other columns pass through. Writes the input columns plus
-``rating``, ``adapter_<layer>`` (1-based encoder layer) and ``ood_score``, in input order.
+Reads Parquet, CSV, TSV or JSON lines (``model/table_files.py``: as training reads its files:
+byte-order marks, ``--encoding``, ``--delimiter``; ids kept as written, so ``NA`` is an id;
+a cell is missing when empty or one of the model's ``na_values``) with columns ``user_id,
+item_id`` and optionally the model's user and item fields (its dataset spec's columns, ``GET
+/v1/model``), named as the field or as ``user.<field>`` / ``item.<field>``; multi-valued
+fields as a list or a ``|``-separated string (or the column's own ``sep``). Other columns
+pass through (times are not read). Writes the input columns plus ``rating``,
+``adapter_<layer>`` (1-based encoder layer) and ``ood_score``, in input order; every output,
+an empty one included, has the same columns and types.
 
 The same scorer and activation cache as the service (``REDIS_URL`` is honoured, so a batch
 job warms the cache for the online replicas and reuses theirs). ``--shard i/N`` scores the
@@ -37,6 +41,14 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from model.features import Column, FeatureSpec
+from model.table_files import (
+    DEFAULT_NA_VALUES,
+    TableFileError,
+    TableOptions,
+    check_options,
+    mark_missing,
+    read_table_file,
+)
 from service.entity_fields import check_fields, request_models
 from service.metrics import Metrics
 from service.schemas import MAX_ID_LENGTH
@@ -64,22 +76,31 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """The input rows; ids are read as strings."""
-    if not path.is_file():
-        raise InputError(f"input file {path} does not exist")
-    suffix = "".join(path.suffixes[-2:]).lower()
+def read_table(
+    path: Path, encoding: str | None = None, delimiter: str | None = None
+) -> pd.DataFrame:
+    """The input rows, read by ``model.table_files`` as training reads its files.
+
+    CSV/TSV cells are all read as text (the model's fields convert them, as the HTTP API
+    does); ids are kept as written (``NA``, ``null``, ``None`` are ids); a cell is missing
+    when it is empty (:func:`apply_na_values` adds the model's ``na_values``). UTF-8 unless
+    a byte-order mark says otherwise (UTF-16 spreadsheet exports), or ``encoding``; the
+    delimiter from the header line unless given.
+
+    Raises:
+        InputError: the file is missing or unreadable (the message says which flag to pass),
+            or lacks ``user_id`` / ``item_id``.
+    """
     try:
-        if suffix.endswith(".csv") or suffix.endswith(".csv.gz"):
-            frame = pd.read_csv(path, dtype=str, keep_default_na=True)
-        elif ".parquet" in suffix or suffix.endswith(".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            raise InputError(f"input file {path}: expected a .csv or .parquet file")
-    except (ValueError, OSError) as e:
-        if isinstance(e, InputError):
-            raise
-        raise InputError(f"input file {path} could not be read: {e}") from None
+        frame = read_table_file(
+            path,
+            TableOptions(encoding=encoding, delimiter=delimiter),
+            ids=REQUIRED,
+            all_text=True,
+            hint=lambda option, value: f"pass --{option} {value}",
+        )
+    except TableFileError as e:
+        raise InputError(str(e).removeprefix(f"{path}: ")) from None
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise InputError(
@@ -88,6 +109,21 @@ def read_table(path: Path) -> pd.DataFrame:
             "GET /v1/model)"
         )
     return frame
+
+
+def apply_na_values(frame: pd.DataFrame, dataset: dict[str, Any]) -> pd.DataFrame:
+    """``frame`` with the cells the model's dataset spec declares missing (its
+    ``na_values``, recorded in the manifest; default only the empty cell) set missing, ids
+    excepted: the batch CLI reads a file as training read the model's files."""
+    return mark_missing(frame, dataset.get("na_values") or DEFAULT_NA_VALUES, keep=REQUIRED)
+
+
+def input_schema(path: Path) -> pa.Schema | None:
+    """The Arrow schema of a Parquet input (exact even for an empty file); None for CSV,
+    whose cells are all read as text."""
+    if ".parquet" in "".join(path.suffixes).lower() or path.suffix.lower() == ".pq":
+        return pq.read_schema(path)
+    return None
 
 
 def _value(v: Any) -> Any:
@@ -256,16 +292,56 @@ def to_inputs(
     )
 
 
+def score_columns(layers: Sequence[int]) -> list[str]:
+    """The columns scoring adds, in order: ``rating``, ``adapter_<layer>`` per adapter
+    (1-based encoder layer), ``ood_score``."""
+    return ["rating", *(f"adapter_{layer}" for layer in layers), "ood_score"]
+
+
+def output_schema(
+    frame: pd.DataFrame, layers: Sequence[int], input_schema: pa.Schema | None = None
+) -> pa.Schema:
+    """The Arrow schema of every output of ``frame``, whichever rows a shard holds.
+
+    The input's columns (types from ``input_schema``, the file's own, when given; else
+    inferred from the whole input, not from one shard) then the score columns as float32.
+    Every part file and every shard's output is written with it, so an empty shard's output
+    has the score columns too and all shards read together as one data set.
+
+    Args:
+        frame: the whole input (every shard reads the whole file, so every shard gets the
+            same schema).
+        layers: the model's 1-based adapter layers.
+        input_schema: the input file's schema, exact for Parquet (an empty file included).
+    """
+    scores = score_columns(layers)
+    fields = []
+    for name in frame.columns:
+        if name in scores:
+            continue  # replaced by the score (see score_rows)
+        if input_schema is not None and name in input_schema.names:
+            fields.append(input_schema.field(name))
+            continue
+        try:
+            kind = pa.array(frame[name], from_pandas=True).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # values of several types: kept as text
+            kind = pa.string()
+        fields.append(pa.field(str(name), kind))
+    return pa.schema(fields + [pa.field(c, pa.float32()) for c in scores])
+
+
 def score_rows(scorer: Scorer, frame: pd.DataFrame, inputs: list[ScoreInput]) -> pd.DataFrame:
-    """``frame`` with ``rating``, ``adapter_<layer>`` and ``ood_score`` columns added."""
-    out = frame.reset_index(drop=True).copy()
-    batch = scorer.score(inputs) if inputs else None  # None: every row here was refused
-    n_adapters = len(scorer.layers)
-    out["rating"] = batch.rating if batch else np.zeros(0, np.float32)
-    adapters = batch.adapters if batch else np.zeros((0, n_adapters), np.float32)
+    """``frame`` with ``rating``, ``adapter_<layer>`` and ``ood_score`` columns added (an input
+    column of one of those names is replaced); an empty ``frame`` gets them too."""
+    scores = score_columns(scorer.layers)
+    out = frame.reset_index(drop=True).drop(columns=[c for c in scores if c in frame.columns])
+    batch = scorer.score(inputs) if inputs else None  # None: no row here, or all refused
+    empty = np.zeros(0, np.float32)
+    out["rating"] = batch.rating if batch else empty
+    adapters = batch.adapters if batch else np.zeros((0, len(scorer.layers)), np.float32)
     for j, layer in enumerate(scorer.layers):
         out[f"adapter_{layer}"] = adapters[:, j]
-    out["ood_score"] = batch.ood_score if batch else np.zeros(0, np.float32)
+    out["ood_score"] = batch.ood_score if batch else empty
     return out
 
 
@@ -275,15 +351,33 @@ def shard_range(n_rows: int, shard: tuple[int, int]) -> tuple[int, int]:
     return n_rows * i // n, n_rows * (i + 1) // n
 
 
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write atomically (temp file, then rename) as CSV or Parquet by suffix."""
+def write_table(frame: pd.DataFrame, path: Path, schema: pa.Schema | None = None) -> None:
+    """Write atomically (temp file, then rename) as CSV or Parquet by suffix.
+
+    Args:
+        schema: the Parquet file's schema (see :func:`output_schema`); None: inferred from
+            ``frame``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if path.suffix.lower() == ".csv":
         frame.to_csv(tmp, index=False)
-    else:
+    elif schema is None:
         frame.to_parquet(tmp, index=False)
+    else:
+        pq.write_table(_arrow_table(frame, schema), tmp)
     os.replace(tmp, path)
+
+
+def _arrow_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    try:
+        return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column of mixed values: written as text
+        fixed = frame.copy()
+        for f in schema:
+            if f.type == pa.string() and fixed[f.name].dtype == object:
+                fixed[f.name] = [None if _value(v) is None else str(v) for v in fixed[f.name]]
+        return pa.Table.from_pandas(fixed, schema=schema, preserve_index=False)
 
 
 def part_ok(part: Path, rows: int) -> bool:
@@ -308,14 +402,20 @@ def run(
     progress: bool = True,
     checked: Checked | None = None,
     on_error: str = "fail",
+    input_schema: pa.Schema | None = None,
 ) -> pd.DataFrame:
     """Score this shard's rows chunk by chunk into part files, then write ``output``.
 
     A rerun keeps the finished parts whose row count checks out and redoes the others.
+    Every output has the same columns and types (:func:`output_schema`), an empty shard's or
+    an empty input's included.
 
     Args:
+        frame: the whole input; the shard's rows are taken from it.
         checked: the shard's validated rows (from :func:`to_inputs`); validated here if None.
         on_error: ``fail`` or ``skip`` (refused rows go to ``<output>.rejects.parquet``).
+        input_schema: the input file's Arrow schema (:func:`read_table`), for the types of the
+            columns passed through; None: inferred from ``frame``.
     """
     i, n = shard
     start, stop = shard_range(len(frame), shard)
@@ -326,6 +426,7 @@ def run(
         )
     parts_dir = parts_dir or output.with_name(output.name + ".parts")
     shard_dir = parts_dir / f"shard-{i:05d}-of-{n:05d}"
+    schema = output_schema(frame, scorer.layers, input_schema)
     parts = []
     position = np.searchsorted(checked.kept, np.arange(0, len(shard_frame) + 1))
     with tqdm(total=stop - start, unit="row", desc="score", disable=not progress) as bar:
@@ -335,25 +436,25 @@ def run(
             part = shard_dir / f"rows-{start + lo:012d}-{start + hi:012d}.parquet"
             if not (part.exists() and part_ok(part, b - a)):  # resumable: whole parts kept
                 rows = shard_frame.iloc[checked.kept[a:b]]
-                write_table(score_rows(scorer, rows, checked.inputs[a:b]), part)
+                write_table(score_rows(scorer, rows, checked.inputs[a:b]), part, schema)
             parts.append(part)
             bar.update(hi - lo)
-    columns = list(frame.columns)
-    result = (
-        pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-        if parts
-        else frame.iloc[0:0]
-    )
-    if parts and list(result.columns[: len(columns)]) != columns:
+    if parts:
+        result = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    else:  # an empty shard or input: no rows, every column
+        result = score_rows(scorer, shard_frame, [])
+    if list(result.columns) != schema.names:
         raise InputError(
             f"part files under {shard_dir} were written from an input with other columns; "
             "delete that folder and rerun"
         )
-    write_table(result, output)
+    write_table(result, output, schema)
     rejects_path = output.with_name(output.name + ".rejects.parquet")
     if len(checked.rejects):
         write_table(checked.rejects, rejects_path)
         log.warning("%d row(s) refused, listed in %s", len(checked.rejects), rejects_path)
+    else:  # not one of an earlier run's
+        rejects_path.unlink(missing_ok=True)
     return result
 
 
@@ -362,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m service.batch", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--model", type=Path, help="artifact directory (LEVI_MODEL_DIR)")
-    parser.add_argument("--input", type=Path, required=True, help=".csv or .parquet")
+    parser.add_argument(
+        "--input", type=Path, required=True, help=".parquet, .csv, .tsv or .jsonl (optionally .gz)"
+    )
     parser.add_argument("--output", type=Path, required=True, help=".csv or .parquet")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/N (default 0/1)")
     parser.add_argument(
@@ -379,6 +482,14 @@ def main(argv: list[str] | None = None) -> int:
         help="fail (default): stop at the first bad row, naming it; skip: score the rest and "
         "write the refused rows with the reason to <output>.rejects.parquet",
     )
+    parser.add_argument(
+        "--encoding",
+        help="CSV/TSV/JSON text encoding, e.g. cp1252 (default: UTF-8, or what a byte-order "
+        "mark says)",
+    )
+    parser.add_argument(
+        "--delimiter", help="CSV/TSV delimiter (default: ',' or tab, or the header line's)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -390,7 +501,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {describe_settings_error(e)}", file=sys.stderr)
         return 2
     try:
-        frame = read_table(args.input)
+        check_options(args.encoding, args.delimiter, ".")
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        frame = read_table(args.input, args.encoding, args.delimiter)
     except InputError as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
         return 2
@@ -406,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the loader's message says what is wrong with which file
         print(f"error: cannot load the model {settings.model_dir}: {e}", file=sys.stderr)
         return 1
+    frame = apply_na_values(frame, artifact.dataset)
     try:  # every row is checked against the model's fields before anything is scored
         start, stop = shard_range(len(frame), args.shard)
         checked = to_inputs(
@@ -429,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             parts_dir=args.parts_dir,
             progress=not args.no_progress,
             checked=checked,
+            input_schema=input_schema(args.input),
         )
     except InputError as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)

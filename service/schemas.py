@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    WithJsonSchema,
+)
+
+from model.timestamps import MAX_SECONDS, MIN_SECONDS, RULE, TimestampError, to_seconds
 
 MAX_ID_LENGTH = 64
 
@@ -143,6 +153,30 @@ EventId = Annotated[
 ]
 
 
+def _seconds(value: Any) -> int:
+    try:
+        return to_seconds(value)
+    except TimestampError as e:  # a 422 naming body.events.<i>.timestamp
+        raise ValueError(str(e)) from None
+
+
+# model/timestamps.py: numbers are seconds (never milliseconds, whatever their size), strings
+# ISO 8601 with an offset within ±18:00, in [1970-01-01, 2262-04-11).
+Timestamp = Annotated[
+    int,
+    BeforeValidator(_seconds),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": MIN_SECONDS, "exclusiveMaximum": MAX_SECONDS},
+                {"type": "string", "description": "ISO 8601 date or date-time"},
+            ],
+            "description": RULE,
+        }
+    ),
+]
+
+
 class FeedbackEvent(_Strict):
     """A rating a user gave, for the online corrections and the next retraining."""
 
@@ -158,11 +192,13 @@ class FeedbackEvent(_Strict):
     rating: StrictNumber = Field(
         description="a JSON number inside the served model's rating range (GET /v1/model)"
     )
-    timestamp: dt.datetime | None = Field(
+    timestamp: Timestamp | None = Field(
         None,
-        description="when it was rated: seconds since the epoch or ISO 8601 (naive = UTC); "
-        "default: when the service received it",
-        examples=["2026-11-30T04:30:00Z"],
+        description="when it was rated: seconds since 1970-01-01T00:00:00Z as a number, or "
+        "ISO 8601 (no offset = UTC; offsets within ±18:00), from 1970-01-01 up to (not "
+        "including) 2262-04-11; anything else is a 422 naming it; default: when the service "
+        "received it",
+        examples=["2026-11-30T04:30:00Z", 1764477000],
     )
     user: EntityFields | None = None
     item: EntityFields | None = None

@@ -25,16 +25,19 @@ import re
 import sys
 import textwrap
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from model.table_files import TableFileError, TableOptions, decodes, resolve_options
 from training.data.dataset import _text
-from training.data.tables import DataError, file_format, read_file
+from training.data.tables import DataError, file_format, read_file, spec_hint
 from training.spec import SpecError, load_spec, parse_spec
 from training.spec_guess import (
     GENERIC_STEMS,
+    NA_SPELLINGS,
     OOD_FRACTION,
     ROLE_LABEL,
     ROLES,
@@ -49,14 +52,70 @@ from training.spec_guess import (
 )
 
 
+def file_options(path: Path, section: str) -> tuple[TableOptions, tuple[Guess, ...]]:
+    """How to read a file, and the draft's lines for the options that are not the default:
+    an encoding other than UTF-8 (no byte-order mark, not valid UTF-8: cp1252, else
+    latin-1), a delimiter the header line shows, a decimal comma in ``;``-separated files.
+
+    Raises:
+        InitError: the encoding cannot be told (UTF-16 without its mark).
+    """
+    try:
+        opts = resolve_options(path, None, spec_hint(section))
+    except TableFileError as e:
+        raise InitError(str(e)) from None
+    if opts.format == "parquet":
+        return opts, ()
+    notes = []
+    if opts.encoding == "utf-8" and not decodes(path, "utf-8"):
+        encoding = "cp1252" if decodes(path, "cp1252") else "latin-1"
+        opts = resolve_options(path, replace(opts, encoding=encoding, delimiter=None))
+        notes.append(
+            Guess(
+                "encoding",
+                encoding,
+                f"the file is not UTF-8; read as {encoding} (Windows Western European: what "
+                'Excel\'s "CSV" writes on Windows): check accented letters in the data, or '
+                "save the file as UTF-8 and remove this line",
+            )
+        )
+    default = "\t" if opts.format == "tsv" else ","
+    if opts.format in ("csv", "tsv") and opts.delimiter != default:
+        shown = "tab" if opts.delimiter == "\t" else repr(opts.delimiter)
+        notes.append(Guess("delimiter", opts.delimiter, f"the header line is separated by {shown}"))
+    if opts.delimiter == ";":
+        sample = read_file(path, opts, section=section).head(SAMPLE_ROWS)
+        commas = [c for c in sample.columns if _decimal_commas(sample[c])]
+        if commas:
+            opts = replace(opts, decimal=",")
+            notes.append(
+                Guess(
+                    "decimal",
+                    ",",
+                    f"';'-separated, with decimal commas in {', '.join(map(repr, commas))}",
+                )
+            )
+    return opts, tuple(notes)
+
+
+def _decimal_commas(values: pd.Series) -> bool:
+    """Text cells that all read as numbers once ',' is the decimal mark, some with one."""
+    present = values.dropna()
+    if present.empty or not all(isinstance(v, str) for v in present):
+        return False
+    text = present.astype(str).str.strip()
+    return bool(text.str.fullmatch(r"[+-]?\d+(,\d+)?").all() and text.str.contains(",").any())
+
+
 def draft_entity(
     path: Path, base_dir: Path, role: str, column: str, rated: set[str]
 ) -> EntityDraft:
     """The users (``role="user"``) or items table: its key and typed columns."""
-    frame = read_file(path)
+    opts, notes = file_options(path, f"{role}s")
+    frame = read_file(path, opts, section=f"{role}s")
     raw = None
-    if file_format(path) in ("csv", "tsv"):  # as strings too, as the loader reads ids and codes
-        raw = read_file(path, None, [str(c) for c in frame.columns])
+    if opts.format in ("csv", "tsv"):  # as strings too, as the loader reads ids and codes
+        raw = read_file(path, opts, text=[str(c) for c in frame.columns], section=f"{role}s")
     key = guess_key(frame if raw is None else raw, role, column, rated, str(path))
     sample = frame.head(SAMPLE_ROWS)
     raw = None if raw is None else raw.head(SAMPLE_ROWS)
@@ -68,7 +127,7 @@ def draft_entity(
             columns.append(Guess(c, None, f"{c!r} is reserved for the ids: left out (rename it)"))
             continue
         columns.append(guess_column(c, sample[c], None if raw is None else raw[c]))
-    return EntityDraft(_spec_path(path, base_dir), key, tuple(columns))
+    return EntityDraft(_spec_path(path, base_dir), key, tuple(columns), notes, frame)
 
 
 def _spec_path(path: Path, base_dir: Path) -> str:
@@ -142,12 +201,13 @@ def draft_spec(
                 f"{flag} {path}: cannot tell the format from the name; name the file "
                 ".parquet, .csv, .tsv or .jsonl (optionally .gz)"
             ) from None
-    frame = read_file(ratings)
+    opts, notes = file_options(ratings, "ratings")
+    frame = read_file(ratings, opts, section="ratings")
     total = len(frame)
     if total == 0:
         raise InitError(f"{ratings}: no rows; a spec needs ratings to guess from")
     sample = frame.head(SAMPLE_ROWS)
-    roles = guess_roles(sample, str(ratings), given or {})
+    roles = guess_roles(sample, str(ratings), given or {}, opts.format in ("csv", "tsv"))
     rating_col = roles["rating"].value  # type: ignore[union-attr]
     scores = pd.to_numeric(frame[rating_col], errors="coerce")
     lo, hi = float(scores.min()), float(scores.max())
@@ -158,8 +218,9 @@ def draft_spec(
     if not lo < hi:
         hi, scale_why = lo + 1, f"every rating is {lo:g}; set the scale's true ends"
     ids = [roles[r].value for r in ("user", "item")]  # type: ignore[union-attr]
-    if (users or items) and file_format(ratings) in ("csv", "tsv"):
-        frame = read_file(ratings, None, ids)  # ids as the loader reads them ("007" keeps 00)
+    if (users or items) and opts.format in ("csv", "tsv"):
+        # ids as the loader reads them ("007" keeps its zeros)
+        frame = read_file(ratings, opts, ids=ids, section="ratings")
     entities: dict[str, EntityDraft] = {}
     for role, path, column in (("user", users, ids[0]), ("item", items, ids[1])):
         if path is not None:
@@ -176,9 +237,14 @@ def draft_spec(
         "# Column types: categorical, multi_categorical (sep), numeric (buckets), text (read",
         "# by the templates only); all keys are described in training/spec.py.",
         f"name = {_value(name or _default_name(ratings))}",
+        *_na_values_lines(
+            [(ratings, frame, set(ids))]
+            + [(t.path, t.frame, {t.key.value}) for t in entities.values()]
+        ),
         "",
         "[ratings]",
         f"path = {_value(_spec_path(ratings, base_dir))}",
+        *_option_lines(notes),
     ]
     for role in ROLES:
         guess = roles[role]
@@ -189,7 +255,7 @@ def draft_spec(
     lines += ["", "[rating_scale]", *_comment(scale_why), f"min = {_value(lo)}"]
     lines += [f"max = {_value(hi)}"]
     for role, table in entities.items():
-        lines += ["", f"[{role}s]", f"path = {_value(table.path)}"]
+        lines += ["", f"[{role}s]", f"path = {_value(table.path)}", *_option_lines(table.options)]
         lines += _comment(f"{table.key.value!r}: {table.key.why}")
         lines += [f"key = {_value(table.key.value)}"]
         if any(g.value is not None for g in table.columns):
@@ -201,6 +267,39 @@ def draft_spec(
     lines += _text_section(roles, entities)
     lines += _split_section(total, roles["timestamp"] is not None)
     return "\n".join(lines) + "\n"
+
+
+def _option_lines(notes: tuple[Guess, ...]) -> list[str]:
+    out = []
+    for guess in notes:
+        out += _comment(f"{guess.name}: {guess.why}") + [f"{guess.name} = {_value(guess.value)}"]
+    return out
+
+
+def _na_values_lines(tables: list[tuple[object, pd.DataFrame, set[str]]]) -> list[str]:
+    """The draft's ``na_values``: the default, with the cells that read as values but often
+    mean missing counted, so the user decides."""
+    found: dict[str, list[str]] = {}
+    for name, frame, ids in tables:
+        for c in frame.columns:
+            if c in ids or frame[c].dtype.kind in "biufcmM":
+                continue
+            cells = frame[c].map(lambda v: v.strip() if isinstance(v, str) else None)
+            counts = cells[cells.isin(NA_SPELLINGS)].value_counts()
+            for value, n in counts.items():
+                where = f"{n:,} in {Path(str(name)).name} {c!r}"
+                found.setdefault(str(value), []).append(where)
+    why = (
+        "cell texts that mean a missing value in every table (ids never are); by default only "
+        "an empty cell, so NA, null, None, n/a are values"
+    )
+    if found:
+        listed = "; ".join(f"{v!r} ({', '.join(w)})" for v, w in sorted(found.items()))
+        why += (
+            f". Read as values here: {listed}; add those that mean 'unknown' in your data to "
+            "the list"
+        )
+    return _comment(why) + ['na_values = [""]']
 
 
 def _text_section(roles: dict[str, Guess | None], entities: dict[str, EntityDraft]) -> list[str]:

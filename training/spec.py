@@ -36,10 +36,17 @@ Column types (RecBole / Ludwig / Merlin conventions):
 * ``text``: only read by the templates.
 
 Every non-text column feeds the embedding MLP unless ``mlp = false``; the ids always do.
+
+Reading the files (``model/table_files.py``): each table takes ``encoding`` (default UTF-8,
+or what a byte-order mark says), ``delimiter`` and ``decimal`` (CSV/TSV); the top-level
+``na_values`` (default ``[""]``, written before the first ``[section]``) lists the cell texts
+that mean a missing value in every table, so ``NA`` (Namibia) stays a value unless listed;
+ids are never missing because of their spelling. Times follow ``model/timestamps.py``.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 import string
 import tomllib
@@ -49,7 +56,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.features import ColumnDecl
+from model.table_files import DEFAULT_NA_VALUES, TableOptions, check_options
 from model.templates import ViewSet, views_from_templates
+from model.timestamps import TimestampError, to_seconds
 
 PRESETS_DIR = Path(__file__).with_name("presets")
 TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
@@ -120,10 +129,27 @@ class ColumnSpec(_Strict):
 
 
 class TableFile(_Strict):
-    """Where a table lives: ``path`` (relative to the spec file) and an optional format."""
+    """Where a table lives: ``path`` (relative to the spec file), and how to read it when the
+    file does not say (``model/table_files.py``)."""
 
     path: str | None = None
     format: Literal["parquet", "csv", "tsv", "jsonl"] | None = None
+    encoding: str | None = Field(
+        None,
+        description="text files: a codec such as cp1252 (Excel's CSV on Windows) or latin-1; "
+        "default UTF-8, or what a byte-order mark says (UTF-8, UTF-16, UTF-32)",
+    )
+    delimiter: str | None = Field(
+        None,
+        description="CSV/TSV: one character; default ',' (CSV) or tab (TSV), or the one of "
+        "';', tab, '|' the header line uses when it has no default one",
+    )
+    decimal: Literal[".", ","] = Field(".", description="CSV/TSV: the decimal mark")
+
+    @model_validator(mode="after")
+    def _readable(self) -> TableFile:
+        check_options(self.encoding, self.delimiter, self.decimal)
+        return self
 
 
 class RatingsSpec(TableFile):
@@ -132,7 +158,11 @@ class RatingsSpec(TableFile):
     user: str = "user_id"
     item: str = "item_id"
     rating: str = "rating"
-    timestamp: str | None = Field(None, description="seconds since the epoch or an ISO date")
+    timestamp: str | None = Field(
+        None,
+        description="the time column: seconds since the epoch or ISO 8601 dates, within "
+        "[1970-01-01, 2262-04-11) (model/timestamps.py)",
+    )
 
 
 class EntitySpec(TableFile):
@@ -191,7 +221,8 @@ class SplitSpec(_Strict):
     """How ratings become ID train/val/test and an OOD test set.
 
     * ``random``: ID ratings only (no OOD test set);
-    * ``time``: ratings at or after ``cutoff`` (an ISO date), or the latest
+    * ``time``: ratings at or after ``cutoff`` (an ISO 8601 date, UTC unless it has an
+      offset), or the latest
       ``ood_fraction`` of ratings, are OOD; OOD groups are months;
     * ``item_attribute``: an item is ID when its ``column`` has ANY of ``in_distribution``;
       OOD groups are the column's values;
@@ -228,14 +259,10 @@ class SplitSpec(_Strict):
         if self.kind == "time" and (self.cutoff is None) == (self.ood_fraction is None):
             raise ValueError("split kind 'time' needs exactly one of cutoff or ood_fraction")
         if self.cutoff is not None:
-            import pandas as pd
-
             try:
-                pd.Timestamp(self.cutoff)
-            except ValueError:
-                raise ValueError(
-                    f"cutoff {self.cutoff!r} is not a date (expected e.g. 2024-05-01)"
-                ) from None
+                to_seconds(self.cutoff)
+            except TimestampError as e:
+                raise ValueError(f"cutoff: {e}") from None
         unused = {
             "random": ("column", "in_distribution", "cutoff", "ood_fraction"),
             "time": ("column", "in_distribution"),
@@ -259,6 +286,11 @@ class DatasetSpec(_Strict):
     items: EntitySpec = Field(default_factory=EntitySpec)
     text: TextSpec
     split: SplitSpec = Field(default_factory=SplitSpec)
+    na_values: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NA_VALUES),
+        description="cell texts that mean a missing value in every table file (ids never "
+        'are); default [""], so NA, null, None and n/a are values unless listed',
+    )
     source: Path | None = Field(None, exclude=True, description="the file this was read from")
 
     @model_validator(mode="after")
@@ -398,7 +430,15 @@ class DatasetSpec(_Strict):
             },
             "keys": {"user": self.ratings.user, "item": self.ratings.item},
             "split": self.split.model_dump(exclude_none=True),
+            "na_values": list(self.na_values),  # the batch CLI reads files as training did
         }
+
+    def table_options(self, table: TableFile) -> TableOptions:
+        """How to read ``table``'s file: its format, encoding, delimiter and decimal mark, and
+        the spec's ``na_values``."""
+        return TableOptions(
+            table.format, table.encoding, table.delimiter, table.decimal, tuple(self.na_values)
+        )
 
     def path_of(self, table: TableFile) -> Path | None:
         """A table's path, relative paths taken from the spec file's directory."""
@@ -476,10 +516,31 @@ def load_spec(path_or_preset: str | Path) -> DatasetSpec:
                 "`python -m training init --ratings FILE [--users FILE] [--items FILE]`."
             )
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(spec_text(path))
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML: {e}") from None
     return parse_spec(data, path.resolve())
+
+
+def spec_text(path: Path) -> str:
+    """A spec file's text: UTF-8 (TOML's encoding), with or without the byte-order mark some
+    editors write; UTF-16 with its mark (a spreadsheet's or PowerShell's export) too.
+
+    Raises:
+        SpecError: bytes that are not UTF-8, naming the line.
+    """
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise SpecError(
+            f"{path}: line {line} is not UTF-8 text (byte {data[e.start : e.end]!r}); a TOML "
+            "file is UTF-8: save it as UTF-8 (a data file's own encoding is set with its "
+            "table's encoding key)"
+        ) from None
 
 
 def preset_names() -> list[str]:

@@ -8,12 +8,13 @@ comment above it, so a user reviews guesses instead of writing a spec from nothi
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from model.timestamps import column_seconds
 from training.data.dataset import _text
 
 SAMPLE_ROWS = 100_000  # rows that decide the column types
@@ -136,6 +137,9 @@ TEXT_WORDS += ("plot", "abstract", "comment", "body", "synopsis", "content", "bi
 CODE_NAME = re.compile(r"(?i:(.*[_\-\s])?(id|code|zip|zipcode|postcode))|.*[a-z](Id|ID)")
 SEPARATORS = (("|", 0.05), (";", 0.1), (",", 0.3))  # delimiter, share of cells that hold it
 # (a "," list also needs fewer distinct pieces than distinct cells: "Smith, John" is none)
+# Cell texts that often mean "unknown" (spreadsheets, R, pandas, SQL exports); init counts
+# them so the draft's na_values comment says where they occur. They are values by default.
+NA_SPELLINGS = ("NA", "N/A", "n/a", "na", "null", "NULL", "None", "none", "NaN", "nan", "#N/A")
 GENERIC_STEMS = {"ratings", "rating", "reviews", "interactions", "train", "data", "events"}
 
 
@@ -154,11 +158,19 @@ class Guess:
 
 @dataclass(frozen=True)
 class EntityDraft:
-    """A users or items table in the draft."""
+    """A users or items table in the draft.
+
+    Attributes:
+        options: reading options that are not the default (``encoding``, ``delimiter``,
+            ``decimal``), as guesses with their reasons.
+        frame: the table as read (for the draft's ``na_values`` note).
+    """
 
     path: str
     key: Guess
     columns: tuple[Guess, ...]
+    options: tuple[Guess, ...] = ()
+    frame: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -203,13 +215,50 @@ def _numbers(values: pd.Series) -> pd.Series | None:
 
 
 def _dates(values: pd.Series) -> pd.Series | None:
-    """UTC datetimes, parsed as the loader parses a timestamp column; None if any fails."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return pd.to_datetime(values, utc=True)
-    if not all(isinstance(v, str) for v in values) or not values.str.match(r"\d{4}-\d\d").all():
+    """UTC datetimes of a column of dates (a date-time type, or ISO 8601 strings), each valid
+    as the loader reads a timestamp (``model.timestamps``); None if it is no such column or
+    a cell is not valid."""
+    if not pd.api.types.is_datetime64_any_dtype(values) and not _date_strings(values):
         return None
-    dates = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
-    return None if dates.isna().any() else dates
+    seconds, bad = column_seconds(values)
+    return None if bad is not None else pd.Series(pd.to_datetime(seconds, unit="s", utc=True))
+
+
+def _date_strings(values: pd.Series) -> bool:
+    """Every cell a string that starts like an ISO 8601 date."""
+    return all(isinstance(v, str) for v in values) and bool(values.str.match(r"\d{4}-\d\d").all())
+
+
+def _is_time(values: pd.Series) -> bool:
+    """Numbers (seconds), a date-time type, or strings that each look like an ISO 8601 date
+    or a number (a CSV column of both, or numbers in quotes): a time column by its kind,
+    valid cells or not."""
+    if pd.api.types.is_bool_dtype(values):
+        return False
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
+        return True
+    if not all(isinstance(v, str) for v in values):
+        return False
+    return bool(values.str.fullmatch(r"\s*(\d{4}-\d\d.*|[+-]?\d+(\.\d*)?)\s*").all())
+
+
+def check_times(values: pd.Series, where: str, column: str, text_cells: bool = False) -> None:
+    """Refuse a time column with an invalid cell (``model.timestamps``), naming the row.
+
+    Args:
+        text_cells: the file is CSV/TSV (a cell of digits is a number).
+
+    Raises:
+        InitError: the first invalid cell's row (1-based, header excluded), the value, the
+            rule and how many rows are invalid.
+    """
+    _, bad = column_seconds(values, text_numbers=text_cells)
+    if bad is not None:
+        raise InitError(
+            f"{where}: row {bad.first + 1}, column {column!r}: {bad.error} ({bad.count:,} such "
+            "row(s) in the rows read); fix or drop those rows and rerun (or name another time "
+            "column with --timestamp, or drop the column to draft without a time split)"
+        )
 
 
 # -- ratings --------------------------------------------------------------------------------
@@ -227,10 +276,9 @@ def _unfit(role: str, values: pd.Series) -> str | None:
             return f"has {len(values) - len(present):,} empty cells (drop those rows)"
         return None
     if role == "timestamp":
-        numeric = pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present)
         if len(present) < len(values):
             return f"has {len(values) - len(present):,} empty cells"
-        if not numeric and _dates(present) is None:
+        if not _is_time(present):
             return f"holds neither seconds nor ISO dates, e.g. {present.iloc[0]!r}"
         return None
     if any(_is_list(v) for v in present.iloc[:1000]):
@@ -245,29 +293,24 @@ def _role_facts(role: str, values: pd.Series) -> str:
     if role == "rating":
         numbers = _numbers(present)
         return f"values {numbers.min():g} to {numbers.max():g}, {numbers.nunique():,} distinct"
-    if role == "timestamp":
-        dates = _dates(present)
-        if dates is None:  # numbers: seconds since the epoch
-            lo, hi = present.min(), present.max()
-            facts = f"numbers {lo:,.0f} to {hi:,.0f}"
-            if present.median() > 1e11:
-                return facts + (
-                    ": these look like milliseconds, but the loader reads seconds since the "
-                    "epoch; convert the column, or the time split's months will be wrong"
-                )
-            if present.median() < 1e8:
-                return facts + (
-                    ": small for seconds since the epoch (1973 or later); the time split "
-                    "still orders ratings by them, but its months are meaningless"
-                )
-            span = pd.to_datetime(pd.Series([lo, hi]), unit="s").dt.date
-            return facts + f", as seconds since the epoch {span.iloc[0]} to {span.iloc[1]}"
-        return f"dates {dates.min().date()} to {dates.max().date()}"
+    if role == "timestamp":  # (every cell checked by check_times before)
+        seconds, _ = column_seconds(present, text_numbers=True)
+        span = pd.to_datetime(pd.Series([seconds.min(), seconds.max()]), unit="s").dt.date
+        dates = f"{span.iloc[0]} to {span.iloc[1]}"
+        if not pd.api.types.is_numeric_dtype(present):
+            return f"times {dates}"
+        facts = f"numbers {present.min():,.0f} to {present.max():,.0f}"
+        if present.median() < 1e8:
+            return facts + (
+                ": small for seconds since the epoch (1973 or later); the time split "
+                "still orders ratings by them, but its months are meaningless"
+            )
+        return facts + f", as seconds since the epoch {dates}"
     return f"{present.nunique():,} distinct values"
 
 
 def guess_roles(
-    frame: pd.DataFrame, where: str, given: dict[str, str | None]
+    frame: pd.DataFrame, where: str, given: dict[str, str | None], text_cells: bool = False
 ) -> dict[str, Guess | None]:
     """The ratings' role columns: ``given`` ones, then by name, then by dtype.
 
@@ -275,6 +318,7 @@ def guess_roles(
         frame: a sample of the ratings table.
         where: the file, for messages.
         given: role -> column named on the command line (None: guess it).
+        text_cells: the file is CSV/TSV (a time cell of digits is a number).
 
     Raises:
         InitError: a given column is absent, or no user, item or rating column fits.
@@ -284,6 +328,8 @@ def guess_roles(
     notes: list[str] = []
 
     def take(role: str, column: str, how: str) -> None:
+        if role == "timestamp":
+            check_times(frame[column], where, column, text_cells)  # (no empty cells: _unfit)
         out[role] = Guess(column, column, f"{how}; {_role_facts(role, frame[column])}")
 
     for role, column in given.items():
@@ -345,10 +391,12 @@ def _by_dtype(frame: pd.DataFrame, columns: list[str], out: dict[str, Guess | No
     if out["timestamp"] is None:
         for c in free:
             values = frame[c]
-            if pd.api.types.is_datetime64_any_dtype(values) and values.notna().all():
+            dated = pd.api.types.is_datetime64_any_dtype(values) and values.notna().all()
+            if dated and column_seconds(values)[1] is None:
                 take("timestamp", c, "by dtype: dates")
                 break
-            if pd.api.types.is_integer_dtype(values) and len(values) and values.min() >= 1e8:
+            large = pd.api.types.is_integer_dtype(values) and len(values) and values.min() >= 1e8
+            if large and column_seconds(values)[1] is None:
                 take("timestamp", c, "by dtype: large integers, like seconds since the epoch")
                 break
     for role in ("user", "item"):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from model.timestamps import TimestampError, to_seconds
 from training.data.dataset import RatingsDataset
 from training.spec import SplitSpec
 
@@ -169,13 +170,9 @@ def _item_attribute(ds: RatingsDataset, spec: SplitSpec, ratings: pd.DataFrame):
 
 def _cutoff_seconds(text: str) -> int:
     try:
-        when = pd.Timestamp(text)
-    except ValueError:
-        raise ValueError(
-            f"split.cutoff {text!r} is not a date (expected e.g. 2024-05-01)"
-        ) from None
-    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
-    return int(when.timestamp())
+        return to_seconds(text)
+    except TimestampError as e:
+        raise ValueError(f"split.cutoff: {e}") from None
 
 
 def _month(seconds: int) -> str:

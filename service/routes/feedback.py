@@ -13,7 +13,6 @@ reason, and nothing of the request is applied.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 import uuid
@@ -38,14 +37,6 @@ from service.scoring import (
 
 router = APIRouter(tags=["feedback"])
 log = logging.getLogger(__name__)
-
-
-def _seconds(when: dt.datetime | None, received: float) -> int:
-    if when is None:
-        return int(received)
-    if when.tzinfo is None:  # naive: UTC
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp())
 
 
 def check_ratings(events: list[FeedbackEvent], rating_range: tuple[float, float]) -> None:
@@ -115,7 +106,7 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
             "user_id": e.user_id,
             "item_id": e.item_id,
             "rating": e.rating,
-            "timestamp": _seconds(e.timestamp, received),
+            "timestamp": int(received) if e.timestamp is None else e.timestamp,  # checked
             "model_rating": model_ratings[k][j],
             "served_rating": served_ratings[k][j],
             "user": given.user or None,  # the checked fields, as the model reads them

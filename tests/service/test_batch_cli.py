@@ -221,3 +221,63 @@ def test_malformed_input_exits_2_naming_row_and_column(
 def test_bad_shard_argument_is_refused():
     with pytest.raises(SystemExit):
         batch.main(["--input", "x.csv", "--output", "y.csv", "--shard", "3/3"])
+
+
+@pytest.mark.redis
+def test_every_shard_output_has_the_full_schema_empty_or_not(scorer, tmp_path):
+    """An empty shard writes the score columns too, so the shards read as one data set."""
+    import pyarrow.dataset as pds
+    import pyarrow.parquet as pq
+
+    frame = pd.DataFrame(ROWS[:2]).assign(score=[7, 8])  # 2 rows, 4 shards: 2 are empty
+    outs = [tmp_path / f"part-{i}.parquet" for i in range(4)]
+    sizes = [
+        len(batch.run(scorer, frame, out, shard=(i, 4), batch_size=2, progress=False))
+        for i, out in enumerate(outs)
+    ]
+    assert sizes == [0, 1, 0, 1]
+    schemas = [pq.read_schema(p).remove_metadata() for p in outs]
+    assert all(s.equals(schemas[0]) for s in schemas)
+    scores = ["rating", *(f"adapter_{lay}" for lay in scorer.layers), "ood_score"]
+    assert schemas[0].names == [*frame.columns, *scores]
+    assert {str(schemas[0].field(c).type) for c in scores} == {"float"}
+    assert schemas[0].field("score").type == "int64"
+    whole = pds.dataset([str(p) for p in outs], format="parquet").to_table().to_pandas()
+    assert list(whole.columns) == [*frame.columns, *scores] and len(whole) == 2
+    full = batch.run(scorer, frame, tmp_path / "all.parquet", progress=False)
+    np.testing.assert_allclose(whole["rating"], full["rating"], atol=1e-6)
+    empty_csv = tmp_path / "empty.csv"
+    batch.run(scorer, frame, empty_csv, shard=(0, 4), progress=False)
+    assert pd.read_csv(empty_csv).columns.tolist() == [*frame.columns, *scores]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_an_empty_input_writes_every_column(tmp_path, capsys, monkeypatch, artifacts, suffix):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    source = tmp_path / f"empty{suffix}"
+    empty = pd.DataFrame({"user_id": pd.Series([], dtype=str), "item_id": [], "n": []})
+    empty = empty.astype({"item_id": str, "n": "int64"})
+    if suffix == ".csv":
+        empty.to_csv(source, index=False)
+    else:
+        empty.to_parquet(source, index=False)
+    out = tmp_path / "scored.parquet"
+    code = batch.main(
+        ["--model", str(artifacts.v1), "--input", str(source), "--output", str(out)]
+        + ["--no-progress"]
+    )
+    assert code == 0, capsys.readouterr().err
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(out)
+    adapters = [c for c in schema.names if c.startswith("adapter_")]
+    assert adapters and schema.names == [
+        "user_id",
+        "item_id",
+        "n",
+        "rating",
+        *adapters,
+        "ood_score",
+    ]
+    assert str(schema.field("n").type) == ("int64" if suffix == ".parquet" else "large_string")
+    assert str(schema.field("rating").type) == "float"

@@ -194,6 +194,41 @@ def test_timestamps_are_kept_as_seconds(client):
     assert [e["timestamp"] for e in logged(client.feedback_dir)] == [1700000000] * 3
 
 
+def test_timestamps_outside_the_one_definition_are_a_422_naming_the_field(client):
+    """model/timestamps.py: numbers are seconds whatever their size (never milliseconds),
+    offsets within ±18:00, times in [1970-01-01, 2262-04-11); nothing of the request is
+    logged."""
+    ok = {"user_id": "1", "item_id": "10", "rating": 4}
+    cases = {
+        "9999-12-31T23:59:59-23:59": "offset -23:59 is beyond",
+        "9999-12-31T23:59:59Z": "on or after 2262-04-11",
+        25000000000: "on or after 2262-04-11",  # not read as milliseconds (1970-10-17)
+        1700000000000: "looks like milliseconds",
+        -1: "before 1970-01-01",
+        10**400: "on or after 2262-04-11",  # JSON integers have no size limit
+        "2023-11-14T22:13:20+18:30": "beyond ±18:00",
+        "1700000000": "a number written as text",
+        "11/14/2023": "not an ISO 8601 date",
+        True: "boolean",
+    }
+    for when, reason in cases.items():
+        r = client.post("/feedback", json={"events": [ok, {**ok, "timestamp": when}]})
+        assert r.status_code == 422, (when, r.text)
+        (error,) = r.json()["detail"]
+        assert error["loc"] == ["body", "events", 1, "timestamp"], r.text
+        assert reason in error["msg"], (when, error["msg"])
+    assert logged(client.feedback_dir) == []
+    edge = [{**ok, "timestamp": t} for t in (0, 9_223_286_399, "2262-04-10T23:59:59Z")]
+    edge.append({**ok, "timestamp": "2023-11-14T22:13:20-18:00"})
+    assert client.post("/feedback", json={"events": edge}).status_code == 200
+    assert [e["timestamp"] for e in logged(client.feedback_dir)] == [
+        0,
+        9_223_286_399,
+        9_223_286_399,
+        1700000000 + 18 * 3600,
+    ]
+
+
 def test_an_unwritable_log_is_a_503_and_nothing_is_applied(artifacts, compile_cache, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

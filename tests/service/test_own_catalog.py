@@ -349,7 +349,7 @@ def test_spec_refuses_what_would_serve_differently_than_it_trained(tmp_path):
         .replace('column = "subjects"\n', "")
         .replace('in_distribution = ["fiction", "romance"]\n', "")
     )
-    with pytest.raises(SpecError, match=r"cutoff 'soon' is not a date"):
+    with pytest.raises(SpecError, match=r"cutoff: 'soon' is not an ISO 8601 date"):
         load_spec(path)
     # a list in a column declared categorical
     path.write_text(

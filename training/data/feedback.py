@@ -8,8 +8,9 @@ latest rating of an item replaces the earlier ones (the data set's and earlier e
 no pair is counted twice or lands in both training and test. Users and
 items the data set does not have get a row from the fields their latest event sent (typed as
 the spec declares them); known ones keep their catalog row. Events logged by a model of
-another data set (the event's ``dataset``) or with a rating outside the spec's scale are left
-out and counted. The partial last line a crash can leave is skipped.
+another data set (the event's ``dataset``), with a rating outside the spec's scale, or with a
+timestamp that is not valid (``model/timestamps.py``: a log of an older service could hold
+one) are left out and counted. The partial last line a crash can leave is skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from model.feedback_format import SUFFIX, read_events
+from model.timestamps import TimestampError, to_seconds
 from training.data.dataset import RatingsDataset, _sorted
 from training.data.tables import DataError, typed_entities
 from training.spec import DatasetSpec
@@ -39,13 +41,15 @@ class FeedbackSummary:
     new_users: int
     new_items: int
     replaced: int = 0
+    bad_timestamp: int = 0
 
     def __str__(self) -> str:
         return (
             f"feedback: {self.added:,} events added from {self.files} file(s) "
             f"({self.duplicates:,} duplicate ids, {self.replaced:,} earlier ratings of the same "
             f"user and item replaced, {self.other_dataset:,} of another data set, "
-            f"{self.out_of_scale:,} outside the rating scale, {self.partial_lines} partial "
+            f"{self.out_of_scale:,} outside the rating scale, {self.bad_timestamp:,} with an "
+            f"invalid timestamp, {self.partial_lines} partial "
             f"line(s) left out); {self.new_users:,} new users, {self.new_items:,} new items"
         )
 
@@ -108,7 +112,16 @@ def add_feedback(
     events, files, duplicates, partial = read_feedback_dir(directory)
     lo, hi = float(spec.rating_scale.min), float(spec.rating_scale.max)
     ours = [e for e in events if e.get("dataset") in (None, "", spec.name)]
-    in_scale = [e for e in ours if lo <= float(e["rating"]) <= hi]
+    in_scale, times = [], []
+    for e in ours:
+        if not lo <= float(e["rating"]) <= hi:
+            continue
+        try:
+            times.append(to_seconds(e["timestamp"]))
+        except TimestampError:
+            continue
+        in_scale.append(e)
+    scaled = sum(lo <= float(e["rating"]) <= hi for e in ours)
     new_users = _new_entities(spec, dataset, in_scale, "users")
     new_items = _new_entities(spec, dataset, in_scale, "items")
     ratings = pd.DataFrame(
@@ -116,7 +129,7 @@ def add_feedback(
             "user_id": pd.Series([str(e["user_id"]) for e in in_scale], dtype=object),
             "item_id": pd.Series([str(e["item_id"]) for e in in_scale], dtype=object),
             "rating": np.array([e["rating"] for e in in_scale], np.float32),
-            "timestamp": np.array([int(e["timestamp"]) for e in in_scale], np.int64),
+            "timestamp": np.array(times, np.int64),
         }
     )
     latest = ratings.sort_values("timestamp", kind="stable").drop_duplicates(
@@ -144,7 +157,8 @@ def add_feedback(
         added=len(in_scale),
         duplicates=duplicates,
         other_dataset=len(events) - len(ours),
-        out_of_scale=len(ours) - len(in_scale),
+        out_of_scale=len(ours) - scaled,
+        bad_timestamp=scaled - len(in_scale),
         partial_lines=partial,
         new_users=len(new_users),
         new_items=len(new_items),

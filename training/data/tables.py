@@ -1,95 +1,92 @@
 """A dataset spec's tables: read the files as they are, then type every column as declared.
 
-Files are read with pyarrow (Parquet, CSV, TSV, JSON lines, optionally gzip'd), with the
-id, categorical and text columns read as strings (a zip code "02139" keeps its zero). Then
-:func:`apply_spec` renames the role columns to ``user_id, item_id, rating, timestamp`` and
-checks each declared column, so a bad value fails at load time with its file, row and column,
-not deep in training.
+Files are read by ``model.table_files`` (Parquet, CSV, TSV, JSON lines, optionally
+compressed; encodings, delimiters, decimal marks and missing-value texts as the spec's table
+options and ``na_values`` say), with the id, categorical and text columns read as strings (a
+zip code "02139" keeps its zero; an id "NA" is an id). Then :func:`apply_spec` renames the
+role columns to ``user_id, item_id, rating, timestamp`` and checks each declared column, so a
+bad value fails at load time with its file, row and column, not deep in training.
 
-Missing values: categorical / text -> None (OOV slot; "unknown" in texts), numeric -> NaN
-(bucket 0), multi_categorical -> () . Rated ids that have no row in the users / items table
-get a row of missing values (cold entities with only an id).
+Missing values (a null, or a cell whose text is one of the spec's ``na_values``, default
+only the empty cell): categorical / text -> None (OOV slot; "unknown" in texts), numeric ->
+NaN (bucket 0), multi_categorical -> () . Rated ids that have no row in the users / items
+table get a row of missing values (cold entities with only an id).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from model.features import as_values
+from model.table_files import (
+    DEFAULT_NA_VALUES,
+    TableFileError,
+    TableOptions,
+    read_table_file,
+    table_format,
+)
+from model.timestamps import column_seconds
 from training.data.dataset import RatingsDataset, _sorted, _text
 from training.spec import DatasetSpec, EntitySpec, SpecError
 
-FORMATS = {
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-    ".ndjson": "jsonl",
-}
+_DECIMAL_COMMA = re.compile(r"\s*[+-]?\d*,\d+\s*")
 
 
 class DataError(ValueError):
     """A table does not fit its spec; the message names the file, row and column."""
 
 
+def spec_hint(section: str | None) -> Callable[[str, str], str]:
+    """How a message says to set a table option: under ``[section]`` of the spec."""
+    where = f"under [{section}] in the dataset spec" if section else "in the dataset spec"
+    return lambda option, value: f'set {option} = "{value}" {where}'
+
+
 def file_format(path: Path, declared: str | None = None) -> str:
-    """``parquet``, ``csv``, ``tsv`` or ``jsonl`` from ``declared`` or the file name."""
-    if declared:
-        return declared
-    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".bz2", ".zst")]
-    if suffixes and suffixes[-1] in FORMATS:
-        return FORMATS[suffixes[-1]]
-    raise DataError(
-        f"{path}: cannot tell the format from the name; expected one of "
-        f'{", ".join(sorted(FORMATS))} (optionally .gz), or set format = "csv" etc. in the spec'
-    )
-
-
-def read_file(path: Path, fmt: str | None = None, strings: Sequence[str] = ()) -> pd.DataFrame:
-    """One table file as a DataFrame.
-
-    Args:
-        path: a Parquet, CSV, TSV or JSON-lines file (gzip detected from the name).
-        fmt: the format, when the name does not tell it.
-        strings: CSV/TSV columns to read as text whatever they look like.
+    """``parquet``, ``csv``, ``tsv`` or ``jsonl`` from ``declared`` or the file name.
 
     Raises:
-        DataError: the file is missing or cannot be parsed (pyarrow's reason included).
+        DataError: the name does not tell (the message lists the suffixes).
     """
-    if not path.is_file():
-        raise DataError(f"{path} does not exist (paths in a spec are relative to the spec file)")
-    kind = file_format(path, fmt)
     try:
-        if kind == "parquet":
-            import pyarrow.parquet as pq
+        return table_format(path, declared)
+    except TableFileError as e:
+        raise DataError(str(e)) from None
 
-            table = pq.read_table(path)
-        elif kind in ("csv", "tsv"):
-            from pyarrow import csv
 
-            with pa.input_stream(path, compression="detect") as stream:
-                table = csv.read_csv(
-                    stream,
-                    parse_options=csv.ParseOptions(delimiter="\t" if kind == "tsv" else ","),
-                    convert_options=csv.ConvertOptions(
-                        column_types={c: pa.string() for c in strings}, strings_can_be_null=True
-                    ),
-                )
-        else:
-            from pyarrow import json
+def read_file(
+    path: Path,
+    options: TableOptions | None = None,
+    *,
+    ids: Collection[str] = (),
+    text: Collection[str] = (),
+    section: str | None = None,
+) -> pd.DataFrame:
+    """One table file as a DataFrame (``model.table_files.read_table_file``).
 
-            with pa.input_stream(path, compression="detect") as stream:
-                table = json.read_json(stream)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
-        raise DataError(f"{path}: could not read it as {kind}: {e}") from None
-    return table.to_pandas(types_mapper=None)
+    Args:
+        path: a Parquet, CSV, TSV or JSON-lines file (compression detected from the name).
+        options: the table's format, encoding, delimiter, decimal mark and missing-value
+            texts (:meth:`DatasetSpec.table_options`).
+        ids: id columns: text, never missing because of their spelling.
+        text: other CSV/TSV columns to read as text whatever they look like.
+        section: the spec's section of the table (``ratings``, ``users``, ``items``), for
+            messages that say which option to set.
+
+    Raises:
+        DataError: the file is missing or cannot be read; the message says what to change.
+    """
+    if not Path(path).is_file():
+        raise DataError(f"{path} does not exist (paths in a spec are relative to the spec file)")
+    try:
+        return read_table_file(Path(path), options, ids=ids, text=text, hint=spec_hint(section))
+    except TableFileError as e:
+        raise DataError(str(e)) from None
 
 
 def _require(frame: pd.DataFrame, columns: Sequence[str], where: str, what: str) -> None:
@@ -105,6 +102,17 @@ def _row(index: int) -> str:
     return f"row {index + 1}"
 
 
+def _number_hint(value: object, spec: DatasetSpec | None, section: str) -> str:
+    """What to change when a cell that should be a number is not one."""
+    if isinstance(value, str) and _DECIMAL_COMMA.fullmatch(value):
+        return f"; it looks like a decimal comma: {spec_hint(section)('decimal', ',')}"
+    na = list(spec.na_values) if spec is not None else list(DEFAULT_NA_VALUES)
+    return (
+        f"; if {value!r} means a missing value, list it in na_values at the top of the spec "
+        f"(now {na})"
+    )
+
+
 def _ids(values: pd.Series, where: str, column: str) -> pd.Series:
     out = _text(values.reset_index(drop=True))
     blank = np.flatnonzero(out.eq("").to_numpy())
@@ -116,7 +124,9 @@ def _ids(values: pd.Series, where: str, column: str) -> pd.Series:
     return out
 
 
-def _ratings(frame: pd.DataFrame, spec: DatasetSpec, where: str) -> pd.DataFrame:
+def _ratings(
+    frame: pd.DataFrame, spec: DatasetSpec, where: str, text_cells: bool = False
+) -> pd.DataFrame:
     r = spec.ratings
     roles = [r.user, r.item, r.rating] + ([r.timestamp] if r.timestamp else [])
     _require(frame, roles, where, "a role column named in [ratings]")
@@ -126,10 +136,13 @@ def _ratings(frame: pd.DataFrame, spec: DatasetSpec, where: str) -> pd.DataFrame
     bad = np.flatnonzero(rating.isna().to_numpy())
     if len(bad):
         k = int(bad[0])
-        raise DataError(
-            f"{where}: {_row(k)}, column {r.rating!r}: rating {raw.iloc[k]!r} is not a number "
-            f"({len(bad)} such row(s))"
+        value = raw.iloc[k]
+        what = (
+            "the rating is missing (an empty cell or one of na_values); drop the row"
+            if pd.isna(value)
+            else f"rating {value!r} is not a number{_number_hint(value, spec, 'ratings')}"
         )
+        raise DataError(f"{where}: {_row(k)}, column {r.rating!r}: {what} ({len(bad)} such row(s))")
     lo, hi = spec.rating_scale.min, spec.rating_scale.max
     outside = np.flatnonzero(((rating < lo) | (rating > hi)).to_numpy())
     if len(outside):
@@ -145,7 +158,7 @@ def _ratings(frame: pd.DataFrame, spec: DatasetSpec, where: str) -> pd.DataFrame
             "item_id": _ids(frame[r.item], where, r.item),
             "rating": rating.to_numpy(np.float32),
             "timestamp": (
-                _seconds(frame[r.timestamp], where, r.timestamp)
+                _seconds(frame[r.timestamp], where, r.timestamp, text_cells)
                 if r.timestamp
                 else np.zeros(len(frame), np.int64)
             ),
@@ -154,29 +167,29 @@ def _ratings(frame: pd.DataFrame, spec: DatasetSpec, where: str) -> pd.DataFrame
     return _sorted(out, ("user_id", "item_id"), ("timestamp",))
 
 
-def _seconds(values: pd.Series, where: str, column: str) -> np.ndarray:
-    """int64 seconds since the epoch from numbers (seconds) or dates (ISO 8601)."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        dates = pd.to_datetime(values, utc=True)
-    elif pd.api.types.is_numeric_dtype(values):
-        if values.isna().any():
-            k = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise DataError(f"{where}: {_row(k)}, column {column!r}: the timestamp is empty")
-        return values.to_numpy(np.int64)
-    else:
-        dates = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
-    bad = np.flatnonzero(dates.isna().to_numpy())
-    if len(bad):
-        k = int(bad[0])
+def _seconds(values: pd.Series, where: str, column: str, text_cells: bool) -> np.ndarray:
+    """int64 seconds since the epoch, each cell valid by ``model.timestamps`` (numbers are
+    seconds, strings ISO 8601, within [1970-01-01, 2262-04-11)); ``text_cells``: a CSV/TSV
+    column, where a cell of digits is a number."""
+    seconds, bad = column_seconds(values, text_numbers=text_cells)
+    if bad is not None:
         raise DataError(
-            f"{where}: {_row(k)}, column {column!r}: {values.iloc[k]!r} is not a timestamp "
-            "(expected seconds since the epoch or an ISO date such as 2024-05-01)"
+            f"{where}: {_row(bad.first)}, column {column!r}: {bad.error} ({bad.count:,} such "
+            "row(s)); fix or drop those rows, or leave ratings.timestamp out of the spec if "
+            "the column is not a time"
         )
-    epoch = pd.Timestamp(0, tz="UTC")
-    return ((dates - epoch) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+    return seconds
 
 
-def _typed_column(values: pd.Series, kind: str, sep: str | None, where: str, name: str):
+def _typed_column(
+    values: pd.Series,
+    kind: str,
+    sep: str | None,
+    where: str,
+    name: str,
+    spec: DatasetSpec | None = None,
+    section: str = "",
+):
     values = values.reset_index(drop=True)
     if kind == "numeric":
         numbers = pd.to_numeric(values, errors="coerce")
@@ -184,9 +197,11 @@ def _typed_column(values: pd.Series, kind: str, sep: str | None, where: str, nam
         bad = np.flatnonzero((numbers.isna() & given).to_numpy())
         if len(bad):
             k = int(bad[0])
+            value = values.iloc[k]
             raise DataError(
-                f"{where}: {_row(k)}, column {name!r}: {values.iloc[k]!r} is not a number (the "
-                "spec declares it numeric; declare it categorical or text if it is a label)"
+                f"{where}: {_row(k)}, column {name!r}: {value!r} is not a number (the spec "
+                "declares it numeric; declare it categorical or text if it is a label"
+                f"{_number_hint(value, spec, section)}; {len(bad)} such row(s))"
             )
         return numbers.astype(np.float64)
     if kind == "multi_categorical":
@@ -208,8 +223,10 @@ def _entity(
     id_name: str,
     rated: pd.Series,
     where: str,
+    spec: DatasetSpec | None = None,
 ) -> pd.DataFrame:
     """The typed users or items table: ``id_name`` + the declared columns."""
+    section = "users" if id_name == "user_id" else "items"
     columns = table.columns
     if frame is None:
         out = pd.DataFrame({id_name: pd.Series(sorted(set(rated)), dtype=object)})
@@ -226,7 +243,7 @@ def _entity(
             )
         out = pd.DataFrame({id_name: ids})
         for name, col in columns.items():
-            out[name] = _typed_column(frame[name], col.type, col.sep, where, name)
+            out[name] = _typed_column(frame[name], col.type, col.sep, where, name, spec, section)
         absent = sorted(set(rated) - set(ids))
         if absent:  # rated but no row: an entity with only its id
             out = pd.concat([out, pd.DataFrame({id_name: absent})], ignore_index=True)
@@ -255,7 +272,7 @@ def typed_entities(spec: DatasetSpec, entity: str, rows: list[dict], where: str)
         {key: [r[id_name] for r in rows]}
         | {name: [r.get(name) for r in rows] for name in table.columns}
     )
-    return _entity(frame, table, key, id_name, pd.Series([], dtype=object), where)
+    return _entity(frame, table, key, id_name, pd.Series([], dtype=object), where, spec)
 
 
 def apply_spec(
@@ -265,17 +282,20 @@ def apply_spec(
     items: pd.DataFrame | None = None,
     *,
     origin: dict[str, str] | None = None,
+    text_ratings: bool = False,
 ) -> RatingsDataset:
     """Typed, checked tables from raw ones (role and key columns named as in the spec).
 
     Args:
         origin: table name -> where it came from (file name), for messages.
+        text_ratings: the ratings were read from CSV/TSV, where every cell is text (a
+            timestamp cell of digits is a number of seconds).
 
     Raises:
         DataError: naming the file, row and column of the first bad value.
     """
     origin = origin or {}
-    rated = _ratings(ratings, spec, origin.get("ratings", "ratings"))
+    rated = _ratings(ratings, spec, origin.get("ratings", "ratings"), text_ratings)
     users_t = _entity(
         users,
         spec.users,
@@ -283,6 +303,7 @@ def apply_spec(
         "user_id",
         rated["user_id"],
         origin.get("users", "users"),
+        spec,
     )
     items_t = _entity(
         items,
@@ -291,6 +312,7 @@ def apply_spec(
         "item_id",
         rated["item_id"],
         origin.get("items", "items"),
+        spec,
     )
     return RatingsDataset(spec.name, rated, users_t, items_t).validate()
 
@@ -308,7 +330,7 @@ def read_spec_files(spec: DatasetSpec, data_path: Path | None = None) -> Ratings
     if path is None:
         raise SpecError(f"{spec.source or spec.name}: ratings.path: no ratings file named")
     r = spec.ratings
-    ratings = read_file(Path(path), r.format, [r.user, r.item])
+    ratings = read_file(Path(path), spec.table_options(r), ids=[r.user, r.item], section="ratings")
     frames: dict[str, pd.DataFrame | None] = {"users": None, "items": None}
     origin = {"ratings": str(path)}
     for entity in ("users", "items"):
@@ -316,9 +338,12 @@ def read_spec_files(spec: DatasetSpec, data_path: Path | None = None) -> Ratings
         file = spec.path_of(table)
         if file is None:
             continue
-        strings = [spec.key(entity)] + [
-            n for n, c in table.columns.items() if c.type in ("categorical", "text")
-        ]
-        frames[entity] = read_file(file, table.format, strings)
+        text = [n for n, c in table.columns.items() if c.type in ("categorical", "text")]
+        frames[entity] = read_file(
+            file, spec.table_options(table), ids=[spec.key(entity)], text=text, section=entity
+        )
         origin[entity] = str(file)
-    return apply_spec(spec, ratings, frames["users"], frames["items"], origin=origin)
+    text = file_format(Path(path), r.format) in ("csv", "tsv")
+    return apply_spec(
+        spec, ratings, frames["users"], frames["items"], origin=origin, text_ratings=text
+    )
