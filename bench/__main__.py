@@ -58,6 +58,8 @@ PARTS = (
     "variants",
     "rank",
     "feedback",
+    "rollout",
+    "fairness",
     "encode",
     "scaling",
     "train",
@@ -449,6 +451,33 @@ def bench_feedback(args) -> Section:
     )
 
 
+def bench_rollout(args) -> Section:
+    return bullet_section(
+        args,
+        "Safe rollout: champion and challenger judged by feedback (bench/rollout.py)",
+        "bench.rollout",
+        "Champion = a weaker LEVI (one epoch at a tenth of the learning rate), challenger = "
+        "the default model: a 50% canary with shadow and the gate on, the ID test then OOD "
+        "ratings replayed in time order (predict, then feedback). Then, at a fixed request "
+        "rate, the champion's latency alone, while the challenger loads, with shadow off and "
+        "on, after a promotion, and RSS with one vs two versions. Targets: the gate picks the "
+        "better model; shadow on / off p99 <= 1.10; the second version (shared backbone) adds "
+        "at most 15% RSS.",
+    )
+
+
+def bench_fairness(args) -> Section:
+    return bullet_section(
+        args,
+        "No request can starve: single predictions next to maximal cold rankings "
+        "(bench/fairness.py)",
+        "bench.fairness",
+        "8 clients of single predictions (closed loop), alone and while a ninth sends /rank "
+        "requests of as many new titled items as LEVI_MAX_COLD_TOKENS admits, back to back. "
+        "Target: the single predictions' p99 within 3x of their p99 alone, and no timeouts.",
+    )
+
+
 def training_timings(model: Path) -> tuple[dict[str, float], Path] | None:
     """Stage -> seconds from report.json ("timings") or report.md ("## Stage timings")."""
     candidates = [model / "report.json", model / "report.md"]
@@ -651,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
         "variants": ("Serving variants", True, lambda a: bench_variants(a, serving)),
         "rank": ("Ranking and batch scoring", True, bench_rank),
         "feedback": ("Feedback loop", True, bench_feedback),
+        "rollout": ("Safe rollout", True, bench_rollout),
+        "fairness": ("No request can starve", True, bench_fairness),
         "encode": ("Encoder", False, bench_encode),
         "scaling": ("Scaling", True, bench_scaling),
         "train": ("Training", False, bench_train),

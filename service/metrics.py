@@ -352,6 +352,9 @@ class Metrics:
         )
         for result in ("scored", "dropped", "expired", "failed"):
             self.shadow.labels(result=result)
+        for decision in ("challenger", "remove_challenger", "promote", "rollback", "reload"):
+            for trigger in ("admin", "gate"):
+                self.rollout_decisions.labels(decision=decision, trigger=trigger)
         for result in ("stored", "dropped", "redis_error"):
             self.prediction_log.labels(result=result)
         # Slow and surplus clients (service/connections.py).

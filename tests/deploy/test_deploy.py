@@ -81,6 +81,9 @@ KNOWN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     ),
     "levi_online_eval_redis_errors_total": ("counter", frozenset()),
     "levi_scheduler_dropped_pairs_total": ("counter", frozenset()),
+    "levi_open_connections": ("gauge", frozenset()),
+    "levi_connections_refused_total": ("counter", frozenset()),
+    "levi_receive_timeouts_total": ("counter", frozenset({"phase"})),
 }
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = frozenset({"job", "instance"})

@@ -137,7 +137,8 @@ def _traffic(base: str, stop: threading.Event, sent: dict[str, int]) -> None:
 
 @pytest.fixture(scope="module")
 def scraped(artifacts, compile_cache, redis_url, tmp_path_factory):
-    """A ``--workers 2`` service under traffic, scraped by a real Prometheus every 0.5 s."""
+    """A ``--workers 2`` service (a challenger in a canary with shadow) under traffic, scraped
+    by a real Prometheus every 0.5 s."""
     prometheus, promtool = _binary("prometheus"), _binary("promtool")
     work = tmp_path_factory.mktemp("prometheus")
     prefix = f"levi:prom:{uuid.uuid4().hex[:12]}"
@@ -151,6 +152,11 @@ def scraped(artifacts, compile_cache, redis_url, tmp_path_factory):
         LEVI_MAX_BATCH="4",
         LEVI_FEEDBACK_DIR=str(work / "feedback"),
         LEVI_CORRECTIONS_KEY_PREFIX=f"{prefix}:fb",
+        LEVI_ONLINE_KEY_PREFIX=f"{prefix}:online",
+        # A challenger in a canary with shadow: the Versions row's panels have data.
+        LEVI_CHALLENGER_DIR=str(artifacts.v3),
+        LEVI_CANARY="0.5",
+        LEVI_SHADOW="true",
     ) as server:
         port = free_port()
         target = server.base.removeprefix("http://")
