@@ -708,13 +708,17 @@ def load_artifact(path: str | Path, *, backbone_of: Artifact | None = None) -> A
     manifest = _read_manifest(given, root)
     _check_files(root, manifest)
     _check_platform(root, manifest)
-    shared = (
-        backbone_of if backbone_of is not None and shares_backbone(manifest, backbone_of) else None
-    )
+    exported_backbone = _deserialize(root / BACKBONE_EXPORT)
+    shared = None
+    if (
+        backbone_of is not None
+        and shares_backbone(manifest, backbone_of)
+        and same_function(exported_backbone, backbone_of.exported_backbone)
+    ):
+        shared = backbone_of
     if shared is not None:
         exported_backbone, backbone_params = shared.exported_backbone, shared.backbone_params
     else:
-        exported_backbone = _deserialize(root / BACKBONE_EXPORT)
         backbone_params = jax.device_put(_load_params(root / BACKBONE_PARAMS, exported_backbone))
     exported_head = _deserialize(root / HEAD_EXPORT)
     head_params = _load_params(root / HEAD_PARAMS, exported_head)
