@@ -235,7 +235,7 @@ class MicroBatcher:
             QueueFullError: the queue is full (pairs or tokens).
             DeadlineError: not answered within ``timeout_s``.
         """
-        if self._task is None or self._wakeup is None:
+        if self._task is None or self._wakeup is None or self._task.done():
             raise QueueFullError("the micro-batcher is not running")
         if self._pending_pairs + len(requests) > self.queue_bound:
             raise QueueFullError(
@@ -318,20 +318,30 @@ class MicroBatcher:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
-            self._drop_dead()
-            if not self._small and not self._large:
-                if self._background:
-                    await self._run_background(loop)
-                    continue
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if self._large and (not self._small or self._large_turn):
-                self._large_turn = False
-                await self._step_large(loop)
-                continue
-            self._large_turn = bool(self._large)
-            await self._run_small(loop)
+            try:
+                await self._once(loop)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not stop every later request: log, go on
+                log.exception("the micro-batcher's collector failed; it goes on")
+
+    async def _once(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One turn of the collector: a batch of small jobs, a step of a large job, a step of
+        background work, or a wait for work."""
+        self._drop_dead()
+        if not self._small and not self._large:
+            if self._background:
+                await self._run_background(loop)
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()
+            return
+        if self._large and (not self._small or self._large_turn):
+            self._large_turn = False
+            await self._step_large(loop)
+            return
+        self._large_turn = bool(self._large)
+        await self._run_small(loop)
 
     async def _run_small(self, loop: asyncio.AbstractEventLoop) -> None:
         """One batch of small jobs (after the adaptive wait for company)."""

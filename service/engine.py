@@ -36,9 +36,10 @@ from service import logs
 from service.batcher import MicroBatcher
 from service.cache import ActivationCache, LocalLRU, RedisTier
 from service.corrections import OnlineCorrections, item_vocabulary, shrinkage_of
+from service.entity_fields import describe
 from service.feedback_log import FeedbackLog
 from service.metrics import Metrics
-from service.online_eval import OnlineEvaluation, PredictionLog, decision
+from service.online_eval import OnlineEvaluation, PredictionLog, decision, look_confidence
 from service.results import ScoreBatch
 from service.scorer import ScoreInput, Scorer
 from service.settings import Settings
@@ -283,6 +284,7 @@ class Engine:
         self._initial: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
         self._gate_task: asyncio.Task | None = None
+        self._gate_looks: set[tuple[str | None, int]] = set()  # (trial, look) already taken
         # Background warm-ups (staged start) by version: stopped when the version is unloaded.
         self._background: dict[int, tuple[CompiledShapes, threading.Thread]] = {}
         self.generation = 0  # the last change of the worker group applied (several workers)
@@ -435,12 +437,14 @@ class Engine:
                     functools.partial(self._build_while_serving, Path(p), loaded), "levi-load"
                 )
             versions[p] = version
+        _check_challenger(versions[plan.champion], versions.get(plan.challenger or ""))
         return Rollout(
             champion=versions[plan.champion],
             challenger=versions[plan.challenger] if plan.challenger else None,
             previous=versions[plan.previous] if plan.previous else None,
             canary=plan.canary if plan.challenger else 0.0,
             shadow=plan.shadow and plan.challenger is not None,
+            trial=plan.trial if plan.challenger else None,
         )
 
     def _install(self, rollout: Rollout) -> set[int]:
@@ -535,6 +539,8 @@ class Engine:
             challenger=challenger,
             canary=s.canary if challenger else 0.0,
             shadow=s.shadow and challenger is not None,
+            # The same in every worker and replica started with these settings.
+            trial=_configured_trial(champion, challenger) if challenger else None,
         )
 
     async def _load_initial(self) -> None:
@@ -545,7 +551,22 @@ class Engine:
         t0 = time.perf_counter()
         try:
             plan = plan or self._configured_plan()
-            rollout = await self._load(plan, initial=True)
+            try:
+                rollout = await self._load(plan, initial=True)
+            except Exception as e:
+                if plan.paths == (plan.champion,):
+                    raise
+                # A challenger or previous version that cannot be loaded must not keep the
+                # champion from serving: serve it alone, and say why.
+                log.error(
+                    "could not load %s (%s: %s); serving the champion alone",
+                    ", ".join(p for p in plan.paths if p != plan.champion),
+                    type(e).__name__,
+                    e,
+                )
+                await self._stop_background()
+                plan = RolloutPlan(plan.champion)
+                rollout = await self._load(plan, initial=True)
         except Exception as e:  # keep serving /healthz and /readyz with the reason
             self.load_error = f"{type(e).__name__}: {e}"
             log.error(
@@ -745,17 +766,17 @@ class Engine:
 
     # -- the gate -------------------------------------------------------------------------
 
-    def comparison(self) -> dict | None:
-        """The online comparison of the challenger with the champion (blocking: Redis)."""
+    def comparison(self, confidence: float | None = None) -> dict | None:
+        """The online comparison of the challenger with the champion in their trial
+        (blocking: Redis)."""
         rollout = self.rollout
         if self.online is None or rollout is None or rollout.challenger is None:
             return None
-        pair = (rollout.champion.model_version, rollout.challenger.model_version)
         _, comparison, _ = self.online.report(
             [],
-            pair,
+            rollout.trial_pair(),
             rating=self.settings.gate_rating,
-            confidence=self.settings.gate_confidence,
+            confidence=confidence or self.settings.gate_confidence,
         )
         return comparison
 
@@ -769,13 +790,34 @@ class Engine:
         self._gate_task = asyncio.create_task(self._gate(), name="levi-gate")
 
     async def _gate(self) -> None:
+        """One look of the gate (``service.online_eval.look_confidence``): at the trial's
+        first ``LEVI_GATE_MIN_EVENTS`` joined events, then at each doubling, each look at a
+        stricter confidence so that repeated looks keep the configured one overall."""
         rollout = self.rollout
         if rollout is None or rollout.challenger is None:
             return
-        comparison = await asyncio.to_thread(self.comparison)
+        s = self.settings
+        counts = await asyncio.to_thread(self.comparison)
+        if counts is None or self.rollout is not rollout:
+            return
+        evidence = counts["n"] if counts["kind"] == "paired" else counts["challenger_events"]
+        look = look_confidence(evidence, s.gate_min_events, s.gate_confidence)
+        if look is None or (rollout.trial, look[0]) in self._gate_looks:
+            return
+        self._gate_looks.add((rollout.trial, look[0]))
+        comparison = await asyncio.to_thread(self.comparison, look[1])
         if comparison is None or self.rollout is not rollout:
             return
-        verdict = decision(comparison, self.settings.gate_min_events)
+        verdict = decision(comparison, s.gate_min_events)
+        log.info(
+            "gate look %d of trial %s at %d events (confidence %.4f): %s, interval %s",
+            look[0],
+            rollout.trial,
+            evidence,
+            look[1],
+            verdict or "no decision",
+            comparison.get("ci"),
+        )
         if verdict is None:
             return
         plan = rollout.plan()
@@ -783,11 +825,14 @@ class Engine:
             new = plan.promote() if verdict == "promote" else plan.without_challenger()
         except RolloutError:
             return
-        figures = {k: comparison.get(k) for k in ("kind", "n", "clusters", "mean_diff", "ci")}
+        figures = {
+            k: comparison.get(k) for k in ("kind", "n", "clusters", "mean_diff", "ci", "confidence")
+        }
         name = "promote" if verdict == "promote" else "remove_challenger"
         try:
             await self.change(new, decision=name, trigger="gate", figures=figures)
-        except (ReloadConflictError, ReloadError) as e:  # the next feedback looks again
+        except (ReloadConflictError, ReloadError) as e:  # the next look tries again
+            self._gate_looks.discard((rollout.trial, look[0]))
             log.warning("gate decision %s not applied: %s", name, e)
 
     async def stop(self) -> None:
@@ -802,6 +847,39 @@ class Engine:
             self.online.close()
         if self.redis is not None:
             self.redis.close()
+
+
+def _check_challenger(champion: Version, challenger: Version | None) -> None:
+    """Refuse a challenger that could not answer the champion's requests: another dataset
+    spec's fields (a canary user's request would be a 422), or the champion's own model
+    version (predictions and figures would mix).
+
+    Raises:
+        ValueError: naming what differs (the change is refused, 409).
+    """
+    if challenger is None:
+        return
+    if challenger.model_version == champion.model_version:
+        raise ValueError(
+            f"{challenger.path} has model version {challenger.model_version}, the champion's "
+            f"({champion.path}); a challenger must be another version"
+        )
+    mine, theirs = describe(champion.scorer.features), describe(challenger.scorer.features)
+    if mine != theirs:
+        raise ValueError(
+            f"{challenger.path} takes other request fields than the champion ({theirs} vs "
+            f"{mine}): requests valid for one would be refused by the other; serve it with "
+            "POST /admin/reload instead"
+        )
+
+
+def _configured_trial(champion: str, challenger: str) -> str:
+    """The trial of a challenger set in the settings: named by the two artifact directories,
+    so every worker and replica started with them counts the same trial (and a restart
+    continues it)."""
+    import hashlib
+
+    return hashlib.blake2b(f"{champion}\n{challenger}".encode(), digest_size=6).hexdigest()
 
 
 def _fingerprint_at(root: Path) -> str | None:

@@ -119,7 +119,8 @@ class PredictionLog:
         self._local: OrderedDict[str, tuple[float, dict[str, Prediction]]] = OrderedDict()
         self._queue: deque[tuple[str, list[str], list[str], list[Prediction]]] = deque()
         self._queued = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the queue (held briefly: record() runs on the loop)
+        self._store = threading.Lock()  # the in-process pairs (writer thread vs lookups)
         self._wake = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
         self._busy = False
@@ -143,21 +144,13 @@ class PredictionLog:
         n = len(batch)
         if n == 0:
             return True
+        if self._stopped or self._queued + n > self.queue_pairs:
+            self.metrics.prediction_log.labels(result="dropped").inc(n)
+            return False
+        # The arrays as they are (sliced views): made into predictions on the writer thread.
+        entry = (model_version, list(users), list(items), batch)
         with self._lock:
-            if self._stopped or self._queued + n > self.queue_pairs:
-                self.metrics.prediction_log.labels(result="dropped").inc(n)
-                return False
-            preds = [
-                Prediction(m, r, c, o > OOD_MEDIAN)
-                for m, r, c, o in zip(
-                    batch.model_rating.tolist(),
-                    batch.rating.tolist(),
-                    batch.cold_item.tolist(),
-                    batch.ood_score.tolist(),
-                    strict=True,
-                )
-            ]
-            self._queue.append((model_version, list(users), list(items), preds))
+            self._queue.append(entry)
             self._queued += n
             self._wake.notify()
         return True
@@ -181,31 +174,42 @@ class PredictionLog:
             except Exception:  # never let the writer die: predictions are best effort
                 log.exception("writing predictions for the online evaluation failed")
             with self._lock:
-                self._queued -= sum(len(w[3]) for w in work)
+                self._queued -= sum(len(w[1]) for w in work)
 
-    def _write(self, work: list[tuple[str, list[str], list[str], list[Prediction]]]) -> None:
+    def _write(self, work: list[tuple[str, list[str], list[str], ScoreBatch]]) -> None:
         now = time.monotonic()
-        rows: list[tuple[str, str, str]] = []  # (pair key, version, encoded)
-        with self._lock:
-            for version, users, items, preds in work:
-                for u, i, p in zip(users, items, preds, strict=True):
-                    key = pair_key(u, i)
+        rows: list[tuple[str, str, Prediction]] = []  # (pair key, version, prediction)
+        for version, users, items, batch in work:  # no lock: hashing is the costly part
+            preds = (
+                Prediction(m, r, c, o > OOD_MEDIAN)
+                for m, r, c, o in zip(
+                    batch.model_rating.tolist(),
+                    batch.rating.tolist(),
+                    batch.cold_item.tolist(),
+                    batch.ood_score.tolist(),
+                    strict=True,
+                )
+            )
+            for u, i, p in zip(users, items, preds, strict=True):
+                rows.append((pair_key(u, i), version, p))
+        for start in range(0, len(rows), 2048):  # short holds: lookups wait at most a chunk
+            with self._store:
+                for key, version, p in rows[start : start + 2048]:
                     entry = self._local.pop(key, None)
                     versions = entry[1] if entry is not None and now - entry[0] < self.ttl_s else {}
                     versions[version] = p
                     self._local[key] = (now, versions)
-                    rows.append((key, version, p.encode()))
-            while len(self._local) > self.max_pairs:
-                self._local.popitem(last=False)
+                while len(self._local) > self.max_pairs:
+                    self._local.popitem(last=False)
         self.metrics.prediction_log.labels(result="stored").inc(len(rows))
         if self.redis is None or not rows:
             return
 
         def write(client: redis.Redis) -> bool:
             with client.pipeline(transaction=False) as pipe:
-                for key, version, value in rows:
+                for key, version, p in rows:
                     name = self.redis_key(key)
-                    pipe.hset(name, version, value)
+                    pipe.hset(name, version, p.encode())
                     pipe.expire(name, self.ttl_s)
                 pipe.execute()
             return True
@@ -237,7 +241,7 @@ class PredictionLog:
         expired): Redis when it answers, merged with this process's own."""
         keys = [pair_key(u, i) for u, i in zip(users, items, strict=True)]
         now = time.monotonic()
-        with self._lock:
+        with self._store:
             out = []
             for k in keys:
                 entry = self._local.get(k)
@@ -323,6 +327,19 @@ def paired_increments(
             _add(out, f"se_champion:{kind}", ea * ea)
             _add(out, f"se_challenger:{kind}", eb * eb)
     return out
+
+
+def look_confidence(evidence: int, min_events: int, confidence: float) -> tuple[int, float] | None:
+    """The gate's looks: at ``min_events`` joined events, then each doubling (look ``k`` at
+    ``min_events * 2**k``), look ``k`` at confidence ``1 - (1 - confidence) / 2**(k + 1)``.
+    The error rates of the looks sum to at most ``1 - confidence`` (Bonferroni over the
+    looks), so deciding "as soon as the interval excludes 0" stays at the configured
+    confidence however long the trial runs. ``(k, confidence of look k)``, None before the
+    first look."""
+    if evidence < min_events:
+        return None
+    k = int(math.floor(math.log2(evidence / min_events)))
+    return k, 1.0 - (1.0 - confidence) / 2 ** (k + 1)
 
 
 def _t_quantile(confidence: float, dof: int) -> float:
@@ -420,7 +437,7 @@ def compare(
             mean, var = mb - ma, va + vb
             out["mean_diff"] = mean
         else:
-            mean, var = math.nan, math.nan
+            var = math.nan
     if out["mean_diff"] is not None and used >= MIN_CLUSTERS and math.isfinite(var):
         half = _t_quantile(confidence, used - 1) * math.sqrt(var)
         out["ci"] = [out["mean_diff"] - half, out["mean_diff"] + half]
@@ -429,9 +446,14 @@ def compare(
 
 def decision(comparison: dict, min_events: int) -> str | None:
     """The gate: ``"promote"`` when the challenger errs less with the comparison's confidence
-    over at least ``min_events`` joined events, ``"rollback"`` when it errs more, else None."""
+    (its interval below 0), ``"rollback"`` when it errs more, else None; only once the
+    challenger's own joined events (the paired ones when paired) reach ``min_events``."""
     ci = comparison.get("ci")
-    if ci is None or comparison.get("n", 0) < min_events:
+    if comparison.get("kind") == "paired":
+        evidence = comparison.get("n", 0)
+    else:
+        evidence = comparison.get("challenger_events", 0)
+    if ci is None or evidence < min_events:
         return None
     if ci[1] < 0:
         return "promote"
@@ -466,25 +488,30 @@ class OnlineEvaluation:
         self._local: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
 
-    def eval_key(self, version: str) -> str:
-        return f"{self.key_prefix}:eval:{{{version}}}"
+    def eval_key(self, version: str, trial: str | None = None) -> str:
+        """A version's sums: over its lifetime, or within one trial (``service/versions.py``)."""
+        if trial is None:
+            return f"{self.key_prefix}:eval:{{{version}}}"
+        return f"{self.key_prefix}:trial:{{{trial}}}:{version}"
 
-    def compare_key(self, champion: str, challenger: str) -> str:
-        return f"{self.key_prefix}:cmp:{{{champion}}}:{challenger}"
+    def compare_key(self, trial: str) -> str:
+        """The paired sums of one trial (a challenger against a champion)."""
+        return f"{self.key_prefix}:trial:{{{trial}}}:paired"
 
     def join(
         self,
         users: Sequence[str],
         items: Sequence[str],
         ratings: Sequence[float],
-        pair: tuple[str, str] | None,
+        pair: tuple[str, str, str] | None,
     ) -> dict[str, int]:
         """Join feedback events with the predictions logged for their pairs and add the
         errors (blocking: Redis round trips; run off the event loop).
 
         Args:
-            pair: ``(champion, challenger)`` model versions to compare on the pairs both
-                predicted, or None.
+            pair: ``(champion, challenger, trial)`` while a challenger is served: both
+                versions' sums are also kept for the trial, and the paired sums on the pairs
+                both predicted.
 
         Returns:
             Joined events per model version.
@@ -508,10 +535,12 @@ class OnlineEvaluation:
         for version, (preds, ys, us) in per_version.items():
             inc = error_increments(preds, ys, us)
             updates[self.eval_key(version)] = inc
+            if pair is not None and version in pair[:2]:
+                updates[self.eval_key(version, pair[2])] = inc
             self._count(version, inc)
         if pair is not None and both[0]:
             inc = paired_increments(*both)
-            updates[self.compare_key(*pair)] = inc
+            updates[self.compare_key(pair[2])] = inc
             m = self.metrics
             m.online_paired.labels(champion=pair[0], challenger=pair[1]).inc(inc["n"])
             for kind in RATINGS:
@@ -581,28 +610,32 @@ class OnlineEvaluation:
     def report(
         self,
         versions: Sequence[str],
-        pair: tuple[str, str] | None,
+        pair: tuple[str, str, str] | None,
         *,
         rating: str,
         confidence: float,
     ) -> tuple[dict[str, dict], dict | None, str]:
-        """``(per-version summaries, the comparison of pair or None, source)``."""
+        """``(per-version summaries over their lifetime, the comparison of the trial ``pair``
+        or None, source)``."""
         keys = [self.eval_key(v) for v in versions]
         if pair is not None:
-            keys += [self.eval_key(p) for p in pair if p not in versions]
-            keys.append(self.compare_key(*pair))
+            champion, challenger, trial = pair
+            keys += [self.eval_key(champion, trial), self.eval_key(challenger, trial)]
+            keys.append(self.compare_key(trial))
         sums, source = self.sums(keys)
         per_version = {v: summarize(sums[self.eval_key(v)]) for v in versions}
         comparison = None
         if pair is not None:
+            a, b = sums[self.eval_key(champion, trial)], sums[self.eval_key(challenger, trial)]
             comparison = compare(
-                sums[self.eval_key(pair[0])],
-                sums[self.eval_key(pair[1])],
-                sums[self.compare_key(*pair)],
-                rating=rating,
-                confidence=confidence,
+                a, b, sums[self.compare_key(trial)], rating=rating, confidence=confidence
             )
-            comparison.update(champion=pair[0], challenger=pair[1])
+            comparison.update(
+                champion=champion,
+                challenger=challenger,
+                trial=trial,
+                challenger_events=int(b.get("all:n", 0.0)),
+            )
         return per_version, comparison, source
 
     def close(self) -> None:

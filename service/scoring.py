@@ -131,12 +131,14 @@ def refuse_costlier_than(tokens: int, settings: Settings, field: str) -> None:
     Raises:
         HTTPException: 413 naming the field, the estimate and the setting.
     """
-    if tokens > settings.max_cold_tokens:
+    # Above the queue's own bound a request could never be admitted: a 413, not a 503.
+    limit = min(settings.max_cold_tokens, settings.queue_tokens)
+    if tokens > limit:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"{field}: about {tokens} tokens of new text to encode (entities the service has "
-            f"not seen: their fields or unknown ids); at most {settings.max_cold_tokens} per "
-            "call (LEVI_MAX_COLD_TOKENS): split the list",
+            f"not seen: their fields or unknown ids); at most {limit} per call "
+            "(LEVI_MAX_COLD_TOKENS, LEVI_QUEUE_TOKENS): split the list",
         )
 
 

@@ -17,6 +17,7 @@ The model repository is the artifacts directory: a version is ``artifacts/<model
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,9 @@ class RolloutPlan:
         canary: share of users (0-1, by a hash of the user id) answered by the challenger.
         shadow: the challenger also scores what the champion answers, and the champion what
             the challenger answers, off the request path (for the paired comparison).
+        trial: names this challenger's trial against this champion (new whenever either
+            changes): the comparison and the gate count only the feedback of their trial, so
+            an earlier trial's figures (a challenger removed, then tried again) never decide.
     """
 
     champion: str
@@ -59,6 +63,7 @@ class RolloutPlan:
     previous: str | None = None
     canary: float = 0.0
     shadow: bool = False
+    trial: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.canary <= 1.0:
@@ -84,13 +89,14 @@ class RolloutPlan:
         """``path`` as challenger with this traffic (replacing any challenger)."""
         if path == self.champion:
             raise RolloutError(f"{path} is the champion already; a challenger must differ")
-        return dataclasses.replace(self, challenger=path, canary=canary, shadow=shadow)
+        trial = self.trial if path == self.challenger and self.trial else uuid.uuid4().hex[:12]
+        return dataclasses.replace(self, challenger=path, canary=canary, shadow=shadow, trial=trial)
 
     def without_challenger(self) -> RolloutPlan:
         """The challenger retired (its traffic goes back to the champion)."""
         if self.challenger is None:
             raise RolloutError("there is no challenger to remove")
-        return dataclasses.replace(self, challenger=None, canary=0.0, shadow=False)
+        return dataclasses.replace(self, challenger=None, canary=0.0, shadow=False, trial=None)
 
     def promote(self) -> RolloutPlan:
         """The challenger becomes champion; the champion becomes ``previous``."""
@@ -115,6 +121,7 @@ class RolloutPlan:
             challenger=challenger,
             canary=self.canary if challenger else 0.0,
             shadow=self.shadow if challenger else False,
+            trial=uuid.uuid4().hex[:12] if challenger else None,  # another champion
         )
 
     def reload(self, path: str) -> RolloutPlan:
@@ -129,6 +136,7 @@ class RolloutPlan:
             challenger=challenger,
             canary=self.canary if challenger else 0.0,
             shadow=self.shadow if challenger else False,
+            trial=uuid.uuid4().hex[:12] if challenger else None,  # another champion
         )
 
 
@@ -156,6 +164,7 @@ class Rollout:
     previous: Version | None = None
     canary: float = 0.0
     shadow: bool = False
+    trial: str | None = None
 
     def plan(self) -> RolloutPlan:
         return RolloutPlan(
@@ -164,7 +173,14 @@ class Rollout:
             previous=str(self.previous.path) if self.previous else None,
             canary=self.canary,
             shadow=self.shadow,
+            trial=self.trial,
         )
+
+    def trial_pair(self) -> tuple[str, str, str] | None:
+        """``(champion version, challenger version, trial)`` while a challenger is served."""
+        if self.challenger is None:
+            return None
+        return (self.champion.model_version, self.challenger.model_version, self.trial or "")
 
     def aliases(self) -> dict[str, Version]:
         """``alias -> version`` of the aliases in use."""

@@ -146,9 +146,7 @@ async def _evaluate(engine, rollout, events: list[FeedbackEvent], fresh: np.ndar
     if engine.online is None or not fresh.any():
         return
     rows = np.flatnonzero(fresh).tolist()
-    pair = None
-    if rollout.challenger is not None:
-        pair = (rollout.champion.model_version, rollout.challenger.model_version)
+    pair = rollout.trial_pair()
     try:
         await asyncio.to_thread(
             engine.online.join,

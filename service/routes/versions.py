@@ -22,9 +22,7 @@ async def models(engine: EngineDep, settings: SettingsDep) -> ModelsResponse:
     rollout = served_rollout(engine)
     loaded = rollout.versions()
     names = [v.model_version for v, _ in loaded]
-    pair = None
-    if rollout.challenger is not None:
-        pair = (rollout.champion.model_version, rollout.challenger.model_version)
+    pair = rollout.trial_pair()
     if engine.online is not None:
         per_version, comparison, source = await asyncio.to_thread(
             engine.online.report,
@@ -59,6 +57,9 @@ async def models(engine: EngineDep, settings: SettingsDep) -> ModelsResponse:
             "confidence": settings.gate_confidence,
             "rating": settings.gate_rating,
             "verdict": verdict,
+            "looks": "at min_events joined events of the challenger (paired events with "
+            "shadow), then at each doubling; look k at confidence 1 - (1 - confidence) / "
+            "2^(k+1), so repeated looks keep the configured confidence overall",
         },
         source=source,
     )

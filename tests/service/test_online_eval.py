@@ -19,6 +19,7 @@ from service.online_eval import (
     PredictionLog,
     compare,
     decision,
+    look_confidence,
     ratio_variance,
 )
 from service.results import ScoreBatch
@@ -81,7 +82,7 @@ def _replay(online, rng, n_users=400, n_items=50, n=3000):
             [users[j] for j in chunk],
             [items[j] for j in chunk],
             [float(truth[j]) for j in chunk],
-            ("A", "B"),
+            ("A", "B", "trial-1"),
         )
     return users, items, truth, ref, np.array(rows), cold, ood
 
@@ -91,7 +92,9 @@ def test_join_equals_a_numpy_reference_and_the_interval_is_cluster_robust():
     online = _evaluation(Metrics())
     users, _, truth, ref, rows, cold, ood = _replay(online, rng)
     y = truth[rows]
-    per, comparison, source = online.report(["A", "B"], ("A", "B"), rating="model", confidence=0.95)
+    per, comparison, source = online.report(
+        ["A", "B"], ("A", "B", "trial-1"), rating="model", confidence=0.95
+    )
     assert source == "process"
     for name in ("A", "B"):
         model, served = ref[name][0][rows], ref[name][1][rows]
@@ -126,6 +129,18 @@ def test_join_equals_a_numpy_reference_and_the_interval_is_cluster_robust():
     assert comparison["ci"][1] < 0
     assert decision(comparison, min_events=len(rows)) == "promote"
     assert decision(comparison, min_events=len(rows) + 1) is None
+    # Another trial of the same two versions starts from nothing.
+    _, fresh, _ = online.report(["A"], ("A", "B", "trial-2"), rating="model", confidence=0.95)
+    assert fresh["kind"] == "none" and fresh["n"] == 0 and fresh["ci"] is None
+
+
+def test_repeated_looks_spend_the_error_rate():
+    assert look_confidence(99, 100, 0.95) is None
+    assert look_confidence(100, 100, 0.95) == (0, pytest.approx(0.975))
+    assert look_confidence(399, 100, 0.95) == (1, pytest.approx(0.9875))
+    assert look_confidence(400, 100, 0.95)[0] == 2
+    # The looks' error rates sum to at most 1 - confidence, however many there are.
+    assert sum(1 - look_confidence(100 * 2**k, 100, 0.95)[1] for k in range(40)) <= 0.05
 
 
 def test_unpaired_comparison_without_shadow_and_no_interval_with_few_clusters():

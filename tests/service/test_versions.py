@@ -4,6 +4,7 @@ rollback, a refused challenger, a shared backbone, and the automatic gate."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
@@ -279,3 +280,24 @@ def test_shadow_work_waits_for_requests_and_is_dropped_when_the_queue_is_full():
     assert all(len(a) == 1 for a in answers) and len(done) == 1 and len(done[0]) == 3
     # The shadow job, queued before the 8 requests, ran after them.
     assert order == [("request", 1), ("request", 4), ("request", 4), ("shadow", 3)], order
+
+
+def test_a_challenger_that_cannot_serve_leaves_the_champion_serving(
+    artifacts, compile_cache, tmp_path
+):
+    """At start, a challenger that cannot be loaded does not keep the champion from serving;
+    at run time a copy of the champion (its own model version) is refused as challenger."""
+    broken = tmp_path / "broken"
+    shutil.copytree(artifacts.v3, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with loaded_client(
+        artifacts.v1, compile_cache, admin_token=ADMIN_TOKEN, challenger_dir=broken, canary=0.5
+    ) as c:
+        assert _versions(c) == {"champion": "tiny-v1"}
+        assert c.post("/predict-rating", json={"user_id": "1", "item_id": "10"}).status_code == 200
+        copy = tmp_path / "copy-of-v1"
+        shutil.copytree(artifacts.v1, copy)
+        r = c.put("/admin/challenger", json={"path": str(copy), "canary": 0.5}, headers=ADMIN)
+        assert r.status_code == 409 and "a challenger must be another version" in r.json()["detail"]
+        assert _versions(c) == {"champion": "tiny-v1"}
