@@ -135,7 +135,13 @@ def cost(champion: Path, challenger: Path, rate: float, seconds: float) -> list[
     lines = []
     env = {"LEVI_ADMIN_TOKEN": ADMIN_TOKEN, "LEVI_WARMUP": "all", "LEVI_FEEDBACK_DIR": ""}
     with serving(champion, 900, **env) as (base, proc, _):
-        load(base, rate, 3, pairs)  # every pair's projections cached
+        with httpx.Client(timeout=120) as c:  # every pair's projections cached
+            for start in range(0, len(pairs), 100):
+                r = c.post(
+                    f"{base}/predict-rating/batch", json={"requests": pairs[start : start + 100]}
+                )
+                assert r.status_code == 200, r.text[:300]
+        load(base, rate, 2, pairs)
         alone = load(base, rate, seconds, pairs)
         rss_one = rss_mib(proc.pid)
         answer: dict = {}
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="events replayed (default: all)")
     p.add_argument("--min-events", type=int, default=300, help="LEVI_GATE_MIN_EVENTS")
     p.add_argument("--rate", type=float, default=150.0, help="requests/s of the cost phases")
-    p.add_argument("--seconds", type=float, default=8.0, help="seconds per cost phase")
+    p.add_argument("--seconds", type=float, default=12.0, help="seconds per cost phase")
     args = p.parse_args(argv)
     challenger = Path(args.model).resolve()
     champion = (args.weak or weak_model(ROOT / "artifacts-bench" / "weak")).resolve()

@@ -25,9 +25,10 @@ it will have to encode (cold entities), and the queue refuses (503) beyond ``que
 pairs or ``queue_tokens`` tokens pending, so a burst of cold requests cannot queue more
 encoding than the deadlines allow.
 
-**Background work** (shadow scoring: nobody waits for it) runs only while no request waits,
-in the same bounded steps, and is dropped when its own queue is full or it was not started
-in time.
+**Background work** (shadow scoring: nobody waits for it) runs on its own thread of lower
+CPU priority, next to the scorer thread and never in its queue, so no request waits behind
+it; it starts only while no request waits, in full batches, large jobs in the same bounded
+steps, and is dropped when its own queue is full or it was not started in time.
 
 The wait for more pairs is adaptive: it happens only when the recent arrival rate expects at
 least one more pair within ``max_delay`` (:class:`ArrivalRate`). A lone client (one request
@@ -44,6 +45,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -56,6 +59,17 @@ from service.results import ScoreBatch
 from service.scorer import ScoreInput
 
 log = logging.getLogger(__name__)
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Give the calling thread a lower CPU priority (Linux: threads have their own nice
+    value), so the work it does leaves the CPU to serving. No-op where unsupported."""
+    if niceness <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError) as e:
+        log.debug("could not lower a thread's priority: %s", e)
 
 
 class QueueFullError(RuntimeError):
@@ -140,6 +154,9 @@ class MicroBatcher:
         queue_tokens: most pending tokens of text to encode (None: unbounded).
         slice_pairs: pairs per scoring step of a large job.
         background_bound: most pairs of background work waiting.
+        background_delay_s: background work waits for a full batch (``max_batch`` pairs) at
+            most this long.
+        background_niceness: the nice value of the background thread (Linux).
     """
 
     def __init__(
@@ -154,6 +171,8 @@ class MicroBatcher:
         prepare: Callable[[Any, Sequence[ScoreInput], Any], tuple[bool, Any]] | None = None,
         queue_tokens: int | None = None,
         slice_pairs: int = 1024,
+        background_delay_s: float = 0.25,
+        background_niceness: int = 10,
     ):
         self.score = score
         self.prepare = prepare
@@ -164,6 +183,7 @@ class MicroBatcher:
         self.queue_tokens = queue_tokens
         self.slice_pairs = max(slice_pairs, max_batch)
         self.background_bound = background_bound
+        self.background_delay_s = background_delay_s
         self._small: deque[_Pending] = deque()
         self._large: deque[_Pending] = deque()
         self._small_pairs = 0
@@ -176,6 +196,14 @@ class MicroBatcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levi-scorer")
+        self._background_executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="levi-shadow",
+            initializer=lower_thread_priority,
+            initargs=(background_niceness,),
+        )
+        self._background_task: asyncio.Task | None = None
+        self._background_wakeup: asyncio.Event | None = None
         self.arrivals = ArrivalRate()
 
     @property
@@ -190,13 +218,16 @@ class MicroBatcher:
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
+        self._background_wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="levi-micro-batcher")
+        self._background_task = asyncio.create_task(self._background_loop(), name="levi-background")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._background_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for queue in (self._small, self._large):
             while queue:
                 p = queue.popleft()
@@ -206,6 +237,7 @@ class MicroBatcher:
         self._background.clear()
         self._background_pairs = 0
         self._executor.shutdown(wait=True)
+        self._background_executor.shutdown(wait=True)
 
     async def run_between_batches(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` on the scorer thread once the batch in flight (if any) has finished."""
@@ -282,13 +314,13 @@ class MicroBatcher:
         Returns:
             False (nothing queued) when the background queue holds ``background_bound`` pairs.
         """
-        if self._task is None or self._wakeup is None:
+        if self._background_task is None or self._background_wakeup is None:
             return False
         if self._background_pairs + len(requests) > self.background_bound:
             return False
         self._background.append(self._job(requests, None, timeout_s, target, on_done))
         self._background_pairs += len(requests)
-        self._wakeup.set()
+        self._background_wakeup.set()
         return True
 
     # -- the collector --------------------------------------------------------------------
@@ -330,9 +362,6 @@ class MicroBatcher:
         background work, or a wait for work."""
         self._drop_dead()
         if not self._small and not self._large:
-            if self._background:
-                await self._run_background(loop)
-                return
             self._wakeup.clear()
             await self._wakeup.wait()
             return
@@ -393,9 +422,10 @@ class MicroBatcher:
     async def _step(self, job: _Pending, loop, *, background: bool) -> ScoreBatch | None:
         """One step of a large job: a prepare step, or the next slice. Its answer when this
         step finished it, else None."""
+        executor = self._background_executor if background else self._executor
         if not job.prepared:
             job.prepared, job.state = await loop.run_in_executor(
-                self._executor, self.prepare, job.target, job.requests, job.state
+                executor, self.prepare, job.target, job.requests, job.state
             )
             return None
         if job.done == 0 and job.future is not None:
@@ -403,7 +433,7 @@ class MicroBatcher:
         start, stop = job.done, min(len(job.requests), job.done + self.slice_pairs)
         self.metrics.batch_size.observe(stop - start)
         part = await loop.run_in_executor(
-            self._executor, self.score, job.target, job.requests[start:stop], background
+            executor, self.score, job.target, job.requests[start:stop], background
         )
         job.parts.append(part)
         job.done = stop
@@ -435,13 +465,72 @@ class MicroBatcher:
             self._large.remove(job)
             self._forget(job)
 
+    async def _background_loop(self) -> None:
+        """Background work, on its own thread of lower CPU priority: it runs next to the
+        scorer thread, never in its queue, so no request waits behind a shadow call; it
+        starts only while no request waits (the scorer has the CPU first), in full batches
+        (``max_batch`` pairs, or what the oldest job has waited ``background_delay_s`` for)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if not self._background:
+                    self._background_wakeup.clear()
+                    await self._background_wakeup.wait()
+                    continue
+                ready_at = self._background[0].enqueued + self.background_delay_s
+                busy = self._small or self._large
+                if busy or (
+                    self._background_pairs < self.max_batch and time.perf_counter() < ready_at
+                ):
+                    await asyncio.sleep(0.002 if busy else max(0.0, ready_at - time.perf_counter()))
+                    continue
+                await self._run_background(loop)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background scoring failed; it goes on")
+
     async def _run_background(self, loop: asyncio.AbstractEventLoop) -> None:
-        """One step of the oldest background job (nothing else waits)."""
+        """One step of background work (nothing else waits): the small jobs at the head of
+        the queue, of one target, together in one call (each call is time a request arriving
+        meanwhile waits: fewer, fuller calls); or one step of a large job."""
         p = self._background[0]
         if p.done == 0 and not p.parts and time.perf_counter() > p.deadline:
             self._background.popleft()
             self._background_pairs -= len(p.requests)
             p.on_done(None)
+            return
+        if len(p.requests) <= self.max_batch:
+            batch, pairs = [], 0
+            while self._background:
+                q = self._background[0]
+                if len(q.requests) > self.max_batch or q.target is not p.target:
+                    break
+                if pairs + len(q.requests) > self.max_batch:
+                    break
+                self._background.popleft()
+                self._background_pairs -= len(q.requests)
+                if time.perf_counter() > q.deadline:
+                    q.on_done(None)
+                    continue
+                batch.append(q)
+                pairs += len(q.requests)
+            if not batch:
+                return
+            flat = [r for q in batch for r in q.requests]
+            try:
+                results = await loop.run_in_executor(
+                    self._background_executor, self.score, p.target, flat, True
+                )
+            except Exception:
+                log.exception("background scoring of %d pairs failed", len(flat))
+                for q in batch:
+                    q.on_done(None)
+                return
+            start = 0
+            for q in batch:
+                q.on_done(results.slice(start, start + len(q.requests)))
+                start += len(q.requests)
             return
         try:
             result = await self._step(p, loop, background=True)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from service import logs
-from service.batcher import MicroBatcher
+from service.batcher import MicroBatcher, lower_thread_priority
 from service.cache import ActivationCache, LocalLRU, RedisTier
 from service.corrections import OnlineCorrections, item_vocabulary, shrinkage_of
 from service.entity_fields import describe
@@ -64,18 +64,6 @@ class ReloadConflictError(RuntimeError):
 
 class ReloadError(RuntimeError):
     """The new artifact could not be loaded or warmed; the old model keeps serving (409)."""
-
-
-def lower_thread_priority(niceness: int) -> None:
-    """Give the calling thread a lower CPU priority (Linux: threads have their own nice
-    value), so a version compiling next to the one serving leaves it the CPU. No-op where
-    unsupported."""
-    if niceness <= 0:
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (AttributeError, OSError) as e:
-        log.debug("could not lower the loading thread's priority: %s", e)
 
 
 async def on_own_thread(fn: Callable[[], T], name: str) -> T:
@@ -224,6 +212,13 @@ def freeze_long_lived() -> None:
     gc.freeze()
 
 
+def freeze_new() -> None:
+    """:func:`freeze_long_lived` without the full collection, when nothing was unloaded: only
+    what was added since is frozen (a full collection pauses every request for the whole
+    heap's scan: profiled at about 100 ms with two versions loaded)."""
+    gc.freeze()
+
+
 class Engine:
     """Owns the served versions and everything that scores with them.
 
@@ -279,6 +274,7 @@ class Engine:
             prepare=self.prepare,
             queue_tokens=settings.queue_tokens,
             slice_pairs=settings.slice_pairs,
+            background_niceness=settings.load_niceness,
         )
         self._change_lock = asyncio.Lock()
         self._initial: asyncio.Task | None = None
@@ -470,10 +466,10 @@ class Engine:
             )
         return kept
 
-    async def _freeze(self) -> None:
+    async def _freeze(self, collect: bool = True) -> None:
         # On the scorer thread, after the batch in flight: that batch may still hold the
         # previous model, which must be unreferenced before it is collected.
-        await self.batcher.run_between_batches(freeze_long_lived)
+        await self.batcher.run_between_batches(freeze_long_lived if collect else freeze_new)
 
     # -- scoring --------------------------------------------------------------------------
 
@@ -667,9 +663,12 @@ class Engine:
             if generation is not None and self.group is not None:
                 self.generation = generation
                 self.group.record_serving(plan.to_json(), generation)
+            unloaded = before is not None and any(
+                id(v) not in {id(x) for x, _ in rollout.versions()} for v, _ in before.versions()
+            )
             kept = self._install(rollout)
             await self._stop_background(keep=kept)
-            await self._freeze()
+            await self._freeze(collect=unloaded)
             self.metrics.model_reloads.labels(result="success").inc()
             seconds = time.perf_counter() - t0
             log.info(

@@ -21,6 +21,7 @@ arrays to length buckets, so after :meth:`Scorer.warm_up` nothing compiles while
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,6 +181,9 @@ class Scorer:
                 s: np.array([v for v, x in enumerate(sides) if x == s]) for s in SIDES
             }
         self.warmed: tuple[tuple[int, int], ...] = ()
+        # One call at a time: the scorer thread and the shadow thread (service/batcher.py)
+        # may both score with this version (shadow of a canary answer).
+        self._lock = threading.Lock()
         self.rating_range = (float(self.head_config.rating_min), float(self.head_config.rating_max))
         # Online corrections added to answers (set by service.engine.build_scorer).
         self.corrections: OnlineCorrections | None = None
@@ -476,6 +480,10 @@ class Scorer:
             ``(done, state)``: done once nothing is left to encode (the job is then scored
             from cached projections, in slices).
         """
+        with self._lock:
+            return self._prepare(inputs, budget_tokens, state)
+
+    def _prepare(self, inputs, budget_tokens: int, state: dict | None) -> tuple[bool, dict]:
         if state is None:
             state = {"left": self._uncached(inputs)}
         left: list = state["left"]
@@ -545,7 +553,8 @@ class Scorer:
         if not inputs:
             raise ValueError("score() needs at least one pair")
         score = self._score_decomposed if self.decomposed else self._score_whole
-        batch = score(inputs, observe)
+        with self._lock:  # the scorer thread and the shadow thread may share a version
+            batch = score(inputs, observe)
         if self.corrections is None:
             return batch
         users = [r.user_id for r in inputs]

@@ -139,11 +139,11 @@ class Settings(BaseSettings):
     )
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline (504 after)")
     step_tokens: int = Field(
-        160,
+        96,
         ge=1,
         description="tokens of new text a large request encodes per scheduling step (at least "
-        "one entity): a small request waits behind at most one such step, about 10-15 ms "
-        "with MiniLM on 2 cores (service/batcher.py)",
+        "one entity): a small request waits behind at most one such step, about 10-20 ms with "
+        "MiniLM on 2 cores (service/batcher.py; measured in docs/BENCHMARKS.md)",
     )
     slice_pairs: int = Field(
         1024,
@@ -152,17 +152,19 @@ class Settings(BaseSettings):
         "are projected",
     )
     max_cold_tokens: int = Field(
-        40_000,
+        16_000,
         ge=1,
         description="most tokens of new text (entities not cached: request fields, unknown "
-        "ids) one request may bring; beyond: 413 (about 25-40 new item titles per 1,000 tokens "
-        "on MovieLens)",
+        "ids; 16 per entity plus one per 3 characters of its fields) one request may bring; "
+        "beyond: 413. 16,000 is about 750 new MovieLens titles, encoded in about 4.5 s while "
+        "small requests saturate the scorer (2 cores, MiniLM): two such at once stay within "
+        "the 10 s deadline",
     )
     queue_tokens: int = Field(
-        120_000,
+        32_000,
         ge=1,
-        description="most tokens of new text pending encoding over all queued requests; "
-        "beyond: 503 with Retry-After",
+        description="most tokens of new text pending over all queued requests (two maximal "
+        "ones); beyond: 503 with Retry-After, instead of admitting work that would time out",
     )
     max_batch_request: int = Field(1000, ge=1, description="most entries in one batch request")
     max_rank_candidates: int = Field(
