@@ -48,14 +48,15 @@ serve: model
 	$(PY) -m service --host $(HOST) --port $(PORT) --model $(ARTIFACTS)/latest
 
 # Hand the newest trained model (artifacts/latest) to the running service as challenger:
-# CANARY share of users (0-1), SHADOW scoring of the champion's answers; needs LEVI_ADMIN_TOKEN.
+# CANARY share of users (a JSON number 0-1, e.g. 0.1), SHADOW scoring of the champion's answers
+# (true/false; 1/yes count as true); needs LEVI_ADMIN_TOKEN. A refusal prints the service's reason.
 CANARY ?= 0.1
 SHADOW ?= true
 challenger:
 	@test -n "$$LEVI_ADMIN_TOKEN" || { echo "set LEVI_ADMIN_TOKEN (the service's admin token)"; exit 2; }
-	curl -fsS -X PUT http://$(HOST):$(PORT)/admin/challenger \
+	curl -sS --fail-with-body -X PUT http://$(HOST):$(PORT)/admin/challenger \
 	  -H "Authorization: Bearer $$LEVI_ADMIN_TOKEN" -H 'content-type: application/json' \
-	  -d '{"path": "$(abspath $(ARTIFACTS))/latest", "canary": $(CANARY), "shadow": $(SHADOW)}'
+	  -d '{"path": "$(abspath $(ARTIFACTS))/latest", "canary": $(CANARY), "shadow": $(if $(filter 1 true yes,$(SHADOW)),true,false)}'
 	@echo
 
 # ID then genre-shift traffic against the default model; plots the drift metrics it scrapes.

@@ -112,6 +112,8 @@ def refuse_larger_than(count: int, settings: Settings, setting: str, field: str)
     """
     limit = min(getattr(settings, setting), settings.queue_bound)
     setting = f"LEVI_{setting.upper()}"
+    if settings.queue_bound < getattr(settings, f"{setting[5:].lower()}"):
+        setting = "LEVI_QUEUE_BOUND"
     if count > limit:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,
