@@ -37,6 +37,7 @@ from bench.rank import ROOT, serving
 ADMIN_TOKEN = "bench-rollout-" + "Zq8xT4kLw2"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 TARGETS = {"shadow_p99_ratio": 1.10, "rss_ratio": 1.15}
+ROUNDS = 3  # shadow off / on alternations of the cost phase
 
 
 def weak_model(out_root: Path) -> Path:
@@ -162,14 +163,20 @@ def cost(champion: Path, challenger: Path, rate: float, seconds: float) -> list[
         assert answer["status"] == 200, answer
         during_lat = np.concatenate(during)
         rss_two = rss_mib(proc.pid)
-        off = load(base, rate, seconds, pairs)
-        body = {"path": str(challenger), "canary": 0.0, "shadow": True}
-        r = httpx.put(f"{base}/admin/challenger", json=body, headers=ADMIN, timeout=600)
-        assert r.status_code == 200, r.text
-        before = shadow_counts(base)
-        on = load(base, rate, seconds, pairs)
-        after = shadow_counts(base)
-        shadowed = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        # Shadow off and on, alternated in rounds (pooled per condition), so that drift of a
+        # shared machine falls on both alike.
+        offs, ons, shadowed = [], [], {}
+        for _ in range(ROUNDS):
+            for shadow, into in ((False, offs), (True, ons)):
+                body = {"path": str(challenger), "canary": 0.0, "shadow": shadow}
+                r = httpx.put(f"{base}/admin/challenger", json=body, headers=ADMIN, timeout=600)
+                assert r.status_code == 200, r.text
+                before = shadow_counts(base)
+                into.append(load(base, rate, seconds / ROUNDS, pairs))
+                after = shadow_counts(base)
+                for k in after:
+                    shadowed[k] = shadowed.get(k, 0) + after[k] - before.get(k, 0)
+        off, on = np.concatenate(offs), np.concatenate(ons)
         r = httpx.post(f"{base}/admin/promote", headers=ADMIN, timeout=600)
         assert r.status_code == 200, r.text
         promoted = load(base, rate, seconds, pairs)
@@ -183,7 +190,7 @@ def cost(champion: Path, challenger: Path, rate: float, seconds: float) -> list[
         f"champion alone: {fmt(alone)}",
         f"while the challenger loads ({load_s:.1f} s, at lower CPU priority, backbone shared): "
         f"{fmt(during_lat)}",
-        f"challenger loaded, shadow off: {fmt(off)}",
+        f"challenger loaded, shadow off ({ROUNDS} rounds alternated with shadow on): {fmt(off)}",
         f"challenger loaded, shadow on: {fmt(on)}; shadow pairs scored "
         f"{shadowed.get('scored', 0):.0f}, dropped {shadowed.get('dropped', 0):.0f}, expired "
         f"{shadowed.get('expired', 0):.0f}",

@@ -25,10 +25,10 @@ it will have to encode (cold entities), and the queue refuses (503) beyond ``que
 pairs or ``queue_tokens`` tokens pending, so a burst of cold requests cannot queue more
 encoding than the deadlines allow.
 
-**Background work** (shadow scoring: nobody waits for it) runs on its own thread of lower
-CPU priority, next to the scorer thread and never in its queue, so no request waits behind
-it; it starts only while no request waits, in full batches, large jobs in the same bounded
-steps, and is dropped when its own queue is full or it was not started in time.
+**Background work** (shadow scoring: nobody waits for it) runs on its own thread, next to
+the scorer thread and never in its queue, so no request waits behind it; it starts only
+while no request waits, in full batches, large jobs in the same bounded steps, and is dropped
+when its own queue is full or it was not started in time.
 
 The wait for more pairs is adaptive: it happens only when the recent arrival rate expects at
 least one more pair within ``max_delay`` (:class:`ArrivalRate`). A lone client (one request
@@ -156,7 +156,10 @@ class MicroBatcher:
         background_bound: most pairs of background work waiting.
         background_delay_s: background work waits for a full batch (``max_batch`` pairs) at
             most this long.
-        background_niceness: the nice value of the background thread (Linux).
+        background_niceness: the nice value of the background thread (Linux). 0 by default:
+            a thread that runs Python holds the GIL, and a lowered priority can leave it
+            descheduled while holding it, stalling every other thread (measured: p99 884 ms
+            with nice 10 on a busy machine, docs/PROFILING.md).
     """
 
     def __init__(
@@ -172,7 +175,7 @@ class MicroBatcher:
         queue_tokens: int | None = None,
         slice_pairs: int = 1024,
         background_delay_s: float = 0.25,
-        background_niceness: int = 10,
+        background_niceness: int = 0,
     ):
         self.score = score
         self.prepare = prepare
@@ -466,8 +469,8 @@ class MicroBatcher:
             self._forget(job)
 
     async def _background_loop(self) -> None:
-        """Background work, on its own thread of lower CPU priority: it runs next to the
-        scorer thread, never in its queue, so no request waits behind a shadow call; it
+        """Background work, on its own thread: it runs next to the scorer thread, never in
+        its queue, so no request waits behind a shadow call; it
         starts only while no request waits (the scorer has the CPU first), in full batches
         (``max_batch`` pairs, or what the oldest job has waited ``background_delay_s`` for)."""
         loop = asyncio.get_running_loop()

@@ -153,6 +153,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         policy = self.policy
         if policy is not None:
             policy.admitted.discard(self)
+            if policy.metrics is not None:
+                policy.metrics.open_connections.set(len(policy.admitted))
         super().handle_websocket_upgrade()
 
     # -- the receive deadline -------------------------------------------------------------
@@ -171,6 +173,24 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        policy = self.policy
+        if (
+            policy is None
+            or self._deadline is not None
+            or self._receiving
+            or self.transport is None
+            or self.transport.is_closing()
+            or getattr(self, "timeout_keep_alive_task", None) is not None
+            or (self.cycle is not None and not self.cycle.response_complete)
+        ):
+            return
+        # Bytes that began no request (blank lines between requests, which the parser skips)
+        # cancelled uvicorn's keep-alive timer: watch the idle connection again, or it would
+        # stay open for ever and hold a slot of the connection bound.
+        self._arm(self._budget(policy))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -274,7 +274,6 @@ class Engine:
             prepare=self.prepare,
             queue_tokens=settings.queue_tokens,
             slice_pairs=settings.slice_pairs,
-            background_niceness=settings.load_niceness,
         )
         self._change_lock = asyncio.Lock()
         self._initial: asyncio.Task | None = None

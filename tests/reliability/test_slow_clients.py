@@ -206,3 +206,34 @@ def test_connections_beyond_the_bound_get_503_with_retry_after_and_probes_still_
             break
         time.sleep(0.1)
     assert status == 200
+
+
+def test_blank_lines_after_an_answer_do_not_keep_a_connection_open(guarded_server):
+    """A client that gets its answer, then sends only a blank line (which cancels the
+    keep-alive timer and begins no request), is still closed at the receive deadline."""
+
+    async def run() -> tuple[float, bytes]:
+        reader, writer = await asyncio.open_connection(*_address(guarded_server.base))
+        writer.write(REQUEST)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+        )
+        await reader.readexactly(length)
+        answered = time.monotonic()
+        writer.write(b"\r\n")
+        await writer.drain()
+        try:
+            await asyncio.wait_for(reader.read(-1), DEADLINE_S + 30)  # until closed
+        finally:
+            writer.close()
+        return time.monotonic() - answered, head
+
+    seconds, head = asyncio.run(run())
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert seconds <= DEADLINE_S + SLACK_S, seconds

@@ -338,7 +338,13 @@ def read_spec_files(spec: DatasetSpec, data_path: Path | None = None) -> Ratings
         file = spec.path_of(table)
         if file is None:
             continue
-        text = [n for n, c in table.columns.items() if c.type in ("categorical", "text")]
+        # Read as written: codes keep their leading zeros, a multi-valued cell "1,2" is not
+        # a decimal number (decimal = ","), whatever the other rows hold.
+        text = [
+            n
+            for n, c in table.columns.items()
+            if c.type in ("categorical", "text", "multi_categorical")
+        ]
         frames[entity] = read_file(
             file, spec.table_options(table), ids=[spec.key(entity)], text=text, section=entity
         )
