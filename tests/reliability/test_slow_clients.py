@@ -214,7 +214,8 @@ def test_blank_lines_after_an_answer_do_not_keep_a_connection_open(guarded_serve
 
     async def run() -> tuple[float, bytes]:
         reader, writer = await asyncio.open_connection(*_address(guarded_server.base))
-        writer.write(REQUEST)
+        whole = HEAD + f"Content-Length: {len(BODY)}\r\n\r\n".encode() + BODY
+        writer.write(whole)
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
         length = int(
