@@ -277,9 +277,12 @@ class MicroBatcher:
                 f"{self._pending_pairs} predictions are queued and this request adds "
                 f"{len(requests)}; the bound is {self.queue_bound}"
             )
+        # A request alone is admitted whenever no text waits for encoding (however much it
+        # brings: it could never be admitted otherwise); behind others, within the bound.
         if (
             self.queue_tokens is not None
             and cold_tokens
+            and self._pending_tokens > 0
             and self._pending_tokens + cold_tokens > self.queue_tokens
         ):
             raise QueueFullError(

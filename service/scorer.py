@@ -451,20 +451,34 @@ class Scorer:
         titles; the tokenizer itself is not run: this is for admission and step sizes)."""
         return TEMPLATE_TOKENS + sum(len(str(v)) for _, v in key[1]) // 3
 
-    def estimate_cold_tokens(self, inputs: Sequence[ScoreInput]) -> int:
-        """About how many tokens of text scoring ``inputs`` will encode: the distinct
-        entities whose projections are not cached (an upper bound: their activations may be
-        cached). Cheap (no rendering, no tokenizing), for admission."""
+    def estimate_cold_tokens(self, inputs: Sequence[ScoreInput]) -> tuple[int, int]:
+        """About how many tokens of text scoring ``inputs`` will encode (an upper bound:
+        activations may be cached), cheaply (no rendering, no tokenizing), for admission.
+
+        Returns:
+            ``(new, uncached)``: ``new`` counts the entities the model's tables do not hold
+            as the request gives them (request fields, unknown ids), what a client controls
+            and a per-call limit applies to; ``uncached`` every distinct entity whose
+            projections are not cached (known ones too, e.g. right after a start), what the
+            queue's bound counts.
+        """
         if not self.decomposed:  # pair views: one text per distinct pair, nothing projected
             pairs = dict.fromkeys(zip(_keys("user", inputs), _keys("item", inputs), strict=True))
-            return sum(self._key_tokens(u) + self._key_tokens(i) for u, i in pairs)
-        total = 0
+            total = sum(self._key_tokens(u) + self._key_tokens(i) for u, i in pairs)
+            return total, total
+        new = uncached = 0
         for side in SIDES:
             cache = self.projections[side]
-            for key in dict.fromkeys(_keys(side, inputs)):
-                if not cache.contains(key):
-                    total += self._key_tokens(key)
-        return total
+            keys = [k for k in dict.fromkeys(_keys(side, inputs)) if not cache.contains(k)]
+            if not keys:
+                continue
+            known = self.tables[side].rows([k[0] for k in keys]) >= 0
+            for key, in_table in zip(keys, known.tolist(), strict=True):
+                tokens = self._key_tokens(key)
+                uncached += tokens
+                if key[1] or not in_table:
+                    new += tokens
+        return new, uncached
 
     def prepare(
         self, inputs: Sequence[ScoreInput], budget_tokens: int, state: dict | None = None

@@ -153,11 +153,11 @@ async def score(
 ) -> ScoreBatch:
     """Score ``inputs`` with ``version`` through the micro-batcher (admitted by pairs and by
     the new text they bring), mapping cost, overload and deadlines to 413 / 503 / 504."""
-    tokens = version.scorer.estimate_cold_tokens(inputs)
-    refuse_costlier_than(tokens, settings, field)
+    new, uncached = version.scorer.estimate_cold_tokens(inputs)
+    refuse_costlier_than(new, settings, field)
     try:
         return await engine.batcher.submit(
-            inputs, settings.request_timeout_s, version.scorer, cold_tokens=tokens
+            inputs, settings.request_timeout_s, version.scorer, cold_tokens=uncached
         )
     except QueueFullError as e:
         raise HTTPException(
