@@ -72,6 +72,11 @@ def lower_thread_priority(niceness: int) -> None:
         log.debug("could not lower a thread's priority: %s", e)
 
 
+def _nothing_encoded(state: Any) -> bool:
+    """Whether a job's preparation found nothing to encode (``Scorer.prepare``'s state)."""
+    return isinstance(state, dict) and not state.get("encoded", True)
+
+
 class QueueFullError(RuntimeError):
     """More pairs (or more text to encode) are pending than the queue bounds allow; retry
     later (503)."""
@@ -433,7 +438,9 @@ class MicroBatcher:
             job.prepared, job.state = await loop.run_in_executor(
                 executor, self.prepare, job.target, job.requests, job.state
             )
-            return None
+            if not (job.prepared and _nothing_encoded(job.state)):
+                return None
+            # Everything was cached already (a warm ranking): score now, not a turn later.
         if job.done == 0 and job.future is not None:
             self.metrics.queue_wait.observe(time.perf_counter() - job.enqueued)
         start, stop = job.done, min(len(job.requests), job.done + self.slice_pairs)

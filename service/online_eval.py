@@ -116,7 +116,10 @@ class PredictionLog:
         self.max_pairs = max_pairs
         self.queue_pairs = queue_pairs
         self.key_prefix = key_prefix
-        self._local: OrderedDict[str, tuple[float, dict[str, Prediction]]] = OrderedDict()
+        # (user, item) -> (written at, version -> prediction)
+        self._local: OrderedDict[tuple[str, str], tuple[float, dict[str, Prediction]]] = (
+            OrderedDict()
+        )
         self._queue: deque[tuple[str, list[str], list[str], list[Prediction]]] = deque()
         self._queued = 0
         self._lock = threading.Lock()  # the queue (held briefly: record() runs on the loop)
@@ -178,8 +181,8 @@ class PredictionLog:
 
     def _write(self, work: list[tuple[str, list[str], list[str], ScoreBatch]]) -> None:
         now = time.monotonic()
-        rows: list[tuple[str, str, Prediction]] = []  # (pair key, version, prediction)
-        for version, users, items, batch in work:  # no lock: hashing is the costly part
+        rows: list[tuple[tuple[str, str], str, Prediction]] = []  # ((user, item), version, p)
+        for version, users, items, batch in work:  # no lock: the costly part
             preds = (
                 Prediction(m, r, c, o > OOD_MEDIAN)
                 for m, r, c, o in zip(
@@ -191,7 +194,7 @@ class PredictionLog:
                 )
             )
             for u, i, p in zip(users, items, preds, strict=True):
-                rows.append((pair_key(u, i), version, p))
+                rows.append(((u, i), version, p))
         for start in range(0, len(rows), 2048):  # short holds: lookups wait at most a chunk
             with self._store:
                 for key, version, p in rows[start : start + 2048]:
@@ -207,8 +210,8 @@ class PredictionLog:
 
         def write(client: redis.Redis) -> bool:
             with client.pipeline(transaction=False) as pipe:
-                for key, version, p in rows:
-                    name = self.redis_key(key)
+                for (u, i), version, p in rows:
+                    name = self.redis_key(pair_key(u, i))  # fixed-size keys in Redis
                     pipe.hset(name, version, p.encode())
                     pipe.expire(name, self.ttl_s)
                 pipe.execute()
@@ -239,7 +242,7 @@ class PredictionLog:
     def lookup(self, users: Sequence[str], items: Sequence[str]) -> list[dict[str, Prediction]]:
         """Every version's prediction of each pair (``{}`` for a pair never predicted or
         expired): Redis when it answers, merged with this process's own."""
-        keys = [pair_key(u, i) for u, i in zip(users, items, strict=True)]
+        keys = list(zip(users, items, strict=True))
         now = time.monotonic()
         with self._store:
             out = []
@@ -252,8 +255,8 @@ class PredictionLog:
 
         def read(client: redis.Redis) -> list:
             with client.pipeline(transaction=False) as pipe:
-                for k in keys:
-                    pipe.hgetall(self.redis_key(k))
+                for u, i in keys:
+                    pipe.hgetall(self.redis_key(pair_key(u, i)))
                 return pipe.execute()
 
         shared = self.redis.call("get", read)

@@ -499,8 +499,10 @@ class Scorer:
 
     def _prepare(self, inputs, budget_tokens: int, state: dict | None) -> tuple[bool, dict]:
         if state is None:
-            state = {"left": self._uncached(inputs)}
+            state = {"left": self._uncached(inputs), "encoded": False}
         left: list = state["left"]
+        if left:
+            state["encoded"] = True
         budget = budget_tokens
         while left and budget > 0:
             side, keys = left[0]
