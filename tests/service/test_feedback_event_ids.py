@@ -9,8 +9,7 @@ import uuid
 
 import pytest
 from conftest import loaded_client
-
-from model.feedback_format import read_events
+from test_feedback import logged
 
 EVENT = {
     "event_id": "app-3:0001",
@@ -19,15 +18,6 @@ EVENT = {
     "rating": 5,
     "timestamp": 1700000000,
 }
-
-
-def logged(directory) -> list[dict]:
-    events = []
-    for path in sorted(directory.glob("*.jsonl")):
-        got, skipped = read_events(path)
-        assert skipped == 0
-        events += got
-    return events
 
 
 def corrections_of(client, user: str = "3", item: str = "10") -> dict:
