@@ -30,40 +30,36 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-import numpy as np
-
 from service import logs
 from service.batcher import MicroBatcher, lower_thread_priority
-from service.cache import ActivationCache, LocalLRU, RedisTier
-from service.corrections import OnlineCorrections, item_vocabulary, shrinkage_of
-from service.entity_fields import describe
 from service.feedback_log import FeedbackLog
+from service.gate import Gate
+from service.group_changes import watch_changes
 from service.metrics import Metrics
-from service.online_eval import OnlineEvaluation, PredictionLog, decision, look_confidence
+from service.online_eval import OnlineEvaluation
+from service.prediction_log import PredictionLog
 from service.results import ScoreBatch
 from service.scorer import ScoreInput, Scorer
+from service.scorer_setup import build_scorer, enable_compilation_cache, make_redis_tier
 from service.settings import Settings
-from service.versions import Rollout, RolloutError, RolloutPlan, Version
+from service.versions import (
+    ModelNotReadyError,
+    ReloadConflictError,
+    ReloadError,
+    Rollout,
+    RolloutPlan,
+    Version,
+    check_challenger,
+    configured_trial,
+)
 from service.warmup import CompiledShapes, start_background, warm_first, warm_rest
 from service.workers import WorkerGroup, WorkerState
 
 if TYPE_CHECKING:
-    from model.artifact import Artifact
+    pass
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class ModelNotReadyError(RuntimeError):
-    """No model is loaded yet (503)."""
-
-
-class ReloadConflictError(RuntimeError):
-    """A reload is already running (409)."""
-
-
-class ReloadError(RuntimeError):
-    """The new artifact could not be loaded or warmed; the old model keeps serving (409)."""
 
 
 async def on_own_thread(fn: Callable[[], T], name: str) -> T:
@@ -91,111 +87,6 @@ def _settle(future: asyncio.Future, result: object, error: BaseException | None)
         future.set_exception(error)
     else:
         future.set_result(result)
-
-
-def activation_layout(artifact: Artifact) -> tuple[tuple[int, int], np.dtype]:
-    """``((n_layers, d), storage dtype)`` of one text's cached activations (from the manifest)."""
-    backbone = artifact.manifest["backbone"]
-    shape = (int(backbone["n_layers"]), int(backbone["hidden_size"]))
-    return shape, np.dtype(artifact.manifest.get("activation_dtype", "float32"))
-
-
-def build_scorer(
-    artifact: Artifact,
-    settings: Settings,
-    metrics: Metrics,
-    *,
-    redis: RedisTier | None,
-    warm: bool = True,
-    corrections: bool = False,
-    cache: ActivationCache | None = None,
-) -> Scorer:
-    """A scorer over ``artifact`` with its activation cache (LRU + the shared Redis tier).
-
-    Args:
-        corrections: add the online corrections of this model version (shared through
-            ``redis`` when given; ``service/corrections.py``) to its answers.
-        cache: the activation cache of another version with the same backbone fingerprint,
-            to share (default: a new one).
-    """
-    shape, dtype = activation_layout(artifact)
-    if cache is None or cache.fingerprint != artifact.manifest["backbone"]["fingerprint"]:
-        cache = ActivationCache(
-            artifact.manifest["backbone"]["fingerprint"],
-            shape,
-            dtype,
-            metrics,
-            local=LocalLRU(settings.local_cache_size),
-            remote=redis,
-            key_prefix=settings.cache_key_prefix,
-        )
-    scorer = Scorer(
-        artifact,
-        cache,
-        metrics,
-        max_batch=settings.max_batch,
-        projection_cache_size=settings.projection_cache_size,
-    )
-    if corrections:
-        scorer.corrections = OnlineCorrections(
-            scorer.model_version,
-            shrinkage_of(artifact.manifest),
-            scorer.rating_range,
-            metrics,
-            redis_tier=redis,
-            ttl_s=settings.corrections_ttl_s,
-            max_backlog=settings.corrections_backlog,
-            key_prefix=settings.corrections_key_prefix,
-            item_known=item_vocabulary(artifact.features),
-            mirror_size=settings.corrections_mirror_size,
-            dedup_s=settings.feedback_dedup_s,
-        )
-    if warm:
-        scorer.warm_up()
-    return scorer
-
-
-def enable_compilation_cache(directory: Path) -> bool:
-    """Keep compiled XLA executables on disk, so a restart or new replica warms up fast.
-
-    Returns:
-        False (with a warning: the service compiles as without a cache) when the directory
-        cannot be created or written, e.g. on a read-only filesystem.
-    """
-    import jax
-
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        log.warning(
-            "compilation cache off: %s is not writable (%s); set LEVI_COMPILATION_CACHE_DIR "
-            "to a writable directory, or LEVI_COMPILATION_CACHE=0 to silence this",
-            directory,
-            e,
-        )
-        return False
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return True
-
-
-def make_redis_tier(settings: Settings, metrics: Metrics) -> RedisTier | None:
-    """The Redis tier of ``settings.redis_url`` (None without one)."""
-    if not settings.redis_url:
-        return None
-    return RedisTier(
-        settings.redis_url,
-        metrics,
-        ttl_s=settings.cache_ttl_s,
-        timeout_s=settings.redis_timeout_s,
-        backoff_s=settings.redis_backoff_s,
-        backoff_max_s=settings.redis_backoff_max_s,
-    )
 
 
 def freeze_long_lived() -> None:
@@ -278,8 +169,7 @@ class Engine:
         self._change_lock = asyncio.Lock()
         self._initial: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
-        self._gate_task: asyncio.Task | None = None
-        self._gate_looks: set[tuple[str | None, int]] = set()  # (trial, look) already taken
+        self.gate = Gate(self)
         # Background warm-ups (staged start) by version: stopped when the version is unloaded.
         self._background: dict[int, tuple[CompiledShapes, threading.Thread]] = {}
         self.generation = 0  # the last change of the worker group applied (several workers)
@@ -432,7 +322,7 @@ class Engine:
                     functools.partial(self._build_while_serving, Path(p), loaded), "levi-load"
                 )
             versions[p] = version
-        _check_challenger(versions[plan.champion], versions.get(plan.challenger or ""))
+        check_challenger(versions[plan.champion], versions.get(plan.challenger or ""))
         return Rollout(
             champion=versions[plan.champion],
             challenger=versions[plan.challenger] if plan.challenger else None,
@@ -472,22 +362,23 @@ class Engine:
 
     # -- scoring --------------------------------------------------------------------------
 
+    def _scorer(self, target: Scorer | None) -> Scorer:
+        """``target``, or the champion's scorer (raises ModelNotReadyError before a load)."""
+        scorer = target if target is not None else self.scorer
+        if scorer is None:
+            raise ModelNotReadyError(self.not_ready_reason())
+        return scorer
+
     def score(
         self, target: Scorer | None, requests: Sequence[ScoreInput], background: bool = False
     ) -> ScoreBatch:
         """Score with ``target`` (default: the champion); background (shadow) work stays out
         of the serving metrics and drift windows."""
-        scorer = target if target is not None else self.scorer
-        if scorer is None:
-            raise ModelNotReadyError(self.not_ready_reason())
-        return scorer.score(requests, observe=not background)
+        return self._scorer(target).score(requests, observe=not background)
 
     def prepare(self, target: Scorer | None, requests: Sequence[ScoreInput], state):
         """One bounded step of a large job's preparation (``Scorer.prepare``)."""
-        scorer = target if target is not None else self.scorer
-        if scorer is None:
-            raise ModelNotReadyError(self.not_ready_reason())
-        return scorer.prepare(requests, self.settings.step_tokens, state)
+        return self._scorer(target).prepare(requests, self.settings.step_tokens, state)
 
     def answered(
         self, rollout: Rollout, version: Version, inputs: Sequence[ScoreInput], batch: ScoreBatch
@@ -535,7 +426,7 @@ class Engine:
             canary=s.canary if challenger else 0.0,
             shadow=s.shadow and challenger is not None,
             # The same in every worker and replica started with these settings.
-            trial=_configured_trial(champion, challenger) if challenger else None,
+            trial=configured_trial(champion, challenger) if challenger else None,
         )
 
     async def _load_initial(self) -> None:
@@ -582,39 +473,7 @@ class Engine:
             else "",
         )
         if self.group is not None:
-            self._watcher = asyncio.create_task(self._watch_changes(), name="levi-rollouts")
-
-    async def _watch_changes(self, interval_s: float = 0.25) -> None:
-        """Several workers: apply every change the group asks for (service/workers.py)."""
-        assert self.group is not None
-        while True:
-            await asyncio.sleep(interval_s)
-            request = self.group.rollout_request()
-            if request is None or request.generation <= self.generation:
-                continue
-            error = None
-            try:
-                await self.apply(RolloutPlan.from_json(request.plan), generation=request.generation)
-            except ReloadConflictError:
-                continue  # one is running here; the request is looked at again
-            except ReloadError as e:
-                error = str(e)
-            except Exception as e:  # keep watching: the old versions serve on
-                log.exception("rollout change %d failed", request.generation)
-                error = f"{type(e).__name__}: {e}"
-            if error is not None:
-                self.generation = request.generation
-                scorer = self.scorer
-                backbone = scorer.artifact.manifest.get("backbone", {}) if scorer else {}
-                self.group.announce(
-                    WorkerState(
-                        os.getpid(),
-                        scorer.model_version if scorer else "none",
-                        str(backbone.get("name", "unknown")),
-                        self.generation,
-                        error,
-                    )
-                )
+            self._watcher = asyncio.create_task(watch_changes(self), name="levi-rollouts")
 
     async def wait_ready(self) -> None:
         if self._initial is not None:
@@ -737,7 +596,13 @@ class Engine:
         return before, plan, seconds
 
     async def _change_every_worker(self, plan: RolloutPlan, timeout_s: float = 600.0) -> None:
-        """Several workers: ask each to apply ``plan``; return once all have."""
+        """Ask every worker to apply ``plan``; return once all have.
+
+        Raises:
+            ReloadConflictError: an earlier change has not reached every worker yet.
+            ReloadError: some worker refused it (the reason of the first), or did not apply it
+                within ``timeout_s``.
+        """
         group = self.group
         assert group is not None
         try:
@@ -762,81 +627,11 @@ class Engine:
                 "their old versions until they do (levi_model_version_info)"
             )
 
-    # -- the gate -------------------------------------------------------------------------
-
-    def comparison(self, confidence: float | None = None) -> dict | None:
-        """The online comparison of the challenger with the champion in their trial
-        (blocking: Redis)."""
-        rollout = self.rollout
-        if self.online is None or rollout is None or rollout.challenger is None:
-            return None
-        _, comparison, _ = self.online.report(
-            [],
-            rollout.trial_pair(),
-            rating=self.settings.gate_rating,
-            confidence=confidence or self.settings.gate_confidence,
-        )
-        return comparison
-
-    def consider_gate(self) -> None:
-        """After feedback was joined: let the gate decide (settings ``LEVI_GATE*``), one check
-        at a time, off the request."""
-        if not self.settings.gate or self.rollout is None or self.rollout.challenger is None:
-            return
-        if self._gate_task is not None and not self._gate_task.done():
-            return
-        self._gate_task = asyncio.create_task(self._gate(), name="levi-gate")
-
-    async def _gate(self) -> None:
-        """One look of the gate (``service.online_eval.look_confidence``): at the trial's
-        first ``LEVI_GATE_MIN_EVENTS`` joined events, then at each doubling, each look at a
-        stricter confidence so that repeated looks keep the configured one overall."""
-        rollout = self.rollout
-        if rollout is None or rollout.challenger is None:
-            return
-        s = self.settings
-        counts = await asyncio.to_thread(self.comparison)
-        if counts is None or self.rollout is not rollout:
-            return
-        evidence = counts["n"] if counts["kind"] == "paired" else counts["challenger_events"]
-        look = look_confidence(evidence, s.gate_min_events, s.gate_confidence)
-        if look is None or (rollout.trial, look[0]) in self._gate_looks:
-            return
-        self._gate_looks.add((rollout.trial, look[0]))
-        comparison = await asyncio.to_thread(self.comparison, look[1])
-        if comparison is None or self.rollout is not rollout:
-            return
-        verdict = decision(comparison, s.gate_min_events)
-        log.info(
-            "gate look %d of trial %s at %d events (confidence %.4f): %s, interval %s",
-            look[0],
-            rollout.trial,
-            evidence,
-            look[1],
-            verdict or "no decision",
-            comparison.get("ci"),
-        )
-        if verdict is None:
-            return
-        plan = rollout.plan()
-        try:
-            new = plan.promote() if verdict == "promote" else plan.without_challenger()
-        except RolloutError:
-            return
-        figures = {
-            k: comparison.get(k) for k in ("kind", "n", "clusters", "mean_diff", "ci", "confidence")
-        }
-        name = "promote" if verdict == "promote" else "remove_challenger"
-        try:
-            await self.change(new, decision=name, trigger="gate", figures=figures)
-        except (ReloadConflictError, ReloadError) as e:  # the next look tries again
-            self._gate_looks.discard((rollout.trial, look[0]))
-            log.warning("gate decision %s not applied: %s", name, e)
-
     async def stop(self) -> None:
-        for task in (self._initial, self._watcher, self._gate_task):
+        for task in (self._initial, self._watcher):
             if task is not None and not task.done():
                 task.cancel()
+        self.gate.stop()
         await self._stop_background()
         await self.batcher.stop()
         if self.feedback_log is not None:
@@ -845,39 +640,6 @@ class Engine:
             self.online.close()
         if self.redis is not None:
             self.redis.close()
-
-
-def _check_challenger(champion: Version, challenger: Version | None) -> None:
-    """Refuse a challenger that could not answer the champion's requests: another dataset
-    spec's fields (a canary user's request would be a 422), or the champion's own model
-    version (predictions and figures would mix).
-
-    Raises:
-        ValueError: naming what differs (the change is refused, 409).
-    """
-    if challenger is None:
-        return
-    if challenger.model_version == champion.model_version:
-        raise ValueError(
-            f"{challenger.path} has model version {challenger.model_version}, the champion's "
-            f"({champion.path}); a challenger must be another version"
-        )
-    mine, theirs = describe(champion.scorer.features), describe(challenger.scorer.features)
-    if mine != theirs:
-        raise ValueError(
-            f"{challenger.path} takes other request fields than the champion ({theirs} vs "
-            f"{mine}): requests valid for one would be refused by the other; serve it with "
-            "POST /admin/reload instead"
-        )
-
-
-def _configured_trial(champion: str, challenger: str) -> str:
-    """The trial of a challenger set in the settings: named by the two artifact directories,
-    so every worker and replica started with them counts the same trial (and a restart
-    continues it)."""
-    import hashlib
-
-    return hashlib.blake2b(f"{champion}\n{challenger}".encode(), digest_size=6).hexdigest()
 
 
 def _fingerprint_at(root: Path) -> str | None:

@@ -185,7 +185,7 @@ class Scorer:
         # may both score with this version (shadow of a canary answer).
         self._lock = threading.Lock()
         self.rating_range = (float(self.head_config.rating_min), float(self.head_config.rating_max))
-        # Online corrections added to answers (set by service.engine.build_scorer).
+        # Online corrections added to answers (set by service.scorer_setup.build_scorer).
         self.corrections: OnlineCorrections | None = None
         self._adapter_hist = [metrics.adapter_rating.labels(layer=str(lay)) for lay in self.layers]
         self._drift_gauges = [

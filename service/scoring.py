@@ -110,10 +110,11 @@ def refuse_larger_than(count: int, settings: Settings, setting: str, field: str)
     Raises:
         HTTPException: 413 naming the field, the limit and its setting.
     """
-    limit = min(getattr(settings, setting), settings.queue_bound)
-    setting = f"LEVI_{setting.upper()}"
-    if settings.queue_bound < getattr(settings, f"{setting[5:].lower()}"):
-        setting = "LEVI_QUEUE_BOUND"
+    own = getattr(settings, setting)
+    if own <= settings.queue_bound:
+        limit, setting = own, f"LEVI_{setting.upper()}"
+    else:
+        limit, setting = settings.queue_bound, "LEVI_QUEUE_BOUND"
     if count > limit:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,

@@ -17,11 +17,13 @@ The model repository is the artifacts directory: a version is ``artifacts/<model
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service.entity_fields import describe
 from service.routing import in_canary
 
 if TYPE_CHECKING:
@@ -30,6 +32,18 @@ if TYPE_CHECKING:
 
 ALIASES = ("champion", "challenger", "previous")
 VERSION_HEADER = "X-Model-Version"
+
+
+class ModelNotReadyError(RuntimeError):
+    """No model is loaded yet (503)."""
+
+
+class ReloadConflictError(RuntimeError):
+    """A reload or another rollout change is already running (409)."""
+
+
+class ReloadError(RuntimeError):
+    """A new artifact could not be loaded or warmed; what served keeps serving (409)."""
 
 
 class RolloutError(RuntimeError):
@@ -239,3 +253,34 @@ class Rollout:
     def served(self) -> list[Version]:
         """The versions that answer traffic: the champion, and the challenger if any."""
         return [self.champion] + ([self.challenger] if self.challenger is not None else [])
+
+
+def check_challenger(champion: Version, challenger: Version | None) -> None:
+    """Refuse a challenger that could not answer the champion's requests: another dataset
+    spec's fields (a canary user's request would be a 422), or the champion's own model
+    version (predictions and figures would mix).
+
+    Raises:
+        ValueError: naming what differs (the change is refused, 409).
+    """
+    if challenger is None:
+        return
+    if challenger.model_version == champion.model_version:
+        raise ValueError(
+            f"{challenger.path} has model version {challenger.model_version}, the champion's "
+            f"({champion.path}); a challenger must be another version"
+        )
+    mine, theirs = describe(champion.scorer.features), describe(challenger.scorer.features)
+    if mine != theirs:
+        raise ValueError(
+            f"{challenger.path} takes other request fields than the champion ({theirs} vs "
+            f"{mine}): requests valid for one would be refused by the other; serve it with "
+            "POST /admin/reload instead"
+        )
+
+
+def configured_trial(champion: str, challenger: str) -> str:
+    """The trial of a challenger set in the settings: named by the two artifact directories,
+    so every worker and replica started with them counts the same trial (and a restart
+    continues it)."""
+    return hashlib.blake2b(f"{champion}\n{challenger}".encode(), digest_size=6).hexdigest()

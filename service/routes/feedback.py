@@ -85,12 +85,11 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
         for i, e in enumerate(body.events)
     ]
     served = rollout.served()
-    inputs = [checked_inputs(v.scorer, payloads) for v in served]
+    # Checked once: a challenger takes the champion's request fields (service.versions).
+    inputs = checked_inputs(rollout.champion.scorer, payloads)
     # 409 before anything is kept: an event_id reused with another payload.
     await refuse_reused_event_ids(body.events, rollout.champion.scorer.corrections)
-    batches = await asyncio.gather(
-        *(score(engine, settings, x, v, "events") for v, x in zip(served, inputs, strict=True))
-    )
+    batches = await asyncio.gather(*(score(engine, settings, inputs, v, "events") for v in served))
     received = time.time()
     dataset = str(rollout.champion.scorer.artifact.dataset.get("name", ""))
     # Each event is logged with the answer of the version its user is routed to.
@@ -112,7 +111,7 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
             "user": given.user or None,  # the checked fields, as the model reads them
             "item": given.item or None,
         }
-        for j, (e, given, k) in enumerate(zip(body.events, inputs[0], which, strict=True))
+        for j, (e, given, k) in enumerate(zip(body.events, inputs, which, strict=True))
     ]
     try:
         await asyncio.to_thread(engine.feedback_log.append, events)
@@ -124,8 +123,8 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
         ) from None
     engine.metrics.feedback_events.inc(len(events))
     outcomes = [
-        await _learn(engine, v, x, b, body.events)
-        for v, x, b in zip(served, inputs, batches, strict=True)
+        await _learn(engine, v, inputs, b, body.events)
+        for v, b in zip(served, batches, strict=True)
     ]
     status_, duplicates, fresh = outcomes[0]
     await _evaluate(engine, rollout, body.events, fresh)
@@ -158,7 +157,7 @@ async def _evaluate(engine, rollout, events: list[FeedbackEvent], fresh: np.ndar
     except Exception:  # the events are logged and learned; only the figures miss them
         log.exception("joining feedback with logged predictions failed")
         return
-    engine.consider_gate()
+    engine.gate.consider()
 
 
 async def _learn(engine, version, inputs, batch, events) -> tuple[str, int, np.ndarray]:

@@ -9,7 +9,7 @@ import asyncio
 from fastapi import APIRouter
 
 from service.deps import EngineDep, SettingsDep
-from service.online_eval import decision, summarize
+from service.online_stats import decision, summarize
 from service.schemas import ErrorResponse, ModelsResponse
 from service.scoring import served_rollout
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import ROOT
 
 from service import batch
-from service.engine import build_scorer
 from service.metrics import Metrics
+from service.scorer_setup import build_scorer
 from service.settings import Settings
 
 ROWS = [
@@ -43,7 +43,7 @@ def _http_body(row: dict) -> dict:
 
 @pytest.fixture
 def scorer(artifacts, redis_url, key_prefix):
-    from service.engine import make_redis_tier
+    from service.scorer_setup import make_redis_tier
 
     settings = Settings(redis_url=redis_url, cache_key_prefix=key_prefix, max_batch=4)
     metrics = Metrics()

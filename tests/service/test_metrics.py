@@ -16,7 +16,8 @@ import pytest
 from conftest import ROOT
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import Metrics, TolerantMultiProcessCollector, damage_of, exposition
+from service.metrics import Metrics, exposition
+from service.metrics_files import TolerantMultiProcessCollector, damage_of
 
 WORKER = """
 import os

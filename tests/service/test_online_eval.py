@@ -14,14 +14,9 @@ from scipy import stats
 
 from service.cache import RedisTier
 from service.metrics import Metrics
-from service.online_eval import (
-    OnlineEvaluation,
-    PredictionLog,
-    compare,
-    decision,
-    look_confidence,
-    ratio_variance,
-)
+from service.online_eval import OnlineEvaluation
+from service.online_stats import compare, decision, look_confidence, ratio_variance
+from service.prediction_log import PredictionLog
 from service.results import ScoreBatch
 from service.routing import N_CLUSTERS, canary_position, cluster_of, in_canary
 

@@ -9,9 +9,9 @@ import pytest
 from conftest import direct_scores
 
 from model.artifact import load_artifact
-from service.engine import build_scorer
 from service.metrics import Metrics
 from service.scorer import ScoreInput
+from service.scorer_setup import build_scorer
 from service.settings import Settings
 
 
