@@ -142,7 +142,8 @@ class RedisTier:
 
     def call(self, op: str, fn: Callable[[redis.Redis], T]) -> T | None:
         """``fn(client)`` time-boxed and behind the back-off; None when Redis is unavailable
-        or the call failed (counted in ``levi_cache_errors_total{op}``, then backing off).
+        or the call failed (counted in ``levi_activation_cache_errors_total{op}``, then
+        backing off).
 
         ``fn`` must not return None itself (None means "no answer from Redis").
         """

@@ -620,6 +620,8 @@ class Engine:
                 len(states),
                 refused[0].error,
             )
+            if len(refused) == len(states):
+                group.record_refused(generation, self.plan().to_json())
             raise ReloadError(f"{refused[0].error} (in {len(refused)} of {len(states)} workers)")
         if late:
             raise ReloadError(

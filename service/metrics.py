@@ -126,7 +126,9 @@ class Metrics:
         )
         self.cache_errors = Counter(
             "levi_activation_cache_errors",
-            "Failed Redis calls by operation (get, set).",
+            "Failed Redis calls by operation: get, set (activation cache), feedback_read, "
+            "feedback_dedup (corrections), prediction_log, online_eval (online evaluation). "
+            "One Redis and one back-off for all: the first failure may be any of them.",
             ["op"],
             registry=r,
         )

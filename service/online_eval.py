@@ -150,7 +150,7 @@ class OnlineEvaluation:
                 pipe.execute()
             return True
 
-        if self.redis.call("set", write) is None:
+        if self.redis.call("online_eval", write) is None:
             # These events count in this process's figures only (GET /v1/models says which).
             self.metrics.online_eval_errors.inc()
 
@@ -166,7 +166,7 @@ class OnlineEvaluation:
                         pipe.hgetall(k)
                     return pipe.execute()
 
-            shared = self.redis.call("get", read)
+            shared = self.redis.call("online_eval", read)
             if shared is not None:
                 return {
                     k: {(f.decode() if isinstance(f, bytes) else f): float(v) for f, v in h.items()}

@@ -188,7 +188,7 @@ class PredictionLog:
                 pipe.execute()
             return True
 
-        if self.redis.call("set", write) is None:
+        if self.redis.call("prediction_log", write) is None:
             self.metrics.prediction_log.labels(result="redis_error").inc(len(rows))
 
     def flush(self, timeout_s: float = 1.0) -> bool:

@@ -16,9 +16,11 @@ worker inherits. In it:
   applies it in place, serving its old versions until the new ones are warm
   (service/engine.py); the worker that took the admin call answers once every live worker
   has applied it (or refused it, keeping what it served).
-- ``serving.json``: the latest plan a worker applied. A worker started later (uvicorn
-  replaces one that died) loads that plan, not ``LEVI_MODEL_DIR``, then applies any newer
-  change like the others.
+- ``serving.json``: the latest plan a worker applied, with the generation of the latest
+  change handled (a change every worker refused advances the generation, not the plan). A
+  worker started later (uvicorn replaces one that died) loads that plan, not
+  ``LEVI_MODEL_DIR``, then applies any newer change like the others; a refused one is not
+  tried again.
 
 A worker that exits cleanly removes its state file and its ``live*`` gauge files
 (:func:`prometheus_client.multiprocess.mark_process_dead`); one that was killed is found on
@@ -234,6 +236,16 @@ class WorkerGroup:
     def record_serving(self, plan: dict, generation: int) -> None:
         """This worker applied change ``generation`` (``plan``)."""
         _write_json(self.path / SERVING_FILE, {"generation": generation, "plan": plan})
+
+    def record_refused(self, generation: int, serving: dict) -> None:
+        """Every live worker refused change ``generation`` and still serves plan ``serving``:
+        the change is handled (a worker started later must not try it again, nor count as
+        behind)."""
+        with open(self.path / ".reload.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            served = self.serving()
+            if served is None or served.generation < generation:
+                self.record_serving(serving, generation)
 
     def request_rollout(self, plan: dict) -> int:
         """Ask every worker to apply ``plan``; the request's generation.
