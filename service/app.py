@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from service.connections import POLICY_STATE_KEY, ConnectionPolicy
 from service.engine import Engine
 from service.entity_fields import with_model_fields
+from service.errors import ServiceError, answer
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from service.routes import (
@@ -100,8 +101,16 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     )
 
 
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    """An expected failure: its status, detail and headers, declared on its class
+    (service/errors.py). The one place where the service's errors become answers."""
+    status_code, body, headers = answer(exc)
+    return JSONResponse(jsonable_encoder(body), status_code=status_code, headers=headers)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    """A fault of ours: log it under the request id and answer 503 without internals."""
+    """A bug: logged with its traceback under an incident id (the request id), answered 500
+    without internals and without Retry-After (retrying a fault does not fix it)."""
     # Starlette answers this one outside every middleware, so the id header is set here.
     incident = getattr(request.state, "request_id", None) or uuid.uuid4().hex
     log.exception(
@@ -110,10 +119,10 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         {
             "detail": f"internal error while handling the request (incident {incident}); "
-            "it was logged, retry later"
+            "it was logged: report the incident id"
         },
-        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "1", "X-Request-ID": incident},
+        status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        headers={"X-Request-ID": incident},
     )
 
 
@@ -177,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(MetricsMiddleware, metrics=app_metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -54,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.errors import DeadlineError, QueueFullError
 from service.metrics import Metrics
 from service.results import ScoreBatch
 from service.scorer import ScoreInput
@@ -75,15 +76,6 @@ def lower_thread_priority(niceness: int) -> None:
 def _nothing_encoded(state: Any) -> bool:
     """Whether a job's preparation found nothing to encode (``Scorer.prepare``'s state)."""
     return isinstance(state, dict) and not state.get("encoded", True)
-
-
-class QueueFullError(RuntimeError):
-    """More pairs (or more text to encode) are pending than the queue bounds allow; retry
-    later (503)."""
-
-
-class DeadlineError(TimeoutError):
-    """A pair's deadline passed before it was scored (504)."""
 
 
 @dataclass(eq=False)
@@ -279,7 +271,7 @@ class MicroBatcher:
             raise QueueFullError("the micro-batcher is not running")
         if self._pending_pairs + len(requests) > self.queue_bound:
             raise QueueFullError(
-                f"{self._pending_pairs} predictions are queued and this request adds "
+                f"overloaded: {self._pending_pairs} predictions are queued and this request adds "
                 f"{len(requests)}; the bound is {self.queue_bound}"
             )
         # A request alone is admitted whenever no text waits for encoding (however much it
@@ -291,9 +283,9 @@ class MicroBatcher:
             and self._pending_tokens + cold_tokens > self.queue_tokens
         ):
             raise QueueFullError(
-                f"about {self._pending_tokens} tokens of new text are queued for encoding and "
-                f"this request adds about {cold_tokens}; the bound is {self.queue_tokens} "
-                "(LEVI_QUEUE_TOKENS)"
+                f"overloaded: about {self._pending_tokens} tokens of new text are queued for "
+                f"encoding and this request adds about {cold_tokens}; the bound is "
+                f"{self.queue_tokens} (LEVI_QUEUE_TOKENS)"
             )
         future = asyncio.get_running_loop().create_future()
         job = self._job(requests, future, timeout_s, target, cold_tokens=cold_tokens)

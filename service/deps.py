@@ -10,9 +10,10 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, Header, Request
 
 from service.engine import Engine
+from service.errors import AdminDisabledError, AdminTokenError
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -49,21 +50,17 @@ async def require_admin(
 ) -> None:
     """Admit the request only with ``Authorization: Bearer <LEVI_ADMIN_TOKEN>``."""
     if settings.admin_token is None:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
-            "admin disabled: set LEVI_ADMIN_TOKEN on the server to enable /admin endpoints",
+        raise AdminDisabledError(
+            "admin disabled: set LEVI_ADMIN_TOKEN on the server to enable /admin endpoints"
         )
-    challenge = {"WWW-Authenticate": "Bearer"}
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing bearer token: send the header 'Authorization: Bearer <admin token>'",
-            headers=challenge,
+        raise AdminTokenError(
+            "missing bearer token: send the header 'Authorization: Bearer <admin token>'"
         )
     expected = settings.admin_token.get_secret_value().encode()
     if not hmac.compare_digest(token.strip().encode(), expected):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid admin token", headers=challenge)
+        raise AdminTokenError("invalid admin token")
 
 
 AdminDep = Depends(require_admin)

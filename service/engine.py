@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from service import logs
 from service.batcher import MicroBatcher, lower_thread_priority
+from service.errors import ModelNotReadyError, ReloadConflictError, ReloadError
 from service.feedback_log import FeedbackLog
 from service.gate import Gate
 from service.group_changes import watch_changes
@@ -43,9 +44,6 @@ from service.scorer import ScoreInput, Scorer
 from service.scorer_setup import build_scorer, enable_compilation_cache, make_redis_tier
 from service.settings import Settings
 from service.versions import (
-    ModelNotReadyError,
-    ReloadConflictError,
-    ReloadError,
     Rollout,
     RolloutPlan,
     Version,

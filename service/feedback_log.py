@@ -28,12 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from model.feedback_format import SUFFIX, encode_events
+from service.errors import FeedbackLogError
 
 log = logging.getLogger(__name__)
-
-
-class FeedbackLogError(RuntimeError):
-    """The feedback log could not be written (the request is refused with 503)."""
 
 
 def _host() -> str:

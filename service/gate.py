@@ -14,8 +14,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from service.errors import ReloadConflictError, ReloadError, RolloutError
 from service.online_stats import decision, look_confidence
-from service.versions import ReloadConflictError, ReloadError, RolloutError
 
 if TYPE_CHECKING:
     from service.engine import Engine

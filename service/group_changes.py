@@ -13,7 +13,8 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from service.versions import ReloadConflictError, ReloadError, RolloutPlan
+from service.errors import ReloadConflictError, ReloadError
+from service.versions import RolloutPlan
 from service.workers import WorkerState
 
 if TYPE_CHECKING:

@@ -21,9 +21,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fastapi import HTTPException, status
-
 from service.corrections import OnlineCorrections
+from service.errors import EventIdConflictError
 from service.schemas import ErrorResponse, FeedbackEvent
 
 FINGERPRINT_PREFIX = "fp1:"  # a new normalisation gets a new prefix
@@ -74,7 +73,7 @@ async def refuse_reused_event_ids(
     this process): with ``LEVI_CORRECTIONS=0`` only repeats inside one request are found.
 
     Raises:
-        HTTPException: 409 with one entry per reused id: ``loc``, ``msg``, ``type``.
+        EventIdConflictError: 409 with one entry per reused id: ``loc``, ``msg``, ``type``.
     """
     prints = [event_fingerprint(e) for e in events]
     ids = [e.event_id for e in events]
@@ -101,4 +100,4 @@ async def refuse_reused_event_ids(
         }
         for j, where in sorted(reused.items())
     ]
-    raise HTTPException(status.HTTP_409_CONFLICT, detail)
+    raise EventIdConflictError(detail)

@@ -1,5 +1,6 @@
 """What the scoring routes share: limits, field checks, version routing and the call into the
-micro-batcher, with overload, deadlines and not-ready mapped to HTTP errors.
+micro-batcher. Failures are raised as the service's errors (service/errors.py) and answered
+by the app's one handler.
 
 Routes import this module, never each other. A request is routed once
 (:func:`route`): the version a client names in the ``X-Model-Version`` header, else the
@@ -16,16 +17,16 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fastapi import HTTPException, Response, status
+from fastapi import Response
 
-from service.batcher import DeadlineError, QueueFullError
-from service.engine import Engine, ModelNotReadyError
+from service.engine import Engine
 from service.entity_fields import check_fields
+from service.errors import ModelNotReadyError, TooLargeError
 from service.results import ScoreBatch, dumps
 from service.schemas import ErrorResponse
 from service.scorer import ScoreInput, Scorer
 from service.settings import Settings
-from service.versions import Rollout, UnknownVersionError, Version
+from service.versions import Rollout, Version
 
 # (loc prefix, user_id, item_id, user object, item object) of one pair of a request body
 Payload = tuple[tuple, str, str, dict | None, dict | None]
@@ -42,23 +43,15 @@ ERRORS = {
 }
 
 
-def not_ready(engine: Engine) -> HTTPException:
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        engine.not_ready_reason(),
-        headers={"Retry-After": "5"},
-    )
-
-
 def served_rollout(engine: Engine) -> Rollout:
     """What is served now (read once per request).
 
     Raises:
-        HTTPException: 503 (with the reason) while no model is loaded.
+        ModelNotReadyError: while no model is loaded (503, with the reason).
     """
     rollout = engine.rollout
     if rollout is None:
-        raise not_ready(engine)
+        raise ModelNotReadyError(engine.not_ready_reason())
     return rollout
 
 
@@ -66,7 +59,7 @@ def served_scorer(engine: Engine) -> Scorer:
     """The champion's scorer.
 
     Raises:
-        HTTPException: 503 (with the reason) while no model is loaded.
+        ModelNotReadyError: while no model is loaded (503, with the reason).
     """
     return served_rollout(engine).champion.scorer
 
@@ -75,12 +68,9 @@ def route(rollout: Rollout, user_id: str, requested: str | None) -> Version:
     """The version that answers ``user_id`` (module docstring).
 
     Raises:
-        HTTPException: 404 naming the header when ``requested`` is not loaded.
+        UnknownVersionError: ``requested`` is not loaded (404 naming the header).
     """
-    try:
-        return rollout.route(user_id, requested)
-    except UnknownVersionError as e:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
+    return rollout.route(user_id, requested)
 
 
 def count_route(engine: Engine, rollout: Rollout, version: Version, requested: str | None) -> None:
@@ -108,7 +98,7 @@ def refuse_larger_than(count: int, settings: Settings, setting: str, field: str)
     queue bound could never be admitted: not a 503 that retrying cannot fix).
 
     Raises:
-        HTTPException: 413 naming the field, the limit and its setting.
+        TooLargeError: 413 naming the field, the limit and its setting.
     """
     own = getattr(settings, setting)
     if own <= settings.queue_bound:
@@ -116,8 +106,7 @@ def refuse_larger_than(count: int, settings: Settings, setting: str, field: str)
     else:
         limit, setting = settings.queue_bound, "LEVI_QUEUE_BOUND"
     if count > limit:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
+        raise TooLargeError(
             f"{field}: {count} entries; at most {limit} per call ({setting}; split the list)",
         )
 
@@ -132,13 +121,12 @@ def refuse_costlier_than(tokens: int, settings: Settings, field: str) -> None:
     (``LEVI_MAX_COLD_TOKENS``): it could not be answered within the deadline anyway.
 
     Raises:
-        HTTPException: 413 naming the field, the estimate and the setting.
+        TooLargeError: 413 naming the field, the estimate and the setting.
     """
     # Above the queue's own bound a request could never be admitted: a 413, not a 503.
     limit = min(settings.max_cold_tokens, settings.queue_tokens)
     if tokens > limit:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
+        raise TooLargeError(
             f"{field}: about {tokens} tokens of new text to encode (entities the service has "
             f"not seen: their fields or unknown ids); at most {limit} per call "
             "(LEVI_MAX_COLD_TOKENS, LEVI_QUEUE_TOKENS): split the list",
@@ -153,23 +141,18 @@ async def score(
     field: str = "body",
 ) -> ScoreBatch:
     """Score ``inputs`` with ``version`` through the micro-batcher (admitted by pairs and by
-    the new text they bring), mapping cost, overload and deadlines to 413 / 503 / 504."""
+    the new text they bring).
+
+    Raises:
+        TooLargeError: more new text than one call may encode (413).
+        QueueFullError, DeadlineError, ModelNotReadyError: overloaded (503), not scored in
+            time (504), no model (503).
+    """
     new, uncached = version.scorer.estimate_cold_tokens(inputs)
     refuse_costlier_than(new, settings, field)
-    try:
-        return await engine.batcher.submit(
-            inputs, settings.request_timeout_s, version.scorer, cold_tokens=uncached
-        )
-    except QueueFullError as e:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"overloaded: {e}", headers={"Retry-After": "1"}
-        ) from None
-    except DeadlineError as e:
-        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, str(e)) from None
-    except ModelNotReadyError as e:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, str(e), headers={"Retry-After": "5"}
-        ) from None
+    return await engine.batcher.submit(
+        inputs, settings.request_timeout_s, version.scorer, cold_tokens=uncached
+    )
 
 
 @dataclass(frozen=True)

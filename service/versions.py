@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.entity_fields import describe
+from service.errors import RolloutError, UnknownVersionError
 from service.routing import in_canary
 
 if TYPE_CHECKING:
@@ -32,27 +33,6 @@ if TYPE_CHECKING:
 
 ALIASES = ("champion", "challenger", "previous")
 VERSION_HEADER = "X-Model-Version"
-
-
-class ModelNotReadyError(RuntimeError):
-    """No model is loaded yet (503)."""
-
-
-class ReloadConflictError(RuntimeError):
-    """A reload or another rollout change is already running (409)."""
-
-
-class ReloadError(RuntimeError):
-    """A new artifact could not be loaded or warmed; what served keeps serving (409)."""
-
-
-class RolloutError(RuntimeError):
-    """A rollout change that the current state does not allow (409), e.g. no challenger to
-    promote or no previous version to roll back to."""
-
-
-class UnknownVersionError(LookupError):
-    """A request named a version or alias that is not loaded (404)."""
 
 
 @dataclass(frozen=True)

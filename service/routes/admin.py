@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 
 from service.deps import AdminDep, EngineDep
-from service.engine import Engine, ModelNotReadyError, ReloadConflictError, ReloadError
+from service.engine import Engine
 from service.schemas import (
     ChallengerRequest,
     ErrorResponse,
@@ -25,8 +25,7 @@ from service.schemas import (
     ReloadResponse,
     RolloutResponse,
 )
-from service.scoring import not_ready
-from service.versions import RolloutError, RolloutPlan
+from service.versions import RolloutPlan
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 log = logging.getLogger(__name__)
@@ -64,22 +63,8 @@ def _artifact_dir(path: str, loc: tuple) -> str:
     return str(resolved)
 
 
-def _current(engine: Engine) -> RolloutPlan:
-    try:
-        return engine.plan()
-    except ModelNotReadyError:
-        raise not_ready(engine) from None
-
-
-async def _change_or_409(engine: Engine, plan: RolloutPlan, decision: str):
-    try:
-        return await engine.change(plan, decision=decision, trigger="admin")
-    except (ReloadConflictError, ReloadError) as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
-
-
 async def _change(engine: Engine, plan: RolloutPlan, decision: str) -> RolloutResponse:
-    _, applied, seconds = await _change_or_409(engine, plan, decision)
+    _, applied, seconds = await engine.change(plan, decision=decision, trigger="admin")
     rollout = engine.rollout
     assert rollout is not None
     return RolloutResponse(
@@ -91,13 +76,6 @@ async def _change(engine: Engine, plan: RolloutPlan, decision: str) -> RolloutRe
         shadow=applied.shadow,
         seconds=round(seconds, 3),
     )
-
-
-def _planned(change) -> RolloutPlan:
-    try:
-        return change()
-    except RolloutError as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
 
 
 @router.post("/reload", responses=ADMIN_ERRORS)
@@ -113,7 +91,7 @@ async def reload(engine: EngineDep, body: ReloadRequest | None = None) -> Reload
         target = str(Path(engine.settings.model_dir).resolve())
     current = engine.plan() if engine.rollout is not None else None
     plan = current.reload(target) if current is not None else RolloutPlan(target)
-    before, _, seconds = await _change_or_409(engine, plan, "reload")
+    before, _, seconds = await engine.change(plan, decision="reload", trigger="admin")
     versions = (
         sorted({s.model_version for s in engine.group.ready_workers()})
         if engine.group
@@ -133,29 +111,29 @@ async def put_challenger(engine: EngineDep, body: ChallengerRequest) -> RolloutR
     by user-id hash), ``shadow`` scoring of the other version's answers. Loading it does not
     stop the champion from serving; the same path again only changes its traffic."""
     target = _artifact_dir(body.path, ("body", "path"))
-    current = _current(engine)
-    plan = _planned(lambda: current.with_challenger(target, body.canary, body.shadow))
+    current = engine.plan()
+    plan = current.with_challenger(target, body.canary, body.shadow)
     return await _change(engine, plan, "challenger")
 
 
 @router.delete("/challenger", responses=ADMIN_ERRORS)
 async def delete_challenger(engine: EngineDep) -> RolloutResponse:
     """Retire the challenger: its users go back to the champion, it is unloaded."""
-    current = _current(engine)
-    return await _change(engine, _planned(current.without_challenger), "remove_challenger")
+    current = engine.plan()
+    return await _change(engine, current.without_challenger(), "remove_challenger")
 
 
 @router.post("/promote", responses=ADMIN_ERRORS)
 async def promote(engine: EngineDep) -> RolloutResponse:
     """The challenger becomes champion (for every user, at once: it is loaded and warm); the
     champion stays loaded as ``previous``."""
-    current = _current(engine)
-    return await _change(engine, _planned(current.promote), "promote")
+    current = engine.plan()
+    return await _change(engine, current.promote(), "promote")
 
 
 @router.post("/rollback", responses=ADMIN_ERRORS)
 async def rollback(engine: EngineDep) -> RolloutResponse:
     """``previous`` becomes champion again, at once (it is still loaded: nothing compiles);
     the rolled-back version is unloaded."""
-    current = _current(engine)
-    return await _change(engine, _planned(current.rollback), "rollback")
+    current = engine.plan()
+    return await _change(engine, current.rollback(), "rollback")

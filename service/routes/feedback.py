@@ -18,11 +18,11 @@ import time
 import uuid
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 
 from service.deps import EngineDep, SettingsDep
-from service.feedback_log import FeedbackLogError
+from service.errors import FeedbackDisabledError, FeedbackLogError
 from service.idempotency import REUSED_ID_RESPONSES, event_fingerprint, refuse_reused_event_ids
 from service.schemas import ErrorResponse, FeedbackEvent, FeedbackRequest, FeedbackResponse
 from service.scoring import (
@@ -75,9 +75,8 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
     refuse_larger_than(len(body.events), settings, "max_feedback_events", "events")
     rollout = served_rollout(engine)
     if engine.feedback_log is None:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            "feedback is disabled: set LEVI_FEEDBACK_DIR to a writable directory",
+        raise FeedbackDisabledError(
+            "feedback is disabled: set LEVI_FEEDBACK_DIR to a writable directory"
         )
     check_ratings(body.events, rollout.champion.scorer.rating_range)
     payloads = [
@@ -118,9 +117,7 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
     except FeedbackLogError as e:
         engine.metrics.feedback_log_errors.inc()
         log.error("feedback refused: %s", e)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"feedback not recorded: {e}"
-        ) from None
+        raise FeedbackLogError(f"feedback not recorded: {e}") from None
     engine.metrics.feedback_events.inc(len(events))
     outcomes = [
         await _learn(engine, v, inputs, b, body.events)

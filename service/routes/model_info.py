@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 
 from model.corrections import DEFAULT_SHRINKAGE
 from service.corrections import shrinkage_of
 from service.deps import EngineDep
 from service.entity_fields import describe
+from service.errors import ModelNotReadyError
 from service.schemas import (
     BackboneSummary,
     CorrectionsSummary,
@@ -43,7 +44,7 @@ async def model_summary(engine: EngineDep) -> ModelResponse:
     request fields and split, tables, calibration, online corrections."""
     scorer = engine.scorer
     if scorer is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, engine.not_ready_reason())
+        raise ModelNotReadyError(engine.not_ready_reason())
     art = scorer.artifact
     manifest = art.manifest
     backbone = manifest.get("backbone", {})

@@ -99,7 +99,30 @@ def test_not_ready_answers_503_with_the_reason(client):
     assert "ArtifactError" in r.json()["detail"]  # the real loader's reason
     r = client.post("/predict-rating", json=OK)
     assert r.status_code == 503 and r.headers["retry-after"]
-    assert client.get("/v1/model").status_code == 503
+    r = client.get("/v1/model")
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert "/nonexistent/model" in r.json()["detail"]
+
+
+def test_a_bug_is_a_500_with_an_incident_id_and_no_retry_after(caplog):
+    settings = Settings(model_dir="/nonexistent/model", redis_url=None)
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        engine = app.state.engine
+
+        def broken() -> str:
+            raise ZeroDivisionError("a fault of ours")
+
+        engine.not_ready_reason = broken  # /v1/model reads it while no model is loaded
+        with caplog.at_level("ERROR", logger="service"):
+            r = c.get("/v1/model", headers={"X-Request-ID": "incident-7"})
+    assert r.status_code == 500
+    assert "retry-after" not in r.headers
+    assert r.headers["x-request-id"] == "incident-7"
+    assert "incident incident-7" in r.json()["detail"]
+    assert "ZeroDivisionError" not in r.text  # no internals in the answer
+    logged = [rec for rec in caplog.records if "incident incident-7" in rec.getMessage()]
+    assert logged and logged[0].exc_info is not None  # the traceback is in the log
 
 
 def test_admin_needs_the_bearer_token(client):

@@ -11,9 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import ArrivalRate, DeadlineError, MicroBatcher, QueueFullError
+from service.batcher import ArrivalRate, MicroBatcher
 from service.cache import ActivationCache, LocalLRU, RedisTier
 from service.drift import DriftMonitor
+from service.errors import DeadlineError, QueueFullError
 from service.metrics import Metrics
 from service.scorer import ScoreInput
 

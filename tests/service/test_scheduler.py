@@ -11,7 +11,8 @@ import time
 import pytest
 from conftest import ADMIN_TOKEN, direct_scores, loaded_client
 
-from service.batcher import DeadlineError, MicroBatcher, QueueFullError
+from service.batcher import MicroBatcher
+from service.errors import DeadlineError, QueueFullError
 from service.metrics import Metrics
 from service.scorer import ScoreInput
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from conftest import ADMIN_TOKEN, loaded_client
 
+from service.errors import RolloutError
 from service.routing import in_canary
-from service.versions import RolloutError, RolloutPlan
+from service.versions import RolloutPlan
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 USERS = [str(u) for u in range(1, 5)] + [f"new-{k}" for k in range(60)]
