@@ -724,7 +724,7 @@ def load_artifact(path: str | Path, *, backbone_of: Artifact | None = None) -> A
     head_params = _load_params(root / HEAD_PARAMS, exported_head)
 
     try:
-        head_config = HeadConfig.from_json(manifest["head"])
+        head_config = HeadConfig.from_json(manifest["head"], manifest.get("rating_range"))
         views = ViewSet.from_json(manifest["views"])
         features = FeatureSpec.from_json(json.loads((root / FEATURES).read_text()))
         tokenizer = TextTokenizer(

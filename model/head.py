@@ -21,6 +21,7 @@ and LEVI have it and A3 and LP do not.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import flax.linen as nn
@@ -84,15 +85,23 @@ class HeadConfig:
         return self.use_task_vector and has_ids and (self.factor_dim > 0 or self.id_biases)
 
     def to_json(self) -> dict:
+        """The fields as JSON, without the rating range: the manifest holds that once
+        (``rating_range``), and :meth:`from_json` takes it back."""
         data = asdict(self)
-        data.pop("extra")
+        for name in ("extra", "rating_min", "rating_max"):
+            data.pop(name)
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> HeadConfig:
-        # Artifacts written before the collaborative term lack its fields: the defaults (off)
-        # rebuild them exactly.
+    def from_json(cls, data: dict, rating_range: Sequence[float] | None = None) -> HeadConfig:
+        """The config of :meth:`to_json`'s ``data`` with the manifest's ``rating_range``.
+
+        Artifacts written before the collaborative term lack its fields: the defaults (off)
+        rebuild them exactly; older ones carry the range in ``data`` itself.
+        """
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        if rating_range is not None:
+            fields["rating_min"], fields["rating_max"] = (float(x) for x in rating_range)
         return cls(**fields)
 
 

@@ -17,7 +17,9 @@ series count and no dashboard or alert reads them.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 
 import numpy as np
 from prometheus_client import (
@@ -30,6 +32,8 @@ from prometheus_client import (
 )
 
 from service.metrics_files import LiveModelInfo
+
+log = logging.getLogger(__name__)
 
 disable_created_metrics()  # before any metric is built: they read it at construction
 
@@ -58,7 +62,16 @@ LATENCY_BUCKETS = (
     10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-RATING_BUCKETS = tuple(1.0 + 0.25 * i for i in range(17))  # 1.0 .. 5.0
+RATING_BUCKET_COUNT = 16  # equal-width buckets over the served model's rating range
+
+
+def rating_buckets(lo: float, hi: float) -> tuple[float, ...]:
+    """Bucket upper bounds of the rating histograms: ``RATING_BUCKET_COUNT`` equal steps from
+    ``lo`` to ``hi`` (the manifest's ``rating_range``; 1-5 gives 1.0, 1.25, ..., 5.0)."""
+    step = (hi - lo) / RATING_BUCKET_COUNT
+    return tuple(round(lo + step * i, 6) for i in range(RATING_BUCKET_COUNT + 1))
+
+
 DISAGREEMENT_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0)
 CORRECTION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 OOD_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
@@ -145,19 +158,11 @@ class Metrics:
             ["side", "result"],
             registry=r,
         )
-        self.prediction_rating = Histogram(
-            "levi_prediction_rating",
-            "Predicted ratings (ensemble, clipped).",
-            buckets=RATING_BUCKETS,
-            registry=r,
-        )
-        self.adapter_rating = Histogram(
-            "levi_adapter_rating",
-            "Per-adapter ratings by 1-based encoder layer.",
-            ["layer"],
-            buckets=RATING_BUCKETS,
-            registry=r,
-        )
+        # Their buckets follow the served model's rating range (use_rating_scale).
+        self.prediction_rating: Histogram | None = None
+        self.adapter_rating: Histogram | None = None
+        self.rating_range: tuple[float, float] | None = None
+        self._rating_lock = threading.Lock()  # two versions may load at once
         self.adapter_disagreement = Histogram(
             "levi_adapter_disagreement",
             "Standard deviation of the adapter ratings of one prediction.",
@@ -393,6 +398,41 @@ class Metrics:
             self.unknown_entities.labels(kind=kind)
         for result in ("success", "failure"):
             self.model_reloads.labels(result=result)
+
+    def use_rating_scale(self, lo: float, hi: float) -> None:
+        """Register ``levi_prediction_rating`` and ``levi_adapter_rating`` with buckets over
+        ``[lo, hi]`` (:func:`rating_buckets`), once: the first served model's range fixes them
+        for the process (Prometheus buckets cannot change). A later model with another range
+        is observed in the same buckets, and the mismatch is logged."""
+        with self._rating_lock:
+            self._use_rating_scale(float(lo), float(hi))
+
+    def _use_rating_scale(self, lo: float, hi: float) -> None:
+        if self.rating_range is not None:
+            if self.rating_range != (lo, hi):
+                log.warning(
+                    "model rating range [%g, %g] differs from the rating histograms' [%g, %g] "
+                    "(fixed by the first model this process served); restart to rebucket",
+                    lo,
+                    hi,
+                    *self.rating_range,
+                )
+            return
+        buckets = rating_buckets(lo, hi)
+        self.prediction_rating = Histogram(
+            "levi_prediction_rating",
+            "Predicted ratings (ensemble, clipped), buckets over the model's rating range.",
+            buckets=buckets,
+            registry=self.registry,
+        )
+        self.adapter_rating = Histogram(
+            "levi_adapter_rating",
+            "Per-adapter ratings by 1-based encoder layer, buckets over the rating range.",
+            ["layer"],
+            buckets=buckets,
+            registry=self.registry,
+        )
+        self.rating_range = (lo, hi)
 
     def set_model(self, model_version: str, backbone: str) -> None:
         """Make ``levi_model_info`` name exactly the model now served.

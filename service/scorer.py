@@ -187,6 +187,9 @@ class Scorer:
         self.rating_range = (float(self.head_config.rating_min), float(self.head_config.rating_max))
         # Online corrections added to answers (set by service.scorer_setup.build_scorer).
         self.corrections: OnlineCorrections | None = None
+        metrics.use_rating_scale(*self.rating_range)
+        assert metrics.adapter_rating is not None and metrics.prediction_rating is not None
+        self._rating_hist = metrics.prediction_rating
         self._adapter_hist = [metrics.adapter_rating.labels(layer=str(lay)) for lay in self.layers]
         self._drift_gauges = [
             metrics.activation_drift.labels(layer=str(i + 1)) for i in range(self.drift.n_layers)
@@ -598,7 +601,7 @@ class Scorer:
         """Metrics and drift windows, once per batch (vectorised histogram updates)."""
         m = self.metrics
         m.predictions.inc(len(batch))
-        observe_many(m.prediction_rating, batch.rating)
+        observe_many(self._rating_hist, batch.rating)
         for j, hist in enumerate(self._adapter_hist):
             observe_many(hist, batch.adapters[:, j])
         observe_many(m.adapter_disagreement, np.std(batch.adapters, axis=1))

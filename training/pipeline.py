@@ -172,13 +172,9 @@ def _head_for(method: str, cfg: TrainConfig, prep: Prepared, n_layers: int) -> H
         n_multi_hot=prep.features.n_multi_hot,
         n_layers=n_layers,
         rating_mean=mu,
-        rating_range=rating_range(prep.spec),
+        rating_range=prep.spec.rating_scale.bounds,
         id_features=id_features,
     )
-
-
-def rating_range(spec: DatasetSpec) -> tuple[float, float]:
-    return float(spec.rating_scale.min), float(spec.rating_scale.max)
 
 
 def methods_to_train(cfg: TrainConfig) -> list[str]:
@@ -290,7 +286,7 @@ def evaluate_baselines(prep: Prepared, cfg: TrainConfig) -> dict[str, list[dict]
             n_users=len(t.user_ids),
             n_items=len(t.item_ids),
             regs=cfg.bias_regs,
-            rating_range=rating_range(prep.spec),
+            rating_range=prep.spec.rating_scale.bounds,
         )
         p_test = model.predict(t.pair_user[held.test], t.pair_item[held.test])
         p_ood = model.predict(t.pair_user[held.ood], t.pair_item[held.ood])
@@ -356,7 +352,7 @@ def evaluate_ensembles(
     held = _HeldOut.of(prep)
     per_seed: dict[str, list[dict]] = {}
     if "mlp_lp_ensemble" in cfg.methods:
-        lo, hi = rating_range(prep.spec)
+        lo, hi = prep.spec.rating_scale.bounds
         per_seed["mlp_lp_ensemble"] = [
             held.score(np.clip((m[0] + lp[0]) / 2, lo, hi), np.clip((m[1] + lp[1]) / 2, lo, hi))
             for m, lp in zip(predictions["mlp"], predictions["linear_probe"], strict=True)

@@ -60,7 +60,7 @@ def corrected(
         shrinkage,
         item_oov=item_oov(prep, rows),
     )
-    lo, hi = prep.spec.rating_scale.min, prep.spec.rating_scale.max
+    lo, hi = prep.spec.rating_scale.bounds
     return np.clip(np.asarray(model_rating, np.float64) + result.correction, lo, hi)
 
 
@@ -80,7 +80,7 @@ def fit_and_evaluate(
         validation RMSEs of the grid's best, and per evaluated part ``n``, ``model`` and
         ``corrected`` RMSE (``ood_groups`` likewise).
     """
-    lo, hi = float(prep.spec.rating_scale.min), float(prep.spec.rating_scale.max)
+    lo, hi = prep.spec.rating_scale.bounds
     y = prep.pairs["rating"].to_numpy(np.float64)
     val = time_ordered(prep, prep.rows["val"])
     val_pred = predict(val)

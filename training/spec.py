@@ -180,8 +180,16 @@ class EntitySpec(TableFile):
 
 
 class RatingScale(_Strict):
+    """The ratings' range: data outside is refused, answers are clipped to it, and the
+    artifact stores it once (``manifest["rating_range"]``)."""
+
     min: float
     max: float
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """``(min, max)`` as floats."""
+        return float(self.min), float(self.max)
 
     @model_validator(mode="after")
     def _ordered(self) -> RatingScale:

@@ -293,7 +293,9 @@ def run_key(head: HeadConfig, cfg: TrainConfig, lr: float, seed: int, data_signa
     """Checkpoint directory name: everything that changes what a run computes."""
     fields = ("batch_size", "max_epochs", "patience", "weight_decay", "item_oov_prob", "factor_l2")
     blob = json.dumps(
-        [head.to_json(), cfg.digest(*fields), lr, seed, data_signature], sort_keys=True
+        [head.to_json(), head.rating_min, head.rating_max, cfg.digest(*fields), lr, seed]
+        + [data_signature],
+        sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

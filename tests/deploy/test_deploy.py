@@ -300,7 +300,10 @@ def registered_metrics() -> dict[str, tuple[str, frozenset[str]]]:
     from prometheus_client import CollectorRegistry
 
     if hasattr(module, "Metrics"):
-        registry = module.Metrics().registry
+        metrics = module.Metrics()
+        if hasattr(metrics, "use_rating_scale"):  # the rating histograms follow the model's
+            metrics.use_rating_scale(1.0, 5.0)
+        registry = metrics.registry
     elif isinstance(getattr(module, "REGISTRY", None), CollectorRegistry):
         registry = module.REGISTRY
     else:

@@ -164,10 +164,15 @@ def test_collab_penalty_is_the_per_example_l2_of_the_rows_read():
 
 
 def test_head_config_json_round_trip_and_old_manifests():
-    cfg = HeadConfig(vocab_sizes=(5, 5, 5), **COLLAB)
-    assert HeadConfig.from_json(cfg.to_json()) == cfg
+    cfg = HeadConfig(vocab_sizes=(5, 5, 5), rating_min=0.0, rating_max=10.0, **COLLAB)
+    # The rating range lives once in the manifest (rating_range), not in the head's JSON.
+    assert "rating_min" not in cfg.to_json() and "rating_max" not in cfg.to_json()
+    assert HeadConfig.from_json(cfg.to_json(), [0.0, 10.0]) == cfg
     old = {k: v for k, v in cfg.to_json().items() if k not in COLLAB}
-    assert not HeadConfig.from_json(old).uses_collab
+    assert not HeadConfig.from_json(old, [0.0, 10.0]).uses_collab
+    # Artifacts written before kept the range in the head's JSON.
+    older = {**cfg.to_json(), "rating_min": 0.0, "rating_max": 10.0}
+    assert HeadConfig.from_json(older) == cfg
 
 
 def test_split_first_layer_initialises_like_one_dense():

@@ -184,3 +184,26 @@ def test_a_file_damage_of_accepts_but_the_merge_refuses_is_found_by_merging_alon
     assert "levi_requests" in families and "levi_x" not in families
     assert metrics.damaged_metric_files.labels(action="removed")._value.get() == 1
     assert not (tmp_path / f"histogram_{dead}.db").exists()
+
+
+def test_rating_histograms_follow_the_served_models_rating_range():
+    """A 0-10 catalog's ratings land in buckets up to 10, not in +Inf (the buckets used to be
+    fixed for a 1-5 scale)."""
+    from service.metrics import rating_buckets
+
+    assert rating_buckets(1.0, 5.0) == tuple(1.0 + 0.25 * i for i in range(17))
+    m = Metrics()
+    assert m.prediction_rating is None  # no model, no scale yet
+    m.use_rating_scale(0.0, 10.0)
+    m.prediction_rating.observe(7.4)
+    m.adapter_rating.labels(layer="1").observe(9.9)
+    m.use_rating_scale(1.0, 5.0)  # a later model cannot rebucket: the first range stays
+    assert m.rating_range == (0.0, 10.0)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(exposition(m).decode())
+        for s in f.samples
+    }
+    assert samples[("levi_prediction_rating_bucket", (("le", "7.5"),))] == 1
+    assert samples[("levi_prediction_rating_bucket", (("le", "6.875"),))] == 0
+    assert samples[("levi_adapter_rating_bucket", (("layer", "1"), ("le", "10.0")))] == 1

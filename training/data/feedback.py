@@ -110,7 +110,7 @@ def add_feedback(
         DataError: see :func:`read_feedback_dir`; a field that does not fit its column.
     """
     events, files, duplicates, partial = read_feedback_dir(directory)
-    lo, hi = float(spec.rating_scale.min), float(spec.rating_scale.max)
+    lo, hi = spec.rating_scale.bounds
     ours = [e for e in events if e.get("dataset") in (None, "", spec.name)]
     in_scale, times = [], []
     for e in ours:

@@ -143,7 +143,7 @@ def _ratings(
             else f"rating {value!r} is not a number{_number_hint(value, spec, 'ratings')}"
         )
         raise DataError(f"{where}: {_row(k)}, column {r.rating!r}: {what} ({len(bad)} such row(s))")
-    lo, hi = spec.rating_scale.min, spec.rating_scale.max
+    lo, hi = spec.rating_scale.bounds
     outside = np.flatnonzero(((rating < lo) | (rating > hi)).to_numpy())
     if len(outside):
         k = int(outside[0])
