@@ -12,7 +12,6 @@ tried again (redis-py reconnects by itself); meanwhile misses are computed local
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 import time
@@ -23,17 +22,12 @@ from typing import TypeVar
 import numpy as np
 import redis
 
+from model.text_keys import activation_key
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "levi:act"
 T = TypeVar("T")
-
-
-def text_key(fingerprint: str, text: str, prefix: str = KEY_PREFIX) -> str:
-    """The cache key of one text's activations under one backbone."""
-    return f"{prefix}:{fingerprint}:{hashlib.sha256(text.encode('utf-8')).hexdigest()}"
 
 
 class LocalLRU:
@@ -86,9 +80,9 @@ class RedisTier:
         metrics: Metrics,
         *,
         ttl_s: int,
-        timeout_s: float = 0.1,
-        backoff_s: float = 0.5,
-        backoff_max_s: float = 15.0,
+        timeout_s: float,
+        backoff_s: float,
+        backoff_max_s: float,
     ):
         self.url = url
         self.ttl_s = ttl_s
@@ -191,7 +185,7 @@ class ActivationCache:
         dtype: storage dtype in Redis (float16 halves traffic; answers are float32).
         local: the in-process tier.
         remote: the Redis tier, or None for in-process only.
-        key_prefix: ``levi:act`` (tests use their own to stay apart).
+        key_prefix: the Redis key prefix (``LEVI_CACHE_KEY_PREFIX``).
     """
 
     def __init__(
@@ -203,7 +197,7 @@ class ActivationCache:
         *,
         local: LocalLRU,
         remote: RedisTier | None = None,
-        key_prefix: str = KEY_PREFIX,
+        key_prefix: str,
     ):
         self.fingerprint = fingerprint
         self.shape = tuple(shape)
@@ -221,7 +215,7 @@ class ActivationCache:
         }
 
     def key(self, text: str) -> str:
-        return text_key(self.fingerprint, text, self.key_prefix)
+        return activation_key(self.key_prefix, self.fingerprint, text)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """Cached float32 ``[n_layers, d]`` activations of the keys found in either tier."""

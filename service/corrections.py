@@ -46,7 +46,6 @@ from service.results import ScoreBatch
 log = logging.getLogger(__name__)
 
 SIDES = ("user", "item")
-KEY_PREFIX = "levi:fb"
 MERGE_EVENTS = 5_000  # kept increments never sent are merged into batches of about this size
 REPLAY_PER_READ = 4  # kept batches a scoring call may replay before it reads
 RECENT_IDS = 1_000_000  # client event ids a process remembers (within LEVI_FEEDBACK_DEDUP_S)
@@ -159,13 +158,13 @@ class OnlineCorrections:
         rating_range: tuple[float, float],
         metrics: Metrics,
         *,
-        redis_tier: RedisTier | None = None,
-        ttl_s: int = 30 * 24 * 3600,
-        max_backlog: int = 100_000,
-        key_prefix: str = KEY_PREFIX,
+        redis_tier: RedisTier | None,
+        ttl_s: int,
+        max_backlog: int,
+        key_prefix: str,
         item_known: Callable[[str], bool] | None = None,
-        mirror_size: int = 200_000,
-        dedup_s: int = 3600,
+        mirror_size: int,
+        dedup_s: int,
     ):
         self.model_version = model_version
         self.item_known = item_known

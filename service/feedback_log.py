@@ -46,7 +46,7 @@ class FeedbackLog:
         rotate_s: a new file once the current one is this old (seconds).
     """
 
-    def __init__(self, directory: Path, *, rotate_bytes: int = 64 << 20, rotate_s: float = 3600):
+    def __init__(self, directory: Path, *, rotate_bytes: int, rotate_s: float):
         self.directory = Path(directory)
         self.rotate_bytes = rotate_bytes
         self.rotate_s = rotate_s

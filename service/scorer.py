@@ -123,7 +123,7 @@ class Scorer:
         metrics: Metrics,
         *,
         max_batch: int,
-        projection_cache_size: int = 20_000,
+        projection_cache_size: int,
     ):
         self.artifact = artifact
         self.cache = cache

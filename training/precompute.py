@@ -11,7 +11,6 @@ encoder; another backbone has another fingerprint and never reads stale activati
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from model.templates import ViewSet
+from model.text_keys import text_digest
 
 CACHE_DTYPE = np.float16
 ENCODE_CHUNK = 2048  # texts per cache chunk file
@@ -54,10 +54,6 @@ class ViewActivations:
     matrices: tuple[np.ndarray, ...]
     index: np.ndarray
     n_encoded: int
-
-
-def text_key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def activation_cache_root(fingerprint: str, cache: Path | None = None) -> Path:
@@ -143,7 +139,7 @@ def encode_texts(
     Returns:
         ``(float16 [len(texts), n_layers, d], number of texts encoded)``.
     """
-    keys = [text_key(t) for t in texts]
+    keys = [text_digest(t) for t in texts]
     missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in store}.items())
     if missing:
         # Similar lengths in one batch: less padding (the tokenizer pads to length buckets).

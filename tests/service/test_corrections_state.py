@@ -48,8 +48,9 @@ def make(redis_url, proxy, redis_client):
             backoff_s=0.01,
             backoff_max_s=0.01,
         )
+        limits = {"ttl_s": 60, "max_backlog": 100_000, "mirror_size": 10_000, "dedup_s": 3600}
         c = OnlineCorrections(
-            "v1", K, (1.0, 5.0), metrics, redis_tier=tier, key_prefix=prefix, **kw
+            "v1", K, (1.0, 5.0), metrics, redis_tier=tier, key_prefix=prefix, **(limits | kw)
         )
         made.append(tier)
         return c

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import ADMIN_TOKEN, BACKBONE_NAME, direct_scores
 
-from service.cache import text_key
+from model.text_keys import activation_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -118,7 +118,7 @@ def test_redis_tier_is_read_with_the_design_key(server, artifacts, redis_client,
     text = art.views.views[0].render(record, {})
     ids, mask = art.tokenizer.pad(art.tokenizer.encode([text]))
     acts = np.asarray(art.encode(ids, mask), dtype=np.float32)[0]
-    key = text_key(art.manifest["backbone"]["fingerprint"], text, key_prefix)
+    key = activation_key(key_prefix, art.manifest["backbone"]["fingerprint"], text)
     assert key.startswith(f"{key_prefix}:{art.manifest['backbone']['fingerprint']}:")
     redis_client.set(key, acts.tobytes(), ex=60)
     hits = server.value("levi_activation_cache_lookups_total", tier="redis", result="hit")
@@ -131,10 +131,10 @@ def test_redis_tier_is_read_with_the_design_key(server, artifacts, redis_client,
     # A miss is written back with a TTL.
     other = _fresh_user()
     httpx.post(f"{server.base}/predict-rating", json={**other, "item_id": "11"}, timeout=30)
-    written = text_key(
+    written = activation_key(
+        key_prefix,
         art.manifest["backbone"]["fingerprint"],
         art.views.views[0].render({**other["user"], "user_id": other["user_id"]}, {}),
-        key_prefix,
     )
     assert redis_client.strlen(written) == acts.nbytes
     assert 0 < redis_client.ttl(written) <= 7 * 24 * 3600

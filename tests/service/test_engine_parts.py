@@ -54,7 +54,9 @@ def test_redis_tier_backs_off_counts_errors_and_comes_back():
         backoff_s=0.1,
         backoff_max_s=0.2,
     )
-    cache = ActivationCache("fp", (2, 3), "float16", metrics, local=LocalLRU(10), remote=tier)
+    cache = ActivationCache(
+        "fp", (2, 3), "float16", metrics, local=LocalLRU(10), remote=tier, key_prefix="levi:act"
+    )
     t0 = time.perf_counter()
     assert cache.get_many(["a", "b"]) == {}
     assert time.perf_counter() - t0 < 1.0  # time-boxed

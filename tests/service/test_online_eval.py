@@ -177,7 +177,7 @@ def test_redis_shares_the_figures_and_an_outage_leaves_them_in_process(redis_url
     """Two processes' evaluations (replicas) sharing Redis see one set of sums; with Redis
     down the join goes on in process and nothing raises."""
     metrics = Metrics()
-    tier = RedisTier(redis_url, metrics, ttl_s=60)
+    tier = RedisTier(redis_url, metrics, ttl_s=60, timeout_s=0.5, backoff_s=0.5, backoff_max_s=5)
     prefix = f"{key_prefix}:online"
     one, two = _evaluation(metrics, tier, prefix), _evaluation(Metrics(), tier, prefix)
     rng = np.random.default_rng(1)
@@ -190,7 +190,9 @@ def test_redis_shares_the_figures_and_an_outage_leaves_them_in_process(redis_url
     assert two.log.flush(5)
     assert one.join(["shared-u"], ["shared-i"], [5.0], None) == {"A": 1}
     # Redis gone (nothing listens on this port): the join still counts, in process.
-    dead = RedisTier("redis://127.0.0.1:1/0", Metrics(), ttl_s=60, timeout_s=0.05)
+    dead = RedisTier(
+        "redis://127.0.0.1:1/0", Metrics(), ttl_s=60, timeout_s=0.05, backoff_s=0.5, backoff_max_s=5
+    )
     offline = _evaluation(Metrics(), dead, prefix)
     offline.log.record("A", ["u"], ["i"], _batch([4.0], [4.5], [True], [2.0], "A"))
     assert offline.log.flush(5)
