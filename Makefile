@@ -61,7 +61,7 @@ challenger:
 
 # ID then genre-shift traffic against the default model; plots the drift metrics it scrapes.
 drift-demo: model
-	$(PY) -m service.drift_demo --model $(ARTIFACTS)/latest --out drift_demo.png
+	$(PY) -m bench.drift_demo --model $(ARTIFACTS)/latest --out drift_demo.png
 
 bench: setup fetch
 	$(PY) -m bench

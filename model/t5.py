@@ -22,7 +22,6 @@ as Hugging Face's ``output_hidden_states[1:]``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,11 +93,6 @@ class T5Config:
     def tiny(cls) -> T5Config:
         """A small T5 1.0 encoder for tests."""
         return cls(vocab_size=256, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)
-
-    @classmethod
-    def tiny_v1_1(cls) -> T5Config:
-        """A small T5 1.1 (gated GELU) encoder for tests."""
-        return dataclasses.replace(cls.tiny(), feed_forward_proj="gated-gelu")
 
     @classmethod
     def t5_small(cls) -> T5Config:

@@ -116,11 +116,6 @@ class ProjectionCache:
                 found[k] = slot
         return found
 
-    def take(self, slots: Sequence[Slot]) -> dict[str, np.ndarray]:
-        """Copies of the parts of ``slots``: ``{name: [n, ...]}``."""
-        rows = np.fromiter((s.row for s in slots), np.int64, len(slots))
-        return {k: a[rows] for k, a in self.arrays.items()}
-
     def put(
         self,
         keys: Sequence[Hashable],

@@ -35,7 +35,6 @@ _model_version: str | None = None
 
 # Loggers printed at LEVI_LOG_LEVEL; the root logger (every other library) prints warnings.
 SERVICE_LOGGERS = ("service", "model")
-UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 def set_model_version(version: str | None) -> None:

@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the service (DESIGN.md, "Metrics"), on a per-app registry.
+"""Every Prometheus metric of the service (README.md, "Monitoring"), on a per-app registry.
 
 No user or item id is ever a label: labels are endpoints, status codes, cache tiers, 1-based
 encoder layers, entity kinds and the model version.

@@ -14,7 +14,6 @@ from service import logs
 from service.connections import RECEIVE_TIMEOUT_EXTENSION
 from service.metrics import Metrics
 
-REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID_LENGTH = 128
 # Ids a caller may choose: UUIDs, hex, base64url, dotted or colon-separated trace ids. Nothing
 # that could break a log line or a header (spaces, quotes, control characters).

@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 PAIR_SAMPLE = 512  # pair views: entity pairs tokenized to find the length buckets in use
 MIN_PAIR_CHUNK = 1024  # the pair function runs on up to this many pairs per call
 TEMPLATE_TOKENS = 16  # a text view's template and id, in tokens (for cost estimates)
-ID_FIELD = {"user": "user_id", "item": "item_id"}
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class TrainConfig:
         item_oov_prob: during training, each pair's item features are replaced by the OOV
             id with this probability, so the OOV slot is trained and the head learns to rely
             on the item text for cold-start items (the OOD movies).
-        embed_dim, mlp_dims, adapter_hidden: head sizes (DESIGN.md: 512 -> 256, hidden 256).
+        embed_dim, mlp_dims, adapter_hidden: head sizes (the paper: 512 -> 256, hidden 256).
             16-wide embeddings beat 32 on ID validation (3 seeds: 0.9067 vs 0.9112); the
             collaborative term carries the id interactions, so wider id embeddings overfit.
         factor_dim, id_biases: the from-scratch model's collaborative term

@@ -61,7 +61,6 @@ from model.templates import ViewSet, views_from_templates
 from model.timestamps import TimestampError, to_seconds
 
 PRESETS_DIR = Path(__file__).with_name("presets")
-TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
 READERS = ("files", "movielens-packaged", "movielens-grouplens", "movielens-tfds", "amazon")
 ColumnType = Literal["categorical", "multi_categorical", "numeric", "text"]
 _QUANTILE = re.compile(r"quantile:([1-9][0-9]*)")

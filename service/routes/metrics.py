@@ -13,7 +13,7 @@ router = APIRouter(tags=["metrics"])
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request, metrics: MetricsDep) -> Response:
-    """Every ``levi_*`` metric (see DESIGN.md, Metrics), summed over the server's workers."""
+    """Every ``levi_*`` metric (service/metrics.py), summed over the server's workers."""
     group = getattr(request.app.state, "workers", None)
     if group is not None:
         group.prune()  # a killed worker's live gauges (model info, drift) leave the scrape

@@ -1,7 +1,7 @@
 """Deployment configuration: docker-compose.yml and deploy/ (Prometheus, Grafana, Kubernetes).
 
 Every YAML and JSON file parses; the dashboard's and the alert rules' PromQL names only real
-metrics and labels (the DESIGN.md list below, and what service/metrics.py registers); probes
+metrics and labels (the list below, and what service/metrics.py registers); probes
 and healthchecks name real routes of the app; the Indexed Job shards by its completion index;
 the pieces that refer to each other (datasource uid, mounts, names, ports) agree.
 
@@ -32,7 +32,7 @@ PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources"
 DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards"
 
-# DESIGN.md, "Metrics": exposed name (counters with _total) -> (type, label names).
+# The service's metrics contract: exposed name (counters with _total) -> (type, label names).
 KNOWN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "levi_requests_total": ("counter", frozenset({"endpoint", "status"})),
     "levi_request_duration_seconds": ("histogram", frozenset({"endpoint"})),
@@ -50,7 +50,7 @@ KNOWN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "levi_activation_drift": ("gauge", frozenset({"layer"})),
     "levi_model_info": ("gauge", frozenset({"model_version", "backbone"})),
     "levi_model_reloads_total": ("counter", frozenset({"result"})),
-    # Beyond DESIGN.md's list: the background warm-up (service/warmup.py).
+    # Beyond the first list: the background warm-up (service/warmup.py).
     "levi_warmup_pending_shapes": ("gauge", frozenset()),
     "levi_warmup_seconds": ("gauge", frozenset({"stage"})),
     # The feedback loop (service/corrections.py, service/feedback_log.py).
@@ -408,7 +408,7 @@ def test_design_metrics_are_what_the_service_registers(registered_metrics):
         name: spec for name, spec in KNOWN_METRICS.items() if registered_metrics.get(name) != spec
     }
     assert not missing, {
-        name: f"DESIGN.md says {spec}, service/metrics.py has {registered_metrics.get(name)}"
+        name: f"the contract says {spec}, service/metrics.py has {registered_metrics.get(name)}"
         for name, spec in missing.items()
     }
 

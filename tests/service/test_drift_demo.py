@@ -3,7 +3,7 @@
 import numpy as np
 from prometheus_client import generate_latest
 
-from service.drift_demo import Series, _append, scrape, summary
+from bench.drift_demo import Series, _append, scrape, summary
 from service.metrics import Metrics
 
 
@@ -45,8 +45,8 @@ def test_traffic_falls_back_to_cold_starts_when_every_item_was_trained_on(artifa
     time split): the OOD side becomes new item ids carrying existing items' fields."""
     import json
 
+    from bench.drift_demo import traffic
     from model.features import FeatureSpec
-    from service.drift_demo import traffic
     from service.entity_fields import check_fields, request_models
 
     id_reqs, ood_reqs = traffic(artifacts.v1, 6, seed=0)

@@ -28,7 +28,6 @@ from training.data.dataset import (
 )
 
 NAME = "amazon"
-BOOKS = "Books"
 REVIEW_FIELDS = ("reviewerID", "asin", "overall", "unixReviewTime")
 _SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 _IMG_ALT = re.compile(r'alt="([^"]*)"')

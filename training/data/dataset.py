@@ -24,9 +24,6 @@ import numpy as np
 import pandas as pd
 
 RATING_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "rating", "timestamp")
-USER_COLUMNS: tuple[str, ...] = ("user_id", "age", "gender", "occupation", "zip_code")
-ITEM_COLUMNS: tuple[str, ...] = ("item_id", "title", "genres")
-OPTIONAL_ITEM_COLUMNS: tuple[str, ...] = ("category",)
 MISSING_AGE = -1
 
 

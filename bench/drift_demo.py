@@ -6,7 +6,7 @@ traffic (known users rating items the model was trained on), then out-of-distrib
 ``/metrics`` after every batch, and draws what Prometheus would have recorded: OOD score,
 adapter disagreement, per-layer activation drift, prediction PSI, unknown-item share.
 
-    python -m service.drift_demo --model artifacts/latest --out drift_demo.png
+    python -m bench.drift_demo --model artifacts/latest --out drift_demo.png
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def summary(series: Series, switch: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.drift_demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.drift_demo", description=__doc__)
     parser.add_argument("--model", default="artifacts/latest", help="artifact directory")
     parser.add_argument("--out", type=Path, default=Path("drift_demo.png"))
     parser.add_argument("--requests", type=int, default=1500, help="requests per phase")
