@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic ratings data set and a tiny random text backbone."""
+"""Shared fixtures: a tiny synthetic ratings data set and a tiny random text backbone; the
+service's tiny artifacts and Redis through support/fixtures.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+
+# The tiny artifacts, the compilation cache and Redis, for every directory (support/).
+pytest_plugins = ["support.fixtures"]
 
 ID_GENRES = ("Action", "Comedy", "Drama", "Romance", "Thriller")
 OOD_GENRES = ("Horror", "Sci-Fi", "Western")
@@ -117,7 +121,7 @@ def tiny_spec(tmp_path):
 
 def make_tiny_backbone(tmp_path):
     """A 2-layer, 32-wide random BERT with a word-level tokenizer over the synthetic texts."""
-    from tiny_assets import tiny_bert, write_word_tokenizer
+    from support.tiny_assets import tiny_bert, write_word_tokenizer
 
     words = {"user", "id", "age", "occupation", "zip", "code", "movie", "title", "unknown"}
     words |= {"doctor", "student", "artist", "awful", "plain", "great", "(", ")", ",", "1995"}

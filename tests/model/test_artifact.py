@@ -37,7 +37,7 @@ GENRES = ("Action", "Comedy", "Horror")
 
 def _tiny_backbone(directory: Path) -> Backbone:
     """BertConfig.tiny() at random init with a word-level tokenizer over a few words."""
-    from tiny_assets import tiny_bert, write_word_tokenizer
+    from support.tiny_assets import tiny_bert, write_word_tokenizer
 
     return tiny_bert(write_word_tokenizer(directory / "tokenizer.json", WORDS, lowercase=False))
 

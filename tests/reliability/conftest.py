@@ -1,7 +1,7 @@
 """Fixtures of the reliability suite: the service's real tiny artifacts, real servers, outages.
 
 The artifact fixtures (``artifacts``, ``compile_cache``, the Redis ones) are those of
-tests/service/conftest.py, imported from that file (see rel_support.py) rather than copied.
+tests/service: support/fixtures.py, a plugin of tests/conftest.py.
 Every server is a real ``python -m service`` (uvicorn) subprocess on 127.0.0.1 with a bounded
 start-up time.
 
@@ -18,20 +18,9 @@ import uuid
 
 import httpx
 import pytest
-from rel_support import (
-    ADMIN_TOKEN,
-    OwnRedis,
-    ProxiedRedis,
-    TcpProxy,
-    proxied_url,
-    service_conftest,
-    start_server,
-)
-
-# Fixtures shared with tests/service (pytest collects them from this module's namespace).
-artifacts = service_conftest.artifacts
-compile_cache = service_conftest.compile_cache
-redis_url = service_conftest.redis_url
+from support.load import ADMIN_TOKEN, OwnRedis, ProxiedRedis, start_server
+from support.servers import proxied_url
+from support.tcp_proxy import TcpProxy
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import inspect
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from rel_support import ADMIN_TOKEN
+from support.load import ADMIN_TOKEN
 
 import service.deps
 from service.app import create_app

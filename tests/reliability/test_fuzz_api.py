@@ -20,7 +20,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from rel_support import start_server
+from support.load import start_server
 
 from service.entity_fields import MAX_LIST_VALUES as MAX_GENRES
 from service.entity_fields import MAX_VALUE_CHARS as MAX_TITLE_LENGTH

@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from rel_support import ADMIN, Load
+from support.load import ADMIN, Load
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 

@@ -16,7 +16,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from rel_support import start_server
+from support.load import start_server
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 

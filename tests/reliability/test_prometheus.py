@@ -26,7 +26,8 @@ import uuid
 import httpx
 import pytest
 import yaml
-from rel_support import ROOT, free_port, start_server, wait_for
+from support.load import start_server, wait_for
+from support.servers import ROOT, free_port
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e, pytest.mark.redis]
 

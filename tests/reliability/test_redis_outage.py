@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from rel_support import Load, wait_for
+from support.load import Load, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e, pytest.mark.redis]
 

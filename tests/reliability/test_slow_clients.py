@@ -22,7 +22,7 @@ import time
 
 import httpx
 import pytest
-from rel_support import Load, start_server
+from support.load import Load, start_server
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
+from support.servers import ROOT
 
 from service import batch
 from service.metrics import Metrics

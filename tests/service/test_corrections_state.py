@@ -10,8 +10,8 @@ import uuid
 import numpy as np
 import pytest
 import redis
-from conftest import proxied_url
-from tcp_proxy import TcpProxy
+from support.servers import proxied_url
+from support.tcp_proxy import TcpProxy
 
 from model.corrections import Shrinkage
 from service import corrections as corrections_module

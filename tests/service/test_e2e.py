@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ADMIN_TOKEN, BACKBONE_NAME, direct_scores
+from support.artifacts import BACKBONE_NAME, direct_scores
+from support.servers import ADMIN_TOKEN
 
 from model.text_keys import activation_key
 

@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import TINY_CORRECTIONS, loaded_client
+from support.artifacts import TINY_CORRECTIONS
+from support.servers import loaded_client
 
 from model.corrections import Shrinkage
 from model.feedback_format import read_events

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import loaded_client
+from support.servers import loaded_client
 from test_feedback import logged
 
 EVENT = {

@@ -18,7 +18,8 @@ import httpx
 import numpy as np
 import pytest
 import redis
-from conftest import TINY_CORRECTIONS, free_port, start_server
+from support.artifacts import TINY_CORRECTIONS
+from support.servers import free_port, start_server
 
 from model.corrections import Shrinkage
 from model.feedback_format import read_events

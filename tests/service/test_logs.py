@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
 from fastapi.testclient import TestClient
+from support.servers import ROOT
 
 from service.app import create_app
 from service.middleware import MAX_REQUEST_ID_LENGTH, accepted_request_id

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from prometheus_client.parser import text_string_to_metric_families
+from support.servers import ROOT
 
 from service.metrics import Metrics, exposition
 from service.metrics_files import TolerantMultiProcessCollector, damage_of

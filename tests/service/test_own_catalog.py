@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, start_server
+from support.servers import ROOT, start_server
 
 pytestmark = [pytest.mark.e2e]
 
@@ -122,7 +122,7 @@ def write_books(directory: Path, n_readers: int = 40, n_books: int = 60, n_ratin
 @pytest.fixture(scope="module")
 def books(tmp_path_factory):
     """``(spec path, artifact path)``: the catalog trained with a tiny backbone."""
-    from conftest import _tiny_backbone, _write_tokenizer
+    from support.artifacts import _tiny_backbone, _write_tokenizer
 
     from training.config import TrainConfig
     from training.pipeline import run_pipeline

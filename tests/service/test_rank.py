@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import loaded_client
+from support.servers import loaded_client
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ tests/service/conftest.py.
 from __future__ import annotations
 
 import pytest
-from conftest import ITEMS, loaded_client
+from support.artifacts import ITEMS
+from support.servers import loaded_client
 
 OK = {"user_id": "1", "item_id": "10"}
 

@@ -9,7 +9,8 @@ import threading
 import time
 
 import pytest
-from conftest import ADMIN_TOKEN, direct_scores, loaded_client
+from support.artifacts import direct_scores
+from support.servers import ADMIN_TOKEN, loaded_client
 
 from service.batcher import MicroBatcher
 from service.errors import DeadlineError, QueueFullError

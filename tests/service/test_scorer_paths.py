@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import direct_scores
+from support.artifacts import direct_scores
 
 from model.artifact import load_artifact
 from service.metrics import Metrics

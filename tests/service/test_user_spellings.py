@@ -9,7 +9,7 @@ import codecs
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import loaded_client
+from support.servers import loaded_client
 
 from model.feedback_format import read_events
 from service import batch

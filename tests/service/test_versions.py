@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ADMIN_TOKEN, loaded_client
+from support.servers import ADMIN_TOKEN, loaded_client
 
 from service.errors import RolloutError
 from service.routing import in_canary

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import direct_scores
+from support.artifacts import direct_scores
 
 from model.artifact import load_artifact
 from service.metrics import Metrics

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ADMIN_TOKEN, launch_server, wait_ready
+from support.servers import ADMIN_TOKEN, launch_server, wait_ready
 
 pytestmark = [pytest.mark.e2e]
 

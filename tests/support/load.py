@@ -1,19 +1,13 @@
-"""Helpers of the reliability suite: servers, load generation, a killable Redis.
-
-Shared helpers of tests/service (``Server``, ``wait_ready``, ``free_port``, ...) come from
-tests/service/conftest.py, loaded by path under its own module name (``tests`` is not a
-package; pytest's ``prepend`` import mode puts each test directory on ``sys.path``).
-"""
+"""Helpers of the reliability suite: servers with a longer start budget, closed-loop load,
+a Redis that can be killed and restarted."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import itertools
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,29 +16,9 @@ from pathlib import Path
 
 import httpx
 
-_SERVICE_TESTS = Path(__file__).resolve().parents[1] / "service"
-
-
-def _load_service_conftest():
-    name = "levi_tests_service_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    if str(_SERVICE_TESTS) not in sys.path:  # for its ``from tcp_proxy import TcpProxy``
-        sys.path.insert(0, str(_SERVICE_TESTS))
-    spec = importlib.util.spec_from_file_location(name, _SERVICE_TESTS / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-service_conftest = _load_service_conftest()
-ROOT = service_conftest.ROOT
-Server = service_conftest.Server
-TcpProxy = service_conftest.TcpProxy
-free_port = service_conftest.free_port
-proxied_url = service_conftest.proxied_url
-wait_ready = service_conftest.wait_ready
+from support import servers
+from support.servers import Server, free_port
+from support.tcp_proxy import TcpProxy
 
 ADMIN_TOKEN = "reliability-admin-" + uuid.uuid4().hex
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -55,8 +29,9 @@ START_TIMEOUT_S = 180
 def start_server(
     model_dir: Path, log: Path, compile_cache: Path, **env_overrides: str | None
 ) -> Iterator[Server]:
-    """The service conftest's server, quieter (warnings only) and with a longer start budget."""
-    with service_conftest.start_server(
+    """:func:`support.servers.start_server`, quieter (warnings only), with a longer start
+    budget."""
+    with servers.start_server(
         model_dir,
         log,
         compile_cache,
