@@ -56,3 +56,20 @@ def encode_texts(
             out[rows] = np.asarray(fn(input_ids, mask), dtype=np.float32)[: len(rows)]
             bar.update(len(rows))
     return out
+
+
+def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """``array`` with zero rows appended up to ``rows`` (a batch bucket); itself if full."""
+    if array.shape[0] == rows:
+        return array
+    pad = np.zeros((rows - array.shape[0], *array.shape[1:]), dtype=array.dtype)
+    return np.concatenate([array, pad], axis=0)
+
+
+def pad_cols(array: np.ndarray, length: int, value: int) -> np.ndarray:
+    """``[n, k]`` ``array`` widened to ``[n, length]`` with ``value`` (a token length bucket)."""
+    if array.shape[1] == length:
+        return array
+    out = np.full((array.shape[0], length), value, dtype=array.dtype)
+    out[:, : array.shape[1]] = array
+    return out

@@ -15,7 +15,7 @@ candidates for one user computes the user's side once (request-level user broadc
 per pair, through the same interface.
 
 Arrays handed to the exported functions are padded to batch buckets (powers of two) and token
-arrays to length buckets, so after :meth:`Scorer.warm_up` nothing compiles while serving.
+arrays to length buckets, so after the warm-up (service/warmup.py) nothing compiles while serving.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.batching import encode_texts
+from model.batching import encode_texts, pad_rows
 from model.decomposed import SIDES, part_widths
 from model.features import as_values
 from model.tokenizer import LENGTH_BUCKETS, bucket_length
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PAIR_SAMPLE = 512  # pair views: entity pairs tokenized to find the length buckets in use
 MIN_PAIR_CHUNK = 1024  # the pair function runs on up to this many pairs per call
 TEMPLATE_TOKENS = 16  # a text view's template and id, in tokens (for cost estimates)
 
@@ -67,14 +66,6 @@ def batch_buckets(largest: int) -> tuple[int, ...]:
     while sizes[-1] < largest:
         sizes.append(sizes[-1] * 2)
     return tuple(sizes)
-
-
-def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
-    """``array`` with zero rows appended up to ``rows``."""
-    if array.shape[0] == rows:
-        return array
-    pad = np.zeros((rows - array.shape[0], *array.shape[1:]), dtype=array.dtype)
-    return np.concatenate([array, pad], axis=0)
 
 
 def _keys(side: str, inputs: Sequence[ScoreInput]) -> list[tuple[str, tuple]]:
@@ -322,9 +313,9 @@ class Scorer:
         def call(start: int, stop: int, rows: int) -> dict[str, np.ndarray]:
             parts = self.artifact.side(
                 side,
-                _pad_rows(ids[start:stop], rows),
-                _pad_rows(multi_hot[start:stop], rows),
-                _pad_rows(acts[start:stop], rows),
+                pad_rows(ids[start:stop], rows),
+                pad_rows(multi_hot[start:stop], rows),
+                pad_rows(acts[start:stop], rows),
             )
             return {k: v[: stop - start] for k, v in parts.items()}
 
@@ -428,9 +419,9 @@ class Scorer:
 
         def call(start: int, stop: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
             adapters, rating = self.artifact.score(
-                _pad_rows(encoded["ids"][start:stop], rows),
-                _pad_rows(encoded["multi_hot"][start:stop], rows),
-                _pad_rows(acts[start:stop], rows),
+                pad_rows(encoded["ids"][start:stop], rows),
+                pad_rows(encoded["multi_hot"][start:stop], rows),
+                pad_rows(acts[start:stop], rows),
             )
             return adapters[: stop - start], rating[: stop - start]
 
@@ -612,83 +603,3 @@ class Scorer:
         m.prediction_psi.set(psi)
         for gauge, value in zip(self._drift_gauges, drift, strict=True):
             gauge.set(float(value))
-
-    # -- warm-up --------------------------------------------------------------------------
-
-    def length_buckets_in_use(self) -> tuple[int, ...]:
-        """Length buckets of the tables' texts, plus the next one for longer cold starts."""
-        users = self.tables["user"].frame.head(PAIR_SAMPLE * 4).to_dict("records") or [
-            {"user_id": "0"}
-        ]
-        items = self.tables["item"].frame.head(PAIR_SAMPLE * 4).to_dict("records") or [
-            {"item_id": "0"}
-        ]
-        if any(v.entity == "pair" for v in self.views.views):
-            rng = np.random.default_rng(0)
-            ui = rng.integers(0, len(users), PAIR_SAMPLE)
-            ii = rng.integers(0, len(items), PAIR_SAMPLE)
-            texts = [
-                t
-                for a, b in zip(ui, ii, strict=True)
-                for t in self.views.render(users[a], items[b])
-            ]
-        else:
-            n = max(len(users), len(items))
-            texts = [
-                t
-                for k in range(n)
-                for t in self.views.render(users[k % len(users)], items[k % len(items)])
-            ]
-        longest = max(len(x) for x in self.tokenizer.encode(list(dict.fromkeys(texts))))
-        top = self.length_buckets.index(bucket_length(longest, self.length_buckets))
-        return self.length_buckets[: min(top + 2, len(self.length_buckets))]
-
-    def warm_up(self) -> float:
-        """Call every exported function once per shape in use; seconds taken."""
-        t0 = time.perf_counter()
-        lengths = self.length_buckets_in_use()
-        for rows in self.backbone_buckets:
-            for length in lengths:
-                ids = np.full((rows, length), self.tokenizer.pad_id, dtype=np.int32)
-                mask = np.ones((rows, length), dtype=np.int32)
-                acts = np.asarray(self.artifact.encode(ids, mask))
-        n_layers, d = acts.shape[1:]
-        if self.decomposed:
-            widths = part_widths(self.head_config)
-            for side in SIDES:
-                f = len(self._entity_columns[side])
-                g = sum(
-                    c.size
-                    for c in self.features.columns
-                    if c.entity == side and c.is_multi_hot_input
-                )
-                v = len(self._side_views[side])
-                for rows in self.head_buckets:
-                    self.artifact.side(
-                        side,
-                        np.zeros((rows, f), np.int32),
-                        np.zeros((rows, g), np.float32),
-                        np.zeros((rows, v, n_layers, d), np.float32),
-                    )
-            for rows in self.pair_buckets:
-                zeros = {k: np.zeros((rows, *w), np.float32) for k, w in widths.items()}
-                self.artifact.pair(zeros, zeros)
-        else:
-            n_feats = len(self.features.categorical)
-            for rows in self.head_buckets:
-                self.artifact.score(
-                    np.zeros((rows, n_feats), np.int32),
-                    np.zeros((rows, self.features.n_multi_hot), np.float32),
-                    np.zeros((rows, self.views.n_views, n_layers, d), np.float32),
-                )
-        self.artifact.ood_score(np.zeros((1, self.head_config.n_adapters), np.float32))
-        self.warmed = tuple((r, n) for r in self.backbone_buckets for n in lengths)
-        seconds = time.perf_counter() - t0
-        log.info(
-            "warmed model %s: batch buckets %s x length buckets %s in %.1fs",
-            self.model_version,
-            self.backbone_buckets,
-            lengths,
-            seconds,
-        )
-        return seconds

@@ -18,6 +18,7 @@ from service.corrections import OnlineCorrections, item_vocabulary, shrinkage_of
 from service.metrics import Metrics
 from service.scorer import Scorer
 from service.settings import Settings
+from service.warmup import warm_all
 
 if TYPE_CHECKING:
     from model.artifact import Artifact
@@ -83,7 +84,7 @@ def build_scorer(
             dedup_s=settings.feedback_dedup_s,
         )
     if warm:
-        scorer.warm_up()
+        warm_all(scorer)
     return scorer
 
 

@@ -14,9 +14,7 @@ ready took 33 s (docs/PROFILING.md, "Start-up"). Instead:
    the artifact's own jitted call at that shape finds it.
 2. **background** (after ready, one thread): every other shape the same way, counted down by
    ``levi_warmup_pending_shapes``: the head's, then one request's batch at every length, then
-   larger batches; then the scorer's own :meth:`~service.scorer.Scorer.warm_up`, so anything
-   else it warms is warm too (its calls of the two functions are answered from shapes,
-   without running them).
+   larger batches; then the OOD score's small function.
 
 Meanwhile :class:`CompiledShapes` (the artifact as the scorer sees it) serves a call at a
 shape not compiled yet from compiled ones: padded to a larger compiled batch, or split into
@@ -40,6 +38,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from model.batching import pad_cols, pad_rows
+from model.tokenizer import bucket_length
 
 if TYPE_CHECKING:
     from model.artifact import Artifact
@@ -68,10 +69,39 @@ class Shape:
     length: int = 0
 
 
+PAIR_SAMPLE = 512  # pair views: entity pairs tokenized to find the length buckets in use
+
+
+def lengths_in_use(scorer: Scorer) -> tuple[int, ...]:
+    """Length buckets of the tables' texts, plus the next one for longer cold starts."""
+    users = scorer.tables["user"].frame.head(PAIR_SAMPLE * 4).to_dict("records") or [
+        {"user_id": "0"}
+    ]
+    items = scorer.tables["item"].frame.head(PAIR_SAMPLE * 4).to_dict("records") or [
+        {"item_id": "0"}
+    ]
+    views = scorer.views
+    if any(v.entity == "pair" for v in views.views):
+        rng = np.random.default_rng(0)
+        ui = rng.integers(0, len(users), PAIR_SAMPLE)
+        ii = rng.integers(0, len(items), PAIR_SAMPLE)
+        texts = [t for a, b in zip(ui, ii, strict=True) for t in views.render(users[a], items[b])]
+    else:
+        n = max(len(users), len(items))
+        texts = [
+            t for k in range(n) for t in views.render(users[k % len(users)], items[k % len(items)])
+        ]
+    longest = max(len(x) for x in scorer.tokenizer.encode(list(dict.fromkeys(texts))))
+    buckets = scorer.length_buckets
+    top = buckets.index(bucket_length(longest, buckets))
+    return buckets[: min(top + 2, len(buckets))]
+
+
 def full_plan(scorer: Scorer) -> tuple[Shape, ...]:
     """Every shape the scorer calls: backbone batch x length buckets in use, then the head
-    buckets, or the side buckets and pair buckets of the first-layer decomposition."""
-    lengths = scorer.length_buckets_in_use()
+    buckets, or the side buckets and pair buckets of the first-layer decomposition. The one
+    list of compiled shapes: both stages and :func:`warm_all` compile from it."""
+    lengths = lengths_in_use(scorer)
     backbone = [Shape("backbone", r, n) for r in scorer.backbone_buckets for n in lengths]
     if not scorer.decomposed:
         return (*backbone, *(Shape("head", r) for r in scorer.head_buckets))
@@ -155,7 +185,6 @@ class CompiledShapes:
         self.pending: set[Shape] = set()
         self.complete = False  # everything compiled: calls go straight to the artifact
         self.stopping = threading.Event()  # the background stage ends after its current shape
-        self._warming_thread: int | None = None
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
@@ -206,11 +235,6 @@ class CompiledShapes:
             if self._metrics is not None:
                 self._metrics.warmup_pending.set(len(self.pending))
 
-    def warming(self) -> _Warming:
-        """Within this context, this thread's calls of the two functions compile their
-        shape and return zeros of the answer's shape instead of running."""
-        return _Warming(self)
-
     # -- the functions the scorer calls --------------------------------------------------
 
     def encode(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -218,16 +242,14 @@ class CompiledShapes:
         input_ids, mask = np.asarray(input_ids), np.asarray(mask)
         rows, length = input_ids.shape
         shape = Shape("backbone", rows, length)
-        if self._warming_here(shape):
-            return self._zeros(shape)[0]
         target = self._target(shape)
         if target is None:
             return self._artifact.encode(input_ids, mask)
         pad_id = self._artifact.tokenizer.pad_id
-        input_ids = _pad_cols(input_ids, target.length, pad_id)
-        mask = _pad_cols(mask, target.length, 0)
+        input_ids = pad_cols(input_ids, target.length, pad_id)
+        mask = pad_cols(mask, target.length, 0)
         outs = [
-            self._artifact.encode(_pad_rows(i, target.rows), _pad_rows(m, target.rows))[: len(i)]
+            self._artifact.encode(pad_rows(i, target.rows), pad_rows(m, target.rows))[: len(i)]
             for i, m in _chunks(target.rows, input_ids, mask)
         ]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
@@ -237,14 +259,11 @@ class CompiledShapes:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The artifact's ``score``, from compiled shapes only (module docstring)."""
         shape = Shape("head", int(np.shape(ids)[0]))
-        if self._warming_here(shape):
-            adapters, rating = self._zeros(shape)
-            return adapters, rating
         target = self._target(shape)
         if target is None:
             return self._artifact.score(ids, multi_hot, activations)
         parts = [
-            [a[: len(c[0])] for a in self._artifact.score(*(_pad_rows(x, target.rows) for x in c))]
+            [a[: len(c[0])] for a in self._artifact.score(*(pad_rows(x, target.rows) for x in c))]
             for c in _chunks(
                 target.rows, np.asarray(ids), np.asarray(multi_hot), np.asarray(activations)
             )
@@ -258,8 +277,6 @@ class CompiledShapes:
     ) -> dict[str, np.ndarray]:
         """The artifact's ``side``, from compiled shapes only (module docstring)."""
         shape = Shape(f"{side}_side", int(np.shape(ids)[0]))
-        if self._warming_here(shape):
-            return self._artifact.side(side, ids, multi_hot, views)
         target = self._target(shape)
         if target is None:
             return self._artifact.side(side, ids, multi_hot, views)
@@ -267,7 +284,7 @@ class CompiledShapes:
             {
                 k: v[: len(c[0])]
                 for k, v in self._artifact.side(
-                    side, *(_pad_rows(x, target.rows) for x in c)
+                    side, *(pad_rows(x, target.rows) for x in c)
                 ).items()
             }
             for c in _chunks(target.rows, np.asarray(ids), np.asarray(multi_hot), np.asarray(views))
@@ -280,36 +297,21 @@ class CompiledShapes:
         """The artifact's ``pair``, from compiled shapes only (module docstring)."""
         keys = sorted(user)
         shape = Shape("pair", int(user[keys[0]].shape[0]))
-        if self._warming_here(shape):
-            return self._artifact.pair(user, item)
         target = self._target(shape)
         if target is None:
             return self._artifact.pair(user, item)
         outs = []
         for c in _chunks(target.rows, *(user[k] for k in keys), *(item[k] for k in keys)):
             n = len(c[0])
-            u = {k: _pad_rows(c[j], target.rows) for j, k in enumerate(keys)}
-            i = {k: _pad_rows(c[len(keys) + j], target.rows) for j, k in enumerate(keys)}
+            u = {k: pad_rows(c[j], target.rows) for j, k in enumerate(keys)}
+            i = {k: pad_rows(c[len(keys) + j], target.rows) for j, k in enumerate(keys)}
             adapters, rating = self._artifact.pair(u, i)
             outs.append((adapters[:n], rating[:n]))
         return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
     def _run_zeros(self, shape: Shape) -> None:
         """Call a side or the pair function once on zeros of ``shape`` (compiles it)."""
-        inputs = self._row_inputs[shape.function]
-        if shape.function == "pair":
-            zeros = {k: np.zeros((shape.rows, *w), np.float32) for k, w in inputs.items()}
-            self._artifact.pair(zeros, zeros)
-        else:
-            side = shape.function.removesuffix("_side")
-            self._artifact.side(side, *(np.zeros((shape.rows, *w), t) for w, t in inputs))
-
-    def _warming_here(self, shape: Shape) -> bool:
-        if self._warming_thread != threading.get_ident():
-            return False
-        if shape not in self.compiled:
-            self.compile(shape)
-        return True
+        _run_row_zeros(self._artifact, self._row_inputs[shape.function], shape)
 
     def _target(self, shape: Shape) -> Shape | None:
         """The compiled shape to serve ``shape`` from, or None to call the artifact as is."""
@@ -335,23 +337,6 @@ class CompiledShapes:
         same = [s for s in compiled if s.length == length]
         larger = [s for s in same if s.rows >= shape.rows]
         return min(larger) if larger else max(same)
-
-    def _zeros(self, shape: Shape) -> list[np.ndarray]:
-        _, _, exported = self._jit[shape.function]
-        return [np.zeros(_concrete(a.shape, shape), a.dtype) for a in exported.out_avals]
-
-
-class _Warming:
-    def __init__(self, shapes: CompiledShapes):
-        self.shapes = shapes
-
-    def __enter__(self) -> None:
-        if self.shapes._warming_thread is not None:
-            raise RuntimeError("one warming thread at a time")
-        self.shapes._warming_thread = threading.get_ident()
-
-    def __exit__(self, *exc: object) -> None:
-        self.shapes._warming_thread = None
 
 
 def _decomposed_inputs(artifact: Artifact) -> dict[str, Any]:
@@ -380,6 +365,16 @@ def _decomposed_inputs(artifact: Artifact) -> dict[str, Any]:
     return out
 
 
+def _run_row_zeros(artifact: Artifact, inputs: Any, shape: Shape) -> None:
+    """Call a side or the pair function of ``artifact`` once on zeros of ``shape``."""
+    if shape.function == "pair":
+        zeros = {k: np.zeros((shape.rows, *w), np.float32) for k, w in inputs.items()}
+        artifact.pair(zeros, zeros)
+    else:
+        side = shape.function.removesuffix("_side")
+        artifact.side(side, *(np.zeros((shape.rows, *w), t) for w, t in inputs))
+
+
 def _concrete(dims: tuple, shape: Shape) -> tuple[int, ...]:
     """An exported function's symbolic dimensions filled in: batch, then tokens."""
     out = []
@@ -394,21 +389,6 @@ def _concrete(dims: tuple, shape: Shape) -> tuple[int, ...]:
 def _chunks(rows: int, *arrays: np.ndarray) -> list[tuple[np.ndarray, ...]]:
     n = arrays[0].shape[0]
     return [tuple(a[k * rows : (k + 1) * rows] for a in arrays) for k in range(math.ceil(n / rows))]
-
-
-def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
-    if array.shape[0] == rows:
-        return array
-    pad = np.zeros((rows - array.shape[0], *array.shape[1:]), dtype=array.dtype)
-    return np.concatenate([array, pad], axis=0)
-
-
-def _pad_cols(array: np.ndarray, length: int, value: int) -> np.ndarray:
-    if array.shape[1] == length:
-        return array
-    out = np.full((array.shape[0], length), value, dtype=array.dtype)
-    out[:, : array.shape[1]] = array
-    return out
 
 
 # -- the two stages ----------------------------------------------------------------------
@@ -428,17 +408,49 @@ def warm_first(scorer: Scorer, shapes: CompiledShapes) -> float:
 
 
 def warm_rest(scorer: Scorer, shapes: CompiledShapes) -> float:
-    """Stage 2 (blocking; on its own thread while serving): every other shape, then the
-    scorer's own warm-up; seconds taken. Calls go straight to the artifact afterwards."""
+    """Stage 2 (blocking; on its own thread while serving): every other shape, then the OOD
+    score's function; seconds taken. Calls go straight to the artifact afterwards."""
     t0 = time.perf_counter()
     shapes.compile_all(background_order(full_plan(scorer), shapes.compiled))
     if shapes.stopping.is_set():
-        raise WarmupStopped("stopped before the scorer's own warm-up")
-    with shapes.warming():
-        scorer.warm_up()
+        raise WarmupStopped("stopped before the OOD score's function")
+    shapes.ood_score(np.zeros((1, scorer.head_config.n_adapters), np.float32))
     shapes.complete = True
     shapes.set_pending(())
     return time.perf_counter() - t0
+
+
+def warm_all(scorer: Scorer) -> float:
+    """Everything at once, by running (not only compiling) the artifact's own functions on
+    zeros of every shape of :func:`full_plan`, so their jit caches hold each executable and
+    nothing compiles afterwards (the batch scorer, which has no background stage); seconds.
+    """
+    t0 = time.perf_counter()
+    artifact = scorer.artifact
+    row_inputs = _decomposed_inputs(artifact)
+    plan = full_plan(scorer)
+    for shape in plan:
+        if shape.function in row_inputs:
+            _run_row_zeros(artifact, row_inputs[shape.function], shape)
+        elif shape.function == "backbone":
+            ids = np.full((shape.rows, shape.length), artifact.tokenizer.pad_id, np.int32)
+            artifact.encode(ids, np.ones_like(ids))
+        else:
+            exported = artifact.exported_head
+            artifact.score(
+                *(np.zeros(_concrete(a.shape, shape), a.dtype) for a in exported.in_avals[-3:])
+            )
+    artifact.ood_score(np.zeros((1, scorer.head_config.n_adapters), np.float32))
+    seconds = time.perf_counter() - t0
+    log.info(
+        "warmed model %s: %d shapes (batch buckets %s x length buckets %s) in %.1fs",
+        scorer.model_version,
+        len(plan),
+        scorer.backbone_buckets,
+        sorted({s.length for s in plan if s.function == "backbone"}),
+        seconds,
+    )
+    return seconds
 
 
 def start_background(

@@ -126,7 +126,7 @@ class ActivationStore:
             self._where[key] = (values_file, row)
 
 
-def encode_texts(
+def encode_missing(
     encoder: Encoder,
     texts: Sequence[str],
     store: ActivationStore,
@@ -223,7 +223,7 @@ def precompute(
     )
     matrices, n_encoded = [], 0
     for view_texts in texts:
-        values, n = encode_texts(
+        values, n = encode_missing(
             encoder, view_texts, store, batch_size=batch_size, progress=progress
         )
         matrices.append(values)

@@ -13,6 +13,7 @@ from service.metrics import Metrics
 from service.scorer import ScoreInput
 from service.scorer_setup import build_scorer
 from service.settings import Settings
+from service.warmup import full_plan, lengths_in_use
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +30,12 @@ def test_warm_up_covers_every_batch_and_length_bucket_in_use(warmed):
     assert scorer.head_buckets == (1, 2)
     assert scorer.pair_buckets == (1, 2, 8, 32, 128, 512, 1024)  # then x4 up to 1,024
     assert scorer.length_buckets == tuple(art.manifest["backbone"]["length_buckets"]) == (16, 32)
-    lengths = scorer.length_buckets_in_use()
+    lengths = lengths_in_use(scorer)
     assert lengths == (16, 32)
-    assert set(scorer.warmed) == set(itertools.product(scorer.backbone_buckets, lengths))
+    backbone = {(s.rows, s.length) for s in full_plan(scorer) if s.function == "backbone"}
+    assert backbone == set(itertools.product(scorer.backbone_buckets, lengths))
     # One compiled executable per shape, no more: the exported functions are jitted once.
-    assert art._encode_fn._cache_size() == len(scorer.warmed)
+    assert art._encode_fn._cache_size() == len(backbone)
     # factored views: the decomposed functions are compiled, the whole head is not needed
     assert scorer.decomposed and art._score_fn._cache_size() == 0
     for side in ("user", "item"):
@@ -175,7 +177,6 @@ def test_background_stage_compiles_the_rest_then_calls_pass_through(staged):
     assert shapes.complete and set(full_plan(scorer)) <= shapes.compiled
     assert _gauge(metrics, "levi_warmup_pending_shapes") == 0
     assert counter.count <= len(full_plan(scorer))  # compiled once each, nothing run twice
-    assert scorer.warmed  # the scorer's own warm-up ran (its calls answered from shapes)
     counter.count, counter.active = 0, True
     after = scorer.score([ScoreInput("1", "10"), ScoreInput("2", "12")])
     scorer.score([ScoreInput(f"u{i}", "11") for i in range(2)])
