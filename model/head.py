@@ -40,7 +40,9 @@ class HeadConfig:
         text_free_heads: adapters over the task vector alone, used only when ``layers`` is
             empty (1 = the MLP baseline A4, n = the multi-head MLP A5).
         use_task_vector: feed the embedding MLP's output to every adapter (False: A3 / LP).
-        embed_dim: embedding width per categorical feature.
+        embed_dim: embedding width per categorical feature (16 beat 32 on MovieLens ID
+            validation, 3 seeds: 0.9067 vs 0.9112; the collaborative term carries the id
+            interactions, so wider id embeddings overfit).
         mlp_dims: the embedding MLP (512 -> 256 in the paper).
         adapter_hidden: hidden width of each adapter (0: a linear adapter, the linear probe).
         dropout: dropout rate in the MLP and adapters during training.
@@ -49,6 +51,8 @@ class HeadConfig:
         user_id_feature, item_id_feature: columns of ``ids`` holding the user and item id
             (-1: none); the collaborative term needs both.
         factor_dim: width of the collaborative user and item factors (0: biases only).
+            The defaults are the trainer's (``training.config.TrainConfig.head`` overrides
+            them); artifacts written before the collaborative term load with it off.
         id_biases: include the user and item biases in the collaborative term.
     """
 
@@ -57,17 +61,17 @@ class HeadConfig:
     layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     text_free_heads: int = 1
     use_task_vector: bool = True
-    embed_dim: int = 32
+    embed_dim: int = 16
     mlp_dims: tuple[int, ...] = (512, 256)
     adapter_hidden: int = 256
-    dropout: float = 0.0
+    dropout: float = 0.1
     rating_min: float = 1.0
     rating_max: float = 5.0
     rating_mean: float = 3.5
     user_id_feature: int = -1
     item_id_feature: int = -1
-    factor_dim: int = 0
-    id_biases: bool = False
+    factor_dim: int = 64
+    id_biases: bool = True
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -100,6 +104,8 @@ class HeadConfig:
         rebuild them exactly; older ones carry the range in ``data`` itself.
         """
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        fields.setdefault("factor_dim", 0)  # written before the collaborative term: off
+        fields.setdefault("id_biases", False)
         if rating_range is not None:
             fields["rating_min"], fields["rating_max"] = (float(x) for x in rating_range)
         return cls(**fields)

@@ -16,7 +16,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from model.head import HeadConfig
 
 # Every method of the report (paper Tables 1, 5, 14), in report order.
 METHODS: tuple[str, ...] = (
@@ -31,6 +35,19 @@ METHODS: tuple[str, ...] = (
 )
 # Methods that train a LeviHead (the rest are closed form or post hoc).
 TRAINED_METHODS: tuple[str, ...] = ("mlp", "multihead_mlp", "intermediates", "linear_probe", "levi")
+# HeadConfig fields a training run may set (``TrainConfig.head``); their defaults are
+# HeadConfig's, the one home of the head's sizes.
+HEAD_FIELDS: tuple[str, ...] = (
+    "embed_dim",
+    "mlp_dims",
+    "adapter_hidden",
+    "dropout",
+    "factor_dim",
+    "id_biases",
+)
+_HEAD_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(HeadConfig) if f.name in HEAD_FIELDS
+}
 
 
 @dataclass(frozen=True)
@@ -60,15 +77,13 @@ class TrainConfig:
         batch_size: global batch, split over the local devices.
         max_epochs, patience: early stopping on ID validation RMSE (best params kept).
         weight_decay: decoupled weight decay of ``optax.adamw``.
-        dropout: dropout rate in the head's MLP and adapters.
         item_oov_prob: during training, each pair's item features are replaced by the OOV
             id with this probability, so the OOV slot is trained and the head learns to rely
             on the item text for cold-start items (the OOD movies).
-        embed_dim, mlp_dims, adapter_hidden: head sizes (the paper: 512 -> 256, hidden 256).
-            16-wide embeddings beat 32 on ID validation (3 seeds: 0.9067 vs 0.9112); the
-            collaborative term carries the id interactions, so wider id embeddings overfit.
-        factor_dim, id_biases: the from-scratch model's collaborative term
-            (``model.head.Collaborative``): user/item factor width (0: none) and biases.
+        head: overrides of ``model.head.HeadConfig``'s defaults, by field name (one of
+            ``HEAD_FIELDS``: embed_dim, mlp_dims, adapter_hidden, dropout, factor_dim,
+            id_biases); the defaults are HeadConfig's. :meth:`replace` takes these names
+            directly too.
         factor_l2: per-example L2 on the biases and factors a batch reads
             (``model.head.collab_penalty``).
         steps_per_chunk: training steps per jitted ``lax.scan`` call (None: a whole epoch).
@@ -95,13 +110,8 @@ class TrainConfig:
     max_epochs: int = 8
     patience: int = 1
     weight_decay: float = 1e-4
-    dropout: float = 0.1
     item_oov_prob: float = 0.1
-    embed_dim: int = 16
-    mlp_dims: tuple[int, ...] = (512, 256)
-    adapter_hidden: int = 256
-    factor_dim: int = 64
-    id_biases: bool = True
+    head: Mapping[str, Any] = field(default_factory=dict)
     factor_l2: float = 0.02
     steps_per_chunk: int | None = None
     eval_batch_size: int = 4096
@@ -119,6 +129,9 @@ class TrainConfig:
             raise ValueError("lrs must name at least one learning rate")
         if self.batch_size <= 0 or self.max_epochs <= 0:
             raise ValueError("batch_size and max_epochs must be positive")
+        unknown = sorted(set(self.head) - set(HEAD_FIELDS))
+        if unknown:
+            raise ValueError(f"head: unknown field(s) {unknown}; known: {', '.join(HEAD_FIELDS)}")
 
     @classmethod
     def default(cls) -> TrainConfig:
@@ -134,17 +147,22 @@ class TrainConfig:
             batch_size=32,
             max_epochs=3,
             patience=1,
-            embed_dim=8,
-            mlp_dims=(32, 16),
-            adapter_hidden=16,
-            factor_dim=4,
+            head={"embed_dim": 8, "mlp_dims": (32, 16), "adapter_hidden": 16, "factor_dim": 4},
             eval_batch_size=256,
             encode_batch_size=32,
             bias_regs=(1.0, 10.0),
         )
 
     def replace(self, **changes) -> TrainConfig:
+        """A copy with ``changes``; head fields (``HEAD_FIELDS``) go into ``head``."""
+        head = {k: changes.pop(k) for k in list(changes) if k in HEAD_FIELDS}
+        if head:
+            changes["head"] = {**changes.get("head", self.head), **head}
         return dataclasses.replace(self, **changes)
+
+    def head_fields(self) -> dict[str, Any]:
+        """Every ``HEAD_FIELDS`` value of this run: HeadConfig's defaults with ``head``."""
+        return {**_HEAD_DEFAULTS, **self.head}
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -235,9 +235,10 @@ def write_report(report: Mapping, notes: Mapping, out_dir: Path) -> Path:
 
 def collab_note(cfg: TrainConfig) -> str:
     """How the report describes the from-scratch model's collaborative term."""
-    parts = ["user and item biases"] if cfg.id_biases else []
-    if cfg.factor_dim:
-        parts.append(f"a {cfg.factor_dim}-wide user-item factor dot product")
+    head = cfg.head_fields()
+    parts = ["user and item biases"] if head["id_biases"] else []
+    if head["factor_dim"]:
+        parts.append(f"a {head['factor_dim']}-wide user-item factor dot product")
     if not parts:
         return "No collaborative term (factor_dim 0, id_biases off)."
     return (
@@ -250,7 +251,8 @@ def collab_note(cfg: TrainConfig) -> str:
 def training_notes(cfg: TrainConfig, lrs: dict[str, float], split_seed: int) -> list[str]:
     return [
         f"Adam with decoupled weight decay (optax.adamw, {cfg.weight_decay:g}), batch "
-        f"{cfg.batch_size}, dropout {cfg.dropout:g}; early stopping on ID validation RMSE "
+        f"{cfg.batch_size}, dropout {cfg.head_fields()['dropout']:g}; early stopping on ID "
+        "validation RMSE "
         f"(patience {cfg.patience}, at most {cfg.max_epochs} epochs), best parameters kept.",
         collab_note(cfg),
         f"Item OOV training: each training pair's item features are replaced by the OOV id "

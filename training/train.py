@@ -137,18 +137,14 @@ def head_config(
     base = {
         "vocab_sizes": tuple(vocab_sizes),
         "n_multi_hot": n_multi_hot,
-        "embed_dim": cfg.embed_dim,
-        "mlp_dims": tuple(cfg.mlp_dims),
-        "adapter_hidden": cfg.adapter_hidden,
-        "dropout": cfg.dropout,
+        **cfg.head_fields(),
         "rating_mean": float(rating_mean),
         "rating_min": float(rating_range[0]),
         "rating_max": float(rating_range[1]),
         "user_id_feature": id_features[0],
         "item_id_feature": id_features[1],
-        "factor_dim": cfg.factor_dim,
-        "id_biases": cfg.id_biases,
     }
+    base["mlp_dims"] = tuple(base["mlp_dims"])
     return HeadConfig(**{**base, **per_method})
 
 
