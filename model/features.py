@@ -88,6 +88,8 @@ class Column:
         edges: numeric bucket edges.
         prefix: categorical: values are cut to this many characters (0: whole value).
         sep: multi_categorical: delimiter of string cells.
+        valid_range: numeric: the values the spec declares valid (``range``), or None.
+        seen_range: numeric: the smallest and largest value of ID train, or None.
     """
 
     name: str
@@ -98,6 +100,8 @@ class Column:
     edges: tuple[float, ...] = ()
     prefix: int = 0
     sep: str | None = None
+    valid_range: tuple[float, float] | None = None
+    seen_range: tuple[float, float] | None = None
     _index: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -149,7 +153,29 @@ class Column:
             out["prefix"] = self.prefix
         if self.sep:
             out["sep"] = self.sep
+        if self.valid_range is not None:
+            out["valid_range"] = [float(x) for x in self.valid_range]
+        if self.seen_range is not None:
+            out["seen_range"] = [float(x) for x in self.seen_range]
         return out
+
+    def far_outside(self, value: object) -> str | None:
+        """Why a numeric ``value`` is suspicious, or None: outside what training saw by more
+        than the width of that range (only without a declared ``valid_range``, which the
+        request checks enforce instead)."""
+        if self.kind != "numeric" or self.valid_range is not None or self.seen_range is None:
+            return None
+        number = as_number(value)
+        if number is None:
+            return None
+        lo, hi = self.seen_range
+        span = max(hi - lo, 1.0)
+        if lo - span <= number <= hi + span:
+            return None
+        return (
+            f"{self.entity}.{self.name} {number:g} lies far outside the values training saw "
+            f"[{lo:g}, {hi:g}]"
+        )
 
     @classmethod
     def from_json(cls, data: Mapping) -> Column:
@@ -162,6 +188,8 @@ class Column:
             edges=tuple(float(e) for e in data.get("edges", ())),
             prefix=int(data.get("prefix", 0)),
             sep=data.get("sep"),
+            valid_range=_pair(data.get("valid_range")),
+            seen_range=_pair(data.get("seen_range")),
         )
 
 
@@ -256,6 +284,10 @@ class FeatureSpec:
         return cls(tuple(Column.from_json(c) for c in data["columns"]))
 
 
+def _pair(value: Sequence | None) -> tuple[float, float] | None:
+    return None if value is None else (float(value[0]), float(value[1]))
+
+
 @dataclass(frozen=True)
 class ColumnDecl:
     """What the spec declares of a column before fitting (see ``training.spec.ColumnSpec``).
@@ -263,6 +295,7 @@ class ColumnDecl:
     Attributes:
         quantiles: numeric: ``k`` of ``"quantile:k"`` (edges fitted), else 0.
         edges: numeric: explicit edges.
+        valid_range: numeric: the spec's ``range`` of valid values, or None.
     """
 
     name: str
@@ -275,6 +308,7 @@ class ColumnDecl:
     sep: str | None = None
     edges: tuple[float, ...] = ()
     quantiles: int = 0
+    valid_range: tuple[float, float] | None = None
 
 
 def _vocab(values: Iterable[str | None], min_count: int, max_size: int | None) -> tuple[str, ...]:
@@ -296,9 +330,12 @@ def _fit(decl: ColumnDecl, records: Sequence[Mapping]) -> Column:
     elif decl.kind == "multi_categorical":
         flat = (clean_category(x) for v in values for x in as_values(v, decl.sep))
         vocab = _vocab(flat, decl.min_count, decl.max_size)
-    elif decl.kind == "numeric" and decl.quantiles:
+    seen = None
+    if decl.kind == "numeric":
         numbers = np.array([x for x in map(as_number, values) if x is not None], dtype=np.float64)
         if numbers.size:
+            seen = (float(numbers.min()), float(numbers.max()))
+        if decl.quantiles and numbers.size:
             qs = np.quantile(numbers, np.linspace(0, 1, decl.quantiles + 1)[1:-1])
             edges = tuple(float(e) for e in np.unique(qs))
     return Column(
@@ -310,6 +347,8 @@ def _fit(decl: ColumnDecl, records: Sequence[Mapping]) -> Column:
         edges,
         decl.prefix,
         decl.sep,
+        decl.valid_range,
+        seen,
     )
 
 

@@ -10,7 +10,8 @@ Types per column kind:
 
 * ``categorical``: a string, a number or a boolean (codes such as zip codes arrive as
   numbers; they are read as training read them: 3.0 is "3", true is "True");
-* ``numeric``: a JSON number (not a string, not a boolean; no NaN or infinity);
+* ``numeric``: a JSON number (not a string, not a boolean; no NaN or infinity), within the
+  spec's declared ``range`` when it has one;
 * ``multi_categorical``: a list of such values (or one delimited string when the column has
   a ``sep``);
 * ``text``: a string of up to ``MAX_TEXT_CHARS`` characters; the backbone truncates it at its
@@ -72,6 +73,9 @@ class _Fields(BaseModel):
 def _field_type(col: Column) -> Any:
     if col.kind == "multi_categorical" and col.sep:
         return KIND_TYPES["multi_categorical"] | Short
+    if col.kind == "numeric" and col.valid_range is not None:  # the spec's declared range
+        lo, hi = col.valid_range
+        return Annotated[float, Field(strict=True, allow_inf_nan=False, ge=lo, le=hi)]
     return KIND_TYPES[col.kind]
 
 

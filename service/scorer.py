@@ -227,6 +227,8 @@ class Scorer:
                         f"{side}.{name}: value(s) not in the model's vocabulary were read as "
                         "out-of-vocabulary (the text view still reads them)"
                     )
+                elif col is not None and (far := col.far_outside(value)) is not None:
+                    notes.append(far)
             warnings.append(tuple(notes) if notes else NO_WARNINGS)
         return records, cold, warnings
 

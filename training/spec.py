@@ -32,7 +32,10 @@ Column types (RecBole / Ludwig / Merlin conventions):
 * ``multi_categorical``: a list column or a ``sep``-delimited string; multi-hot over a capped
   vocabulary.
 * ``numeric``: bucketized with explicit ``buckets`` edges or ``"quantile:k"`` (train
-  quantiles); the bucket is the MLP input, the raw value goes into the text.
+  quantiles); the bucket is the MLP input, the raw value goes into the text. ``range =
+  [lo, hi]`` declares the valid values (age ``[0, 120]``): data outside is refused, a
+  request outside is a 422 naming the field; without it, an answer warns when a value lies
+  far outside what training saw.
 * ``text``: only read by the templates.
 
 Every non-text column feeds the embedding MLP unless ``mlp = false``; the ids always do.
@@ -84,13 +87,16 @@ class ColumnSpec(_Strict):
     prefix: int | None = Field(None, ge=1, description="categorical: keep the first n chars")
     sep: str | None = Field(None, min_length=1, description="multi_categorical: delimiter")
     buckets: list[float] | str | None = Field(None, description="numeric: edges or quantile:k")
+    range: tuple[float, float] | None = Field(
+        None, description="numeric: the valid values [lo, hi] (data and requests outside fail)"
+    )
 
     @model_validator(mode="after")
     def _fits_type(self) -> ColumnSpec:
         allowed = {
             "categorical": {"min_count", "max_size", "prefix"},
             "multi_categorical": {"min_count", "max_size", "sep"},
-            "numeric": {"buckets"},
+            "numeric": {"buckets", "range"},
             "text": set(),
         }[self.type]
         set_keys = {k for k in self.model_fields_set if k not in ("type", "mlp")}
@@ -113,6 +119,8 @@ class ColumnSpec(_Strict):
                 not edges or any(b >= c for b, c in zip(edges, edges[1:], strict=False))
             ):
                 raise ValueError(f"buckets {edges}: expected increasing edges")
+            if self.range is not None and not self.range[0] < self.range[1]:
+                raise ValueError(f"range {list(self.range)}: expected [lo, hi] with lo < hi")
         return self
 
     @property
@@ -413,6 +421,7 @@ class DatasetSpec(_Strict):
                         sep=col.sep,
                         edges=edges,
                         quantiles=quantiles,
+                        valid_range=col.range,
                     )
                 )
         return tuple(out)

@@ -125,3 +125,12 @@ def test_openapi_shows_the_served_models_fields(client):
     item = schema["ItemFields"]
     assert set(item["properties"]) == {"title", "genres"}
     assert item["additionalProperties"] is False
+
+
+def test_a_numeric_value_far_outside_what_training_saw_warns(client):
+    """The tiny artifact declares no range for age (training saw 24-61): accepted, warned."""
+    r = client.post("/predict-rating", json={**OK, "user": {"age": 400}})
+    assert r.status_code == 200, r.text
+    assert any(w.startswith("user.age 400 lies far outside") for w in r.json()["warnings"])
+    r = client.post("/predict-rating", json={**OK, "user": {"age": 70}})
+    assert not any("far outside" in w for w in r.json()["warnings"])

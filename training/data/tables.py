@@ -216,6 +216,21 @@ def _typed_column(
     return text.where(text.ne(""), None).astype(object)
 
 
+def _within(
+    numbers: pd.Series, valid: tuple[float, float], where: str, name: str, section: str
+) -> None:
+    """Refuse numeric values outside the spec's declared ``range`` (missing ones pass)."""
+    lo, hi = valid
+    outside = np.flatnonzero(((numbers < lo) | (numbers > hi)).to_numpy())
+    if len(outside):
+        k = int(outside[0])
+        raise DataError(
+            f"{where}: {_row(k)}, column {name!r}: {numbers.iloc[k]:g} is outside its range "
+            f"[{lo:g}, {hi:g}] ({len(outside)} such row(s)); fix the data or the spec's "
+            f"{section}.columns.{name}.range"
+        )
+
+
 def _entity(
     frame: pd.DataFrame | None,
     table: EntitySpec,
@@ -244,6 +259,8 @@ def _entity(
         out = pd.DataFrame({id_name: ids})
         for name, col in columns.items():
             out[name] = _typed_column(frame[name], col.type, col.sep, where, name, spec, section)
+            if col.type == "numeric" and col.range is not None:
+                _within(out[name], col.range, where, name, section)
         absent = sorted(set(rated) - set(ids))
         if absent:  # rated but no row: an entity with only its id
             out = pd.concat([out, pd.DataFrame({id_name: absent})], ignore_index=True)
