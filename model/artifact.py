@@ -61,9 +61,10 @@ import numpy as np
 import pandas as pd
 from jax import export
 
-from model.decomposed import Layout, decomposable, pair_function, part_widths, side_function
+from model.decomposed import Layout, decomposable, part_widths
 from model.features import FeatureSpec
-from model.head import HeadConfig, LeviHead, ensemble
+from model.head import HeadConfig
+from model.levi import LeviModel
 from model.reference import ReferenceStats
 from model.safetensors_file import save_tensors
 from model.templates import ViewSet
@@ -135,17 +136,6 @@ def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
 # -- the exported functions -----------------------------------------------------------------
 
 
-def head_function(config: HeadConfig) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """Pure ``(params, ids, multi_hot, activations) -> (adapters [b, A], rating [b])``."""
-    module = LeviHead(config)
-
-    def head(params: Any, ids: jax.Array, multi_hot: jax.Array, activations: jax.Array):
-        adapters = module.apply(params, ids, multi_hot, activations, deterministic=True)
-        return adapters, ensemble(adapters, config)
-
-    return head
-
-
 def _export_both(
     backbone_fn: Callable,
     backbone_args: tuple,
@@ -195,12 +185,12 @@ def _export_decomposed(
             jax.ShapeDtypeStruct((b, g), jnp.float32),
             jax.ShapeDtypeStruct((b, n_views, n_layers, d), jnp.float32),
         )
-        fn = jax.jit(side_function(cfg, layout, side))
+        fn = jax.jit(LeviModel(cfg).side_function(layout, side))
         out.append((SIDE_EXPORTS[side], export.export(fn, platforms=platforms)(*args)))
     parts = {
         k: jax.ShapeDtypeStruct((b, *shape), jnp.float32) for k, shape in part_widths(cfg).items()
     }
-    pair = jax.jit(pair_function(cfg))
+    pair = jax.jit(LeviModel(cfg).pair_function())
     out.append((PAIR_EXPORT, export.export(pair, platforms=platforms)(params, parts, parts)))
     return out
 
@@ -362,7 +352,7 @@ def _write_contents(
     bb_exp, hd_exp, done, note = _export_both(
         backbone.pooled_fn,
         (bb_params, tokens, tokens),
-        head_function(head_config),
+        LeviModel(head_config).predict_batch,
         head_args,
         platforms,
     )

@@ -29,7 +29,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from model.head import HeadConfig, LeviHead, ablation, adapter_loss, collab_penalty, ensemble
+from model.head import HeadConfig, ablation
+from model.levi import LeviModel
 from training.config import TrainConfig
 from training.evaluate import rmse
 
@@ -189,13 +190,13 @@ def compiled_predict(head: HeadConfig, mesh: Mesh) -> Callable:
     Keyed by the head and the mesh only, so every run of a head config, whatever its
     optimizer settings, and its evaluation share one compile.
     """
-    model = LeviHead(head)
+    model = LeviModel(head)
     batch_sharding = NamedSharding(mesh, P("data"))
 
     def predict(params, data, rows):
         rows = jax.lax.with_sharding_constraint(rows, batch_sharding)
         ids, mh, acts, _ = _gather(head, data, rows, None)
-        return model.apply(params, ids, mh, acts, deterministic=True)
+        return model.adapters(params, ids, mh, acts)
 
     return jax.jit(predict)
 
@@ -205,21 +206,19 @@ def compiled_fns(
     head: HeadConfig, weight_decay: float, mesh: Mesh, factor_l2: float
 ) -> dict[str, Callable]:
     """Jitted ``init`` and ``train_chunk`` of one head config and its loss (cached)."""
-    model = LeviHead(head)
+    model = LeviModel(head)
     tx = make_optimizer(weight_decay)
     batch_sharding = NamedSharding(mesh, P("data"))
 
     def init(key: jax.Array, data: dict[str, Any], lr: jax.Array) -> PyTree:
         ids, mh, acts, _ = _gather(head, data, jnp.zeros((1,), jnp.int32), None)
-        params = model.init(key, ids, mh, acts)
+        params = model.init_variables(key, ids, mh, acts)
         opt_state = tx.init(params)
         opt_state.hyperparams["learning_rate"] = lr
         return params, opt_state
 
     def loss_fn(params, batch, rng):
-        ids, mh, acts, y = batch
-        adapters = model.apply(params, ids, mh, acts, deterministic=False, rngs={"dropout": rng})
-        return adapter_loss(adapters, y) + factor_l2 * collab_penalty(params, ids, head)
+        return model.loss_fn(params, batch, rng, factor_l2)
 
     def train_chunk(state, data, rows, drop, key):
         """``rows``, ``drop``: ``[n_steps, batch]``; returns the new state and mean loss."""
@@ -268,7 +267,7 @@ def predict_adapters(
 
 def predict_ratings(head: HeadConfig, adapters: np.ndarray) -> np.ndarray:
     """The answer: mean of adapters clipped to the rating range, ``[n]``."""
-    return np.asarray(ensemble(jnp.asarray(adapters), head))
+    return np.asarray(LeviModel(head).rating(jnp.asarray(adapters)))
 
 
 def epoch_order(

@@ -20,13 +20,13 @@ from model.artifact import (
     ArtifactError,
     export_artifact,
     flatten_params,
-    head_function,
     load_artifact,
     unflatten_params,
 )
 from model.backbone import Backbone
 from model.features import Column, FeatureSpec
 from model.head import HeadConfig, LeviHead
+from model.levi import LeviModel
 from model.reference import ReferenceStats
 from model.templates import views_from_templates
 
@@ -141,7 +141,7 @@ def test_round_trip_equals_live_functions(parts, artifact):
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, live_encode(backbone.params, ids, mask), atol=1e-5)
 
-    live_head = jax.jit(head_function(config))
+    live_head = jax.jit(LeviModel(config).predict_batch)
     for batch in (2, 7):  # symbolic batch
         ids = rng.integers(0, 4, (batch, 3)).astype(np.int32)
         multi_hot = rng.integers(0, 2, (batch, 3)).astype(np.float32)
