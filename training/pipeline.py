@@ -577,7 +577,7 @@ def run_pipeline(
     }
     report_dir = report.write_report(doc, notes, output_dir / "reports" / version)
     if artifact is not None:
-        from model.artifact import attach_report
+        from model.artifact_export import attach_report
 
         attach_report(artifact, report_dir)
     return PipelineResult(doc, report_dir, artifact, timings, runs)
@@ -600,11 +600,11 @@ def export(
         corrections: the online corrections' report section (its ``k_item``, ``k_user`` and
             ``fitted_on`` go to the manifest).
     """
-    from model import artifact as artifact_mod
+    from model.artifact_export import export_artifact
 
     reference = reference_stats(prep, run, device, cfg)
     ds = prep.dataset
-    return artifact_mod.export_artifact(
+    return export_artifact(
         output_dir,
         model_version=version,
         backbone=backbone,

@@ -16,13 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model.artifact import (
-    ArtifactError,
-    export_artifact,
-    flatten_params,
-    load_artifact,
-    unflatten_params,
-)
+from model.artifact import ArtifactError, load_artifact
+from model.artifact_export import export_artifact
+from model.artifact_layout import flatten_params, unflatten_params
 from model.backbone import Backbone
 from model.features import Column, FeatureSpec
 from model.head import HeadConfig, LeviHead

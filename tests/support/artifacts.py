@@ -1,6 +1,6 @@
 """Real tiny artifacts for the service tests, and what an artifact answers on its own.
 
-The artifacts are written by the real ``model.artifact.export_artifact`` from a tiny random
+The artifacts are written by the real ``model.artifact_export.export_artifact`` from a tiny random
 BERT (``BertConfig.tiny()``, a word-level tokenizer) and a tiny random ``LeviHead``, in one
 artifacts root with a ``latest`` link; everything loads through ``model.artifact.load_artifact``.
 """
@@ -151,7 +151,7 @@ def export_tiny(
 
     ``head_seed`` (default ``seed``) draws the head alone: two artifacts of one ``seed`` and
     different head seeds share their backbone, as a retrain does."""
-    from model.artifact import export_artifact
+    from model.artifact_export import export_artifact
     from model.features import fit_feature_spec
     from model.head import HeadConfig, LeviHead
     from model.reference import ReferenceStats
