@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from service import logs
 from service.batcher import MicroBatcher, lower_thread_priority
@@ -53,8 +53,6 @@ from service.versions import (
 from service.warmup import CompiledShapes, start_background, warm_first, warm_rest
 from service.workers import WorkerGroup, WorkerState
 
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
