@@ -53,7 +53,6 @@ from service.versions import (
 from service.warmup import CompiledShapes, start_background, warm_first, warm_rest
 from service.workers import WorkerGroup, WorkerState
 
-
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
