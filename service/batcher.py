@@ -155,8 +155,8 @@ class MicroBatcher:
             most this long.
         background_niceness: the nice value of the background thread (Linux). 0 by default:
             a thread that runs Python holds the GIL, and a lowered priority can leave it
-            descheduled while holding it, stalling every other thread (measured: p99 884 ms
-            with nice 10 on a busy machine, docs/PROFILING.md).
+            descheduled while holding it, stalling every other thread (docs/PROFILING.md,
+            "No request can starve").
     """
 
     def __init__(

@@ -1,8 +1,8 @@
 """FastAPI dependencies as ``Annotated`` aliases: the engine, settings, metrics, admin auth.
 
 Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency on its thread pool,
-which costs two thread hand-offs per request for what is an attribute read (profiled: a sixth
-of the service's CPU time at 32 connections went to waking pool threads).
+which costs two thread hand-offs per request for what is an attribute read (docs/PROFILING.md,
+"Serving: one sync dependency").
 """
 
 from __future__ import annotations

@@ -88,8 +88,8 @@ def freeze_long_lived() -> None:
     """Take every object alive now out of the cyclic garbage collector's scans.
 
     The model, its entity tables and the imported libraries live as long as the process; a
-    full collection walks all of them while every in-flight request waits (profiled: p99 at 8
-    connections 89 ms with the collector, 10 ms without). Frozen objects are still freed by
+    full collection walks all of them while every in-flight request waits (docs/PROFILING.md,
+    "the p99 tail was the garbage collector"). Frozen objects are still freed by
     reference counting; the previous model's cycles are collected first, by unfreezing. Run
     it on the scorer thread between batches (:meth:`Engine._freeze`).
     """
@@ -101,7 +101,7 @@ def freeze_long_lived() -> None:
 def freeze_new() -> None:
     """:func:`freeze_long_lived` without the full collection, when nothing was unloaded: only
     what was added since is frozen (a full collection pauses every request for the whole
-    heap's scan: profiled at about 100 ms with two versions loaded)."""
+    heap's scan; docs/PROFILING.md, "Safe rollout")."""
     gc.freeze()
 
 

@@ -1,9 +1,9 @@
 """Warm-up in two stages: what first traffic needs before ready, the rest in the background.
 
 The scorer pads every batch to a batch bucket and every token array to a length bucket, and
-each (function, shape) is an XLA compile: about a second per backbone shape on 2 cores, and
-a MiniLM model has 7 batch x 6 length buckets. Compiling and running all of them before
-ready took 33 s (docs/PROFILING.md, "Start-up"). Instead:
+each (function, shape) is an XLA compile, and a MiniLM model has 7 batch x 6 length buckets:
+compiling and running all of them before ready is slow (docs/PROFILING.md, "Start-up",
+has the figures). Instead:
 
 1. **first** (before ready): one shape per function. The backbone at the smallest batch
    bucket that holds one request's texts and the longest length bucket in use; the head at
@@ -24,7 +24,7 @@ Only a shape longer than every compiled length (a cold-start text past the lengt
 is compiled in the call, as before, with a warning.
 
 With the persistent compilation cache (on by default, service/settings.py) a compile is a
-cache read after the first start: about 0.15 s per shape instead of about 1 s.
+cache read after the first start (docs/BENCHMARKS.md, "Start-up").
 """
 
 from __future__ import annotations
