@@ -31,7 +31,7 @@ ID_TOLERANCE = 0.002
 def replay_parts() -> dict[str, list[tuple[str, str, float]]]:
     """``(user, item, rating)`` of the preset's OOD and ID test ratings, in time order."""
     from training.config import TrainConfig
-    from training.pipeline import prepare_data
+    from training.prepare import prepare_data
     from training.progressive import time_ordered
 
     prep = prepare_data(TrainConfig.default(), log=lambda _: None)

@@ -1,6 +1,6 @@
 """``python -m training``: train LEVI and the baselines, write the report and the artifact.
 
-Flags only; the stages live in ``training.pipeline``. ``make train`` runs it with defaults.
+Flags only; ``training.pipeline`` runs the stages. ``make train`` runs it with defaults.
 """
 
 from __future__ import annotations

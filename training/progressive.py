@@ -25,7 +25,7 @@ from model.corrections import Shrinkage, fit_oov_item, fit_shrinkage, replay
 from training.evaluate import rmse
 
 if TYPE_CHECKING:
-    from training.pipeline import Prepared
+    from training.prepare import Prepared
 
 Predict = Callable[[np.ndarray], np.ndarray]
 

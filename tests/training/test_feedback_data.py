@@ -10,7 +10,7 @@ from model.feedback_format import encode_events
 from training.__main__ import config_from_args, parse_args
 from training.config import TrainConfig
 from training.data.tables import DataError
-from training.pipeline import prepare_data
+from training.prepare import prepare_data
 
 
 def event(event_id: str, user_id: str, item_id: str, rating: float, ts: int, **extra) -> dict:

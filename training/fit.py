@@ -1,0 +1,124 @@
+"""Stage 3 of a run: every trained method over the seeds and learning rates, and the
+trained runs' predictions on pair rows (on the devices of the mesh)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from model.head import HeadConfig
+from training.config import TRAINED_METHODS, TrainConfig
+from training.prepare import Prepared
+from training.train import (
+    RunResult,
+    device_tables,
+    head_config,
+    make_mesh,
+    predict_adapters,
+    predict_ratings,
+    train_method,
+)
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """The head's tables on the devices (``training.train.device_tables``) and their mesh."""
+
+    tables: dict[str, Any]
+    mesh: Any  # jax.sharding.Mesh
+
+
+def _head_for(method: str, cfg: TrainConfig, prep: Prepared, n_layers: int) -> HeadConfig:
+    mu = float(prep.tables.rating[prep.rows["train"]].mean())
+    id_features = (prep.features.id_column("user"), prep.features.id_column("item"))
+    return head_config(
+        method,
+        cfg,
+        vocab_sizes=prep.features.vocab_sizes,
+        n_multi_hot=prep.features.n_multi_hot,
+        n_layers=n_layers,
+        rating_mean=mu,
+        rating_range=prep.spec.rating_scale.bounds,
+        id_features=id_features,
+    )
+
+
+def methods_to_train(cfg: TrainConfig) -> list[str]:
+    wanted = set(cfg.methods)
+    if "mlp_lp_ensemble" in wanted:
+        wanted |= {"mlp", "linear_probe"}
+    return [m for m in TRAINED_METHODS if m in wanted]
+
+
+def train_all(
+    prep: Prepared,
+    cfg: TrainConfig,
+    n_layers: int,
+    *,
+    checkpoint_root: Path | None,
+    progress: bool,
+    log: Callable[[str], None],
+    mesh=None,
+) -> tuple[dict[str, float], dict[str, list[RunResult]], Any]:
+    """Every trained method over the seeds. Returns ``(chosen lrs, runs, device data)``."""
+    mesh = mesh or make_mesh()
+    n_train = len(prep.rows["train"])
+    if n_train < cfg.batch_size:  # a small catalog: one batch is the whole training set
+        smaller = max(mesh.size, n_train // mesh.size * mesh.size)
+        log(f"{n_train} training pairs: batch size {cfg.batch_size} -> {smaller}")
+        cfg = dataclasses.replace(cfg, batch_size=smaller)
+    data = device_tables(prep.tables, mesh)
+    signature = prep.tables.signature()
+    lrs, runs = {}, {}
+    for method in methods_to_train(cfg):
+        log(f"training {method} ({len(cfg.lrs)} learning rates, seeds {list(cfg.seeds)})")
+        lrs[method], runs[method] = train_method(
+            method,
+            _head_for(method, cfg, prep, n_layers),
+            cfg,
+            data,
+            prep.rows["train"],
+            prep.rows["val"],
+            mesh=mesh,
+            data_signature=signature,
+            checkpoint_root=checkpoint_root,
+            progress=progress,
+            log=log,
+        )
+    return lrs, runs, DeviceData(data, mesh)
+
+
+def run_adapters(
+    run: RunResult, device: DeviceData, cfg: TrainConfig, rows: np.ndarray
+) -> np.ndarray:
+    """Adapter ratings ``[len(rows), A]`` of one trained run on pair ``rows``."""
+    tables, mesh = device.tables, device.mesh
+    return predict_adapters(
+        run.head, run.params, tables, rows, mesh=mesh, batch_size=cfg.eval_batch_size
+    )
+
+
+def run_ratings(
+    run: RunResult, device: DeviceData, cfg: TrainConfig, rows: np.ndarray
+) -> np.ndarray:
+    """Ratings ``[len(rows)]`` of one trained run on pair ``rows``."""
+    return predict_ratings(run.head, run_adapters(run, device, cfg, rows))
+
+
+def items_hidden(prep: Prepared, device: DeviceData) -> dict[str, Any] | None:
+    """The device tables with every item's id OOV (0), as a cold-start item is served (its
+    other fields kept; the trainer's item-OOV dropout hides the same column); None when the
+    item id is no model input. The other tables are shared, not copied."""
+    item_columns = [c.name for c in prep.features.categorical if c.entity == "item"]
+    if "item_id" not in item_columns:
+        return None
+    hidden = prep.tables.item_ids.copy()
+    hidden[:, item_columns.index("item_id")] = 0
+    sharding = device.tables["item_ids"].sharding
+    return {**device.tables, "item_ids": jax.device_put(hidden, sharding)}
