@@ -12,21 +12,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from service.errors import ReloadConflictError, ReloadError, RolloutError
 from service.online_stats import decision, look_confidence
 
 if TYPE_CHECKING:
-    from service.engine import Engine
+    from service.online_eval import OnlineEvaluation
+    from service.settings import Settings
+    from service.versions import Rollout, RolloutPlan
 
 log = logging.getLogger(__name__)
+
+
+class Changes(Protocol):
+    """What the gate reads and calls of its engine (``service.engine.Engine``)."""
+
+    settings: Settings
+    rollout: Rollout | None
+    online: OnlineEvaluation | None
+
+    async def change(
+        self, plan: RolloutPlan, *, decision: str, trigger: str, figures: dict | None = None
+    ) -> tuple[str, RolloutPlan, float]: ...
 
 
 class Gate:
     """The gate of one engine: one look at a time, off the request path."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Changes):
         self.engine = engine
         self._task: asyncio.Task | None = None
         self._looks: set[tuple[str | None, int]] = set()  # (trial, look) already taken

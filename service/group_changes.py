@@ -11,19 +11,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from service.errors import ReloadConflictError, ReloadError
 from service.versions import RolloutPlan
 from service.workers import WorkerState
 
 if TYPE_CHECKING:
-    from service.engine import Engine
+    from service.scorer import Scorer
+    from service.versions import Rollout
+    from service.workers import WorkerGroup
+
+
+class GroupMember(Protocol):
+    """What watching the group reads and calls of a worker's engine (``service.engine``)."""
+
+    group: WorkerGroup | None
+    generation: int
+
+    @property
+    def scorer(self) -> Scorer | None: ...
+
+    async def apply(
+        self, plan: RolloutPlan, *, generation: int | None = None
+    ) -> tuple[Rollout | None, Rollout, float]: ...
+
 
 log = logging.getLogger(__name__)
 
 
-async def watch_changes(engine: Engine, interval_s: float = 0.25) -> None:
+async def watch_changes(engine: GroupMember, interval_s: float = 0.25) -> None:
     """Apply every change the group asks for, announcing a refusal with its reason."""
     group = engine.group
     assert group is not None

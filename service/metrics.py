@@ -477,7 +477,7 @@ def exposition(metrics: Metrics) -> bytes:
     if path is None:
         return generate_latest(metrics.registry)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LiveModelInfo(path, metrics))
+    registry.register(LiveModelInfo(path, metrics.damaged_metric_files))
     return generate_latest(registry)
 
 

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.processes import pid_alive
+
 if TYPE_CHECKING:
-    from service.metrics import Metrics
+    from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +82,13 @@ class TolerantMultiProcessCollector(MultiProcessCollector):
 
     Args:
         path: the multiprocess directory.
-        metrics: where the damaged files are counted (this worker's :class:`Metrics`).
+        damaged: where the damaged files are counted: this worker's
+            ``levi_metrics_damaged_files_total`` (its ``action`` label), or None.
     """
 
-    def __init__(self, path: str, metrics: Metrics | None = None):
+    def __init__(self, path: str, damaged: Counter | None = None):
         super().__init__(None, path)
-        self.metrics = metrics
+        self.damaged = damaged
 
     def readable_files(self) -> list[str]:
         """The value files that pass :func:`damage_of`; the others handled as above."""
@@ -119,7 +122,6 @@ class TolerantMultiProcessCollector(MultiProcessCollector):
             return self.merge(good, accumulate=True)
 
     def _damaged(self, path: str, damage: str) -> None:
-        from service.workers import pid_alive  # service.workers imports this module
 
         match = _VALUE_FILE.fullmatch(os.path.basename(path))
         dead = match is not None and not pid_alive(int(match.group(1)))
@@ -131,8 +133,8 @@ class TolerantMultiProcessCollector(MultiProcessCollector):
         if dead:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
-        if self.metrics is not None:
-            self.metrics.damaged_metric_files.labels(action="removed" if dead else "skipped").inc()
+        if self.damaged is not None:
+            self.damaged.labels(action="removed" if dead else "skipped").inc()
         if state not in _REPORTED:  # a file that stays damaged is logged once
             if len(_REPORTED) > 10_000:
                 _REPORTED.clear()
@@ -151,8 +153,8 @@ class LiveModelInfo:
     """The tolerant multiprocess collector, less the ``levi_model_info`` series a worker has
     left."""
 
-    def __init__(self, path: str, metrics: Metrics | None = None):
-        self.collector = TolerantMultiProcessCollector(path, metrics)
+    def __init__(self, path: str, damaged: Counter | None = None):
+        self.collector = TolerantMultiProcessCollector(path, damaged)
 
     def collect(self):
         for family in self.collector.collect():

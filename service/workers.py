@@ -47,6 +47,7 @@ from pathlib import Path
 from prometheus_client.multiprocess import mark_process_dead
 
 from service.metrics import MULTIPROC_ENV, multiprocess_dir
+from service.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +89,6 @@ def startup_failures(path: Path | None) -> list[str]:
     if path is None or not path.is_dir() or (path / EVER_READY_FILE).exists():
         return []
     return sorted({f.read_text() for f in path.glob("failed-*.txt")})
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid runs (in this pid namespace)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # runs, as another user
-        return True
-    return True
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -180,7 +180,12 @@ def test_a_file_damage_of_accepts_but_the_merge_refuses_is_found_by_merging_alon
     odd.close()
     assert damage_of(str(tmp_path / f"histogram_{dead}.db")) is None
     metrics = Metrics()
-    families = {f.name: f for f in TolerantMultiProcessCollector(str(tmp_path), metrics).collect()}
+    families = {
+        f.name: f
+        for f in TolerantMultiProcessCollector(
+            str(tmp_path), metrics.damaged_metric_files
+        ).collect()
+    }
     assert "levi_requests" in families and "levi_x" not in families
     assert metrics.damaged_metric_files.labels(action="removed")._value.get() == 1
     assert not (tmp_path / f"histogram_{dead}.db").exists()
