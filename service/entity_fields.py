@@ -92,33 +92,70 @@ def request_models(features: FeatureSpec) -> dict[str, type[BaseModel]]:
 
 
 def describe(features: FeatureSpec) -> dict[str, list[dict[str, Any]]]:
-    """The request fields per entity: name, kind, JSON type, whether the MLP reads it."""
+    """The request fields per entity: name, kind, JSON type, whether the MLP reads it, and
+    the delimiter a multi-valued field's string may use."""
     return {
         entity: [
             {"name": c.name, "kind": c.kind, "json_type": KIND_JSON[c.kind], "mlp": c.mlp}
+            | ({"sep": c.sep} if c.kind == "multi_categorical" and c.sep else {})
             for c in features.fields_of(entity)
         ]
         for entity in ("user", "item")
     }
 
 
+# (component, property) -> the entity whose fields the property holds, and whether it may be
+# null: the request bodies typed by the served model in its OpenAPI document.
+TYPED_PROPERTIES = {
+    ("PredictRequest", "user"): ("user", True),
+    ("PredictRequest", "item"): ("item", True),
+    ("CatalogItemPut", "fields"): ("item", False),
+    ("CatalogUserPut", "fields"): ("user", False),
+    ("CatalogItemEntry", "fields"): ("item", False),
+    ("CatalogUserEntry", "fields"): ("user", False),
+}
+
+
 def with_model_fields(schema: dict, models: Mapping[str, type[BaseModel]]) -> dict:
-    """The app's OpenAPI document with ``PredictRequest.user`` / ``.item`` typed by the
-    served model (``UserFields`` / ``ItemFields`` components); ``schema`` is not modified."""
+    """The app's OpenAPI document with ``PredictRequest.user`` / ``.item`` and the catalog's
+    ``fields`` typed by the served model (``UserFields`` / ``ItemFields`` components);
+    ``schema`` is not modified."""
     out = copy.deepcopy(schema)
     components = out.setdefault("components", {}).setdefault("schemas", {})
-    request = components.get("PredictRequest", {}).get("properties", {})
-    for entity, model in models.items():
-        name = model.__name__
-        components[name] = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        if entity in request:
-            description = request[entity].get("description")
-            request[entity] = {
-                "anyOf": [{"$ref": f"#/components/schemas/{name}"}, {"type": "null"}]
-            }
-            if description:
-                request[entity]["description"] = description
+    for model in models.values():
+        components[model.__name__] = model.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+    for (component, prop), (entity, nullable) in TYPED_PROPERTIES.items():
+        properties = components.get(component, {}).get("properties", {})
+        if prop not in properties or entity not in models:
+            continue
+        ref = {"$ref": f"#/components/schemas/{models[entity].__name__}"}
+        description = properties[prop].get("description")
+        properties[prop] = {"anyOf": [ref, {"type": "null"}]} if nullable else dict(ref)
+        if description:
+            properties[prop]["description"] = description
     return out
+
+
+def _parse(
+    model: type[BaseModel], entity: str, given: Mapping[str, Any], loc: tuple, errors: list
+) -> dict[str, Any]:
+    """``given`` checked by ``model`` (the fields that were set), or {} with its problems
+    appended to ``errors``, each ``loc`` prefixed by ``loc``."""
+    try:
+        value = model.model_validate(given)
+    except ValidationError as e:
+        for err in e.errors(include_url=False):
+            err = dict(err)
+            if err.get("type") == "extra_forbidden":
+                known = ", ".join(model.model_fields) or "none"
+                article = "an" if entity == "item" else "a"
+                err["msg"] = f"not {article} {entity} field of this model (its fields: {known})"
+            err["loc"] = (*loc, *err["loc"])
+            errors.append(err)
+        return {}
+    return value.model_dump(exclude_none=True)
 
 
 def check_fields(
@@ -141,28 +178,37 @@ def check_fields(
     errors: list[dict[str, Any]] = []
     out = []
     for prefix, user, item in payloads:
-        parsed = []
-        for entity, given in (("user", user), ("item", item)):
-            if not given:
-                parsed.append({})
-                continue
-            try:
-                value = models[entity].model_validate(given)
-            except ValidationError as e:
-                for err in e.errors(include_url=False):
-                    err = dict(err)
-                    if err.get("type") == "extra_forbidden":
-                        known = ", ".join(models[entity].model_fields) or "none"
-                        article = "an" if entity == "item" else "a"
-                        err["msg"] = (
-                            f"not {article} {entity} field of this model (its fields: {known})"
-                        )
-                    err["loc"] = (*prefix, entity, *err["loc"])
-                    errors.append(err)
-                parsed.append({})
-                continue
-            parsed.append(value.model_dump(exclude_none=True))
+        parsed = [
+            _parse(models[entity], entity, given, (*prefix, entity), errors) if given else {}
+            for entity, given in (("user", user), ("item", item))
+        ]
         out.append((parsed[0], parsed[1]))
+    if errors:
+        raise RequestValidationError(errors)
+    return out
+
+
+def check_entity_fields(
+    models: Mapping[str, type[BaseModel]],
+    entity: str,
+    payloads: Sequence[tuple[tuple, Mapping[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Validate objects of one entity's fields (catalog records) as :func:`check_fields`
+    validates a request's ``user`` / ``item`` objects.
+
+    Args:
+        payloads: per record ``(loc of the object, the object)``, e.g.
+            ``(("body", "fields"), {...})``.
+
+    Returns:
+        Per record the fields that were set (null ones left out).
+
+    Raises:
+        RequestValidationError: every problem of every record, ``loc`` naming the field
+            (``["body", "fields", "<field>"]``).
+    """
+    errors: list[dict[str, Any]] = []
+    out = [_parse(models[entity], entity, given or {}, loc, errors) for loc, given in payloads]
     if errors:
         raise RequestValidationError(errors)
     return out
