@@ -275,6 +275,30 @@ def test_a_restart_reads_the_log(artifacts, compile_cache, catalog_dir, client):
         assert other.get("/v1/items/new-round").status_code == 404  # deleted stays deleted
 
 
+def test_processes_sharing_a_log_directory_see_each_others_writes(
+    artifacts, compile_cache, tmp_path
+):
+    """Without Redis the workers of ``--workers N`` share the log directory: each reads the
+    others' files every LEVI_CATALOG_SYNC_S."""
+    with (
+        loaded_client(artifacts.v1, compile_cache, catalog_dir=tmp_path) as a,
+        loaded_client(artifacts.v1, compile_cache, catalog_dir=tmp_path) as b,
+    ):
+        a.put("/v1/items/new-shared", json={"fields": ALIEN})
+        t0 = time.monotonic()
+        while b.get("/v1/items/new-shared").status_code != 200:
+            assert time.monotonic() - t0 < 1.0, "not seen by the other process within 1 s"
+            time.sleep(0.01)
+        b.put("/v1/items/new-shared", json={"fields": {"title": "Heat (1995)"}})
+        t0 = time.monotonic()
+        while a.get("/v1/items/new-shared").json()["fields"] != {"title": "Heat (1995)"}:
+            assert time.monotonic() - t0 < 1.0, "the update was not seen within 1 s"
+            time.sleep(0.01)
+        assert (
+            predict(a, item_id="new-shared")["rating"] == predict(b, item_id="new-shared")["rating"]
+        )
+
+
 def test_catalog_disabled_is_503_and_scoring_goes_on(artifacts, compile_cache):
     with loaded_client(artifacts.v1, compile_cache, catalog_dir="") as c:
         r = c.put("/v1/items/x", json={"fields": {}})
