@@ -20,6 +20,7 @@ Types per column kind:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
@@ -156,6 +157,36 @@ def _parse(
             errors.append(err)
         return {}
     return value.model_dump(exclude_none=True)
+
+
+def plain_value(value: Any) -> Any:
+    """A table cell as a plain Python value: None for a missing one (None, NaN), lists for
+    arrays, Python scalars for numpy ones."""
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "tolist") and not isinstance(value, str):  # numpy scalars and arrays
+        value = value.tolist()
+    return value
+
+
+def cell_value(value: Any, kind: str, sep: str | None = None) -> Any:
+    """A file's cell as a field of ``kind`` expects it (CSV cells arrive as strings): a
+    number read from its text, a multi-valued field split at ``|`` unless the column has its
+    own ``sep`` (then the field splits it); None for a missing or blank cell. A cell that
+    cannot be read is passed on, so the field's validation refuses it naming the field."""
+    value = plain_value(value)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if kind == "numeric" and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # refused by the field's validation, naming row and column
+    if kind == "multi_categorical" and isinstance(value, str) and not sep:
+        return [v for v in value.split("|") if v.strip()]
+    return value
 
 
 def check_fields(
