@@ -334,6 +334,7 @@ class Metrics:
                 self.catalog_lookups.labels(kind=kind, source=source)
             for shared in ("applied", "kept", "local"):
                 self.catalog_upserts.labels(kind=kind, shared=shared)
+                self.catalog_deletes.labels(kind=kind, shared=shared)
         for result in ("done", "dropped", "failed"):
             self.catalog_encodes.labels(result=result)
         for reason in ("reconnect", "lost"):
