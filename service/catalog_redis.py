@@ -152,10 +152,12 @@ class CatalogRedis:
         return True
 
     def position(self) -> Position | None:
-        """The stream's end now (None when Redis did not answer)."""
+        """The stream's end now (None when Redis did not answer). Sets the epoch token when
+        there is none yet, so that a token gone later always means Redis lost its data."""
 
         def read(client: redis.Redis) -> list:
             with client.pipeline(transaction=True) as pipe:
+                pipe.set(self.epoch_key, os.urandom(8).hex(), nx=True)
                 pipe.xrevrange(self.stream_key, count=1)
                 pipe.get(self.seq_key)
                 pipe.get(self.epoch_key)
@@ -164,7 +166,7 @@ class CatalogRedis:
         got = self.tier.call("catalog_sync", read)
         if got is None:
             return None
-        last, seq, epoch = got
+        _, last, seq, epoch = got
         entry = last[0][0].decode() if last else "0-0"
         return Position(entry, int(seq or 0), epoch.decode() if epoch else None)
 
