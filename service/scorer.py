@@ -20,6 +20,7 @@ arrays to length buckets, so after :meth:`Scorer.warm_up` nothing compiles while
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -84,6 +85,32 @@ def sources(inputs: Sequence[ScoreInput], side: str, cold: np.ndarray) -> np.nda
         elif origin == "request" or given:
             out[j] = SOURCE_CODE["request"]
     return out
+
+
+COLD_WITH_FIELDS = {
+    side: f"unknown {side}: answered from the request's {side} fields (cold start)"
+    for side in SIDES
+}
+
+
+def _with_cold_notes(batch: ScoreBatch) -> ScoreBatch:
+    """``batch`` with a warning on each side the model does not know that the request's
+    fields answered. Said per answer, not stored with the entity's projections: the same
+    fields registered in the catalog (``service/catalog.py``) share those projections, and a
+    registered entity's answer says ``source: catalog`` instead."""
+    request = SOURCE_CODE["request"]
+    need = {
+        "user": batch.cold_user & (batch.user_source == request),
+        "item": batch.cold_item & (batch.item_source == request),
+    }
+    rows = np.flatnonzero(need["user"] | need["item"])
+    if not len(rows):
+        return batch
+    warnings = list(batch.warnings)
+    for j in rows.tolist():
+        notes = tuple(COLD_WITH_FIELDS[side] for side in SIDES if need[side][j])
+        warnings[j] = notes + warnings[j]
+    return dataclasses.replace(batch, warnings=tuple(warnings))
 
 
 def batch_buckets(largest: int) -> tuple[int, ...]:
@@ -249,8 +276,8 @@ class Scorer:
         columns = self._columns[side]
         for j, (_, frozen) in enumerate(keys):
             notes = []
-            if cold[j]:
-                notes.append(self._cold_warning(side, bool(frozen)))
+            if cold[j] and not frozen:  # with fields: said per answer (_with_cold_notes)
+                notes.append(self._cold_warning(side))
             for name, value in frozen:
                 col = columns.get(name)
                 if col is not None and col.kind == "multi_categorical":
@@ -264,11 +291,7 @@ class Scorer:
             warnings.append(tuple(notes) if notes else NO_WARNINGS)
         return records, cold, warnings
 
-    def _cold_warning(self, side: str, has_fields: bool) -> str:
-        # One text whether the fields came from the request or the catalog: the projections
-        # (and their warnings) are shared by every request with the same fields.
-        if has_fields:
-            return f"unknown {side}: answered from its {side} fields (cold start)"
+    def _cold_warning(self, side: str) -> str:
         fields = self._text_fields[side] or [c.name for c in self.features.fields_of(side)]
         hint = (
             f"; send {', '.join(f'{side}.{f}' for f in fields)}, or register it "
@@ -624,8 +647,10 @@ class Scorer:
         score = self._score_decomposed if self.decomposed else self._score_whole
         with self._lock:  # the scorer thread and the shadow thread may share a version
             batch = score(inputs, observe)
-        batch = batch.with_sources(
-            sources(inputs, "user", batch.cold_user), sources(inputs, "item", batch.cold_item)
+        batch = _with_cold_notes(
+            batch.with_sources(
+                sources(inputs, "user", batch.cold_user), sources(inputs, "item", batch.cold_item)
+            )
         )
         if observe:
             for side, codes in (("user", batch.user_source), ("item", batch.item_source)):

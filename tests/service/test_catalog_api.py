@@ -149,6 +149,9 @@ def test_a_registered_item_answers_as_its_fields_in_the_request_do(client):
     assert by_id["sources"] == {"user": "model", "item": "catalog"}
     assert with_fields["sources"] == {"user": "model", "item": "request"}
     assert by_id["cold_start"] == {"user": False, "item": True}
+    # the request's fields are said to have answered; a registered item's source says it
+    assert any("answered from the request's item fields" in w for w in with_fields["warnings"])
+    assert by_id["warnings"] == []
     bare = predict(client, item_id="unregistered-x")
     assert bare["sources"]["item"] == "unknown" and bare["rating"] != by_id["rating"]
 

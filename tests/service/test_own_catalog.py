@@ -218,7 +218,7 @@ def test_served_over_http_with_its_own_fields_and_scale(books, compile_cache, tm
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["cold_start"]["item"] and 0.0 <= body["rating"] <= 10.0
-        assert any("answered from its item fields" in w for w in body["warnings"])
+        assert any("request's item fields" in w for w in body["warnings"])
         # a batch keeps its order and equals the single answers
         batch = httpx.post(
             f"{srv.base}/predict-rating/batch",

@@ -71,7 +71,7 @@ def test_declared_fields_are_accepted_and_used(client):
     body = r.json()
     assert body["cold_start"] == {"user": True, "item": True}
     assert body["rating"] != base["rating"]  # the fields reach the model
-    assert any("answered from its item fields" in w for w in body["warnings"])
+    assert any("answered from the request's item fields" in w for w in body["warnings"])
 
 
 def test_categorical_values_are_read_as_training_read_them(client):
