@@ -299,7 +299,8 @@ class Catalog:
             return inputs
         out = []
         for r in inputs:
-            u, i = users.get(r.user_id), items.get(r.item_id)
+            u = users.get(r.user_id) if users else None
+            i = items.get(r.item_id) if items else None
             if u is None and i is None:
                 out.append(r)
                 continue
