@@ -36,10 +36,14 @@ from service.catalog_mirror import Record
 
 log = logging.getLogger(__name__)
 
+# Every call must fit in LEVI_REDIS_TIMEOUT_S (0.1 s) even with long text fields (up to
+# 20,000 characters each): writes go in chunks of at most WRITE_BYTES, a stream entry holds
+# one chunk, and reads take a few entries or records per call.
 STREAM_LENGTH = 100_000  # stream entries kept (about); a process further behind reloads all
-WRITE_CHUNK = 1000  # records per script call
-SCAN_COUNT = 1000  # records per HSCAN call of a full load
-READ_COUNT = 1000  # stream entries per poll call
+WRITE_CHUNK = 1000  # records per script call, at most
+WRITE_BYTES = 256 << 10  # bytes of records per script call, at most (one record at least)
+SCAN_COUNT = 200  # records per HSCAN call of a full load (a hint to Redis)
+READ_COUNT = 8  # stream entries per poll call
 
 # KEYS: records hash, order hash, changes stream, seq, epoch.
 # ARGV: stream length, kind, a new epoch token, then (id, order, record JSON) triples.
@@ -70,6 +74,19 @@ return {#applied, epoch}
 def order_text(record: Record) -> str:
     """A string that sorts as ``record.order`` does (versions are below 10**20)."""
     return f"{record.version:020d}:{record.writer}"
+
+
+def _chunks(rows: list[tuple[Record, bytes]]) -> list[list[tuple[Record, bytes]]]:
+    """``rows`` in chunks of at most ``WRITE_CHUNK`` records and ``WRITE_BYTES`` bytes."""
+    out: list[list[tuple[Record, bytes]]] = []
+    size = 0
+    for row in rows:
+        if not out or len(out[-1]) >= WRITE_CHUNK or size + len(row[1]) > WRITE_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(row)
+        size += len(row[1])
+    return out
 
 
 def _tag(dataset: str) -> str:
@@ -129,11 +146,10 @@ class CatalogRedis:
         for r in records:
             by_kind.setdefault(r.kind, []).append(r)
         for kind, rows in by_kind.items():
-            for start in range(0, len(rows), WRITE_CHUNK):
-                chunk = rows[start : start + WRITE_CHUNK]
+            for chunk in _chunks([(r, orjson.dumps(r.to_json(self.dataset))) for r in rows]):
                 args: list = [STREAM_LENGTH, kind, os.urandom(8).hex()]
-                for r in chunk:
-                    args += [r.id, order_text(r), orjson.dumps(r.to_json(self.dataset))]
+                for r, doc in chunk:
+                    args += [r.id, order_text(r), doc]
                 keys = [
                     self.records_key[kind],
                     self.order_key[kind],

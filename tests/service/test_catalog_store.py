@@ -155,3 +155,25 @@ def test_records_kept_while_redis_is_down_are_written_when_it_answers(
         c.close()
         proxy.stop()
         tier.close()
+
+
+def test_long_records_go_in_calls_that_fit_the_redis_timeout(tier, prefix, redis_client):
+    """150 records of 20,000-character titles: written in chunks of at most 256 KiB (one
+    stream entry each), read back whole, in order, over several polls."""
+    from service.catalog_redis import WRITE_BYTES
+
+    store = CatalogRedis(tier, prefix, DATASET)
+    start = store.position()
+    long = [rec(f"long-{k}", k + 1, title=f"{k} " + "x" * 20_000) for k in range(150)]
+    assert store.write(long)
+    entries = redis_client.xrange(store.stream_key)
+    assert len(entries) > 1 and all(len(v[b"r"]) <= WRITE_BYTES for _, v in entries)
+    assert {r.id for r in store.load_all()} == {r.id for r in long}
+    got, position, polls = [], start, 0
+    while True:
+        changes = store.poll(position)
+        got += changes.records
+        position, polls = changes.position, polls + 1
+        if not changes.more:
+            break
+    assert [r.id for r in got] == [r.id for r in long] and polls > 1
