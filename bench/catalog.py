@@ -213,7 +213,13 @@ def run(args) -> list[str]:
             registered = [{"item_id": records[k]["item_id"]} for k in picked]
             own = [{"item_id": i} for i in rng.choice(own_items, args.candidates, replace=False)]
             first_s, _ = rank_time(client, a, {"user_id": pool[0], "candidates": registered})
-            first_own_s, _ = rank_time(client, a, {"user_id": pool[1], "candidates": own})
+            # The artifact's own items are projected on first use, not ahead: in slices, so
+            # that no request needs more than the request deadline to encode their titles.
+            t = time.perf_counter()
+            for start in range(0, len(own), 100):
+                body = {"user_id": pool[1], "candidates": own[start : start + 100]}
+                rank_time(client, a, body)
+            own_warm_s = time.perf_counter() - t
             for u in pool:  # every user's projections once, both lists
                 for cands in (registered, own):
                     rank_time(client, a, {"user_id": u, "candidates": cands})
@@ -236,9 +242,9 @@ def run(args) -> list[str]:
             )
             lines.append(
                 f"the first /rank of the registered items (their projections computed off the "
-                f"path, the user's not yet): {first_s * 1000:.1f} ms; the first over the "
-                f"artifact's items (known, not projected since the start: their texts encoded "
-                f"on the request path): {first_own_s * 1000:.1f} ms"
+                f"path, the user's not yet): {first_s * 1000:.1f} ms; the artifact's own items "
+                f"are projected on first use instead: their first rankings (10 of 100 "
+                f"candidates) took {own_warm_s:.1f} s in all"
             )
             # -- the same ratings as with the fields in the request
             fields = {x["item_id"]: x["fields"] for x in records}
