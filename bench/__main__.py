@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench [--model artifacts/latest] [--output docs/BENCHMARKS.md]
         [--connections 1,8,32,128] [--requests 4000] [--seconds 20] [--cold 100]
-        [--skip encode,serve,variants,rank,feedback,train,rss,startup] [--reference-python PATH]
+        [--skip encode,serve,variants,rank,feedback,catalog,train,rss,startup]
+        [--reference-python PATH]
 
 Parts, each a figure next to a baseline measured in the same run:
 - serving (bench/serve.py): warm ``/predict-rating`` req/s, p50, p99 at each connection count
@@ -17,6 +18,9 @@ Parts, each a figure next to a baseline measured in the same run:
   ratings in time order, each predicted before its feedback is sent): RMSE with the online
   corrections next to the model alone from the same answers; ``/feedback`` latency next to
   ``/predict-rating`` of the same pairs.
+- online catalog (bench/catalog.py): bulk registration (upserts/s), ``/rank`` of registered
+  items by id alone vs the artifact's own items, the same ratings as with the fields in the
+  request, an update read on a second replica, every record back after Redis is flushed.
 - encoder (bench/encode.py): our jitted encoder vs the reference PyTorch implementation.
 - scaling (bench/scaling.py): the exported head and backbone by batch size and text length,
   each row relative to the smallest in the same run.
@@ -60,6 +64,7 @@ PARTS = (
     "feedback",
     "rollout",
     "fairness",
+    "catalog",
     "encode",
     "scaling",
     "train",
@@ -478,6 +483,20 @@ def bench_fairness(args) -> Section:
     )
 
 
+def bench_catalog(args) -> Section:
+    return bullet_section(
+        args,
+        "Online catalog: registered items ranked by id alone (bench/catalog.py)",
+        "bench.catalog",
+        "Two replicas sharing a Redis of the benchmark's own, each with its own catalog log: "
+        "10,000 items registered through POST /v1/items, then /rank of 1,000 of them by id "
+        "alone next to the same ranking over 1,000 of the artifact's own items, the same pairs "
+        "with the fields sent in the request, updates on one replica read on the other, and "
+        "Redis flushed before a restart. Targets: rank p50 ratio <= 1.2; identical ratings; an "
+        "update on the other replica within 1 s; every record back after the restart.",
+    )
+
+
 def training_timings(model: Path) -> tuple[dict[str, float], Path] | None:
     """Stage -> seconds from report.json ("timings") or report.md ("## Stage timings")."""
     candidates = [model / "report.json", model / "report.md"]
@@ -682,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         "feedback": ("Feedback loop", True, bench_feedback),
         "rollout": ("Safe rollout", True, bench_rollout),
         "fairness": ("No request can starve", True, bench_fairness),
+        "catalog": ("Online catalog", True, bench_catalog),
         "encode": ("Encoder", False, bench_encode),
         "scaling": ("Scaling", True, bench_scaling),
         "train": ("Training", False, bench_train),

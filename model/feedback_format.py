@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from model.json_lines import read_json_lines
+
 FIELDS = (
     "event_id",
     "received_at",
@@ -68,16 +70,9 @@ def read_events(path: Path) -> tuple[list[dict[str, Any]], int]:
     Raises:
         ValueError: a complete line that is not an event (names the file and the line).
     """
-    body, newline, tail = Path(path).read_bytes().rpartition(b"\n")
-    skipped = 1 if tail.strip() else 0  # no final newline: an interrupted write
+    values, skipped = read_json_lines(path)
     events = []
-    for number, line in enumerate(body.split(b"\n") if newline else [], 1):
-        if not line.strip():
-            continue
-        try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {number}: not JSON ({e})") from None
+    for number, event in values:
         if not isinstance(event, dict) or (missing := [f for f in REQUIRED if f not in event]):
             what = f"missing {', '.join(missing)}" if isinstance(event, dict) else "not an object"
             raise ValueError(f"{path}, line {number}: not a feedback event ({what})")

@@ -26,6 +26,7 @@ from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from service.routes import (
     admin,
+    catalog,
     feedback,
     health,
     metrics,
@@ -173,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = app_metrics
     app.state.workers = group
-    for module in (predict, rank, feedback, health, model_info, versions, metrics, admin):
+    for module in (predict, rank, feedback, catalog, health, model_info, versions, metrics, admin):
         app.include_router(module.router)
     static_openapi = app.openapi
 

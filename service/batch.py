@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -49,7 +48,7 @@ from model.table_files import (
     mark_missing,
     read_table_file,
 )
-from service.entity_fields import check_fields, request_models
+from service.entity_fields import cell_value, check_fields, plain_value, request_models
 from service.metrics import Metrics
 from service.schemas import MAX_ID_LENGTH
 from service.scorer import ScoreInput, Scorer
@@ -126,18 +125,8 @@ def input_schema(path: Path) -> pa.Schema | None:
     return None
 
 
-def _value(v: Any) -> Any:
-    if v is None:
-        return None
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    if hasattr(v, "tolist") and not isinstance(v, str):  # numpy scalars and arrays
-        v = v.tolist()
-    return v
-
-
 def _id(v: Any) -> Any:
-    v = _value(v)
+    v = plain_value(v)
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return str(v) if isinstance(v, int) else v
@@ -170,26 +159,11 @@ def field_columns(frame_columns: Sequence[str], features: FeatureSpec) -> dict[s
     return out
 
 
-def _cell(value: Any, col: Column) -> Any:
-    """A cell as the request field expects it (CSV cells arrive as strings)."""
-    value = _value(value)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if col.kind == "numeric" and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value  # refused by the field's validation, naming row and column
-    if col.kind == "multi_categorical" and isinstance(value, str) and not col.sep:
-        return [v for v in value.split("|") if v.strip()]
-    return value
-
-
 def row_request(row: dict[str, Any], columns: dict[str, Column]) -> dict[str, Any]:
     """A PredictRequest body from one input row (absent / empty cells are left out)."""
     body: dict[str, Any] = {"user_id": _id(row["user_id"]), "item_id": _id(row["item_id"])}
     for name, col in columns.items():
-        value = _cell(row.get(name), col)
+        value = cell_value(row.get(name), col.kind, col.sep)
         if value is not None:
             body.setdefault(col.entity, {})[col.name] = value
     return body
@@ -376,7 +350,7 @@ def _arrow_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
         fixed = frame.copy()
         for f in schema:
             if f.type == pa.string() and fixed[f.name].dtype == object:
-                fixed[f.name] = [None if _value(v) is None else str(v) for v in fixed[f.name]]
+                fixed[f.name] = [None if plain_value(v) is None else str(v) for v in fixed[f.name]]
         return pa.Table.from_pandas(fixed, schema=schema, preserve_index=False)
 
 

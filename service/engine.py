@@ -32,6 +32,8 @@ from typing import TypeVar
 
 from service import logs
 from service.batcher import MicroBatcher, lower_thread_priority
+from service.catalog import Catalog
+from service.catalog_warmer import CatalogWarmer
 from service.errors import ModelNotReadyError, ReloadConflictError, ReloadError
 from service.feedback_log import FeedbackLog
 from service.gate import Gate
@@ -148,6 +150,24 @@ class Engine:
                 ttl_s=settings.online_eval_ttl_s,
                 key_prefix=settings.online_key_prefix,
             )
+        self.catalog: Catalog | None = None
+        if settings.catalog_dir is not None:
+            self.catalog = Catalog(
+                settings.catalog_dir,
+                metrics,
+                redis_tier=self.redis,
+                key_prefix=settings.catalog_key_prefix,
+                sync_s=settings.catalog_sync_s,
+                rotate_bytes=settings.catalog_rotate_bytes,
+                rotate_s=settings.catalog_rotate_s,
+                warmer=CatalogWarmer(
+                    self._served_scorers,
+                    lambda: self.batcher.pending > 0,
+                    metrics,
+                    queue_bound=settings.catalog_warm_queue,
+                    step_tokens=settings.catalog_warm_tokens,
+                ),
+            )
         self.rollout: Rollout | None = None
         self.load_error: str | None = None
         self.batcher = MicroBatcher(
@@ -190,6 +210,23 @@ class Engine:
     def loaded_at(self) -> str | None:
         rollout = self.rollout
         return rollout.champion.loaded_at if rollout is not None else None
+
+    def _served_scorers(self) -> list[Scorer]:
+        """The scorers of the versions that answer (champion, challenger)."""
+        rollout = self.rollout
+        return [v.scorer for v in rollout.served()] if rollout is not None else []
+
+    async def _open_catalog(self, rollout: Rollout) -> None:
+        """Hold the catalog of the data set ``rollout``'s champion was trained on (nothing
+        to do when it is open already). A catalog that cannot be read is logged; scoring
+        goes on without it."""
+        if self.catalog is None:
+            return
+        dataset = str(rollout.champion.scorer.artifact.dataset.get("name") or "")
+        try:
+            await asyncio.to_thread(self.catalog.open, dataset)
+        except Exception:
+            log.exception("the catalog of %r could not be opened", dataset)
 
     def plan(self) -> RolloutPlan:
         """The plan being served (raises ModelNotReadyError before the first load)."""
@@ -407,6 +444,8 @@ class Engine:
     async def start(self) -> None:
         """Start the batcher and load the configured versions in the background."""
         await self.batcher.start()
+        if self.catalog is not None and self.catalog.warmer is not None:
+            self.catalog.warmer.start()
         self._initial = asyncio.create_task(self._load_initial(), name="levi-initial-load")
 
     def _configured_plan(self) -> RolloutPlan:
@@ -455,6 +494,7 @@ class Engine:
             )
             await self._stop_background()
             return
+        await self._open_catalog(rollout)
         self._install(rollout)
         await self._freeze()
         log.info(
@@ -516,10 +556,16 @@ class Engine:
             if generation is not None and self.group is not None:
                 self.generation = generation
                 self.group.record_serving(plan.to_json(), generation)
+            await self._open_catalog(rollout)
+            loaded = before is None or any(
+                id(v) not in {id(x) for x, _ in before.versions()} for v, _ in rollout.versions()
+            )
             unloaded = before is not None and any(
                 id(v) not in {id(x) for x, _ in rollout.versions()} for v, _ in before.versions()
             )
             kept = self._install(rollout)
+            if loaded and self.catalog is not None:
+                self.catalog.warm_all()  # the new version's projections of registered entities
             await self._stop_background(keep=kept)
             await self._freeze(collect=unloaded)
             self.metrics.model_reloads.labels(result="success").inc()
@@ -633,6 +679,10 @@ class Engine:
         await self.batcher.stop()
         if self.feedback_log is not None:
             self.feedback_log.close()
+        if self.catalog is not None:
+            if self.catalog.warmer is not None:
+                await asyncio.to_thread(self.catalog.warmer.stop)
+            await asyncio.to_thread(self.catalog.close)
         if self.online is not None:
             self.online.close()
         if self.redis is not None:

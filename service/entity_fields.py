@@ -21,6 +21,7 @@ Types per column kind:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
@@ -96,33 +97,100 @@ def request_models(features: FeatureSpec) -> dict[str, type[BaseModel]]:
 
 
 def describe(features: FeatureSpec) -> dict[str, list[dict[str, Any]]]:
-    """The request fields per entity: name, kind, JSON type, whether the MLP reads it."""
+    """The request fields per entity: name, kind, JSON type, whether the MLP reads it, and
+    the delimiter a multi-valued field's string may use."""
     return {
         entity: [
             {"name": c.name, "kind": c.kind, "json_type": KIND_JSON[c.kind], "mlp": c.mlp}
+            | ({"sep": c.sep} if c.kind == "multi_categorical" and c.sep else {})
             for c in features.fields_of(entity)
         ]
         for entity in ("user", "item")
     }
 
 
+# (component, property) -> the entity whose fields the property holds, and whether it may be
+# null: the request bodies typed by the served model in its OpenAPI document.
+TYPED_PROPERTIES = {
+    ("PredictRequest", "user"): ("user", True),
+    ("PredictRequest", "item"): ("item", True),
+    ("CatalogItemPut", "fields"): ("item", False),
+    ("CatalogUserPut", "fields"): ("user", False),
+    ("CatalogItemEntry", "fields"): ("item", False),
+    ("CatalogUserEntry", "fields"): ("user", False),
+}
+
+
 def with_model_fields(schema: dict, models: Mapping[str, type[BaseModel]]) -> dict:
-    """The app's OpenAPI document with ``PredictRequest.user`` / ``.item`` typed by the
-    served model (``UserFields`` / ``ItemFields`` components); ``schema`` is not modified."""
+    """The app's OpenAPI document with ``PredictRequest.user`` / ``.item`` and the catalog's
+    ``fields`` typed by the served model (``UserFields`` / ``ItemFields`` components);
+    ``schema`` is not modified."""
     out = copy.deepcopy(schema)
     components = out.setdefault("components", {}).setdefault("schemas", {})
-    request = components.get("PredictRequest", {}).get("properties", {})
-    for entity, model in models.items():
-        name = model.__name__
-        components[name] = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        if entity in request:
-            description = request[entity].get("description")
-            request[entity] = {
-                "anyOf": [{"$ref": f"#/components/schemas/{name}"}, {"type": "null"}]
-            }
-            if description:
-                request[entity]["description"] = description
+    for model in models.values():
+        components[model.__name__] = model.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+    for (component, prop), (entity, nullable) in TYPED_PROPERTIES.items():
+        properties = components.get(component, {}).get("properties", {})
+        if prop not in properties or entity not in models:
+            continue
+        ref = {"$ref": f"#/components/schemas/{models[entity].__name__}"}
+        description = properties[prop].get("description")
+        properties[prop] = {"anyOf": [ref, {"type": "null"}]} if nullable else dict(ref)
+        if description:
+            properties[prop]["description"] = description
     return out
+
+
+def _parse(
+    model: type[BaseModel], entity: str, given: Mapping[str, Any], loc: tuple, errors: list
+) -> dict[str, Any]:
+    """``given`` checked by ``model`` (the fields that were set), or {} with its problems
+    appended to ``errors``, each ``loc`` prefixed by ``loc``."""
+    try:
+        value = model.model_validate(given)
+    except ValidationError as e:
+        for err in e.errors(include_url=False):
+            err = dict(err)
+            if err.get("type") == "extra_forbidden":
+                known = ", ".join(model.model_fields) or "none"
+                article = "an" if entity == "item" else "a"
+                err["msg"] = f"not {article} {entity} field of this model (its fields: {known})"
+            err["loc"] = (*loc, *err["loc"])
+            errors.append(err)
+        return {}
+    return value.model_dump(exclude_none=True)
+
+
+def plain_value(value: Any) -> Any:
+    """A table cell as a plain Python value: None for a missing one (None, NaN), lists for
+    arrays, Python scalars for numpy ones."""
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "tolist") and not isinstance(value, str):  # numpy scalars and arrays
+        value = value.tolist()
+    return value
+
+
+def cell_value(value: Any, kind: str, sep: str | None = None) -> Any:
+    """A file's cell as a field of ``kind`` expects it (CSV cells arrive as strings): a
+    number read from its text, a multi-valued field split at ``|`` unless the column has its
+    own ``sep`` (then the field splits it); None for a missing or blank cell. A cell that
+    cannot be read is passed on, so the field's validation refuses it naming the field."""
+    value = plain_value(value)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if kind == "numeric" and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # refused by the field's validation, naming row and column
+    if kind == "multi_categorical" and isinstance(value, str) and not sep:
+        return [v for v in value.split("|") if v.strip()]
+    return value
 
 
 def check_fields(
@@ -145,28 +213,37 @@ def check_fields(
     errors: list[dict[str, Any]] = []
     out = []
     for prefix, user, item in payloads:
-        parsed = []
-        for entity, given in (("user", user), ("item", item)):
-            if not given:
-                parsed.append({})
-                continue
-            try:
-                value = models[entity].model_validate(given)
-            except ValidationError as e:
-                for err in e.errors(include_url=False):
-                    err = dict(err)
-                    if err.get("type") == "extra_forbidden":
-                        known = ", ".join(models[entity].model_fields) or "none"
-                        article = "an" if entity == "item" else "a"
-                        err["msg"] = (
-                            f"not {article} {entity} field of this model (its fields: {known})"
-                        )
-                    err["loc"] = (*prefix, entity, *err["loc"])
-                    errors.append(err)
-                parsed.append({})
-                continue
-            parsed.append(value.model_dump(exclude_none=True))
+        parsed = [
+            _parse(models[entity], entity, given, (*prefix, entity), errors) if given else {}
+            for entity, given in (("user", user), ("item", item))
+        ]
         out.append((parsed[0], parsed[1]))
+    if errors:
+        raise RequestValidationError(errors)
+    return out
+
+
+def check_entity_fields(
+    models: Mapping[str, type[BaseModel]],
+    entity: str,
+    payloads: Sequence[tuple[tuple, Mapping[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Validate objects of one entity's fields (catalog records) as :func:`check_fields`
+    validates a request's ``user`` / ``item`` objects.
+
+    Args:
+        payloads: per record ``(loc of the object, the object)``, e.g.
+            ``(("body", "fields"), {...})``.
+
+    Returns:
+        Per record the fields that were set (null ones left out).
+
+    Raises:
+        RequestValidationError: every problem of every record, ``loc`` naming the field
+            (``["body", "fields", "<field>"]``).
+    """
+    errors: list[dict[str, Any]] = []
+    out = [_parse(models[entity], entity, given or {}, loc, errors) for loc, given in payloads]
     if errors:
         raise RequestValidationError(errors)
     return out

@@ -26,12 +26,29 @@ Key = tuple[str, tuple]  # (entity id, sorted request fields)
 
 
 def freeze(fields: Mapping[str, Any]) -> tuple:
-    """A hashable, order-independent form of a request's fields (lists become tuples)."""
+    """A hashable, order-independent form of a request's fields (lists become tuples).
+
+    Entities are keyed by ``(id, frozen fields)``, so fields that change (a request's, or a
+    catalog record's: ``service/catalog_mirror.py``) give a new key: projections computed
+    from other fields are never read for them."""
     if not fields:
         return ()
+    if isinstance(fields, FrozenFields):
+        return fields.frozen
     return tuple(
         sorted((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in fields.items())
     )
+
+
+class FrozenFields(dict):
+    """Fields that are read many times and never changed (a catalog record's): their frozen
+    form is computed once, not per request. Do not modify one."""
+
+    __slots__ = ("frozen",)
+
+    def __init__(self, fields: Mapping[str, Any]):
+        super().__init__(fields)
+        self.frozen = freeze(dict(fields))
 
 
 def _cell(value: Any) -> Any:

@@ -84,12 +84,39 @@ class RolloutError(ServiceError, RuntimeError):
     status = 409
 
 
-class FeedbackLogError(ServiceError, RuntimeError):
-    """The feedback log could not be written: the events are refused, not lost (503, retry
-    after 1 s)."""
+class LogWriteError(ServiceError, RuntimeError):
+    """A durable log (service/durable_log.py) could not be written: what the request brought
+    is refused, not lost (503, retry after 1 s)."""
 
     status = 503
     retry_after = 1
+
+
+class FeedbackLogError(LogWriteError):
+    """The feedback log could not be written (503, retry after 1 s)."""
+
+
+class CatalogLogError(LogWriteError):
+    """The catalog log could not be written (503, retry after 1 s)."""
+
+
+class CatalogNotOpenError(ServiceError, RuntimeError):
+    """No model is served yet, so the catalog's data set is not known (503, retry after 5 s)."""
+
+    status = 503
+    retry_after = 5
+
+
+class CatalogDisabledError(ServiceError):
+    """The catalog routes on a server without a catalog (503: a setting, no Retry-After)."""
+
+    status = 503
+
+
+class NotFoundError(ServiceError, LookupError):
+    """A named record does not exist (404)."""
+
+    status = 404
 
 
 class FeedbackDisabledError(ServiceError):

@@ -271,6 +271,79 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # The online catalog (service/catalog.py, service/catalog_warmer.py).
+        self.catalog_records = Gauge(
+            "levi_catalog_records",
+            "Registered (not deleted) users and items of the served data set held by the process.",
+            ["kind"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.catalog_upserts = Counter(
+            "levi_catalog_upserts",
+            "Catalog records accepted (logged), by kind and by what became of them: applied "
+            "(written to Redis), kept (Redis did not answer: written when it does), local "
+            "(no Redis).",
+            ["kind", "shared"],
+            registry=r,
+        )
+        self.catalog_deletes = Counter(
+            "levi_catalog_deletes",
+            "Catalog records deleted, by kind and shared (as levi_catalog_upserts_total).",
+            ["kind", "shared"],
+            registry=r,
+        )
+        self.catalog_lookups = Counter(
+            "levi_catalog_lookups",
+            "Users and items of answered pairs by where their fields came from: request, "
+            "catalog, model (the model's tables), unknown (cold start without fields).",
+            ["kind", "source"],
+            registry=r,
+        )
+        self.catalog_pending_encodes = Gauge(
+            "levi_catalog_pending_encodes",
+            "Registered entities waiting for their text to be encoded and projected off the "
+            "request path.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.catalog_encodes = Counter(
+            "levi_catalog_encodes",
+            "Registered entities projected off the request path, by result: done, dropped "
+            "(queue full: computed on first use), failed.",
+            ["result"],
+            registry=r,
+        )
+        self.catalog_unshared = Gauge(
+            "levi_catalog_unshared_records",
+            "Catalog records accepted while Redis did not answer, waiting to be written there.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.catalog_resyncs = Counter(
+            "levi_catalog_resyncs",
+            "Full catalog syncs with Redis (every record held written back, Redis's reloaded) "
+            "by reason: reconnect (Redis not reached at start), lost (Redis lost its records "
+            "or trimmed changes before they were read).",
+            ["reason"],
+            registry=r,
+        )
+        self.catalog_log_errors = Counter(
+            "levi_catalog_log_errors",
+            "Catalog writes refused (503) because the catalog log could not be written.",
+            registry=r,
+        )
+        for kind in ("user", "item"):
+            self.catalog_records.labels(kind=kind)
+            for source in ("request", "catalog", "model", "unknown"):
+                self.catalog_lookups.labels(kind=kind, source=source)
+            for shared in ("applied", "kept", "local"):
+                self.catalog_upserts.labels(kind=kind, shared=shared)
+                self.catalog_deletes.labels(kind=kind, shared=shared)
+        for result in ("done", "dropped", "failed"):
+            self.catalog_encodes.labels(result=result)
+        for reason in ("reconnect", "lost"):
+            self.catalog_resyncs.labels(reason=reason)
         # Versions and online evaluation (service/versions.py, service/online_eval.py).
         self.model_versions = Gauge(
             "levi_model_version_info",

@@ -12,6 +12,9 @@ import numpy as np
 import orjson
 
 NO_WARNINGS: tuple[str, ...] = ()
+# Where an answer's entity fields came from, highest precedence first (service/catalog.py).
+SOURCES = ("request", "catalog", "model", "unknown")
+SOURCE_CODE = {name: code for code, name in enumerate(SOURCES)}
 # The per-pair arrays of a ScoreBatch (sliced, reordered and concatenated together).
 ARRAYS = (
     "rating",
@@ -22,6 +25,8 @@ ARRAYS = (
     "model_rating",
     "user_correction",
     "item_correction",
+    "user_source",
+    "item_source",
 )
 
 
@@ -41,6 +46,9 @@ class ScoreBatch:
         model_rating: float32 ``[n]``: the model's own rating (adapters' mean, clipped).
         user_correction, item_correction: float32 ``[n]``: the online offsets added (0 with
             corrections off or before any feedback).
+        user_source, item_source: int8 ``[n]``: where each side's fields came from, a
+            position in :data:`SOURCES` (request, catalog, model: the model's tables,
+            unknown: a cold start without fields).
     """
 
     rating: np.ndarray
@@ -54,6 +62,8 @@ class ScoreBatch:
     model_rating: np.ndarray
     user_correction: np.ndarray
     item_correction: np.ndarray
+    user_source: np.ndarray
+    item_source: np.ndarray
 
     @staticmethod
     def of_model(
@@ -66,7 +76,8 @@ class ScoreBatch:
         layers: tuple[int, ...],
         model_version: str,
     ) -> ScoreBatch:
-        """The model's answers, before any online correction."""
+        """The model's answers, before any online correction (sources from the cold flags
+        alone until :meth:`with_sources`)."""
         zero = np.zeros_like(rating)
         return ScoreBatch(
             rating,
@@ -80,6 +91,14 @@ class ScoreBatch:
             rating,
             zero,
             zero,
+            _table_source(cold_user),
+            _table_source(cold_item),
+        )
+
+    def with_sources(self, user: np.ndarray, item: np.ndarray) -> ScoreBatch:
+        """These answers with each side's source codes ``[n]`` (:data:`SOURCES`)."""
+        return dataclasses.replace(
+            self, user_source=np.asarray(user, np.int8), item_source=np.asarray(item, np.int8)
         )
 
     def corrected(
@@ -130,8 +149,9 @@ class ScoreBatch:
                 "warnings": list(w),
                 "model_rating": m,
                 "corrections": {"user": c_u, "item": c_i},
+                "sources": {"user": SOURCES[s_u], "item": SOURCES[s_i]},
             }
-            for r, ad, o, cu, ci, w, m, c_u, c_i in zip(
+            for r, ad, o, cu, ci, w, m, c_u, c_i, s_u, s_i in zip(
                 self.rating.tolist(),
                 adapters,
                 self.ood_score.tolist(),
@@ -141,9 +161,17 @@ class ScoreBatch:
                 self.model_rating.tolist(),
                 self.user_correction.tolist(),
                 self.item_correction.tolist(),
+                self.user_source.tolist(),
+                self.item_source.tolist(),
                 strict=True,
             )
         ]
+
+
+def _table_source(cold: np.ndarray) -> np.ndarray:
+    """Source codes of sides without fields: the model's tables, or unknown."""
+    cold = np.asarray(cold, bool)
+    return np.where(cold, SOURCE_CODE["unknown"], SOURCE_CODE["model"]).astype(np.int8)
 
 
 def adapter_list(layers: Sequence[int], ratings: Sequence[float]) -> list[dict]:

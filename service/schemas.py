@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -76,6 +76,21 @@ class Corrections(BaseModel):
     item: float
 
 
+Source = Literal["request", "catalog", "model", "unknown"]
+SOURCE_DESCRIPTION = (
+    "where the entity's fields came from, highest precedence first: request (the request's "
+    "fields, over any other), catalog (its record: PUT /v1/items/{item_id}), model (the "
+    "model's tables), unknown (a cold start without fields)"
+)
+
+
+class Sources(BaseModel):
+    """Where each side's fields came from (request > catalog > model > unknown)."""
+
+    user: Source
+    item: Source
+
+
 class PredictResponse(BaseModel):
     """A predicted rating with the per-layer adapter ratings behind it."""
 
@@ -90,6 +105,7 @@ class PredictResponse(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     model_rating: float = Field(description="the model's own rating: the adapters' mean, clipped")
     corrections: Corrections = Field(description="offsets added to model_rating (0 when off)")
+    sources: Sources = Field(description=SOURCE_DESCRIPTION)
 
 
 class BatchPredictRequest(_Strict):
@@ -134,6 +150,7 @@ class RankedItem(BaseModel):
     model_rating: float = Field(description="the model's own rating, before corrections")
     ood_score: float
     cold_start: bool = Field(description="the item is not in the model's tables")
+    source: Source = Field(description=SOURCE_DESCRIPTION)
     warnings: list[str] = Field(default_factory=list)
     adapters: list[AdapterRating] | None = None
 
@@ -144,6 +161,7 @@ class RankResponse(BaseModel):
     model_version: str
     user_id: str
     cold_start: bool = Field(description="the user is not in the model's tables")
+    user_source: Source = Field(description=SOURCE_DESCRIPTION)
     ranked: list[RankedItem]
 
 
@@ -226,6 +244,104 @@ class FeedbackResponse(BaseModel):
         "off (LEVI_CORRECTIONS=0) or skipped (the model was reloaded while they were scored, "
         "or applying them failed: a retry with the same ids is learned)"
     )
+
+
+# -- the online catalog (service/catalog.py) -------------------------------------------------
+
+CatalogFields = Annotated[
+    dict[str, Any],
+    Field(
+        description="the entity's fields, as the served model's dataset spec declares them "
+        "(GET /v1/model lists them; an unknown field or a wrong type is a 422 naming it; a "
+        "field left out or null falls back to the model's tables)",
+        max_length=256,
+        examples=[{"title": "Alien (1979)"}],
+    ),
+]
+
+
+class CatalogItemPut(_Strict):
+    """An item's record: replaces any earlier record of the id."""
+
+    fields: CatalogFields
+
+
+class CatalogUserPut(_Strict):
+    """A user's record: replaces any earlier record of the id."""
+
+    fields: CatalogFields
+
+
+class CatalogItemEntry(_Strict):
+    item_id: EntityId
+    fields: CatalogFields
+
+
+class CatalogUserEntry(_Strict):
+    user_id: EntityId
+    fields: CatalogFields
+
+
+class CatalogItemsRequest(_Strict):
+    """Item records to register at once (each id once)."""
+
+    items: list[CatalogItemEntry] = Field(min_length=1)
+
+
+class CatalogUsersRequest(_Strict):
+    """User records to register at once (each id once)."""
+
+    users: list[CatalogUserEntry] = Field(min_length=1)
+
+
+Shared = Literal["applied", "kept", "local"]
+SHARED_DESCRIPTION = (
+    "applied (written to Redis: every replica answers with it within LEVI_CATALOG_SYNC_S plus "
+    "one read, about 1 s), kept (Redis did not answer: logged and served by this process, "
+    "written to Redis when it answers), local (no Redis: this process and the workers "
+    "sharing its log directory, within the same bound)"
+)
+
+
+class CatalogWriteResponse(BaseModel):
+    """Records accepted: on disk (the catalog log) before this answer."""
+
+    kind: Literal["user", "item"]
+    dataset: str = Field(description="the data set the records belong to (the served model's)")
+    accepted: int
+    ids: list[str]
+    shared: Shared = Field(description=SHARED_DESCRIPTION)
+    queued_encodes: int = Field(
+        description="records queued for their text to be encoded and projected off the "
+        "request path (the others, beyond LEVI_CATALOG_WARM_QUEUE, on first use)"
+    )
+
+
+class CatalogRecordResponse(BaseModel):
+    """A registered entity's record."""
+
+    kind: Literal["user", "item"]
+    id: str
+    dataset: str
+    fields: dict[str, Any]
+    version: int = Field(description="microseconds of the accepting process's clock")
+    updated_at: str = Field(description="when it was accepted (ISO 8601, UTC)")
+    origin: str = Field(description="put, bulk or import (how it was written)")
+    written_by: str = Field(description="the accepting process's catalog log")
+    known_to_model: bool = Field(
+        description="the served model's tables hold the id (its record then overrides their "
+        "fields); false: a cold start answered from the record's fields"
+    )
+    model_version: str
+    shared: bool = Field(description="the catalog is shared through Redis")
+
+
+class CatalogDeleteResponse(BaseModel):
+    kind: Literal["user", "item"]
+    id: str
+    dataset: str
+    deleted: bool
+    shared: Shared = Field(description=SHARED_DESCRIPTION)
 
 
 class ReloadRequest(_Strict):
@@ -335,6 +451,11 @@ class RequestField(BaseModel):
     kind: str = Field(description="categorical, multi_categorical, numeric or text")
     json_type: str
     mlp: bool = Field(description="read by the embedding MLP (else only by the text views)")
+    sep: str | None = Field(
+        None,
+        description="multi_categorical: a string value may list the values separated by it "
+        "(else the values come as an array)",
+    )
 
 
 class DatasetSummary(BaseModel):
@@ -343,6 +464,11 @@ class DatasetSummary(BaseModel):
     name: str
     fields: dict[str, list[RequestField]] = Field(description="per entity: user, item")
     split: dict = Field(default_factory=dict, description="the ID/OOD split of training")
+    na_values: list[str] = Field(
+        default_factory=lambda: [""],
+        description="cell texts the spec's files read as missing (for tools that read files "
+        "as training did, e.g. python -m service.catalog_import)",
+    )
 
 
 class CorrectionsSummary(BaseModel):

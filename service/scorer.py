@@ -20,6 +20,7 @@ arrays to length buckets, so after the warm-up (service/warmup.py) nothing compi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -39,7 +40,7 @@ from service.drift import DriftMonitor
 from service.entity_fields import request_models
 from service.entity_store import EntityTable, ProjectionCache, freeze
 from service.metrics import Metrics, observe_many
-from service.results import NO_WARNINGS, ScoreBatch
+from service.results import NO_WARNINGS, SOURCE_CODE, SOURCES, ScoreBatch
 
 if TYPE_CHECKING:
     from model.artifact import Artifact
@@ -52,12 +53,62 @@ TEMPLATE_TOKENS = 16  # a text view's template and id, in tokens (for cost estim
 
 @dataclass(frozen=True)
 class ScoreInput:
-    """One pair to rate; ``user`` / ``item`` hold only the fields the request set."""
+    """One pair to rate.
+
+    Attributes:
+        user, item: the fields that override the model's tables: the request's, over the
+            entity's catalog record when it has one (``service/catalog.py``).
+        user_from, item_from: where those fields came from: ``request`` (the request sent
+            some), ``catalog`` (the catalog record alone), or "" (derived: ``request`` when
+            there are fields).
+    """
 
     user_id: str
     item_id: str
     user: Mapping[str, Any] = field(default_factory=dict)
     item: Mapping[str, Any] = field(default_factory=dict)
+    user_from: str = ""
+    item_from: str = ""
+
+
+def sources(inputs: Sequence[ScoreInput], side: str, cold: np.ndarray) -> np.ndarray:
+    """int8 ``[n]``: each pair's source of one side, as a position in
+    :data:`service.results.SOURCES` (request > catalog > the model's tables > unknown)."""
+    out = np.where(np.asarray(cold, bool), SOURCE_CODE["unknown"], SOURCE_CODE["model"])
+    out = out.astype(np.int8)
+    for j, r in enumerate(inputs):
+        given, origin = (r.user, r.user_from) if side == "user" else (r.item, r.item_from)
+        if origin == "catalog":
+            out[j] = SOURCE_CODE["catalog"]
+        elif origin == "request" or given:
+            out[j] = SOURCE_CODE["request"]
+    return out
+
+
+COLD_WITH_FIELDS = {
+    side: f"unknown {side}: answered from the request's {side} fields (cold start)"
+    for side in SIDES
+}
+
+
+def _with_cold_notes(batch: ScoreBatch) -> ScoreBatch:
+    """``batch`` with a warning on each side the model does not know that the request's
+    fields answered. Said per answer, not stored with the entity's projections: the same
+    fields registered in the catalog (``service/catalog.py``) share those projections, and a
+    registered entity's answer says ``source: catalog`` instead."""
+    request = SOURCE_CODE["request"]
+    need = {
+        "user": batch.cold_user & (batch.user_source == request),
+        "item": batch.cold_item & (batch.item_source == request),
+    }
+    rows = np.flatnonzero(need["user"] | need["item"])
+    if not len(rows):
+        return batch
+    warnings = list(batch.warnings)
+    for j in rows.tolist():
+        notes = tuple(COLD_WITH_FIELDS[side] for side in SIDES if need[side][j])
+        warnings[j] = notes + warnings[j]
+    return dataclasses.replace(batch, warnings=tuple(warnings))
 
 
 def batch_buckets(largest: int) -> tuple[int, ...]:
@@ -185,6 +236,9 @@ class Scorer:
             metrics.activation_drift.labels(layer=str(i + 1)) for i in range(self.drift.n_layers)
         ]
         self._unknown = {k: metrics.unknown_entities.labels(kind=k) for k in SIDES}
+        self._lookups = {
+            k: [metrics.catalog_lookups.labels(kind=k, source=s) for s in SOURCES] for k in SIDES
+        }
 
     @property
     def n_users(self) -> int:
@@ -215,8 +269,8 @@ class Scorer:
         columns = self._columns[side]
         for j, (_, frozen) in enumerate(keys):
             notes = []
-            if cold[j]:
-                notes.append(self._cold_warning(side, bool(frozen)))
+            if cold[j] and not frozen:  # with fields: said per answer (_with_cold_notes)
+                notes.append(self._cold_warning(side))
             for name, value in frozen:
                 col = columns.get(name)
                 if col is not None and col.kind == "multi_categorical":
@@ -232,11 +286,12 @@ class Scorer:
             warnings.append(tuple(notes) if notes else NO_WARNINGS)
         return records, cold, warnings
 
-    def _cold_warning(self, side: str, has_fields: bool) -> str:
-        if has_fields:
-            return f"unknown {side}: answered from the request's {side} fields (cold start)"
+    def _cold_warning(self, side: str) -> str:
         fields = self._text_fields[side] or [c.name for c in self.features.fields_of(side)]
-        hint = f"; send {', '.join(f'{side}.{f}' for f in fields)} for a better answer"
+        hint = (
+            f"; send {', '.join(f'{side}.{f}' for f in fields)}, or register it "
+            f"(PUT /v1/{side}s/{{{side}_id}}), for a better answer"
+        )
         return f"unknown {side} without fields: answered from the out-of-vocabulary slot" + (
             hint if fields else ""
         )
@@ -440,7 +495,7 @@ class Scorer:
     # -- large jobs in steps (service/batcher.py) ------------------------------------------
 
     @staticmethod
-    def _key_tokens(key: tuple[str, tuple]) -> int:
+    def key_tokens(key: tuple[str, tuple]) -> int:
         """About how many tokens an entity's text views take: the template and id, and a
         token per ~3 characters of the request's field values (an upper bound for MovieLens
         titles; the tokenizer itself is not run: this is for admission and step sizes)."""
@@ -452,26 +507,32 @@ class Scorer:
 
         Returns:
             ``(new, uncached)``: ``new`` counts the entities the model's tables do not hold
-            as the request gives them (request fields, unknown ids), what a client controls
-            and a per-call limit applies to; ``uncached`` every distinct entity whose
-            projections are not cached (known ones too, e.g. right after a start), what the
-            queue's bound counts.
+            as the request gives them (request fields, unknown ids without a catalog
+            record), what a client controls and a per-call limit applies to; ``uncached``
+            every distinct entity whose projections are not cached (known and registered
+            ones too, e.g. right after a start), what the queue's bound counts.
         """
         if not self.decomposed:  # pair views: one text per distinct pair, nothing projected
             pairs = dict.fromkeys(zip(_keys("user", inputs), _keys("item", inputs), strict=True))
-            total = sum(self._key_tokens(u) + self._key_tokens(i) for u, i in pairs)
+            total = sum(self.key_tokens(u) + self.key_tokens(i) for u, i in pairs)
             return total, total
         new = uncached = 0
         for side in SIDES:
             cache = self.projections[side]
-            keys = [k for k in dict.fromkeys(_keys(side, inputs)) if not cache.contains(k)]
+            all_keys = _keys(side, inputs)
+            keys = [k for k in dict.fromkeys(all_keys) if not cache.contains(k)]
             if not keys:
                 continue
+            # Catalog records are like the model's tables: registered, not brought by the call.
+            attr = f"{side}_from"
+            listed = {
+                k for k, r in zip(all_keys, inputs, strict=True) if getattr(r, attr) == "catalog"
+            }
             known = self.tables[side].rows([k[0] for k in keys]) >= 0
             for key, in_table in zip(keys, known.tolist(), strict=True):
-                tokens = self._key_tokens(key)
+                tokens = self.key_tokens(key)
                 uncached += tokens
-                if key[1] or not in_table:
+                if key not in listed and (key[1] or not in_table):
                     new += tokens
         return new, uncached
 
@@ -512,10 +573,10 @@ class Scorer:
             else:
                 cache = self.projections[side]
                 keys = [k for k in keys if not cache.contains(k)]
-                chunk = _within(keys, budget, self._key_tokens, budget == budget_tokens)
+                chunk = _within(keys, budget, self.key_tokens, budget == budget_tokens)
                 if chunk:
                     self._project(side, chunk)
-                budget -= max(1, sum(self._key_tokens(k) for k in chunk))
+                budget -= max(1, sum(self.key_tokens(k) for k in chunk))
             left[0] = (side, keys[len(chunk) :])
             if not left[0][1]:
                 left.pop(0)
@@ -552,6 +613,21 @@ class Scorer:
                 out.append((side, missing))
         return out
 
+    # -- registered entities, ahead of requests (service/catalog_warmer.py) ---------------
+
+    def warm(self, side: str, keys: Sequence[tuple[str, tuple]]) -> int:
+        """Project the ``(id, frozen fields)`` keys of one side that are not cached yet, so
+        that requests for them find their projections; returns how many were projected
+        (none with pair views: their text depends on both sides)."""
+        if not self.decomposed:
+            return 0
+        with self._lock:
+            cache = self.projections[side]
+            missing = [k for k in dict.fromkeys(keys) if not cache.contains(k)]
+            if missing:
+                self._project(side, missing)
+        return len(missing)
+
     # -- scoring --------------------------------------------------------------------------
 
     def score(self, inputs: Sequence[ScoreInput], *, observe: bool = True) -> ScoreBatch:
@@ -566,6 +642,16 @@ class Scorer:
         score = self._score_decomposed if self.decomposed else self._score_whole
         with self._lock:  # the scorer thread and the shadow thread may share a version
             batch = score(inputs, observe)
+        batch = _with_cold_notes(
+            batch.with_sources(
+                sources(inputs, "user", batch.cold_user), sources(inputs, "item", batch.cold_item)
+            )
+        )
+        if observe:
+            for side, codes in (("user", batch.user_source), ("item", batch.item_source)):
+                for code, n in enumerate(np.bincount(codes, minlength=len(self._lookups[side]))):
+                    if n:
+                        self._lookups[side][code].inc(int(n))
         if self.corrections is None:
             return batch
         users = [r.user_id for r in inputs]

@@ -14,10 +14,11 @@ and queues the shadow scoring (:meth:`service.engine.Engine.answered`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fastapi import Response
+from fastapi.exceptions import RequestValidationError
 
 from service.engine import Engine
 from service.entity_fields import check_fields
@@ -92,6 +93,13 @@ def checked_inputs(scorer: Scorer, payloads: Sequence[Payload]) -> list[ScoreInp
     ]
 
 
+def resolved(engine: Engine, inputs: Sequence[ScoreInput]) -> Sequence[ScoreInput]:
+    """``inputs`` with the catalog records of their registered users and items under the
+    request's fields (``service/catalog.py``): what scoring reads."""
+    catalog = engine.catalog
+    return inputs if catalog is None else catalog.resolve(inputs)
+
+
 def refuse_larger_than(count: int, settings: Settings, setting: str, field: str) -> None:
     """413 when a body lists more entries than one call may: the setting ``setting`` (e.g.
     ``max_rank_candidates``) or the queue bound, whichever is lower (a request larger than the
@@ -109,6 +117,57 @@ def refuse_larger_than(count: int, settings: Settings, setting: str, field: str)
         raise TooLargeError(
             f"{field}: {count} entries; at most {limit} per call ({setting}; split the list)",
         )
+
+
+MAX_LISTED_DUPLICATES = 20  # repeated ids listed in one 422; the rest are counted
+
+
+def refuse_duplicate_ids(
+    ids: Sequence[str],
+    loc: Callable[[int], tuple],
+    name: str,
+    entry: str,
+    hint: str,
+    detail: str = "",
+) -> None:
+    """422 naming every entry whose id repeats an earlier one's (at most
+    ``MAX_LISTED_DUPLICATES`` listed), e.g. ``body.candidates.<i>.item_id``.
+
+    Args:
+        loc: the ``loc`` of entry ``i``'s id (the list's ``loc`` is its first two parts);
+            name: the id's field name; entry: what an entry is called in the message
+            ("candidate"); hint: what to do; detail: said after the hint on each entry.
+
+    Raises:
+        RequestValidationError: some id is given more than once.
+    """
+    first: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []
+    for i, x in enumerate(ids):
+        j = first.setdefault(x, i)
+        if j != i:
+            repeats.append((i, j))
+    if not repeats:
+        return
+    errors: list[dict] = [
+        {
+            "type": f"duplicate_{name}",
+            "loc": loc(i),
+            "msg": f"{name} {ids[i]!r} is also {entry} {j}; {hint}{detail}",
+            "input": ids[i],
+        }
+        for i, j in repeats[:MAX_LISTED_DUPLICATES]
+    ]
+    if len(repeats) > MAX_LISTED_DUPLICATES:
+        errors.append(
+            {
+                "type": f"duplicate_{name}",
+                "loc": loc(repeats[MAX_LISTED_DUPLICATES][0])[:2],
+                "msg": f"{len(repeats) - MAX_LISTED_DUPLICATES} more repeated {name}s "
+                f"({len(repeats)} in all); {hint}",
+            }
+        )
+    raise RequestValidationError(errors)
 
 
 def json_response(content: object) -> Response:
@@ -161,7 +220,7 @@ class Scored:
 
     version: Version
     positions: list[int]
-    inputs: list[ScoreInput]
+    inputs: Sequence[ScoreInput]
     batch: ScoreBatch
 
 
@@ -189,7 +248,11 @@ async def score_by_user(
     for version, _ in groups.values():
         count_route(engine, rollout, version, requested)
     parts = [
-        (version, positions, checked_inputs(version.scorer, [payloads[j] for j in positions]))
+        (
+            version,
+            positions,
+            resolved(engine, checked_inputs(version.scorer, [payloads[j] for j in positions])),
+        )
         for version, positions in groups.values()
     ]
     batches = await asyncio.gather(*(score(engine, settings, x, v, field) for v, _, x in parts))

@@ -220,6 +220,53 @@ class Settings(BaseSettings):
         description="feedback events whose corrections are kept for Redis while it is down "
         "(replayed when it answers; beyond, the oldest are dropped from Redis's state only)",
     )
+    catalog_dir: Path | None = Field(
+        Path("catalog"),
+        description="where the catalog (PUT /v1/items/{id}, /v1/users/{id}) appends its log "
+        "(one JSON-lines file per process, synced before each answer; read at start to "
+        "refill Redis, and by `python -m training --catalog DIR`); empty = catalog disabled "
+        "(its routes answer 503, scoring reads no catalog)",
+    )
+    catalog_key_prefix: str = Field(
+        "levi:cat",
+        min_length=1,
+        max_length=64,
+        description="Redis key prefix of the catalog (keys per data set and id, not per model "
+        "version)",
+    )
+    catalog_sync_s: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="seconds between two reads of the catalog writes of other processes "
+        "(Redis's change stream, or the shared log directory without Redis): an update is "
+        "answered by every replica and worker within about this plus one read (1 s tested)",
+    )
+    catalog_rotate_bytes: int = Field(
+        64 << 20, ge=1024, description="a new catalog log file after this many bytes"
+    )
+    catalog_rotate_s: float = Field(
+        3600.0, gt=0, description="a new catalog log file after this many seconds"
+    )
+    max_catalog_bulk: int = Field(
+        1000, ge=1, description="most records in one POST /v1/items or POST /v1/users"
+    )
+    catalog_warm_queue: int = Field(
+        100_000,
+        ge=1,
+        description="registered entities waiting for their text to be encoded and projected "
+        "off the request path; beyond, they are computed on first use "
+        '(levi_catalog_encodes_total{result="dropped"})',
+    )
+    catalog_warm_tokens: int = Field(
+        96,
+        ge=1,
+        description="tokens of text the catalog's background projection encodes per step "
+        "(at least one entity); a step starts only while no request waits, and a request "
+        "arriving meanwhile waits for it to end: as LEVI_STEP_TOKENS, one step of a large "
+        "request (larger steps encode no faster: measured about 10 ms per MiniLM title "
+        "whatever the step, 2 busy cores)",
+    )
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest request body")
     receive_timeout_s: float = Field(
         10.0,
@@ -309,7 +356,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("feedback_dir", mode="before")
+    @field_validator("feedback_dir", "catalog_dir", mode="before")
     @classmethod
     def _empty_is_off(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip() == "" else value

@@ -41,6 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="add the ratings the service logged from POST /feedback (its LEVI_FEEDBACK_DIR; "
         "every *.jsonl under DIR, each event once)",
     )
+    p.add_argument(
+        "--catalog",
+        metavar="DIR",
+        help="add the users and items registered in the service's catalog (its "
+        "LEVI_CATALOG_DIR; every catalog-*.jsonl under DIR, each entity once with its latest "
+        "record); may be the --feedback directory",
+    )
     p.add_argument("--tiny", action="store_true", help="the tiny training preset (smoke runs)")
     p.add_argument("--backbone", help="minilm-l6 (default), bert or t5")
     p.add_argument("--checkpoint", help="Hugging Face-format directory of the backbone")
@@ -59,8 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.tiny() if args.tiny else TrainConfig.default()
-    names = ("dataset", "data_path", "reader", "split_seed", "feedback", "backbone", "checkpoint")
-    names += ("max_length", "methods", "seeds", "lrs", "max_epochs")
+    names = ("dataset", "data_path", "reader", "split_seed", "feedback", "catalog", "backbone")
+    names += ("checkpoint", "max_length", "methods", "seeds", "lrs", "max_epochs")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.no_export:
         overrides["export"] = False

@@ -63,6 +63,9 @@ class TrainConfig:
             ``seeds`` vary the model init, dropout and batch order.
         feedback: a directory of the service's feedback logs (``LEVI_FEEDBACK_DIR``): their
             events join the ratings before the split, each once (``training.data.feedback``).
+        catalog: a directory of the service's catalog logs (``LEVI_CATALOG_DIR``): the
+            registered users and items join the entity tables, each once, with its latest
+            record (``training.data.catalog``).
         backbone, checkpoint, max_length: the frozen text encoder (``model.backbone``);
             max_length None takes the checkpoint's own token limit (256 for the packaged
             MiniLM), a number may only lower it.
@@ -98,6 +101,7 @@ class TrainConfig:
     reader: str | None = None
     split_seed: int | None = None
     feedback: str | None = None
+    catalog: str | None = None
     backbone: str = "minilm-l6"
     checkpoint: str | None = None
     max_length: int | None = None

@@ -53,14 +53,20 @@ def prepare_data(
     spec: DatasetSpec | None = None,
     log: Callable[[str], None] = print,
 ) -> Prepared:
-    """Read the spec and the data (unless given), add the logged feedback (``cfg.feedback``),
-    split, and fit the features on ID train."""
+    """Read the spec and the data (unless given), add the registered users and items
+    (``cfg.catalog``) and the logged feedback (``cfg.feedback``), split, and fit the features
+    on ID train."""
     spec = spec or load_spec(cfg.dataset)
     if dataset is None:
         from training.data import load_spec_dataset
 
         dataset = load_spec_dataset(spec, cfg.data_path, cfg.reader)
     split_spec = spec.split
+    if cfg.catalog:  # first: a registered entity's record wins over its feedback's fields
+        from training.data.catalog import add_catalog
+
+        dataset, catalog_summary = add_catalog(dataset, spec, Path(cfg.catalog))
+        log(str(catalog_summary))
     if cfg.feedback:
         from training.data.feedback import add_feedback
 

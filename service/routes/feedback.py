@@ -30,6 +30,7 @@ from service.scoring import (
     checked_inputs,
     json_response,
     refuse_larger_than,
+    resolved,
     route,
     score,
     served_rollout,
@@ -88,7 +89,10 @@ async def feedback(body: FeedbackRequest, engine: EngineDep, settings: SettingsD
     inputs = checked_inputs(rollout.champion.scorer, payloads)
     # 409 before anything is kept: an event_id reused with another payload.
     await refuse_reused_event_ids(body.events, rollout.champion.scorer.corrections)
-    batches = await asyncio.gather(*(score(engine, settings, inputs, v, "events") for v in served))
+    # Scored as answers are: with the catalog records of registered entities; the log keeps
+    # the request's own fields (the catalog has its own log).
+    scored = resolved(engine, inputs)
+    batches = await asyncio.gather(*(score(engine, settings, scored, v, "events") for v in served))
     received = time.time()
     dataset = str(rollout.champion.scorer.artifact.dataset.get("name", ""))
     # Each event is logged with the answer of the version its user is routed to.

@@ -72,6 +72,7 @@ async def model_summary(engine: EngineDep) -> ModelResponse:
             name=str(art.dataset.get("name", "unknown")),
             fields=describe(scorer.features),
             split=dict(art.dataset.get("split") or {}),
+            na_values=list(art.dataset.get("na_values") or [""]),
         ),
         n_users=scorer.n_users,
         n_items=scorer.n_items,

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import numpy as np
 from fastapi import APIRouter
-from fastapi.exceptions import RequestValidationError
 
 from service.deps import EngineDep, RequestedVersion, SettingsDep
 from service.entity_fields import check_fields
-from service.results import ScoreBatch, adapter_list
+from service.results import SOURCES, ScoreBatch, adapter_list
 from service.schemas import RankCandidate, RankRequest, RankResponse
 from service.scorer import ScoreInput
 from service.scoring import (
     ERRORS,
     count_route,
     json_response,
+    refuse_duplicate_ids,
     refuse_larger_than,
+    resolved,
     route,
     score,
     served_rollout,
@@ -29,45 +30,22 @@ from service.scoring import (
 
 router = APIRouter(tags=["predictions"])
 
-MAX_LISTED_DUPLICATES = 20  # errors listed in one 422; the rest are counted
-
 
 def refuse_duplicate_candidates(candidates: list[RankCandidate]) -> None:
     """422 naming ``body.candidates.<i>.item_id`` of every repeated item id (after the first
-    occurrence, at most ``MAX_LISTED_DUPLICATES`` listed).
+    occurrence).
 
     Raises:
         RequestValidationError: some item id is a candidate more than once.
     """
-    first: dict[str, int] = {}
-    repeats: list[tuple[int, int]] = []
-    for i, c in enumerate(candidates):
-        j = first.setdefault(c.item_id, i)
-        if j != i:
-            repeats.append((i, j))
-    if not repeats:
-        return
-    errors: list[dict] = [
-        {
-            "type": "duplicate_item_id",
-            "loc": ("body", "candidates", i, "item_id"),
-            "msg": f"item_id {c!r} is also candidate {j}; list each item once (drop the "
-            "repeat, or keep one entry with the item fields you mean)",
-            "input": c,
-        }
-        for i, j in repeats[:MAX_LISTED_DUPLICATES]
-        for c in (candidates[i].item_id,)
-    ]
-    if len(repeats) > MAX_LISTED_DUPLICATES:
-        errors.append(
-            {
-                "type": "duplicate_item_id",
-                "loc": ("body", "candidates"),
-                "msg": f"{len(repeats) - MAX_LISTED_DUPLICATES} more repeated item_ids "
-                f"({len(repeats)} in all); list each item once",
-            }
-        )
-    raise RequestValidationError(errors)
+    refuse_duplicate_ids(
+        [c.item_id for c in candidates],
+        lambda i: ("body", "candidates", i, "item_id"),
+        "item_id",
+        "candidate",
+        "list each item once",
+        " (drop the repeat, or keep one entry with the item fields you mean)",
+    )
 
 
 def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
@@ -80,13 +58,14 @@ def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
     items = [body.candidates[i].item_id for i in order.tolist()]
     out = []
     adapters = top.adapters.tolist() if body.adapters else None
-    for k, (item_id, r, m, o, cold, w) in enumerate(
+    for k, (item_id, r, m, o, cold, source, w) in enumerate(
         zip(
             items,
             top.rating.tolist(),
             top.model_rating.tolist(),
             top.ood_score.tolist(),
             top.cold_item.tolist(),
+            top.item_source.tolist(),
             top.warnings,
             strict=True,
         )
@@ -97,6 +76,7 @@ def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
             "model_rating": m,
             "ood_score": o,
             "cold_start": cold,
+            "source": SOURCES[source],
         }
         entry["warnings"] = list(w)
         if adapters is not None:
@@ -106,6 +86,7 @@ def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
         "model_version": batch.model_version,
         "user_id": body.user_id,
         "cold_start": bool(batch.cold_user[0]),
+        "user_source": SOURCES[int(batch.user_source[0])],
         "ranked": out,
     }
 
@@ -126,10 +107,13 @@ async def rank(
     payloads += [(("body", "candidates", i), None, c.item) for i, c in enumerate(body.candidates)]
     fields = check_fields(scorer.request_models, payloads)
     user = fields[0][0]
-    inputs = [
-        ScoreInput(body.user_id, c.item_id, user, item)
-        for c, (_, item) in zip(body.candidates, fields[1:], strict=True)
-    ]
+    inputs = resolved(
+        engine,
+        [
+            ScoreInput(body.user_id, c.item_id, user, item)
+            for c, (_, item) in zip(body.candidates, fields[1:], strict=True)
+        ],
+    )
     count_route(engine, rollout, version, requested)
     batch = await score(engine, settings, inputs, version, "candidates")
     engine.answered(rollout, version, inputs, batch)

@@ -84,6 +84,16 @@ KNOWN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "levi_open_connections": ("gauge", frozenset()),
     "levi_connections_refused_total": ("counter", frozenset()),
     "levi_receive_timeouts_total": ("counter", frozenset({"phase"})),
+    # The online catalog (service/catalog.py, service/catalog_warmer.py).
+    "levi_catalog_records": ("gauge", frozenset({"kind"})),
+    "levi_catalog_upserts_total": ("counter", frozenset({"kind", "shared"})),
+    "levi_catalog_deletes_total": ("counter", frozenset({"kind", "shared"})),
+    "levi_catalog_lookups_total": ("counter", frozenset({"kind", "source"})),
+    "levi_catalog_pending_encodes": ("gauge", frozenset()),
+    "levi_catalog_encodes_total": ("counter", frozenset({"result"})),
+    "levi_catalog_unshared_records": ("gauge", frozenset()),
+    "levi_catalog_resyncs_total": ("counter", frozenset({"reason"})),
+    "levi_catalog_log_errors_total": ("counter", frozenset()),
 }
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = frozenset({"job", "instance"})

@@ -119,6 +119,11 @@ def _traffic(base: str, stop: threading.Event, sent: dict[str, int]) -> None:
                 ("/predict-rating/batch", {"requests": known[:3]}),
                 ("/predict-rating", {"user_id": "1"}),  # 422
                 (
+                    "/v1/items",
+                    {"items": [{"item_id": f"cat-{k % 20}", "fields": {"title": "Heat"}}]},
+                ),
+                ("/predict-rating", {"user_id": "2", "item_id": f"cat-{k % 20}"}),
+                (
                     "/feedback",
                     {
                         "events": [
@@ -154,6 +159,8 @@ def scraped(artifacts, compile_cache, redis_url, tmp_path_factory):
         LEVI_FEEDBACK_DIR=str(work / "feedback"),
         LEVI_CORRECTIONS_KEY_PREFIX=f"{prefix}:fb",
         LEVI_ONLINE_KEY_PREFIX=f"{prefix}:online",
+        LEVI_CATALOG_DIR=str(work / "catalog"),
+        LEVI_CATALOG_KEY_PREFIX=f"{prefix}:cat",
         # A challenger in a canary with shadow: the Versions row's panels have data.
         LEVI_CHALLENGER_DIR=str(artifacts.v3),
         LEVI_CANARY="0.5",

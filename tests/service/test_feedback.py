@@ -13,7 +13,7 @@ from support.servers import loaded_client
 
 from model.corrections import Shrinkage
 from model.feedback_format import read_events
-from service import feedback_log
+from service import durable_log  # the writing of the feedback log
 from tests.model.test_corrections import offsets_now
 from training.data.feedback import read_feedback_dir
 
@@ -257,7 +257,7 @@ class FullDisk:
 def test_a_full_disk_keeps_the_log_whole(client, monkeypatch):
     event = {"user_id": "1", "item_id": "10", "rating": 5}
     assert client.post("/feedback", json={"events": [event] * 3}).status_code == 200
-    monkeypatch.setattr(feedback_log, "os", FullDisk())
+    monkeypatch.setattr(durable_log, "os", FullDisk())
     r = client.post("/feedback", json={"events": [event] * 2})
     assert r.status_code == 503 and "No space left on device" in r.json()["detail"]
     monkeypatch.undo()

@@ -148,7 +148,7 @@ def test_a_repeated_candidate_is_422_naming_the_repeat(client):
 
 
 def test_many_repeats_are_listed_up_to_a_bound_and_counted(client):
-    from service.routes.rank import MAX_LISTED_DUPLICATES
+    from service.scoring import MAX_LISTED_DUPLICATES
 
     r = client.post("/rank", json={"user_id": "1", "candidates": [{"item_id": "10"}] * 50})
     assert r.status_code == 422, r.text

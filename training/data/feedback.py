@@ -2,12 +2,13 @@
 
 ``python -m training --config SPEC --feedback DIR`` reads every ``*.jsonl`` under ``DIR``
 (``model/feedback_format.py``; the service's ``LEVI_FEEDBACK_DIR``, or copies of several
-replicas' directories), keeps each event once by its ``event_id`` (a file copied twice, or
-collected from two places, counts once), and appends the events to the ratings; a user's
-latest rating of an item replaces the earlier ones (the data set's and earlier events'), so
-no pair is counted twice or lands in both training and test. Users and
-items the data set does not have get a row from the fields their latest event sent (typed as
-the spec declares them); known ones keep their catalog row. Events logged by a model of
+replicas' directories; the catalog's ``catalog-*.jsonl`` are ``--catalog``'s), keeps each
+event once by its ``event_id`` (a file copied twice, or collected from two places, counts
+once), and appends the events to the ratings; a user's latest rating of an item replaces the
+earlier ones (the data set's and earlier events'), so no pair is counted twice or lands in
+both training and test. Users and items the data set does not have get a row from the fields
+their latest event sent (typed as the spec declares them); known ones (registered in the
+service's catalog included, with ``--catalog``) keep their row. Events logged by a model of
 another data set (the event's ``dataset``), with a rating outside the spec's scale, or with a
 timestamp that is not valid (``model/timestamps.py``: a log of an older service could hold
 one) are left out and counted. The partial last line a crash can leave is skipped.
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from model.catalog_format import is_catalog_file
 from model.feedback_format import SUFFIX, read_events
 from model.timestamps import TimestampError, to_seconds
 from training.data.dataset import RatingsDataset, _sorted
@@ -67,7 +69,8 @@ def read_feedback_dir(directory: Path) -> tuple[list[dict], int, int, int]:
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"--feedback {directory}: not a directory")
-    paths = sorted(directory.rglob(f"*{SUFFIX}"))
+    # the catalog's logs may share the directory (python -m training --catalog reads them)
+    paths = sorted(p for p in directory.rglob(f"*{SUFFIX}") if not is_catalog_file(p))
     seen: set[str] = set()
     events, duplicates, partial = [], 0, 0
     for path in paths:
