@@ -54,8 +54,8 @@ def test_a_ranking_is_exactly_a_rank_response(client, adapters):
 
 def test_a_drifted_answer_would_fail_this_check():
     """The check itself: an extra key or a missing one is caught."""
-    good = {"item_id": "1", "rating": 3.0, "model_rating": 3.0, "ood_score": 1.0}
-    answer = {"model_version": "v", "user_id": "1", "cold_start": False}
+    good = {"item_id": "1", "rating": 3.0, "model_rating": 3.0, "ood_score": 1.0, "source": "model"}
+    answer = {"model_version": "v", "user_id": "1", "cold_start": False, "user_source": "model"}
     exactly(RankResponse, {**answer, "ranked": [{**good, "cold_start": False}]})
     with pytest.raises(AssertionError):
         exactly(RankResponse, {**answer, "ranked": [{**good, "cold_start": False, "x": 1}]})

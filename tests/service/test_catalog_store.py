@@ -45,7 +45,7 @@ def test_frozen_fields_key_as_the_request_fields_do():
 
 @pytest.fixture
 def tier(redis_url):
-    t = RedisTier(redis_url, Metrics(), ttl_s=60, timeout_s=1.0, backoff_s=0.05)
+    t = RedisTier(redis_url, Metrics(), ttl_s=60, timeout_s=1.0, backoff_s=0.05, backoff_max_s=1.0)
     yield t
     t.close()
 
@@ -133,7 +133,14 @@ def test_records_kept_while_redis_is_down_are_written_when_it_answers(
     pool = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs
     proxy = TcpProxy((pool.get("host", "127.0.0.1"), int(pool.get("port", 6379))))
     proxy.start()
-    tier = RedisTier(proxied_url(redis_url, proxy), Metrics(), ttl_s=60, backoff_s=0.05)
+    tier = RedisTier(
+        proxied_url(redis_url, proxy),
+        Metrics(),
+        ttl_s=60,
+        timeout_s=0.1,
+        backoff_s=0.05,
+        backoff_max_s=1.0,
+    )
     metrics = Metrics()
     c = catalog(tier, prefix, tmp_path, metrics)
     try:
