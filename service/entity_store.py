@@ -1,5 +1,10 @@
-"""Columnar entity store: the model's known users and items, and per-entity projections.
+"""Columnar entity store: the model's known users and items, how an entity of a request is
+resolved into the record the model reads, and per-entity projections.
 
+* :class:`EntityResolver`: a request's entity (id and fields: the request's own, or its
+  catalog record's, ``service/catalog.py``) -> its record, whether it is a cold start, and
+  the warnings its fields earn (values out of the vocabulary, numbers far outside what
+  training saw, an unknown id without fields).
 * :class:`EntityTable`: one side's artifact table, looked up by id in batches
   (``pandas.Index.get_indexer``: one hash-table probe per id, in C). Nothing is encoded or
   rendered per entity at load time, so start-up and memory stay flat per entity; records are
@@ -21,6 +26,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from model.decomposed import SIDES
+from model.features import FeatureSpec, as_values
+from model.templates import ViewSet
+from service.results import NO_WARNINGS
 
 Key = tuple[str, tuple]  # (entity id, sorted request fields)
 
@@ -89,6 +99,71 @@ class EntityTable:
                 rec[self.key] = ids[j]
                 out[j] = rec
         return out
+
+
+class EntityResolver:
+    """Records of a side's entities as the model reads them.
+
+    Known entities start from the artifact's table; the given fields (already checked
+    against the model's spec) override them; unknown ids get a record with only their id and
+    the given fields (cold start: out-of-vocabulary slots and their text views). Multi-valued
+    fields are split as training split them (the column's ``sep``).
+
+    Args:
+        tables: ``{"user": EntityTable, "item": EntityTable}`` of the artifact.
+        features: the artifact's typed columns.
+        views: its text views (which fields a cold start's hint names).
+    """
+
+    def __init__(self, tables: Mapping[str, EntityTable], features: FeatureSpec, views: ViewSet):
+        self.tables = tables
+        self.features = features
+        self._columns = {e: {c.name: c for c in features.fields_of(e)} for e in SIDES}
+        used = {f for v in views.views for f in v.fields}  # what the text views read
+        self._text_fields = {
+            e: [c.name for c in features.fields_of(e) if c.name in used] for e in SIDES
+        }
+
+    def resolve(
+        self, side: str, keys: Sequence[Key]
+    ) -> tuple[list[dict], list[bool], list[tuple[str, ...]]]:
+        """Records of distinct ``(id, frozen fields)`` keys of one side, whether each is a
+        cold start, and each one's warnings (``[len(keys)]`` each)."""
+        ids = [k[0] for k in keys]
+        rows = self.tables[side].rows(ids)
+        records = self.tables[side].records(ids, rows)
+        cold = (rows < 0).tolist()
+        warnings: list[tuple[str, ...]] = []
+        columns = self._columns[side]
+        for j, (_, frozen) in enumerate(keys):
+            notes = []
+            if cold[j] and not frozen:  # with fields: said per answer (service/scorer.py)
+                notes.append(self.cold_warning(side))
+            for name, value in frozen:
+                col = columns.get(name)
+                if col is not None and col.kind == "multi_categorical":
+                    value = as_values(value, col.sep)
+                records[j][name] = value
+                if col is not None and col.mlp and col.kind != "numeric" and not col.known(value):
+                    notes.append(
+                        f"{side}.{name}: value(s) not in the model's vocabulary were read as "
+                        "out-of-vocabulary (the text view still reads them)"
+                    )
+                elif col is not None and (far := col.far_outside(value)) is not None:
+                    notes.append(far)
+            warnings.append(tuple(notes) if notes else NO_WARNINGS)
+        return records, cold, warnings
+
+    def cold_warning(self, side: str) -> str:
+        """The warning of an unknown ``side`` entity answered without any fields."""
+        fields = self._text_fields[side] or [c.name for c in self.features.fields_of(side)]
+        hint = (
+            f"; send {', '.join(f'{side}.{f}' for f in fields)}, or register it "
+            f"(PUT /v1/{side}s/{{{side}_id}}), for a better answer"
+        )
+        return f"unknown {side} without fields: answered from the out-of-vocabulary slot" + (
+            hint if fields else ""
+        )
 
 
 @dataclass

@@ -32,13 +32,12 @@ import numpy as np
 
 from model.batching import encode_texts, pad_rows
 from model.decomposed import SIDES, part_widths
-from model.features import as_values
 from model.tokenizer import LENGTH_BUCKETS, bucket_length
 from service.cache import ActivationCache
 from service.corrections import OnlineCorrections
 from service.drift import DriftMonitor
 from service.entity_fields import request_models
-from service.entity_store import EntityTable, ProjectionCache, freeze
+from service.entity_store import EntityResolver, EntityTable, ProjectionCache, freeze
 from service.metrics import Metrics, observe_many
 from service.results import NO_WARNINGS, SOURCE_CODE, SOURCES, ScoreBatch
 
@@ -200,12 +199,8 @@ class Scorer:
             "user": EntityTable(artifact.users, "user_id"),
             "item": EntityTable(artifact.items, "item_id"),
         }
+        self.entities = EntityResolver(self.tables, self.features, self.views)
         self.request_models = request_models(self.features)
-        self._columns = {e: {c.name: c for c in self.features.fields_of(e)} for e in SIDES}
-        used = {f for v in self.views.views for f in v.fields}  # what the text views read
-        self._text_fields = {
-            e: [c.name for c in self.features.fields_of(e) if c.name in used] for e in SIDES
-        }
         self._entity_columns = {
             e: [j for j, c in enumerate(self.features.categorical) if c.entity == e] for e in SIDES
         }
@@ -221,7 +216,6 @@ class Scorer:
             self._side_views = {
                 s: np.array([v for v, x in enumerate(sides) if x == s]) for s in SIDES
             }
-        self.warmed: tuple[tuple[int, int], ...] = ()
         # One call at a time: the scorer thread and the shadow thread (service/batcher.py)
         # may both score with this version (shadow of a canary answer).
         self._lock = threading.Lock()
@@ -253,48 +247,8 @@ class Scorer:
     def resolve(
         self, side: str, keys: Sequence[tuple[str, tuple]]
     ) -> tuple[list[dict], list[bool], list[tuple[str, ...]]]:
-        """Records of distinct ``(id, frozen fields)`` keys of one side, whether each is a
-        cold start, and its warnings.
-
-        Known entities start from the artifact's table; the request's fields (already checked
-        against the model's spec) override them; unknown ids get a record with only their id
-        and the request's fields (cold start: OOV slots and their text views). Multi-valued
-        fields are split as training split them (the column's ``sep``).
-        """
-        ids = [k[0] for k in keys]
-        rows = self.tables[side].rows(ids)
-        records = self.tables[side].records(ids, rows)
-        cold = (rows < 0).tolist()
-        warnings: list[tuple[str, ...]] = []
-        columns = self._columns[side]
-        for j, (_, frozen) in enumerate(keys):
-            notes = []
-            if cold[j] and not frozen:  # with fields: said per answer (_with_cold_notes)
-                notes.append(self._cold_warning(side))
-            for name, value in frozen:
-                col = columns.get(name)
-                if col is not None and col.kind == "multi_categorical":
-                    value = as_values(value, col.sep)
-                records[j][name] = value
-                if col is not None and col.mlp and col.kind != "numeric" and not col.known(value):
-                    notes.append(
-                        f"{side}.{name}: value(s) not in the model's vocabulary were read as "
-                        "out-of-vocabulary (the text view still reads them)"
-                    )
-                elif col is not None and (far := col.far_outside(value)) is not None:
-                    notes.append(far)
-            warnings.append(tuple(notes) if notes else NO_WARNINGS)
-        return records, cold, warnings
-
-    def _cold_warning(self, side: str) -> str:
-        fields = self._text_fields[side] or [c.name for c in self.features.fields_of(side)]
-        hint = (
-            f"; send {', '.join(f'{side}.{f}' for f in fields)}, or register it "
-            f"(PUT /v1/{side}s/{{{side}_id}}), for a better answer"
-        )
-        return f"unknown {side} without fields: answered from the out-of-vocabulary slot" + (
-            hint if fields else ""
-        )
+        """:meth:`service.entity_store.EntityResolver.resolve` of this model's entities."""
+        return self.entities.resolve(side, keys)
 
     def _truncation(self, texts: Sequence[str]) -> str | None:
         if any(self.tokenizer.truncates(t) for t in texts):
