@@ -2,6 +2,7 @@
 
     python slim_venv.py files SITE_PACKAGES      # after the dependencies are installed
     python slim_venv.py bytecode SITE_PACKAGES   # after the project is installed
+    python slim_venv.py strip SITE_PACKAGES      # the train image: test suites, symbol tables
 
 ``files``: test suites, C headers and Cython sources; pyarrow's Flight RPC and S3 file system
 (pyarrow imports them on demand only, and reports them as unavailable); of scipy only what
@@ -44,11 +45,30 @@ def _remove(path: Path) -> int:
     return size
 
 
+def _remove_tests(site: Path) -> int:
+    return sum(_remove(p) for p in [p for p in site.rglob("tests") if p.is_dir()] if p.exists())
+
+
+def _strip(site: Path) -> int:
+    libraries = [
+        p
+        for p in site.rglob("*.so*")
+        if p.is_file()
+        and not p.is_symlink()
+        and not any(part.endswith(".libs") for part in p.relative_to(site).parts)
+    ]
+    before = sum(p.stat().st_size for p in libraries)
+    for i in range(0, len(libraries), 200):
+        subprocess.run(["strip", "--strip-unneeded", *map(str, libraries[i : i + 200])], check=True)
+    return before - sum(p.stat().st_size for p in libraries)
+
+
+def strip_only(site: Path) -> int:
+    return _remove_tests(site) + _strip(site)
+
+
 def slim_files(site: Path) -> int:
-    freed = 0
-    for tests in [p for p in site.rglob("tests") if p.is_dir()]:
-        if tests.exists():
-            freed += _remove(tests)
+    freed = _remove_tests(site)
     pyarrow = site / "pyarrow"
     for name in ("include", "includes", "src"):
         if (pyarrow / name).exists():
@@ -60,18 +80,7 @@ def slim_files(site: Path) -> int:
     for path in list(scipy.iterdir()):
         if path.is_dir() and path.name not in SCIPY_KEEP:
             freed += _remove(path)
-    freed += _link_duplicates(site)
-    libraries = [
-        p
-        for p in site.rglob("*.so*")
-        if p.is_file()
-        and not p.is_symlink()
-        and not any(part.endswith(".libs") for part in p.relative_to(site).parts)
-    ]
-    before = sum(p.stat().st_size for p in libraries)
-    for i in range(0, len(libraries), 200):
-        subprocess.run(["strip", "--strip-unneeded", *map(str, libraries[i : i + 200])], check=True)
-    return freed + before - sum(p.stat().st_size for p in libraries)
+    return freed + _link_duplicates(site) + _strip(site)
 
 
 def _link_duplicates(site: Path) -> int:
@@ -155,13 +164,18 @@ def check_imports(what: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in {"files", "bytecode"}:
+    steps = {
+        "files": (slim_files, "_load_dependencies"),
+        "bytecode": (slim_bytecode, "_load_serving"),
+        "strip": (strip_only, "_load_dependencies"),
+    }
+    if len(argv) != 2 or argv[0] not in steps:
         print(__doc__, file=sys.stderr)
         return 2
-    site = Path(argv[1])
-    freed = slim_files(site) if argv[0] == "files" else slim_bytecode(site)
+    slim, check = steps[argv[0]]
+    freed = slim(Path(argv[1]))
     print(f"slim_venv {argv[0]}: {freed / 2**20:.0f} MiB left out")
-    check_imports("_load_dependencies" if argv[0] == "files" else "_load_serving")
+    check_imports(check)
     return 0
 
 

@@ -117,7 +117,8 @@ def served_version_on_disk() -> str:
 
 
 def prom_query(expr: str) -> list[dict]:
-    status, body = http("GET", f"{PROMETHEUS}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    query = urllib.parse.urlencode({"query": expr})
+    status, body = http("GET", f"{PROMETHEUS}/api/v1/query?{query}")
     assert status == 200 and body["status"] == "success", f"{expr}: {status} {body}"
     return body["data"]["result"]
 
@@ -244,7 +245,8 @@ def serve_checks() -> None:
     def _():
         cid = container("api")
         if ENGINE == "podman":  # podman without systemd does not schedule healthchecks itself
-            run = subprocess.run([ENGINE, "healthcheck", "run", cid], capture_output=True, text=True)
+            argv = [ENGINE, "healthcheck", "run", cid]
+            run = subprocess.run(argv, capture_output=True, text=True)
             assert run.returncode == 0, f"podman healthcheck run: {run.stdout}{run.stderr}"
             return "podman healthcheck run: healthy"
         fmt = ["-f", "{{.State.Health.Status}}"]
@@ -343,10 +345,7 @@ def serve_checks() -> None:
     def _():
         dashboard = json.loads((ROOT / "deploy/grafana/dashboards/levi.json").read_text())
         exprs = [
-            t["expr"]
-            for p in dashboard["panels"]
-            for t in p.get("targets", [])
-            if t.get("expr")
+            t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if t.get("expr")
         ]
         with_data = 0
         for expr in exprs:
