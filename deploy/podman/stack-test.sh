@@ -84,6 +84,18 @@ step "static checks" 120 "$PY" "$HERE/checks.py" static
 
 # --------------------------------------------------------------- build (README: build)
 step "build" 1500 $COMPOSE --profile train build
+# The build cache: the stages worth keeping get tags (the same cached build, seconds), then
+# whatever no tagged image needs any more is dropped, so repeated runs do not fill the disk.
+keep_cache() {
+  local stage
+  for stage in requirements serve-venv train-venv packaged; do
+    podman build --quiet --pull=never -f deploy/Dockerfile --target "$stage" \
+      -t "localhost/levi-build-cache:$stage" . >/dev/null
+  done
+  podman image prune -f >/dev/null
+}
+export -f keep_cache
+step "keep the build cache" 600 bash -c keep_cache
 serve_size="$(podman image inspect --format '{{.Size}}' levi-serve:local)"
 train_size="$(podman image inspect --format '{{.Size}}' levi-train:local)"
 log "image sizes: levi-serve:local $((serve_size / 1000000)) MB, levi-train:local $((train_size / 1000000)) MB"
