@@ -3,7 +3,7 @@
 # LEVI_DEPLOY_STATE   machine-wide state (generated containers.conf, the tools' venv); kept
 #                     between runs so reruns only check it. Default /var/lib/levi-deploy.
 # COMPOSE             the compose command the stack test runs (default: podman-compose from the
-#                     tools' venv); "docker compose" runs the same commands on Docker.
+#                     tools' venv).
 
 LEVI_DEPLOY_STATE="${LEVI_DEPLOY_STATE:-/var/lib/levi-deploy}"
 LEVI_DEPLOY_TOOLS="$LEVI_DEPLOY_STATE/tools"
