@@ -357,14 +357,17 @@ def serve_checks() -> None:
 
 # ----------------------------------------------------------------------- reload phase
 def reload_checks() -> None:
-    @check("the trainer wrote a second model, with the logged feedback")
+    @check("the trainer read the logged feedback and wrote a second model")
     def _():
+        log = Path(os.environ["RETRAIN_LOG"]).read_text()
+        learned = re.search(r"feedback: (\d+) events added from", log)
+        assert learned and int(learned.group(1)) >= 1, "no feedback event added"
         second = served_version_on_disk()
         assert second != recall("first_version"), second
-        report = Path(os.environ["ARTIFACTS_DIR"]) / second / "manifest.json"
-        assert report.is_file(), report
+        manifest = Path(os.environ["ARTIFACTS_DIR"]) / second / "manifest.json"
+        assert manifest.is_file(), manifest
         remember(second_version=second)
-        return second
+        return f"{second}, {learned.group(0).removesuffix(' from')}"
 
     @check("POST /admin/reload: the api serves the trainer's new model")
     def _():

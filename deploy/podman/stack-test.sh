@@ -64,6 +64,7 @@ teardown() {
       echo "----- logs of $(podman inspect -f '{{.Name}}' "$c") (last 80 lines)"
       podman logs --tail 80 "$c" 2>&1
     done
+    [ -f "${RETRAIN_LOG:-}" ] && echo "----- the retraining's output" && tail -80 "$RETRAIN_LOG"
   fi
   log "== teardown: $COMPOSE ${PROFILES[*]} down -v"
   timeout 180 $COMPOSE "${PROFILES[@]}" down -v >/dev/null 2>&1 ||
@@ -114,7 +115,9 @@ step "check the stack" 600 "$PY" "$HERE/checks.py" serve
 
 # ------------------------------ retrain with the logged feedback, reload (README: new model)
 export TRAIN_ARGS="$TINY_TRAINING --feedback /feedback"
-step "retrain" 900 $COMPOSE --profile train run --rm trainer
+export RETRAIN_LOG="$LEVI_DEPLOY_RUN_DIR/retrain.log"  # checks.py reads what it learned
+step "retrain" 900 $COMPOSE --profile train run --rm trainer >"$RETRAIN_LOG" 2>&1
+cat "$RETRAIN_LOG"
 step "check the reload" 300 "$PY" "$HERE/checks.py" reload
 
 # ----------------------------------------------------------- batch (README: batch scoring)
