@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PATH = re.compile(r"\b((?:service|model|training|deploy|tests|bench|docs)/[A-Za-z0-9_./-]*\w)([{\\])?")
+DIRS = "service|model|training|deploy|tests|bench|docs"
+PATH = re.compile(r"\b((?:" + DIRS + r")/[A-Za-z0-9_./-]*\w)([{\\])?")
 TEXT = (".py", ".md", ".toml", ".yml", ".yaml", ".json", "Makefile", "Dockerfile")
 
 
