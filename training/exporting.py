@@ -1,5 +1,5 @@
-"""Stage 5 of a run: the artifact written (``model.artifact_export``) and scored end to end
-through the loader, as a service would load it."""
+"""Stage 5 of a run: the artifact written (``model.artifact_export``); its check and its
+figures are in ``training.export_check``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
-from model.batching import encode_texts
-from training import evaluate
 from training.config import TrainConfig
 from training.drift_reference import reference_stats
 from training.fit import DeviceData
@@ -70,60 +67,4 @@ def export(
             if corrections
             else None
         ),
-    )
-
-
-def score_exported(path: Path, prep: Prepared, *, progress: bool = False) -> dict[str, float]:
-    """ID test and OOD RMSE of the exported model, end to end through ``load_artifact``.
-
-    Texts are rendered with the artifact's views, tokenized with its tokenizer, encoded by its
-    exported backbone and scored by its exported head, so the numbers are those of the exact
-    model a service loads.
-    """
-    from model.artifact import load_artifact
-
-    art = load_artifact(path)
-    ds = prep.dataset
-    users = ds.users.assign(user_id=ds.users["user_id"].astype(str)).set_index("user_id")
-    items = ds.items.assign(item_id=ds.items["item_id"].astype(str)).set_index("item_id")
-    out = {}
-    for part, key in (("test", "id_test_rmse"), ("ood", "ood_rmse")):
-        pairs = prep.pairs.iloc[prep.rows[part]]
-        if not len(pairs):
-            out[key] = float("nan")
-            continue
-        u = [{"user_id": i, **users.loc[i].to_dict()} for i in pairs["user_id"]]
-        it = [{"item_id": i, **items.loc[i].to_dict()} for i in pairs["item_id"]]
-        texts = [art.views.render(a, b) for a, b in zip(u, it, strict=True)]  # [n][n_views]
-        unique = sorted({t for row in texts for t in row})
-        position = {t: j for j, t in enumerate(unique)}
-        pooled = _encode_with(art, unique, progress=progress)  # [n_unique, n_layers, d]
-        acts = pooled[np.array([[position[t] for t in row] for row in texts])]
-        inputs = art.features.encode(u, it)
-        ratings = np.concatenate(
-            [
-                art.score(
-                    inputs["ids"][s : s + 4096],
-                    inputs["multi_hot"][s : s + 4096],
-                    acts[s : s + 4096],
-                )[1]
-                for s in range(0, len(pairs), 4096)
-            ]
-        )
-        out[key] = evaluate.rmse(ratings, pairs["rating"].to_numpy(np.float32))
-    return out
-
-
-def _encode_with(art, texts: list[str], *, progress: bool, batch_size: int = 64) -> np.ndarray:
-    """Pooled activations of ``texts`` from the artifact's exported backbone, padded to the
-    manifest's length buckets: the shapes the service compiles and calls."""
-    return encode_texts(
-        texts,
-        art.tokenizer,
-        art.encode,
-        length_buckets=tuple(art.manifest["backbone"]["length_buckets"]),
-        row_buckets=(batch_size,),
-        out_shape=art.reference.activation_mean.shape[1:],
-        progress=progress,
-        desc="score exported",
     )

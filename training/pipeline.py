@@ -18,7 +18,8 @@ from pathlib import Path
 from training import progressive, report
 from training.config import TrainConfig
 from training.evaluate_methods import evaluate_all
-from training.exporting import export, model_version, score_exported
+from training.export_check import check_exported, check_rows, exported_figures
+from training.exporting import export, model_version
 from training.fit import DeviceData, items_hidden, run_ratings, train_all
 from training.prepare import encode_views, prepare_data
 from training.spec import DatasetSpec
@@ -118,15 +119,23 @@ def run_pipeline(
             "parameters (no artifact exported)"
         )
         if cfg.export:
+            from model.artifact import load_artifact
+
             artifact = export(
                 prep, cfg, exported_run, device, backbone, version, output_dir, lrs, online
             )
-            exported = score_exported(artifact, prep, progress=progress)
+            art = load_artifact(artifact)
+            sample = check_rows(prep)
+            live_sample = {p: run_ratings(exported_run, device, cfg, r) for p, r in sample.items()}
+            check = check_exported(art, prep, sample, live_sample)
+            log(f"export: {check.describe()}")
+            exported = exported_figures(art, prep)
             exported_source = (
-                f"LEVI seed {exported_run.seed}, the best on ID validation, scored end to end "
-                f"through the exported artifact ({artifact.name}: its backbone and head "
-                f"functions, tokenizer and feature tables); live parameters gave ID "
-                f"{live['id_rmse']:.4f}, OOD {live['ood_rmse']:.4f}"
+                f"LEVI seed {exported_run.seed}, the best on ID validation, scored through the "
+                f"exported artifact ({artifact.name}): its exported head, vocabularies and "
+                f"entity tables over every ID test and OOD pair, with the activations of this "
+                f"run; its backbone, tokenizer and text views {check.describe()}; live "
+                f"parameters gave ID {live['id_rmse']:.4f}, OOD {live['ood_rmse']:.4f}"
             )
             lap("export")
     split_seed = prep.spec.split.seed if cfg.split_seed is None else cfg.split_seed

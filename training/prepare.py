@@ -46,6 +46,20 @@ class Prepared:
     tables: TrainTables | None = None
     activations: ViewActivations | None = None
 
+    @property
+    def users(self) -> pd.DataFrame:
+        """The users table (``user_id`` and the spec's user columns)."""
+        return self.dataset.users
+
+    @property
+    def items(self) -> pd.DataFrame:
+        """The items table (``item_id`` and the spec's item columns)."""
+        return self.dataset.items
+
+    def pair_ids(self, entity: str, rows) -> np.ndarray:
+        """The ``entity`` (``user`` or ``item``) id strings of pair ``rows``."""
+        return self.pairs[f"{entity}_id"].to_numpy()[np.asarray(rows)]
+
 
 def prepare_data(
     cfg: TrainConfig,
