@@ -43,7 +43,6 @@ def export(
     from model.artifact_export import export_artifact
 
     reference = reference_stats(prep, run, device, cfg)
-    ds = prep.dataset
     return export_artifact(
         output_dir,
         model_version=version,
@@ -52,8 +51,8 @@ def export(
         head_params=jax.device_get(run.params),
         features=prep.features,
         views=prep.views,
-        users=ds.users,
-        items=ds.items,
+        users=prep.users,
+        items=prep.items,
         reference=reference,
         dataset=prep.spec.summary(),
         training_config={

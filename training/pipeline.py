@@ -65,7 +65,7 @@ def run_pipeline(
 
     prep = prepare_data(cfg, dataset, spec, log=log)
     sizes = {p: len(r) for p, r in prep.rows.items()}
-    log(f"data: {prep.dataset!r}; split {sizes}; {len(prep.ood_groups)} OOD groups")
+    log(f"data: {prep.source}; split {sizes}; {len(prep.ood_groups)} OOD groups")
     lap("data")
 
     if backbone is None:

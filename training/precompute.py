@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -157,41 +157,50 @@ def encode_missing(
 
 
 def render_views(
-    views: ViewSet, users: pd.DataFrame, items: pd.DataFrame, pairs: pd.DataFrame
+    views: ViewSet,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    pair_user: np.ndarray,
+    pair_item: np.ndarray,
 ) -> tuple[list[list[str]], np.ndarray]:
     """Distinct texts of every view and each pair's row in them.
 
+    A user or item view renders one text per entity that some pair names (a pair view, one
+    per pair); the pairs only index them.
+
     Args:
         users, items: entity tables (``user_id, age, ...``; ``item_id, title, genres``).
-        pairs: ``user_id, item_id`` of every rating that will be trained on or scored.
+        pair_user, pair_item: int ``[n_pairs]`` rows in ``users`` and ``items`` of every
+            rating that will be trained on or scored.
 
     Returns:
-        ``(texts, index)``: per view its distinct texts, and int32 ``[n_pairs, n_views]``.
+        ``(texts, index)``: per view its distinct texts (sorted), and int32
+        ``[n_pairs, n_views]``.
+
+    Raises:
+        ValueError: a pair row outside its table.
     """
-    user_rec: Mapping[str, dict] = {str(r["user_id"]): r for r in users.to_dict("records")}
-    item_rec: Mapping[str, dict] = {str(r["item_id"]): r for r in items.to_dict("records")}
-    pair_users = pairs["user_id"].astype(str).to_numpy()
-    pair_items = pairs["item_id"].astype(str).to_numpy()
-    missing_u = set(pair_users) - user_rec.keys()
-    missing_i = set(pair_items) - item_rec.keys()
-    if missing_u or missing_i:
-        raise ValueError(
-            f"ratings name {len(missing_u)} user(s) and {len(missing_i)} item(s) absent from the "
-            f"entity tables (e.g. {sorted(missing_u)[:3]} {sorted(missing_i)[:3]})"
-        )
+    pair_user, pair_item = np.asarray(pair_user), np.asarray(pair_item)
+    for name, rows, table in (("user", pair_user, users), ("item", pair_item, items)):
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(table)):
+            raise ValueError(
+                f"pair {name} rows must lie in [0, {len(table)}) (the {name}s table), got "
+                f"[{rows.min()}, {rows.max()}]"
+            )
+    records = {"user": users.to_dict("records"), "item": items.to_dict("records")}
     texts: list[list[str]] = []
-    index = np.zeros((len(pairs), views.n_views), dtype=np.int32)
+    index = np.zeros((len(pair_user), views.n_views), dtype=np.int32)
     for v, view in enumerate(views.views):
         if view.entity in ("user", "item"):
-            keys = pair_users if view.entity == "user" else pair_items
-            unique_keys, inverse = np.unique(keys, return_inverse=True)
-            recs = user_rec if view.entity == "user" else item_rec
-            per_key = [view.render(recs[k], recs[k]) for k in unique_keys]
+            rows = pair_user if view.entity == "user" else pair_item
+            present, inverse = np.unique(rows, return_inverse=True)  # entities some pair names
+            recs = records[view.entity]
+            per_key = [view.render(recs[k], recs[k]) for k in present]
         else:
-            inverse = np.arange(len(pairs))
+            inverse = np.arange(len(pair_user))
             per_key = [
-                view.render(user_rec[u], item_rec[i])
-                for u, i in zip(pair_users, pair_items, strict=True)
+                view.render(records["user"][u], records["item"][i])
+                for u, i in zip(pair_user, pair_item, strict=True)
             ]
         distinct, text_of_key = np.unique(np.array(per_key, dtype=object), return_inverse=True)
         texts.append([str(t) for t in distinct])
@@ -204,20 +213,26 @@ def precompute(
     views: ViewSet,
     users: pd.DataFrame,
     items: pd.DataFrame,
-    pairs: pd.DataFrame,
+    pair_user: np.ndarray,
+    pair_item: np.ndarray,
     *,
     cache: Path | None = None,
     batch_size: int = 128,
     progress: bool = True,
 ) -> ViewActivations:
-    """Render, deduplicate, encode (cache misses only) and index every view's texts."""
+    """Render, deduplicate, encode (cache misses only) and index every view's texts.
+
+    Args:
+        pair_user, pair_item: rows in ``users`` and ``items`` of every pair
+            (:func:`render_views`).
+    """
     if any(v.entity == "pair" for v in views.views):
         warnings.warn(
-            f"pair views render one text per rating ({len(pairs):,} texts): the first encode is "
-            "expensive (factored views encode one text per user and per item)",
+            f"pair views render one text per rating ({len(pair_user):,} texts): the first encode "
+            "is expensive (factored views encode one text per user and per item)",
             stacklevel=2,
         )
-    texts, index = render_views(views, users, items, pairs)
+    texts, index = render_views(views, users, items, pair_user, pair_item)
     store = ActivationStore(
         activation_cache_root(encoder.fingerprint, cache), encoder.n_layers, encoder.hidden_size
     )

@@ -7,7 +7,6 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,7 @@ import pandas as pd
 from model.features import FeatureSpec, fit_feature_spec
 from model.templates import ViewSet
 from training.config import TrainConfig
+from training.pairs import PairTable
 from training.precompute import ViewActivations, precompute
 from training.spec import DatasetSpec, SpecError, load_spec
 from training.train import (
@@ -28,17 +28,25 @@ PARTS = ("train", "val", "test", "ood")
 class Prepared:
     """Data, features and activations, aligned on one table of pairs.
 
+    Memory grows with the entities, not the ratings: the pairs are entity rows
+    (:class:`~training.pairs.PairTable`, 20 bytes a rating); ids, features and texts live
+    once per entity, activations once per distinct text.
+
     Attributes:
-        pairs: ``user_id, item_id, rating, timestamp`` of train, val, test and OOD,
-            concatenated (timestamp 0 when the spec declares none).
+        source: what was read (the data set's name and table sizes), for the log.
+        users, items: the entity tables (``user_id`` / ``item_id`` and the spec's columns).
+        pairs: train, val, test and OOD ratings, concatenated, as rows of ``users`` and
+            ``items`` (timestamp 0 when the spec declares none).
         rows: part name -> int32 row positions in ``pairs``.
         ood_groups: OOD group (a value of the split column, a month, ...) -> row positions
             in ``pairs`` (OOD rows of that group).
     """
 
     spec: DatasetSpec
-    dataset: Any
-    pairs: pd.DataFrame
+    source: str
+    users: pd.DataFrame
+    items: pd.DataFrame
+    pairs: PairTable
     rows: dict[str, np.ndarray]
     ood_groups: dict[str, np.ndarray]
     features: FeatureSpec
@@ -46,19 +54,11 @@ class Prepared:
     tables: TrainTables | None = None
     activations: ViewActivations | None = None
 
-    @property
-    def users(self) -> pd.DataFrame:
-        """The users table (``user_id`` and the spec's user columns)."""
-        return self.dataset.users
-
-    @property
-    def items(self) -> pd.DataFrame:
-        """The items table (``item_id`` and the spec's item columns)."""
-        return self.dataset.items
-
     def pair_ids(self, entity: str, rows) -> np.ndarray:
         """The ``entity`` (``user`` or ``item``) id strings of pair ``rows``."""
-        return self.pairs[f"{entity}_id"].to_numpy()[np.asarray(rows)]
+        table, key = (self.users, "user_id") if entity == "user" else (self.items, "item_id")
+        at = getattr(self.pairs, entity)[np.asarray(rows)]
+        return table[key].astype(str).to_numpy()[at]
 
 
 def prepare_data(
@@ -89,51 +89,63 @@ def prepare_data(
         split = make_split(dataset, split_spec, cfg.split_seed)
     except ValueError as e:  # the data do not fit the spec's [split]: name the file
         raise SpecError(f"{spec.source or spec.name}: [split]: {e}") from None
-    parts = [getattr(split, p) for p in PARTS]
-    pairs = pd.concat(parts, ignore_index=True)[["user_id", "item_id", "rating", "timestamp"]]
-    pairs = pairs.astype({"user_id": str, "item_id": str})
+    source = repr(dataset)
+    user_index = pd.Index(dataset.users["user_id"].astype(str))
+    item_index = pd.Index(dataset.items["item_id"].astype(str))
+    parts = [PairTable.from_frame(getattr(split, p), user_index, item_index) for p in PARTS]
+    pairs = PairTable.concat(parts)
     offsets = np.cumsum([0] + [len(p) for p in parts])
     rows = {p: np.arange(offsets[k], offsets[k + 1], dtype=np.int32) for k, p in enumerate(PARTS)}
     ood_groups = {
         g: (offsets[3] + np.asarray(r, dtype=np.int64)).astype(np.int32)
         for g, r in split.ood_groups.items()
     }
-    train = split.train
-    users = dataset.users[dataset.users["user_id"].astype(str).isin(set(train["user_id"]))]
-    items = dataset.items[dataset.items["item_id"].astype(str).isin(set(train["item_id"]))]
+    del split  # its frames hold the id strings of every rating
+    # Features are fitted on the entities of ID train only.
+    train = pairs.take(rows["train"])
+    users = dataset.users.iloc[np.unique(train.user)]
+    items = dataset.items.iloc[np.unique(train.item)]
     features = fit_feature_spec(
         spec.column_decls(), users.to_dict("records"), items.to_dict("records")
     )
-    return Prepared(spec, dataset, pairs, rows, ood_groups, features, spec.views())
+    return Prepared(
+        spec,
+        source,
+        dataset.users,
+        dataset.items,
+        pairs,
+        rows,
+        ood_groups,
+        features,
+        spec.views(),
+    )
 
 
 def encode_views(
     prep: Prepared, backbone, cfg: TrainConfig, *, cache: Path | None, progress: bool
 ) -> Prepared:
     """Activations of every view (cached) and the head's tables."""
-    ds = prep.dataset
     acts = precompute(
         backbone,
         prep.views,
-        ds.users,
-        ds.items,
-        prep.pairs[["user_id", "item_id"]],
+        prep.users,
+        prep.items,
+        prep.pairs.user,
+        prep.pairs.item,
         cache=cache,
         batch_size=cfg.encode_batch_size,
         progress=progress,
     )
-    user_pos = pd.Index(ds.users["user_id"].astype(str))
-    item_pos = pd.Index(ds.items["item_id"].astype(str))
-    user_records, item_records = ds.users.to_dict("records"), ds.items.to_dict("records")
+    user_records, item_records = prep.users.to_dict("records"), prep.items.to_dict("records")
     tables = TrainTables(
         user_ids=prep.features.encode_entity("user", user_records),
         item_ids=prep.features.encode_entity("item", item_records),
         user_multi_hot=prep.features.encode_multi_hot("user", user_records),
         multi_hot=prep.features.encode_multi_hot("item", item_records),
         views=acts.matrices,
-        pair_user=user_pos.get_indexer(prep.pairs["user_id"]).astype(np.int32),
-        pair_item=item_pos.get_indexer(prep.pairs["item_id"]).astype(np.int32),
+        pair_user=prep.pairs.user,  # shared with prep.pairs, not copied
+        pair_item=prep.pairs.item,
         pair_text=acts.index,
-        rating=prep.pairs["rating"].to_numpy(np.float32),
+        rating=prep.pairs.rating,
     )
     return dataclasses.replace(prep, tables=tables, activations=acts)

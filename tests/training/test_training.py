@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from training import baselines, evaluate
@@ -136,15 +137,19 @@ def test_activation_cache_hit_skips_the_encoder(tmp_path, tiny_spec, tiny_backbo
     spec = load_spec(tiny_spec)
     ds, views = load_spec_dataset(spec), spec.views()
     pairs = ds.ratings[["user_id", "item_id"]]
+    rows = (  # the pairs as entity rows, as a run keeps them
+        pd.Index(ds.users["user_id"]).get_indexer(pairs["user_id"]),
+        pd.Index(ds.items["item_id"]).get_indexer(pairs["item_id"]),
+    )
     first = CountingEncoder(tiny_backbone)
-    a = precompute(first, views, ds.users, ds.items, pairs, cache=tmp_path, progress=False)
+    a = precompute(first, views, ds.users, ds.items, *rows, cache=tmp_path, progress=False)
     n_users, n_items = pairs["user_id"].nunique(), pairs["item_id"].nunique()
     assert first.calls >= 1 and first.texts == a.n_encoded == n_users + n_items
     assert [m.shape for m in a.matrices] == [(n_users, 2, 32), (n_items, 2, 32)]
     assert list((tmp_path / "activations").iterdir())[0].name == tiny_backbone.fingerprint
 
     second = CountingEncoder(tiny_backbone)
-    b = precompute(second, views, ds.users, ds.items, pairs, cache=tmp_path, progress=False)
+    b = precompute(second, views, ds.users, ds.items, *rows, cache=tmp_path, progress=False)
     assert second.calls == 0 and b.n_encoded == 0
     np.testing.assert_array_equal(a.index, b.index)
     for x, y in zip(a.matrices, b.matrices, strict=True):
