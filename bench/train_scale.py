@@ -1,7 +1,7 @@
 """How training grows with the catalog: stage times and peak memory on generated catalogs.
 
     .venv/bin/python -m bench.train_scale [--catalogs 20000x8000,40000x16000] [--processes 1,2]
-        [--json docs/train_scale.json] [--doc docs/BENCHMARKS.md]
+        [--json FILE] [--doc docs/BENCHMARKS.md]
 
 Each catalog (users x items, about 28 ratings per user: ``bench/synthetic_catalog.py``) is
 trained by ``python -m training`` through its dataset spec: LEVI only, one seed, one learning

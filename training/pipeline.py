@@ -15,11 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training import progressive, report
+from training import distributed, progressive, report
 from training.config import TrainConfig
 from training.evaluate_methods import evaluate_all
-from training.export_check import check_exported, check_rows, exported_figures
-from training.exporting import export, model_version
+from training.exporting import export_stage, model_version
 from training.fit import DeviceData, items_hidden, run_ratings, train_all
 from training.prepare import encode_views, prepare_data
 from training.spec import DatasetSpec
@@ -31,7 +30,7 @@ from training.train import (
 @dataclass(frozen=True)
 class PipelineResult:
     report: dict
-    report_dir: Path
+    report_dir: Path | None  # None on processes other than 0
     artifact: Path | None
     timings: dict[str, float]
     runs: dict[str, list[RunResult]]
@@ -92,7 +91,7 @@ def run_pipeline(
     shrinkage, online = None, None
     if exported_run is not None and len(prep.rows["val"]):
         tables = items_hidden(prep, device)
-        hidden = None if tables is None else DeviceData(tables, device.mesh)
+        hidden = None if tables is None else DeviceData(tables, device.mesh, device.layout)
         shrinkage, online = progressive.fit_and_evaluate(
             prep,
             lambda rows: run_ratings(exported_run, device, cfg, rows),
@@ -119,24 +118,20 @@ def run_pipeline(
             "parameters (no artifact exported)"
         )
         if cfg.export:
-            from model.artifact import load_artifact
-
-            artifact = export(
-                prep, cfg, exported_run, device, backbone, version, output_dir, lrs, online
+            result = export_stage(
+                prep,
+                cfg,
+                exported_run,
+                device,
+                backbone,
+                version,
+                output_dir,
+                lrs,
+                online,
+                live,
+                log,
             )
-            art = load_artifact(artifact)
-            sample = check_rows(prep)
-            live_sample = {p: run_ratings(exported_run, device, cfg, r) for p, r in sample.items()}
-            check = check_exported(art, prep, sample, live_sample)
-            log(f"export: {check.describe()}")
-            exported = exported_figures(art, prep)
-            exported_source = (
-                f"LEVI seed {exported_run.seed}, the best on ID validation, scored through the "
-                f"exported artifact ({artifact.name}): its exported head, vocabularies and "
-                f"entity tables over every ID test and OOD pair, with the activations of this "
-                f"run; its backbone, tokenizer and text views {check.describe()}; live "
-                f"parameters gave ID {live['id_rmse']:.4f}, OOD {live['ood_rmse']:.4f}"
-            )
+            artifact, exported, exported_source = result.artifact, result.exported, result.source
             lap("export")
     split_seed = prep.spec.split.seed if cfg.split_seed is None else cfg.split_seed
     doc = report.build_report(
@@ -166,9 +161,12 @@ def run_pipeline(
         "text": report.training_notes(cfg, lrs, split_seed),
         "exported_source": exported_source,
     }
-    report_dir = report.write_report(doc, notes, output_dir / "reports" / version)
-    if artifact is not None:
-        from model.artifact_export import attach_report
+    report_dir = None
+    if distributed.is_primary():  # one report and one artifact for the run
+        report_dir = report.write_report(doc, notes, output_dir / "reports" / version)
+        if artifact is not None:
+            from model.artifact_export import attach_report
 
-        attach_report(artifact, report_dir)
+            attach_report(artifact, report_dir)
+    distributed.barrier("report written")  # no process leaves while process 0 still writes
     return PipelineResult(doc, report_dir, artifact, timings, runs)

@@ -11,6 +11,8 @@ encoder; another backbone has another fingerprint and never reads stale activati
 
 from __future__ import annotations
 
+import hashlib
+import os
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 
 from model.templates import ViewSet
 from model.text_keys import text_digest
+from training import distributed
 
 CACHE_DTYPE = np.float16
 ENCODE_CHUNK = 2048  # texts per cache chunk file
@@ -106,19 +109,26 @@ class ActivationStore:
             out[dst] = values[src]
         return out
 
-    def put(self, keys: Sequence[str], values: np.ndarray) -> None:
-        """Write one chunk; values ``[n, n_layers, d]`` are stored as float16."""
+    def put(self, keys: Sequence[str], values: np.ndarray, *, by_content: bool = False) -> None:
+        """Write one chunk; values ``[n, n_layers, d]`` are stored as float16.
+
+        Args:
+            by_content: name the chunk by its keys, so processes that write the same chunk
+                to a shared cache write one file (each through its own temporary file).
+        """
         if values.shape != (len(keys), *self.shape):
             raise ValueError(f"expected {(len(keys), *self.shape)} activations, got {values.shape}")
         self.root.mkdir(parents=True, exist_ok=True)
         stem = uuid.uuid4().hex
+        if by_content:
+            stem = hashlib.sha256("".join(keys).encode()).hexdigest()[:32]
         values_file = self.root / f"{stem}.values.npy"
         keys_file = self.root / f"{stem}.keys.npy"
         for path, array in (
             (values_file, values.astype(CACHE_DTYPE)),
             (keys_file, np.array([k.encode() for k in keys], dtype="S64")),
         ):
-            tmp = path.with_name(path.name + ".part")
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
             with open(tmp, "wb") as f:
                 np.save(f, array)
             tmp.replace(path)  # keys last: a chunk without its keys file is ignored
@@ -140,6 +150,9 @@ def encode_missing(
         ``(float16 [len(texts), n_layers, d], number of texts encoded)``.
     """
     keys = [text_digest(t) for t in texts]
+    if distributed.process_count() > 1:
+        n_encoded = _encode_shared(encoder, texts, keys, store, batch_size, progress)
+        return store.get(keys), n_encoded
     missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in store}.items())
     if missing:
         # Similar lengths in one batch: less padding (the tokenizer pads to length buckets).
@@ -154,6 +167,42 @@ def encode_missing(
             bar.update(len(chunk))
         bar.close()
     return store.get(keys), len(missing)
+
+
+def _encode_shared(
+    encoder: Encoder,
+    texts: Sequence[str],
+    keys: list[str],
+    store: ActivationStore,
+    batch_size: int,
+    progress: bool,
+) -> int:
+    """Several processes: the texts some process's store lacks, each encoded once by one
+    process (every ``P``-th of them, in key order), exchanged, and written to every store
+    that lacks them (one file per chunk on a shared cache). Returns the texts encoded."""
+    lacking = np.array([k not in store for k in keys], bool)
+    anyone = distributed.allgather_rows(lacking[None, :]).any(axis=0)  # [n]
+    todo = sorted({keys[j]: texts[j] for j in np.flatnonzero(anyone)}.items())
+    if not todo:
+        return 0
+    me, procs = distributed.process_index(), distributed.process_count()
+    mine = todo[me::procs]
+    mine.sort(key=lambda kv: len(kv[1]))  # similar lengths in one batch: less padding
+    values = np.zeros((len(mine), *store.shape), CACHE_DTYPE)
+    bar = tqdm(total=len(mine), desc="encode", unit="text", disable=not progress)
+    for start in range(0, len(mine), ENCODE_CHUNK):
+        chunk = [t for _, t in mine[start : start + ENCODE_CHUNK]]
+        values[start : start + len(chunk)] = encoder.encode(chunk, batch_size=batch_size)
+        bar.update(len(chunk))
+    bar.close()
+    every = distributed.allgather_rows(values)  # every process's share, in process order
+    keys_of = distributed.allgather_strings([k for k, _ in mine])
+    own = set(np.asarray(keys)[lacking])
+    for start in range(0, len(keys_of), ENCODE_CHUNK):
+        chunk = keys_of[start : start + ENCODE_CHUNK]
+        if any(k in own for k in chunk):
+            store.put(chunk, every[start : start + len(chunk)], by_content=True)
+    return len(todo)
 
 
 def render_views(

@@ -13,7 +13,17 @@ import pandas as pd
 
 from model.features import FeatureSpec, fit_feature_spec
 from model.templates import ViewSet
+from training import distributed
 from training.config import TrainConfig
+from training.data.dataset import RatingsDataset
+from training.data.shards import (
+    ROW_COLUMN,
+    SHARD_COLUMN,
+    ShardSpec,
+    keep_shards,
+    user_shards,
+)
+from training.feed import ShardLayout
 from training.pairs import PairTable
 from training.precompute import ViewActivations, precompute
 from training.spec import DatasetSpec, SpecError, load_spec
@@ -40,6 +50,7 @@ class Prepared:
         rows: part name -> int32 row positions in ``pairs``.
         ood_groups: OOD group (a value of the split column, a month, ...) -> row positions
             in ``pairs`` (OOD rows of that group).
+        layout: the pairs' data shards and this process's (``training.feed``).
     """
 
     spec: DatasetSpec
@@ -51,6 +62,7 @@ class Prepared:
     ood_groups: dict[str, np.ndarray]
     features: FeatureSpec
     views: ViewSet
+    layout: ShardLayout | None = None
     tables: TrainTables | None = None
     activations: ViewActivations | None = None
 
@@ -68,17 +80,41 @@ def prepare_data(
     log: Callable[[str], None] = print,
 ) -> Prepared:
     """Read the spec and the data (unless given), add the logged feedback (``cfg.feedback``),
-    split, and fit the features on ID train."""
+    split, and fit the features on ID train.
+
+    With several processes (``training.distributed``) each reads its own data shards, the
+    shards are exchanged (``training.shard_merge``), and every process splits and fits the
+    same data, so the split and the vocabularies are the same everywhere. With more than one
+    data shard (``cfg.data_shards``) every pair keeps its shard (``Prepared.layout``).
+    """
     spec = spec or load_spec(cfg.dataset)
+    procs = distributed.process_count()
+    count = cfg.data_shards or procs
+    shards = None
+    if count > 1:
+        shards = ShardSpec.of_process(count, distributed.process_index(), procs)
     if dataset is None:
         from training.data import load_spec_dataset
 
-        dataset = load_spec_dataset(spec, cfg.data_path, cfg.reader)
+        dataset = load_spec_dataset(spec, cfg.data_path, cfg.reader, shards)
+    elif shards is not None:
+        dataset = keep_shards(dataset, shards)
+    if shards is not None:
+        log(
+            f"process {distributed.process_index()} of {procs}: {len(dataset.ratings):,} ratings "
+            f"of data shards {list(shards.mine)} of {count}"
+        )
+    if procs > 1:
+        from training.shard_merge import merge_shards
+
+        dataset = merge_shards(dataset, spec)
     split_spec = spec.split
     if cfg.feedback:
         from training.data.feedback import add_feedback
 
         dataset, summary = add_feedback(dataset, spec, Path(cfg.feedback))
+        if shards is not None:  # the events are in no file: they go to their user's shard
+            dataset = with_user_shards(dataset, count)
         log(str(summary))
         if split_spec.expect and summary.added:  # the data set's own counts no longer hold
             log("split.expect not checked: the feedback events changed the counts")
@@ -94,6 +130,9 @@ def prepare_data(
     item_index = pd.Index(dataset.items["item_id"].astype(str))
     parts = [PairTable.from_frame(getattr(split, p), user_index, item_index) for p in PARTS]
     pairs = PairTable.concat(parts)
+    pair_shard = np.zeros(len(pairs), np.int16)
+    if shards is not None:
+        pair_shard = np.concatenate([getattr(split, p)[SHARD_COLUMN] for p in PARTS])
     offsets = np.cumsum([0] + [len(p) for p in parts])
     rows = {p: np.arange(offsets[k], offsets[k + 1], dtype=np.int32) for k, p in enumerate(PARTS)}
     ood_groups = {
@@ -118,7 +157,19 @@ def prepare_data(
         ood_groups,
         features,
         spec.views(),
+        ShardLayout.of_process(pair_shard, count),
     )
+
+
+def with_user_shards(dataset: RatingsDataset, count: int) -> RatingsDataset:
+    """Ratings without a shard (the feedback events) in their user's shard."""
+    ratings = dataset.ratings
+    missing = ratings[SHARD_COLUMN].isna().to_numpy()
+    shard = ratings[SHARD_COLUMN].to_numpy(np.float64)
+    shard[missing] = user_shards(ratings["user_id"][missing], count)
+    row = ratings[ROW_COLUMN].fillna(-1).to_numpy(np.int64)
+    ratings = ratings.assign(**{SHARD_COLUMN: shard.astype(np.int16), ROW_COLUMN: row})
+    return RatingsDataset(dataset.name, ratings, dataset.users, dataset.items)
 
 
 def encode_views(
