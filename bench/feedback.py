@@ -37,10 +37,10 @@ def replay_parts() -> dict[str, list[tuple[str, str, float]]]:
     prep = prepare_data(TrainConfig.default(), log=lambda _: None)
     out = {}
     for part in ("ood", "test"):
-        pairs = prep.pairs.iloc[time_ordered(prep, prep.rows[part])]
-        out[part] = list(
-            zip(pairs["user_id"], pairs["item_id"], pairs["rating"].astype(float), strict=True)
-        )
+        rows = time_ordered(prep, prep.rows[part])
+        users, items = prep.pair_ids("user", rows), prep.pair_ids("item", rows)
+        ratings = prep.pairs.rating[rows].astype(float)
+        out[part] = list(zip(users, items, ratings, strict=True))
     return out
 
 

@@ -208,6 +208,7 @@ def read_table_file(
     text: Collection[str] = (),
     all_text: bool = False,
     hint: Hint = _plain_hint,
+    row_groups: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """One table file as a DataFrame (see the module docstring for what is read how).
 
@@ -220,6 +221,7 @@ def read_table_file(
         all_text: read every CSV/TSV column as text (the batch CLI: cells are converted by
             the model's fields).
         hint: ``(option, value) -> "how to set it"`` for messages, in the caller's terms.
+        row_groups: read only these row groups of a Parquet file (a process's data shard).
 
     Raises:
         TableFileError: missing, unreadable, or not in the encoding; the message says what
@@ -233,7 +235,10 @@ def read_table_file(
         if opts.format == "parquet":
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            if row_groups is None:
+                table = pq.read_table(path)
+            else:
+                table = pq.ParquetFile(path).read_row_groups(list(row_groups))
         elif opts.format in ("csv", "tsv"):
             table = _read_csv(path, opts, [*ids, *text], all_text)
         else:

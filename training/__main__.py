@@ -58,16 +58,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=_csv(int), help="comma list, e.g. 0,1,2")
     p.add_argument("--lrs", type=_csv(float), help="learning-rate grid, e.g. 1e-4,1e-3,1e-2")
     p.add_argument("--epochs", type=int, dest="max_epochs", help="maximum epochs per run")
+    p.add_argument(
+        "--data-shards",
+        type=int,
+        help="cut the ratings into this many shards, one fed by each process's devices "
+        "(default: one per process; set it to train on one process what N processes train)",
+    )
     p.add_argument("--no-export", action="store_true", help="write the report only")
     p.add_argument("--output-dir", default="artifacts", help="default: artifacts")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    many = p.add_argument_group(
+        "several processes or hosts (jax.distributed; default: the environment's LEVI_COORDINATOR, "
+        "LEVI_NUM_PROCESSES, LEVI_PROCESS_ID or JOB_COMPLETION_INDEX; Slurm and Open MPI "
+        "detected; else one process)"
+    )
+    many.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    many.add_argument("--num-processes", type=int, help="processes in the run")
+    many.add_argument("--process-id", type=int, help="this process, 0 .. N-1")
+    many.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=30,
+        help="seconds after which a silent process counts as dead and the others stop",
+    )
     return p.parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.tiny() if args.tiny else TrainConfig.default()
     names = ("dataset", "data_path", "reader", "split_seed", "feedback", "catalog", "backbone")
-    names += ("checkpoint", "max_length", "methods", "seeds", "lrs", "max_epochs")
+    names += ("checkpoint", "max_length", "methods", "seeds", "lrs", "max_epochs", "data_shards")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.no_export:
         overrides["export"] = False
@@ -81,11 +101,26 @@ def main(argv: list[str] | None = None) -> int:
 
         return init_main(argv[1:])
     args = parse_args(argv)
+    from training import distributed
+
     try:
         cfg = config_from_args(args)
+        processes = distributed.DistributedConfig.resolve(
+            args.coordinator,
+            args.num_processes,
+            args.process_id,
+            heartbeat_timeout=args.heartbeat_timeout,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    distributed.initialize(processes)  # before any other JAX call; nothing for one process
+    if processes.enabled:  # a failure anywhere must not leave the others waiting
+        return distributed.run_or_exit(lambda: _train(cfg, args))
+    return _train(cfg, args)
+
+
+def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     from training.data.tables import DataError
     from training.pipeline import run_pipeline
     from training.spec import SpecError
@@ -98,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"stage timings: {', '.join(f'{k} {v:.1f}s' for k, v in result.timings.items())}")
     print(f"total: {time.perf_counter() - start:.1f}s")
-    print(f"report: {result.report_dir / 'report.md'} (report.json, plots/ beside it)")
-    print(f"artifact: {result.artifact if result.artifact else 'not exported'}")
+    if result.report_dir is not None:
+        print(f"report: {result.report_dir / 'report.md'} (report.json, plots/ beside it)")
+        print(f"artifact: {result.artifact if result.artifact else 'not exported'}")
     return 0
 
 

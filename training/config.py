@@ -77,7 +77,11 @@ class TrainConfig:
         lr_probe_epochs: with ``lr_on_first_seed``, successive halving: every rate is trained
             this many epochs, the better half twice as many, ..., and the last one continues
             to early stopping (0: a full run per rate).
-        batch_size: global batch, split over the local devices.
+        batch_size: global batch, split over the devices of every process.
+        data_shards: the ratings cut into this many shards (``training.data.shards``), each
+            fed by one process's devices, ``batch_size / data_shards`` pairs of each shard a
+            batch (``training.feed``); None: one per process. Batches depend on it, not on the
+            processes: one process with ``data_shards`` N trains what N processes train.
         max_epochs, patience: early stopping on ID validation RMSE (best params kept).
         weight_decay: decoupled weight decay of ``optax.adamw``.
         item_oov_prob: during training, each pair's item features are replaced by the OOV
@@ -111,6 +115,7 @@ class TrainConfig:
     lr_on_first_seed: bool = True
     lr_probe_epochs: int = 2
     batch_size: int = 200
+    data_shards: int | None = None
     max_epochs: int = 8
     patience: int = 1
     weight_decay: float = 1e-4
@@ -133,6 +138,8 @@ class TrainConfig:
             raise ValueError("lrs must name at least one learning rate")
         if self.batch_size <= 0 or self.max_epochs <= 0:
             raise ValueError("batch_size and max_epochs must be positive")
+        if self.data_shards is not None and self.data_shards < 1:
+            raise ValueError(f"data_shards must be positive, got {self.data_shards}")
         unknown = sorted(set(self.head) - set(HEAD_FIELDS))
         if unknown:
             raise ValueError(f"head: unknown field(s) {unknown}; known: {', '.join(HEAD_FIELDS)}")

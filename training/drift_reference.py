@@ -16,6 +16,7 @@ from training.train import (
 
 QUANTILES = (0.5, 0.9, 0.99)
 HIST_BINS = 40
+STREAM_ROWS = 65_536  # training pairs scored per chunk
 
 
 def reference_stats(
@@ -43,16 +44,19 @@ def reference_stats(
         mean = s1[0] / total
         means.append(mean)
         variances.append(np.maximum(s1[1] / total - mean**2, 0.0))
-    adapters = run_adapters(run, device, cfg, train)
     head = run.head
     edges = np.linspace(head.rating_min, head.rating_max, HIST_BINS + 1)
-    hist, _ = np.histogram(predict_ratings(head, adapters), bins=edges)
+    hist = np.zeros(HIST_BINS, np.int64)
+    spread = np.empty(len(train), np.float64)  # [n_train]: one figure a pair, for quantiles
+    for start in range(0, len(train), STREAM_ROWS):  # no [n_train, A] adapters at once
+        rows = train[start : start + STREAM_ROWS]
+        adapters = run_adapters(run, device, cfg, rows)  # [chunk, A]
+        hist += np.histogram(predict_ratings(head, adapters), bins=edges)[0]
+        spread[start : start + len(rows)] = evaluate.disagreement(adapters)
     return {
         "activation_mean": np.stack(means).astype(np.float32),
         "activation_var": np.stack(variances).astype(np.float32),
         "prediction_hist": (hist / max(1, hist.sum())).astype(np.float32),
         "prediction_edges": edges.astype(np.float32),
-        "disagreement_quantiles": np.quantile(evaluate.disagreement(adapters), QUANTILES).astype(
-            np.float32
-        ),
+        "disagreement_quantiles": np.quantile(spread, QUANTILES).astype(np.float32),
     }

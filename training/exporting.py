@@ -1,20 +1,26 @@
-"""Stage 5 of a run: the artifact written (``model.artifact_export``) and scored end to end
-through the loader, as a service would load it."""
+"""Stage 5 of a run: the artifact written (``model.artifact_export``), checked and scored
+(``training.export_check``).
+
+With several processes every process computes what needs the mesh (the drift reference, the
+live ratings of the check's sample); process 0 alone writes, loads, checks and scores the
+artifact.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
-import numpy as np
 
-from model.batching import encode_texts
-from training import evaluate
+from training import distributed
 from training.config import TrainConfig
 from training.drift_reference import reference_stats
-from training.fit import DeviceData
+from training.export_check import check_exported, check_rows, exported_figures
+from training.fit import DeviceData, run_ratings
 from training.prepare import Prepared
 from training.train import (
     RunResult,
@@ -36,17 +42,19 @@ def export(
     output_dir: Path,
     lrs: dict[str, float],
     corrections: dict | None = None,
+    reference: dict | None = None,
 ) -> Path:
     """Write the artifact (the report is attached after it has been scored).
 
     Args:
         corrections: the online corrections' report section (its ``k_item``, ``k_user`` and
             ``fitted_on`` go to the manifest).
+        reference: the drift reference (:func:`reference_stats`; computed when None).
     """
     from model.artifact_export import export_artifact
 
-    reference = reference_stats(prep, run, device, cfg)
-    ds = prep.dataset
+    if reference is None:
+        reference = reference_stats(prep, run, device, cfg)
     return export_artifact(
         output_dir,
         model_version=version,
@@ -55,8 +63,8 @@ def export(
         head_params=jax.device_get(run.params),
         features=prep.features,
         views=prep.views,
-        users=ds.users,
-        items=ds.items,
+        users=prep.users,
+        items=prep.items,
         reference=reference,
         dataset=prep.spec.summary(),
         training_config={
@@ -73,57 +81,61 @@ def export(
     )
 
 
-def score_exported(path: Path, prep: Prepared, *, progress: bool = False) -> dict[str, float]:
-    """ID test and OOD RMSE of the exported model, end to end through ``load_artifact``.
+@dataclass(frozen=True)
+class ExportResult:
+    """The export stage's outcome on this process.
 
-    Texts are rendered with the artifact's views, tokenized with its tokenizer, encoded by its
-    exported backbone and scored by its exported head, so the numbers are those of the exact
-    model a service loads.
+    Attributes:
+        artifact: the artifact's directory (None on processes other than 0).
+        exported: the exported model's ``id_test_rmse`` and ``ood_rmse`` (process 0).
+        source: what those figures are, for the report.
     """
+
+    artifact: Path | None
+    exported: dict[str, float] | None
+    source: str
+
+
+def export_stage(
+    prep: Prepared,
+    cfg: TrainConfig,
+    run: RunResult,
+    device: DeviceData,
+    backbone,
+    version: str,
+    output_dir: Path,
+    lrs: dict[str, float],
+    corrections: dict | None,
+    live: dict,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Export ``run``, check the artifact against the live parameters on the fixed sample and
+    score it (every process calls it; process 0 writes).
+
+    Args:
+        live: the run's own scores (``id_rmse``, ``ood_rmse``), reported beside the artifact's.
+
+    Raises:
+        ExportMismatch: the artifact does not compute what the live parameters compute.
+    """
+    reference = reference_stats(prep, run, device, cfg)  # the mesh: every process
+    sample = check_rows(prep)
+    live_sample = {p: run_ratings(run, device, cfg, r) for p, r in sample.items()}
+    if not distributed.is_primary():
+        return ExportResult(None, None, "scored by process 0")
     from model.artifact import load_artifact
 
-    art = load_artifact(path)
-    ds = prep.dataset
-    users = ds.users.assign(user_id=ds.users["user_id"].astype(str)).set_index("user_id")
-    items = ds.items.assign(item_id=ds.items["item_id"].astype(str)).set_index("item_id")
-    out = {}
-    for part, key in (("test", "id_test_rmse"), ("ood", "ood_rmse")):
-        pairs = prep.pairs.iloc[prep.rows[part]]
-        if not len(pairs):
-            out[key] = float("nan")
-            continue
-        u = [{"user_id": i, **users.loc[i].to_dict()} for i in pairs["user_id"]]
-        it = [{"item_id": i, **items.loc[i].to_dict()} for i in pairs["item_id"]]
-        texts = [art.views.render(a, b) for a, b in zip(u, it, strict=True)]  # [n][n_views]
-        unique = sorted({t for row in texts for t in row})
-        position = {t: j for j, t in enumerate(unique)}
-        pooled = _encode_with(art, unique, progress=progress)  # [n_unique, n_layers, d]
-        acts = pooled[np.array([[position[t] for t in row] for row in texts])]
-        inputs = art.features.encode(u, it)
-        ratings = np.concatenate(
-            [
-                art.score(
-                    inputs["ids"][s : s + 4096],
-                    inputs["multi_hot"][s : s + 4096],
-                    acts[s : s + 4096],
-                )[1]
-                for s in range(0, len(pairs), 4096)
-            ]
-        )
-        out[key] = evaluate.rmse(ratings, pairs["rating"].to_numpy(np.float32))
-    return out
-
-
-def _encode_with(art, texts: list[str], *, progress: bool, batch_size: int = 64) -> np.ndarray:
-    """Pooled activations of ``texts`` from the artifact's exported backbone, padded to the
-    manifest's length buckets: the shapes the service compiles and calls."""
-    return encode_texts(
-        texts,
-        art.tokenizer,
-        art.encode,
-        length_buckets=tuple(art.manifest["backbone"]["length_buckets"]),
-        row_buckets=(batch_size,),
-        out_shape=art.reference.activation_mean.shape[1:],
-        progress=progress,
-        desc="score exported",
+    artifact = export(
+        prep, cfg, run, device, backbone, version, output_dir, lrs, corrections, reference
     )
+    art = load_artifact(artifact)
+    check = check_exported(art, prep, sample, live_sample)
+    log(f"export: {check.describe()}")
+    source = (
+        f"LEVI seed {run.seed}, the best on ID validation, scored through the exported "
+        f"artifact ({artifact.name}): its exported head, vocabularies and entity tables over "
+        f"every ID test and OOD pair, with the activations of this run; its backbone, "
+        f"tokenizer and text views {check.describe()}; live parameters gave ID "
+        f"{live['id_rmse']:.4f}, OOD {live['ood_rmse']:.4f}"
+    )
+    return ExportResult(artifact, exported_figures(art, prep), source)

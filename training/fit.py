@@ -4,6 +4,7 @@ trained runs' predictions on pair rows (on the devices of the mesh)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 
 from model.head import HeadConfig
 from training.config import TRAINED_METHODS, TrainConfig
+from training.feed import ShardLayout
 from training.prepare import Prepared
 from training.train import (
     RunResult,
@@ -28,10 +30,12 @@ from training.train import (
 
 @dataclass(frozen=True)
 class DeviceData:
-    """The head's tables on the devices (``training.train.device_tables``) and their mesh."""
+    """The head's tables on the devices (``training.train.device_tables``), their mesh, and
+    the pairs' data shards with this process's (``training.feed.ShardLayout``)."""
 
     tables: dict[str, Any]
     mesh: Any  # jax.sharding.Mesh
+    layout: ShardLayout | None = None
 
 
 def _head_for(method: str, cfg: TrainConfig, prep: Prepared, n_layers: int) -> HeadConfig:
@@ -68,13 +72,19 @@ def train_all(
 ) -> tuple[dict[str, float], dict[str, list[RunResult]], Any]:
     """Every trained method over the seeds. Returns ``(chosen lrs, runs, device data)``."""
     mesh = mesh or make_mesh()
+    layout = prep.layout
     n_train = len(prep.rows["train"])
-    if n_train < cfg.batch_size:  # a small catalog: one batch is the whole training set
-        smaller = max(mesh.size, n_train // mesh.size * mesh.size)
+    smallest = int(np.bincount(layout.pair_shard[prep.rows["train"]], minlength=layout.count).min())
+    if smallest * layout.count < cfg.batch_size:  # a small catalog: one batch holds it all
+        unit = int(np.lcm(mesh.size, layout.count))
+        smaller = max(unit, smallest * layout.count // unit * unit)
         log(f"{n_train} training pairs: batch size {cfg.batch_size} -> {smaller}")
         cfg = dataclasses.replace(cfg, batch_size=smaller)
     data = device_tables(prep.tables, mesh)
     signature = prep.tables.signature()
+    if layout.count > 1:  # the batches depend on the shards too
+        shards = hashlib.sha256(layout.pair_shard.tobytes()).hexdigest()[:8]
+        signature += f"-shards{layout.count}-{shards}"
     lrs, runs = {}, {}
     for method in methods_to_train(cfg):
         log(f"training {method} ({len(cfg.lrs)} learning rates, seeds {list(cfg.seeds)})")
@@ -90,17 +100,23 @@ def train_all(
             checkpoint_root=checkpoint_root,
             progress=progress,
             log=log,
+            layout=layout,
         )
-    return lrs, runs, DeviceData(data, mesh)
+    return lrs, runs, DeviceData(data, mesh, layout)
 
 
 def run_adapters(
     run: RunResult, device: DeviceData, cfg: TrainConfig, rows: np.ndarray
 ) -> np.ndarray:
     """Adapter ratings ``[len(rows), A]`` of one trained run on pair ``rows``."""
-    tables, mesh = device.tables, device.mesh
     return predict_adapters(
-        run.head, run.params, tables, rows, mesh=mesh, batch_size=cfg.eval_batch_size
+        run.head,
+        run.params,
+        device.tables,
+        rows,
+        mesh=device.mesh,
+        batch_size=cfg.eval_batch_size,
+        layout=device.layout,
     )
 
 

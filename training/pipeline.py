@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training import progressive, report
+from training import distributed, progressive, report
 from training.config import TrainConfig
 from training.evaluate_methods import evaluate_all
-from training.exporting import export, model_version, score_exported
+from training.exporting import export_stage, model_version
 from training.fit import DeviceData, items_hidden, run_ratings, train_all
 from training.prepare import encode_views, prepare_data
 from training.spec import DatasetSpec
@@ -30,7 +30,7 @@ from training.train import (
 @dataclass(frozen=True)
 class PipelineResult:
     report: dict
-    report_dir: Path
+    report_dir: Path | None  # None on processes other than 0
     artifact: Path | None
     timings: dict[str, float]
     runs: dict[str, list[RunResult]]
@@ -64,7 +64,7 @@ def run_pipeline(
 
     prep = prepare_data(cfg, dataset, spec, log=log)
     sizes = {p: len(r) for p, r in prep.rows.items()}
-    log(f"data: {prep.dataset!r}; split {sizes}; {len(prep.ood_groups)} OOD groups")
+    log(f"data: {prep.source}; split {sizes}; {len(prep.ood_groups)} OOD groups")
     lap("data")
 
     if backbone is None:
@@ -91,7 +91,7 @@ def run_pipeline(
     shrinkage, online = None, None
     if exported_run is not None and len(prep.rows["val"]):
         tables = items_hidden(prep, device)
-        hidden = None if tables is None else DeviceData(tables, device.mesh)
+        hidden = None if tables is None else DeviceData(tables, device.mesh, device.layout)
         shrinkage, online = progressive.fit_and_evaluate(
             prep,
             lambda rows: run_ratings(exported_run, device, cfg, rows),
@@ -118,16 +118,20 @@ def run_pipeline(
             "parameters (no artifact exported)"
         )
         if cfg.export:
-            artifact = export(
-                prep, cfg, exported_run, device, backbone, version, output_dir, lrs, online
+            result = export_stage(
+                prep,
+                cfg,
+                exported_run,
+                device,
+                backbone,
+                version,
+                output_dir,
+                lrs,
+                online,
+                live,
+                log,
             )
-            exported = score_exported(artifact, prep, progress=progress)
-            exported_source = (
-                f"LEVI seed {exported_run.seed}, the best on ID validation, scored end to end "
-                f"through the exported artifact ({artifact.name}: its backbone and head "
-                f"functions, tokenizer and feature tables); live parameters gave ID "
-                f"{live['id_rmse']:.4f}, OOD {live['ood_rmse']:.4f}"
-            )
+            artifact, exported, exported_source = result.artifact, result.exported, result.source
             lap("export")
     split_seed = prep.spec.split.seed if cfg.split_seed is None else cfg.split_seed
     doc = report.build_report(
@@ -157,9 +161,12 @@ def run_pipeline(
         "text": report.training_notes(cfg, lrs, split_seed),
         "exported_source": exported_source,
     }
-    report_dir = report.write_report(doc, notes, output_dir / "reports" / version)
-    if artifact is not None:
-        from model.artifact_export import attach_report
+    report_dir = None
+    if distributed.is_primary():  # one report and one artifact for the run
+        report_dir = report.write_report(doc, notes, output_dir / "reports" / version)
+        if artifact is not None:
+            from model.artifact_export import attach_report
 
-        attach_report(artifact, report_dir)
+            attach_report(artifact, report_dir)
+    distributed.barrier("report written")  # no process leaves while process 0 still writes
     return PipelineResult(doc, report_dir, artifact, timings, runs)

@@ -11,9 +11,11 @@ encoder; another backbone has another fingerprint and never reads stale activati
 
 from __future__ import annotations
 
+import hashlib
+import os
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 
 from model.templates import ViewSet
 from model.text_keys import text_digest
+from training import distributed
 
 CACHE_DTYPE = np.float16
 ENCODE_CHUNK = 2048  # texts per cache chunk file
@@ -106,19 +109,26 @@ class ActivationStore:
             out[dst] = values[src]
         return out
 
-    def put(self, keys: Sequence[str], values: np.ndarray) -> None:
-        """Write one chunk; values ``[n, n_layers, d]`` are stored as float16."""
+    def put(self, keys: Sequence[str], values: np.ndarray, *, by_content: bool = False) -> None:
+        """Write one chunk; values ``[n, n_layers, d]`` are stored as float16.
+
+        Args:
+            by_content: name the chunk by its keys, so processes that write the same chunk
+                to a shared cache write one file (each through its own temporary file).
+        """
         if values.shape != (len(keys), *self.shape):
             raise ValueError(f"expected {(len(keys), *self.shape)} activations, got {values.shape}")
         self.root.mkdir(parents=True, exist_ok=True)
         stem = uuid.uuid4().hex
+        if by_content:
+            stem = hashlib.sha256("".join(keys).encode()).hexdigest()[:32]
         values_file = self.root / f"{stem}.values.npy"
         keys_file = self.root / f"{stem}.keys.npy"
         for path, array in (
             (values_file, values.astype(CACHE_DTYPE)),
             (keys_file, np.array([k.encode() for k in keys], dtype="S64")),
         ):
-            tmp = path.with_name(path.name + ".part")
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
             with open(tmp, "wb") as f:
                 np.save(f, array)
             tmp.replace(path)  # keys last: a chunk without its keys file is ignored
@@ -140,6 +150,9 @@ def encode_missing(
         ``(float16 [len(texts), n_layers, d], number of texts encoded)``.
     """
     keys = [text_digest(t) for t in texts]
+    if distributed.process_count() > 1:
+        n_encoded = _encode_shared(encoder, texts, keys, store, batch_size, progress)
+        return store.get(keys), n_encoded
     missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in store}.items())
     if missing:
         # Similar lengths in one batch: less padding (the tokenizer pads to length buckets).
@@ -156,42 +169,87 @@ def encode_missing(
     return store.get(keys), len(missing)
 
 
+def _encode_shared(
+    encoder: Encoder,
+    texts: Sequence[str],
+    keys: list[str],
+    store: ActivationStore,
+    batch_size: int,
+    progress: bool,
+) -> int:
+    """Several processes: the texts some process's store lacks, each encoded once by one
+    process (every ``P``-th of them, in key order), exchanged, and written to every store
+    that lacks them (one file per chunk on a shared cache). Returns the texts encoded."""
+    lacking = np.array([k not in store for k in keys], bool)
+    anyone = distributed.allgather_rows(lacking[None, :]).any(axis=0)  # [n]
+    todo = sorted({keys[j]: texts[j] for j in np.flatnonzero(anyone)}.items())
+    if not todo:
+        return 0
+    me, procs = distributed.process_index(), distributed.process_count()
+    mine = todo[me::procs]
+    mine.sort(key=lambda kv: len(kv[1]))  # similar lengths in one batch: less padding
+    values = np.zeros((len(mine), *store.shape), CACHE_DTYPE)
+    bar = tqdm(total=len(mine), desc="encode", unit="text", disable=not progress)
+    for start in range(0, len(mine), ENCODE_CHUNK):
+        chunk = [t for _, t in mine[start : start + ENCODE_CHUNK]]
+        values[start : start + len(chunk)] = encoder.encode(chunk, batch_size=batch_size)
+        bar.update(len(chunk))
+    bar.close()
+    every = distributed.allgather_rows(values)  # every process's share, in process order
+    keys_of = distributed.allgather_strings([k for k, _ in mine])
+    own = set(np.asarray(keys)[lacking])
+    for start in range(0, len(keys_of), ENCODE_CHUNK):
+        chunk = keys_of[start : start + ENCODE_CHUNK]
+        if any(k in own for k in chunk):
+            store.put(chunk, every[start : start + len(chunk)], by_content=True)
+    return len(todo)
+
+
 def render_views(
-    views: ViewSet, users: pd.DataFrame, items: pd.DataFrame, pairs: pd.DataFrame
+    views: ViewSet,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    pair_user: np.ndarray,
+    pair_item: np.ndarray,
 ) -> tuple[list[list[str]], np.ndarray]:
     """Distinct texts of every view and each pair's row in them.
 
+    A user or item view renders one text per entity that some pair names (a pair view, one
+    per pair); the pairs only index them.
+
     Args:
         users, items: entity tables (``user_id, age, ...``; ``item_id, title, genres``).
-        pairs: ``user_id, item_id`` of every rating that will be trained on or scored.
+        pair_user, pair_item: int ``[n_pairs]`` rows in ``users`` and ``items`` of every
+            rating that will be trained on or scored.
 
     Returns:
-        ``(texts, index)``: per view its distinct texts, and int32 ``[n_pairs, n_views]``.
+        ``(texts, index)``: per view its distinct texts (sorted), and int32
+        ``[n_pairs, n_views]``.
+
+    Raises:
+        ValueError: a pair row outside its table.
     """
-    user_rec: Mapping[str, dict] = {str(r["user_id"]): r for r in users.to_dict("records")}
-    item_rec: Mapping[str, dict] = {str(r["item_id"]): r for r in items.to_dict("records")}
-    pair_users = pairs["user_id"].astype(str).to_numpy()
-    pair_items = pairs["item_id"].astype(str).to_numpy()
-    missing_u = set(pair_users) - user_rec.keys()
-    missing_i = set(pair_items) - item_rec.keys()
-    if missing_u or missing_i:
-        raise ValueError(
-            f"ratings name {len(missing_u)} user(s) and {len(missing_i)} item(s) absent from the "
-            f"entity tables (e.g. {sorted(missing_u)[:3]} {sorted(missing_i)[:3]})"
-        )
+    pair_user, pair_item = np.asarray(pair_user), np.asarray(pair_item)
+    for name, rows, table in (("user", pair_user, users), ("item", pair_item, items)):
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(table)):
+            raise ValueError(
+                f"pair {name} rows must lie in [0, {len(table)}) (the {name}s table), got "
+                f"[{rows.min()}, {rows.max()}]"
+            )
+    records = {"user": users.to_dict("records"), "item": items.to_dict("records")}
     texts: list[list[str]] = []
-    index = np.zeros((len(pairs), views.n_views), dtype=np.int32)
+    index = np.zeros((len(pair_user), views.n_views), dtype=np.int32)
     for v, view in enumerate(views.views):
         if view.entity in ("user", "item"):
-            keys = pair_users if view.entity == "user" else pair_items
-            unique_keys, inverse = np.unique(keys, return_inverse=True)
-            recs = user_rec if view.entity == "user" else item_rec
-            per_key = [view.render(recs[k], recs[k]) for k in unique_keys]
+            rows = pair_user if view.entity == "user" else pair_item
+            present, inverse = np.unique(rows, return_inverse=True)  # entities some pair names
+            recs = records[view.entity]
+            per_key = [view.render(recs[k], recs[k]) for k in present]
         else:
-            inverse = np.arange(len(pairs))
+            inverse = np.arange(len(pair_user))
             per_key = [
-                view.render(user_rec[u], item_rec[i])
-                for u, i in zip(pair_users, pair_items, strict=True)
+                view.render(records["user"][u], records["item"][i])
+                for u, i in zip(pair_user, pair_item, strict=True)
             ]
         distinct, text_of_key = np.unique(np.array(per_key, dtype=object), return_inverse=True)
         texts.append([str(t) for t in distinct])
@@ -204,20 +262,26 @@ def precompute(
     views: ViewSet,
     users: pd.DataFrame,
     items: pd.DataFrame,
-    pairs: pd.DataFrame,
+    pair_user: np.ndarray,
+    pair_item: np.ndarray,
     *,
     cache: Path | None = None,
     batch_size: int = 128,
     progress: bool = True,
 ) -> ViewActivations:
-    """Render, deduplicate, encode (cache misses only) and index every view's texts."""
+    """Render, deduplicate, encode (cache misses only) and index every view's texts.
+
+    Args:
+        pair_user, pair_item: rows in ``users`` and ``items`` of every pair
+            (:func:`render_views`).
+    """
     if any(v.entity == "pair" for v in views.views):
         warnings.warn(
-            f"pair views render one text per rating ({len(pairs):,} texts): the first encode is "
-            "expensive (factored views encode one text per user and per item)",
+            f"pair views render one text per rating ({len(pair_user):,} texts): the first encode "
+            "is expensive (factored views encode one text per user and per item)",
             stacklevel=2,
         )
-    texts, index = render_views(views, users, items, pairs)
+    texts, index = render_views(views, users, items, pair_user, pair_item)
     store = ActivationStore(
         activation_cache_root(encoder.fingerprint, cache), encoder.n_layers, encoder.hidden_size
     )

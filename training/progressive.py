@@ -16,7 +16,7 @@ timestamp column replays in file order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +32,7 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 def time_ordered(prep: Prepared, rows: np.ndarray) -> np.ndarray:
     """``rows`` sorted by timestamp (stable)."""
-    stamps = prep.pairs["timestamp"].to_numpy()[rows]
+    stamps = prep.pairs.timestamp[rows]
     return rows[np.argsort(stamps, kind="stable")]
 
 
@@ -42,21 +42,21 @@ def item_oov(prep: Prepared, rows: np.ndarray) -> np.ndarray:
     if column < 0:  # the id is no input: no item is OOV by id
         return np.zeros(len(rows), bool)
     known = prep.features.categorical[column].known
-    items = prep.pairs["item_id"].to_numpy()[rows]
-    return np.fromiter((not known(i) for i in items), bool, len(rows))
+    ids = prep.items["item_id"].astype(str)
+    unknown = np.fromiter((not known(i) for i in ids), bool, len(ids))  # per item, once
+    return unknown[prep.pairs.item[rows]]
 
 
 def corrected(
     prep: Prepared, rows: np.ndarray, model_rating: np.ndarray, shrinkage: Shrinkage
 ) -> np.ndarray:
     """Progressive corrected predictions ``[len(rows)]`` of time-ordered ``rows``."""
-    pairs = prep.pairs.iloc[rows]
-    rating = pairs["rating"].to_numpy(np.float64)
+    pairs = prep.pairs
     result = replay(
         model_rating,
-        rating,
-        pairs["user_id"].tolist(),
-        pairs["item_id"].tolist(),
+        pairs.rating[rows].astype(np.float64),
+        pairs.user[rows],  # entity rows key the replay's state as the ids would
+        pairs.item[rows],
         shrinkage,
         item_oov=item_oov(prep, rows),
     )
@@ -81,22 +81,21 @@ def fit_and_evaluate(
         ``corrected`` RMSE (``ood_groups`` likewise).
     """
     lo, hi = prep.spec.rating_scale.bounds
-    y = prep.pairs["rating"].to_numpy(np.float64)
+    ratings = prep.pairs.rating
     val = time_ordered(prep, prep.rows["val"])
-    val_pred = predict(val)
-    val_pairs = prep.pairs.iloc[val]
-    users, items = val_pairs["user_id"].tolist(), val_pairs["item_id"].tolist()
-    shrinkage, grid = fit_shrinkage(val_pred, y[val], users, items, (lo, hi))
+    val_pred, y_val = predict(val), ratings[val].astype(np.float64)
+    users, items = prep.pairs.user[val], prep.pairs.item[val]
+    shrinkage, grid = fit_shrinkage(val_pred, y_val, users, items, (lo, hi))
     fitted_on: dict[str, Any] = {
         "part": "ID validation, in time order",
         "n": int(len(val)),
-        "model": rmse(val_pred, y[val]),
+        "model": rmse(val_pred, y_val),
         "corrected": min(grid.values()),
     }
     if predict_oov is not None:
         oov_pred = predict_oov(val)
-        shrinkage, oov_grid = fit_oov_item(oov_pred, y[val], users, items, shrinkage, (lo, hi))
-        fitted_on["model_item_ids_hidden"] = rmse(oov_pred, y[val])
+        shrinkage, oov_grid = fit_oov_item(oov_pred, y_val, users, items, shrinkage, (lo, hi))
+        fitted_on["model_item_ids_hidden"] = rmse(oov_pred, y_val)
         fitted_on["corrected_item_ids_hidden"] = min(oov_grid.values())
     section: dict[str, Any] = {**shrinkage.to_json(), "fitted_on": fitted_on}
     for part in ("test", "ood"):
@@ -105,26 +104,29 @@ def fit_and_evaluate(
             continue
         model = predict(rows)
         fixed = corrected(prep, rows, model, shrinkage)
+        y = ratings[rows].astype(np.float64)
         section[part] = {
             "n": int(len(rows)),
-            "model": rmse(model, y[rows]),
-            "corrected": rmse(fixed, y[rows]),
+            "model": rmse(model, y),
+            "corrected": rmse(fixed, y),
         }
         if part == "ood":
-            position = {int(r): j for j, r in enumerate(rows)}
             section["ood_groups"] = {
-                group: _group_scores(members, position, model, fixed, y)
+                group: _group_scores(members, rows, model, fixed, y)
                 for group, members in prep.ood_groups.items()
             }
     return shrinkage, section
 
 
 def _group_scores(
-    members: np.ndarray, position: Mapping[int, int], model, fixed, y
+    members: np.ndarray, rows: np.ndarray, model: np.ndarray, fixed: np.ndarray, y: np.ndarray
 ) -> dict[str, float]:
-    at = np.array([position[int(r)] for r in members], np.int64)
+    """Scores of a group's pair rows ``members``; ``model``, ``fixed`` and ``y`` are aligned
+    with ``rows`` (a permutation of the part's rows)."""
+    order = np.argsort(rows, kind="stable")
+    at = order[np.searchsorted(rows, members, sorter=order)]  # members' positions in rows
     return {
         "n": int(len(at)),
-        "model": rmse(model[at], y[members]),
-        "corrected": rmse(fixed[at], y[members]),
+        "model": rmse(model[at], y[at]),
+        "corrected": rmse(fixed[at], y[at]),
     }

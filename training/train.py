@@ -33,6 +33,7 @@ from model.head import HeadConfig, ablation
 from model.levi import LeviModel
 from training.config import TrainConfig
 from training.evaluate import rmse
+from training.feed import ShardLayout, epoch_order, global_batch, predict_rows, steps_per_epoch
 
 PyTree = Any
 
@@ -76,7 +77,7 @@ class TrainTables:
         # changes the inputs without changing their shapes
         for v in self.as_dict().values():
             for a in v if isinstance(v, tuple) else (v,):
-                h.update(np.ascontiguousarray(a).tobytes())
+                h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))  # a view, no copy
         return h.hexdigest()[:16]
 
 
@@ -106,7 +107,8 @@ class RunResult:
 
 
 def make_mesh() -> Mesh:
-    """A 1-D ``data`` mesh over every local device (one CPU: a mesh of one)."""
+    """A 1-D ``data`` mesh over every device of every process (``jax.devices()``: each
+    process's devices together, processes in order; one CPU: a mesh of one)."""
     return Mesh(np.array(jax.devices()), ("data",))
 
 
@@ -198,7 +200,7 @@ def compiled_predict(head: HeadConfig, mesh: Mesh) -> Callable:
         ids, mh, acts, _ = _gather(head, data, rows, None)
         return model.adapters(params, ids, mh, acts)
 
-    return jax.jit(predict)
+    return jax.jit(predict, out_shardings=batch_sharding)
 
 
 @functools.lru_cache(maxsize=32)
@@ -247,41 +249,29 @@ def predict_adapters(
     *,
     mesh: Mesh,
     batch_size: int = 4096,
+    layout: ShardLayout | None = None,
 ) -> np.ndarray:
-    """Raw adapter ratings float32 ``[len(rows), n_adapters]`` of pair ``rows``."""
-    # One fixed batch shape (a multiple of the device count): one compile per head config.
-    batch_size = -(-batch_size // mesh.size) * mesh.size
-    predict = compiled_predict(head, mesh)
-    sharding = NamedSharding(mesh, P("data"))
-    out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        padded = np.zeros(batch_size, np.int32)
-        padded[: len(chunk)] = chunk
-        adapters = predict(params, data, jax.device_put(padded, sharding))
-        out.append(np.asarray(adapters)[: len(chunk)])  # [chunk, A]
-    if not out:
-        return np.zeros((0, head.n_adapters), np.float32)
-    return np.concatenate(out)
+    """Raw adapter ratings float32 ``[len(rows), n_adapters]`` of pair ``rows``.
+
+    With several processes every process calls it with the same ``rows`` and gets every
+    row's ratings; each scores its own shards' rows (``training.feed.predict_rows``).
+    """
+    layout = layout or ShardLayout.single(0)
+    return predict_rows(
+        compiled_predict(head, mesh),
+        params,
+        data,
+        rows,
+        mesh=mesh,
+        layout=layout,
+        batch_size=batch_size,
+        width=head.n_adapters,
+    )
 
 
 def predict_ratings(head: HeadConfig, adapters: np.ndarray) -> np.ndarray:
     """The answer: mean of adapters clipped to the rating range, ``[n]``."""
     return np.asarray(LeviModel(head).rating(jnp.asarray(adapters)))
-
-
-def epoch_order(
-    seed: int, epoch: int, train_rows: np.ndarray, batch_size: int, item_oov_prob: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic batch order and item-OOV mask of one epoch, ``[steps, batch]`` each.
-
-    A function of (seed, epoch) only, so a resumed run sees the batches it would have seen.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    steps = len(train_rows) // batch_size
-    rows = rng.permutation(train_rows)[: steps * batch_size].reshape(steps, batch_size)
-    drop = rng.random((steps, batch_size)) < item_oov_prob
-    return rows.astype(np.int32), drop
 
 
 def run_key(head: HeadConfig, cfg: TrainConfig, lr: float, seed: int, data_signature: str) -> str:
@@ -440,20 +430,18 @@ class Checkpoints:
             self.manager.close()
 
 
-def _steps_per_epoch(n_train: int, batch_size: int, mesh: Mesh) -> int:
-    """Full batches in an epoch (the remainder is dropped).
+def _steps_per_epoch(train_rows: np.ndarray, batch_size: int, mesh: Mesh, layout) -> int:
+    """Full global batches in an epoch (``training.feed.steps_per_epoch``).
 
     Raises:
-        ValueError: the batch does not split over the mesh, or is larger than the data.
+        ValueError: the batch does not split over the mesh or the shards, or is larger than
+            the data.
     """
     if batch_size % mesh.size:
         raise ValueError(
             f"batch_size {batch_size} is not divisible by the {mesh.size} devices of the mesh"
         )
-    steps = n_train // batch_size
-    if steps == 0:
-        raise ValueError(f"{n_train} training pairs are fewer than one batch of {batch_size}")
-    return steps
+    return steps_per_epoch(train_rows, batch_size, layout)
 
 
 def _initial_state(
@@ -500,6 +488,7 @@ def train_run(
     checkpoint_dir: Path | None = None,
     max_steps: int | None = None,
     progress: bool = True,
+    layout: ShardLayout | None = None,
 ) -> RunResult:
     """Train one head with early stopping on ID validation RMSE; keep the best params.
 
@@ -512,16 +501,18 @@ def train_run(
             run is returned as is).
         max_steps: stop (and checkpoint) once the optimizer has taken this many steps: the
             interruption hook of the resume test.
+        layout: the pairs' data shards and this process's (``training.feed``); None: one
+            shard, one process.
 
     Raises:
         ValueError: ``cfg.batch_size`` does not split over the mesh, or exceeds the training
             pairs.
     """
     start = time.perf_counter()
-    steps_per_epoch = _steps_per_epoch(len(train_rows), cfg.batch_size, mesh)
+    layout = layout or ShardLayout.single(int(max(train_rows.max(), val_rows.max())) + 1)
+    steps_per_epoch = _steps_per_epoch(train_rows, cfg.batch_size, mesh, layout)
     chunk = cfg.steps_per_chunk or steps_per_epoch
     fns = compiled_fns(head, cfg.weight_decay, mesh, cfg.factor_l2)
-    rows_sharding = NamedSharding(mesh, P(None, "data"))
     val_y = np.asarray(jax.device_get(data["rating"]))[val_rows]
 
     state = _initial_state(fns, data, lr=lr, seed=seed, mesh=mesh, patience=cfg.patience)
@@ -549,8 +540,11 @@ def train_run(
             if ckpt.latest() != state.step:
                 ckpt.save(state)
             break
-        order, drop = epoch_order(seed, epoch, train_rows, cfg.batch_size, cfg.item_oov_prob)
-        rows_dev, drop_dev = jax.device_put((order[offset:end], drop[offset:end]), rows_sharding)
+        order, drop = epoch_order(
+            seed, epoch, train_rows, cfg.batch_size, cfg.item_oov_prob, layout
+        )  # this process's columns, [steps, batch / processes]
+        rows_dev = global_batch(order[offset:end], mesh, P(None, "data"))
+        drop_dev = global_batch(drop[offset:end], mesh, P(None, "data"))
         (state.params, state.opt_state, step_arr), loss = fns["train_chunk"](
             (state.params, state.opt_state, step_arr), data, rows_dev, drop_dev, key
         )
@@ -559,7 +553,13 @@ def train_run(
         if end < steps_per_epoch:
             continue
         adapters = predict_adapters(
-            head, state.params, data, val_rows, mesh=mesh, batch_size=cfg.eval_batch_size
+            head,
+            state.params,
+            data,
+            val_rows,
+            mesh=mesh,
+            batch_size=cfg.eval_batch_size,
+            layout=layout,
         )
         val = rmse(predict_ratings(head, adapters), val_y)
         patience_spent = state.stopping.update(val, state.params, epoch)
@@ -597,6 +597,7 @@ def train_method(
     checkpoint_root: Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    layout: ShardLayout | None = None,
 ) -> tuple[float, list[RunResult]]:
     """Choose the learning rate on ID validation, then train every seed.
 
@@ -609,7 +610,8 @@ def train_method(
         ``(chosen lr, one RunResult per seed)``.
     """
 
-    steps = len(train_rows) // cfg.batch_size
+    layout = layout or ShardLayout.single(int(max(train_rows.max(), val_rows.max())) + 1)
+    steps = steps_per_epoch(train_rows, cfg.batch_size, layout)
 
     def run(lr: float, seed: int, max_steps: int | None = None) -> RunResult:
         directory = None
@@ -628,6 +630,7 @@ def train_method(
             checkpoint_dir=directory,
             max_steps=max_steps,
             progress=progress,
+            layout=layout,
         )
         resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
         resumed += "" if result.finished else " (lr probe)"

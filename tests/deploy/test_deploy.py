@@ -658,7 +658,12 @@ def test_k8s_indexed_job_shards_by_completion_index():
     from service.batch import parse_shard
 
     jobs = [d for _, d in k8s_objects() if d["kind"] == "Job"]
-    (job,) = [j for j in jobs if j["spec"].get("completionMode") == "Indexed"]
+    (job,) = [
+        j
+        for j in jobs
+        if j["spec"].get("completionMode") == "Indexed"
+        and pod_containers(j)[0]["command"][:3] == ["python", "-m", "service.batch"]
+    ]
     n = job["spec"]["completions"]
     (c,) = pod_containers(job)
     argv = c["command"] + c["args"]
@@ -694,6 +699,38 @@ def test_k8s_training_job_runs_make_train_into_the_artifact_claim():
     assert claims[mount["name"]] in api_claims
 
 
+def test_k8s_multi_pod_training_is_an_indexed_job_with_a_headless_coordinator():
+    job = k8s_object("Job", "levi-train-distributed")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    n = spec["completions"]
+    assert spec["completionMode"] == "Indexed" and spec["parallelism"] == n > 1
+    (c,) = pod_containers(job)
+    assert c["command"] == ["python", "-m", "training"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert int(env["LEVI_NUM_PROCESSES"]) == n, "completions and LEVI_NUM_PROCESSES differ"
+    assert "LEVI_PROCESS_ID" not in env  # JOB_COMPLETION_INDEX is the process id
+    # The coordinator is pod 0 under the headless Service the pods' subdomain names.
+    svc = k8s_object("Service", pod["subdomain"])
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    host, port = env["LEVI_COORDINATOR"].rsplit(":", 1)
+    assert host == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
+    assert int(port) in {p["port"] for p in svc["spec"]["ports"]}
+    assert int(port) in {p["containerPort"] for p in c["ports"]}
+    # The flags read that environment (as python -m training resolves it in each pod).
+    from training.distributed import DistributedConfig
+
+    for k in range(n):
+        cfg = DistributedConfig.resolve(environ={**env, "JOB_COMPLETION_INDEX": str(k)})
+        assert (cfg.num_processes, cfg.process_id) == (n, k)
+    # Every pod writes checkpoints to, and pod 0 exports into, the claim the api reads.
+    argv = c["command"] + c["args"]
+    out = argv[argv.index("--output-dir") + 1]
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == out)
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    assert claims[mount["name"]] == "levi-artifacts"
+
+
 def test_kustomization_lists_the_serving_stack():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
@@ -704,7 +741,8 @@ def test_kustomization_lists_the_serving_stack():
         kinds = {d["kind"] for d in load_yaml_docs(path)}
         # Jobs run on demand (kubectl create -f), so applying the stack never retrains; the
         # Secret is created out of band, so re-applying never resets the token to the placeholder.
-        on_demand = kinds <= {"Job"} or kinds == {"Secret"}
+        # A multi-pod training Job comes with its own headless Service.
+        on_demand = kinds <= {"Job"} or kinds == {"Secret"} or kinds == {"Job", "Service"}
         assert path.name in listed or on_demand, f"{path.name} is not in kustomization"
         if on_demand:
             assert path.name not in listed, f"{path.name} must not be applied with the stack"

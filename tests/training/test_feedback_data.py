@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from model.feedback_format import encode_events
@@ -66,14 +67,20 @@ def test_logged_events_join_the_ratings_once(tiny_spec, feedback_dir, capsys):
     prep = prepare_data(cfg)
     # e1, e3 (e2 replaced), e4 new; e5 replaces a rating; x1, x2 and the cut line left out
     assert len(prep.pairs) == len(base.pairs) + 3
-    added = prep.pairs[prep.pairs["timestamp"] >= 990_000_000]
-    assert sorted(added["timestamp"]) == [990_000_001, 990_000_003, 990_000_006, 990_000_007]
-    pair = prep.pairs[(prep.pairs["user_id"] == "10") & (prep.pairs["item_id"] == "24")]
-    assert pair["rating"].tolist() == [5.0]
-    items = prep.dataset.items.set_index("item_id")
+    stamps = prep.pairs.timestamp
+    assert sorted(stamps[stamps >= 990_000_000]) == [
+        990_000_001,
+        990_000_003,
+        990_000_006,
+        990_000_007,
+    ]
+    rows = np.arange(len(prep.pairs))
+    pair = (prep.pair_ids("user", rows) == "10") & (prep.pair_ids("item", rows) == "24")
+    assert prep.pairs.rating[pair].tolist() == [5.0]
+    items = prep.items.set_index("item_id")
     assert items.loc["book-9", "title"] == "great movie 3 (1995)"
     assert items.loc["book-9", "genres"] == ("Action", "Comedy")
-    users = prep.dataset.users.set_index("user_id")
+    users = prep.users.set_index("user_id")
     assert users.loc["31", "occupation"] == "artist" and users.loc["31", "age"] == 30
     out = capsys.readouterr().out
     assert "5 events added from 3 file(s)" in out and "2 earlier ratings" in out

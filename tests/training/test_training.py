@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from training import baselines, evaluate
@@ -136,15 +137,19 @@ def test_activation_cache_hit_skips_the_encoder(tmp_path, tiny_spec, tiny_backbo
     spec = load_spec(tiny_spec)
     ds, views = load_spec_dataset(spec), spec.views()
     pairs = ds.ratings[["user_id", "item_id"]]
+    rows = (  # the pairs as entity rows, as a run keeps them
+        pd.Index(ds.users["user_id"]).get_indexer(pairs["user_id"]),
+        pd.Index(ds.items["item_id"]).get_indexer(pairs["item_id"]),
+    )
     first = CountingEncoder(tiny_backbone)
-    a = precompute(first, views, ds.users, ds.items, pairs, cache=tmp_path, progress=False)
+    a = precompute(first, views, ds.users, ds.items, *rows, cache=tmp_path, progress=False)
     n_users, n_items = pairs["user_id"].nunique(), pairs["item_id"].nunique()
     assert first.calls >= 1 and first.texts == a.n_encoded == n_users + n_items
     assert [m.shape for m in a.matrices] == [(n_users, 2, 32), (n_items, 2, 32)]
     assert list((tmp_path / "activations").iterdir())[0].name == tiny_backbone.fingerprint
 
     second = CountingEncoder(tiny_backbone)
-    b = precompute(second, views, ds.users, ds.items, pairs, cache=tmp_path, progress=False)
+    b = precompute(second, views, ds.users, ds.items, *rows, cache=tmp_path, progress=False)
     assert second.calls == 0 and b.n_encoded == 0
     np.testing.assert_array_equal(a.index, b.index)
     for x, y in zip(a.matrices, b.matrices, strict=True):
@@ -197,13 +202,28 @@ def test_whole_path_on_tiny_data(tmp_path, tiny_spec, tiny_backbone):
     assert art.path == result.artifact.resolve()
     assert {"report.json", "report.md", "plots/per_layer_rmse.png"} <= set(art.manifest["files"])
     assert json.loads((art.path / "report.json").read_text()) == doc
-    # Scored through the exported functions, the numbers match the live parameters' (up to
-    # the float16 activation cache the live path reads).
+    # Scored through the exported head, vocabularies and entity tables with the run's own
+    # activations, the numbers are the live parameters'.
     md = (result.report_dir / "report.md").read_text()
     live = re.search(r"live parameters gave ID ([0-9.]+), OOD ([0-9.]+)", md)
     assert live, md
-    assert doc["exported"]["id_test_rmse"] == pytest.approx(float(live[1]), abs=2e-3)
-    assert doc["exported"]["ood_rmse"] == pytest.approx(float(live[2]), abs=2e-3)
+    assert doc["exported"]["id_test_rmse"] == pytest.approx(float(live[1]), abs=1e-4)
+    assert doc["exported"]["ood_rmse"] == pytest.approx(float(live[2]), abs=1e-4)
+    # The backbone half (views, tokenizer, exported backbone) is checked end to end on a
+    # fixed sample: here every held-out pair (fewer than the sample size).
+    check = re.search(
+        r"fixed sample of ([0-9,]+) pairs \(([0-9,]+) test, ([0-9,]+) ood; .*largest difference "
+        r"from the live parameters ([0-9.e-]+)",
+        md,
+    )
+    assert check, md
+    sizes = doc["split"]["sizes"]
+    assert [int(check[k].replace(",", "")) for k in (1, 2, 3)] == [
+        sizes["test"] + sizes["ood"],
+        sizes["test"],
+        sizes["ood"],
+    ]
+    assert float(check[4]) < 0.01  # float16 cache vs float32 encode: about 1e-3
     assert (result.report_dir / "report.md").read_text().startswith("# LEVI report")
     # The online corrections: fitted on ID validation, evaluated by progressive validation,
     # their shrinkage in the manifest the service reads.

@@ -147,7 +147,10 @@ def add_feedback(
     def joined(old: pd.DataFrame, new: pd.DataFrame, ids: tuple, extra=()) -> pd.DataFrame:
         if not len(new):
             return old
-        return _sorted(pd.concat([old, new[old.columns]], ignore_index=True), ids, extra)
+        # reindex: columns the events lack (a data shard's) stay empty
+        return _sorted(
+            pd.concat([old, new.reindex(columns=old.columns)], ignore_index=True), ids, extra
+        )
 
     out = RatingsDataset(
         dataset.name,

@@ -15,6 +15,7 @@ from pathlib import Path
 from training.data.amazon import load_amazon_directory
 from training.data.dataset import RatingsDataset
 from training.data.movielens import load_grouplens, load_packaged, load_tfds
+from training.data.shards import ShardSpec, keep_shards
 from training.data.tables import apply_spec, read_spec_files
 from training.spec import READERS, DatasetSpec, SpecError
 
@@ -39,7 +40,10 @@ assert set(TABLE_READERS) | {"files"} == set(READERS)
 
 
 def load_spec_dataset(
-    spec: DatasetSpec, data_path: str | Path | None = None, reader: str | None = None
+    spec: DatasetSpec,
+    data_path: str | Path | None = None,
+    reader: str | None = None,
+    shards: ShardSpec | None = None,
 ) -> RatingsDataset:
     """The typed tables of a spec.
 
@@ -49,6 +53,8 @@ def load_spec_dataset(
             ``movielens-packaged``; the data directory for ``movielens-grouplens`` and
             ``amazon``; the TFDS ``data_dir`` for ``movielens-tfds``).
         reader: replaces the spec's ``reader``.
+        shards: only the ratings of these data shards (``training.data.shards``), each with
+            its ``shard`` and ``file_row``; None: every rating, as always.
 
     Raises:
         SpecError: an unknown reader or a missing path; DataError: a value that does not fit
@@ -57,14 +63,15 @@ def load_spec_dataset(
     name = reader or spec.reader
     path = Path(data_path).expanduser() if data_path else spec.path_of(spec.ratings)
     if name == "files":
-        return read_spec_files(spec, path)
+        return read_spec_files(spec, path, shards)
     if name not in TABLE_READERS:
         raise SpecError(f"unknown reader {name!r}: expected one of {', '.join(READERS)}")
     raw = TABLE_READERS[name](path)
-    return apply_spec(
+    ds = apply_spec(
         spec,
         raw.ratings,
         raw.users,
         raw.items,
         origin={"ratings": f"{name} ratings", "users": f"{name} users", "items": f"{name} items"},
     )
+    return ds if shards is None else keep_shards(ds, shards)

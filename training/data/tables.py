@@ -31,7 +31,15 @@ from model.table_files import (
     table_format,
 )
 from model.timestamps import column_seconds
-from training.data.dataset import RatingsDataset, _sorted, _text
+from training.data.dataset import RATING_COLUMNS, RatingsDataset, _sorted, _text
+from training.data.shards import (
+    ROW_COLUMN,
+    SHARD_COLUMN,
+    SHARD_COLUMNS,
+    ShardSpec,
+    keep_shards,
+    parquet_row_groups,
+)
 from training.spec import DatasetSpec, EntitySpec, SpecError
 
 _DECIMAL_COMMA = re.compile(r"\s*[+-]?\d*,\d+\s*")
@@ -66,6 +74,7 @@ def read_file(
     ids: Collection[str] = (),
     text: Collection[str] = (),
     section: str | None = None,
+    row_groups: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """One table file as a DataFrame (``model.table_files.read_table_file``).
 
@@ -77,6 +86,7 @@ def read_file(
         text: other CSV/TSV columns to read as text whatever they look like.
         section: the spec's section of the table (``ratings``, ``users``, ``items``), for
             messages that say which option to set.
+        row_groups: only these row groups of a Parquet file (``training.data.shards``).
 
     Raises:
         DataError: the file is missing or cannot be read; the message says what to change.
@@ -84,7 +94,9 @@ def read_file(
     if not Path(path).is_file():
         raise DataError(f"{path} does not exist (paths in a spec are relative to the spec file)")
     try:
-        return read_table_file(Path(path), options, ids=ids, text=text, hint=spec_hint(section))
+        return read_table_file(
+            Path(path), options, ids=ids, text=text, hint=spec_hint(section), row_groups=row_groups
+        )
     except TableFileError as e:
         raise DataError(str(e)) from None
 
@@ -154,6 +166,7 @@ def _ratings(
         )
     out = pd.DataFrame(
         {
+            **{c: frame[c].to_numpy() for c in SHARD_COLUMNS if c in frame},  # a process's shard
             "user_id": _ids(frame[r.user], where, r.user),
             "item_id": _ids(frame[r.item], where, r.item),
             "rating": rating.to_numpy(np.float32),
@@ -164,6 +177,7 @@ def _ratings(
             ),
         }
     )
+    out = out[[*RATING_COLUMNS, *(c for c in SHARD_COLUMNS if c in out)]]
     return _sorted(out, ("user_id", "item_id"), ("timestamp",))
 
 
@@ -264,6 +278,11 @@ def _entity(
         absent = sorted(set(rated) - set(ids))
         if absent:  # rated but no row: an entity with only its id
             out = pd.concat([out, pd.DataFrame({id_name: absent})], ignore_index=True)
+    return _complete(out, columns, id_name)
+
+
+def _complete(out: pd.DataFrame, columns: dict, id_name: str) -> pd.DataFrame:
+    """The declared columns typed (a missing one empty) and the rows in id order."""
     for name, col in columns.items():
         if name not in out:
             out[name] = None
@@ -334,11 +353,27 @@ def apply_spec(
     return RatingsDataset(spec.name, rated, users_t, items_t).validate()
 
 
-def read_spec_files(spec: DatasetSpec, data_path: Path | None = None) -> RatingsDataset:
+def add_entities(table: pd.DataFrame, spec: DatasetSpec, entity: str, ids) -> pd.DataFrame:
+    """``table`` (typed users or items) with a row of only its id for each of ``ids`` it
+    lacks, as the reader adds a rated entity without a row; in id order."""
+    id_name = "user_id" if entity == "users" else "item_id"
+    absent = sorted(set(ids) - set(table[id_name]))
+    if not absent:
+        return table
+    out = pd.concat([table, pd.DataFrame({id_name: absent})], ignore_index=True)
+    return _complete(out, getattr(spec, entity).columns, id_name)
+
+
+def read_spec_files(
+    spec: DatasetSpec, data_path: Path | None = None, shards: ShardSpec | None = None
+) -> RatingsDataset:
     """The ``files`` reader: the spec's ratings, users and items files, typed.
 
     Args:
         data_path: replaces ``ratings.path`` (``--data-path``).
+        shards: read only these data shards of the ratings (``training.data.shards``): their
+            row groups of a Parquet file cut by row group, else every row, cut later by
+            user; None or one shard: every rating, no shard columns.
 
     Raises:
         DataError, SpecError.
@@ -347,7 +382,22 @@ def read_spec_files(spec: DatasetSpec, data_path: Path | None = None) -> Ratings
     if path is None:
         raise SpecError(f"{spec.source or spec.name}: ratings.path: no ratings file named")
     r = spec.ratings
-    ratings = read_file(Path(path), spec.table_options(r), ids=[r.user, r.item], section="ratings")
+    layout = None
+    if shards is not None and shards.count > 1:
+        layout = parquet_row_groups(Path(path), shards)
+    ratings = read_file(
+        Path(path),
+        spec.table_options(r),
+        ids=[r.user, r.item],
+        section="ratings",
+        row_groups=None if layout is None else layout.groups,
+    )
+    if shards is not None and shards.count > 1:
+        ratings = ratings.reset_index(drop=True)
+        if layout is None:  # read whole; cut by user once the ids are typed
+            ratings[ROW_COLUMN] = np.arange(len(ratings), dtype=np.int64)
+        else:
+            ratings[ROW_COLUMN], ratings[SHARD_COLUMN] = layout.file_rows, layout.shard
     frames: dict[str, pd.DataFrame | None] = {"users": None, "items": None}
     origin = {"ratings": str(path)}
     for entity in ("users", "items"):
@@ -367,6 +417,7 @@ def read_spec_files(spec: DatasetSpec, data_path: Path | None = None) -> Ratings
         )
         origin[entity] = str(file)
     text = file_format(Path(path), r.format) in ("csv", "tsv")
-    return apply_spec(
+    ds = apply_spec(
         spec, ratings, frames["users"], frames["items"], origin=origin, text_ratings=text
     )
+    return ds if shards is None else keep_shards(ds, shards)
