@@ -10,7 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DIRS = "service|model|training|deploy|tests|bench|docs"
-PATH = re.compile(r"\b((?:" + DIRS + r")/[A-Za-z0-9_./-]*\w)([{\\])?")
+# Not inside another path (``/batch/training/spec.toml`` is a container's, not ours).
+PATH = re.compile(r"(?<![/\w.-])((?:" + DIRS + r")/[A-Za-z0-9_./-]*\w)([{\\])?")
 TEXT = (".py", ".md", ".toml", ".yml", ".yaml", ".json", "Makefile", "Dockerfile")
 
 
@@ -38,6 +39,7 @@ def test_the_check_finds_a_dangling_path():
     assert dangling(f"see {absent} and service/app.py") == {absent}
     assert dangling("tests/assets/t5_v1_{version}.npz") == set()
     assert dangling(r"bash deploy/podman/stack-test\.sh$") == set()
+    assert dangling("--config /batch/training/spec.toml") == set()
 
 
 def test_every_named_path_exists():

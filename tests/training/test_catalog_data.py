@@ -61,22 +61,19 @@ def test_each_registered_entity_joins_once_with_its_newest_record(tiny_spec, cat
     prep = prepare_data(
         TrainConfig.tiny().replace(dataset=str(tiny_spec), catalog=str(catalog_dir))
     )
-    items = prep.dataset.items.set_index("item_id")
-    users = prep.dataset.users.set_index("user_id")
-    assert len(items) == len(base.dataset.items) + 1  # book-1 once; book-2 deleted
-    assert list(prep.dataset.items["item_id"]).count("book-1") == 1
+    items = prep.items.set_index("item_id")
+    users = prep.users.set_index("user_id")
+    assert len(items) == len(base.items) + 1  # book-1 once; book-2 deleted
+    assert list(prep.items["item_id"]).count("book-1") == 1
     assert items.loc["book-1", "title"] == "great movie 1 (1995)"
     assert items.loc["book-1", "genres"] == ("Comedy",)
     assert "book-2" not in items.index and "book-3" not in items.index
-    old = base.dataset.items.set_index("item_id")
+    old = base.items.set_index("item_id")
     assert items.loc["5", "title"] == "great movie 9 (1995)"  # the record wins ...
     assert items.loc["5", "genres"] == old.loc["5", "genres"]  # ... field by field
     assert users.loc["31", "occupation"] == "artist" and users.loc["31", "age"] == 30
     assert users.loc["1", "age"] == 50
-    assert (
-        users.loc["1", "occupation"]
-        == base.dataset.users.set_index("user_id").loc["1", "occupation"]
-    )
+    assert users.loc["1", "occupation"] == base.users.set_index("user_id").loc["1", "occupation"]
     assert len(prep.pairs) == len(base.pairs)  # records add entities, not ratings
     out = capsys.readouterr().out
     assert "catalog: 4 entities from 15 records in 3 file(s)" in out
@@ -105,11 +102,14 @@ def test_catalog_and_feedback_logs_may_share_a_directory(tiny_spec, catalog_dir,
         dataset=str(tiny_spec), catalog=str(catalog_dir), feedback=str(catalog_dir)
     )
     prep = prepare_data(cfg)
-    items = prep.dataset.items.set_index("item_id")
+    items = prep.items.set_index("item_id")
     assert items.loc["book-1", "title"] == "great movie 1 (1995)"  # the catalog's record wins
-    assert prep.dataset.users.set_index("user_id").loc["31", "occupation"] == "artist"
-    rated = prep.pairs[(prep.pairs["user_id"] == "31") & (prep.pairs["item_id"] == "book-1")]
-    assert rated["rating"].tolist() == [5.0]
+    assert prep.users.set_index("user_id").loc["31", "occupation"] == "artist"
+    user_row = list(prep.users["user_id"]).index("31")
+    item_row = list(prep.items["item_id"]).index("book-1")
+    pairs = prep.pairs  # entity rows (training/pairs.py)
+    rated = pairs.rating[(pairs.user == user_row) & (pairs.item == item_row)]
+    assert rated.tolist() == [5.0]
     assert "feedback: 1 events added from 1 file(s)" in capsys.readouterr().out
 
 
