@@ -76,6 +76,7 @@ class Artifact:
     layout: Layout | None = field(default=None, repr=False)
     _side_fns: dict[str, Callable] = field(default_factory=dict, repr=False)
     _pair_fn: Callable | None = field(default=None, repr=False)
+    _pair_rows_fn: Callable | None = field(default=None, repr=False)
 
     @property
     def decomposed(self) -> bool:
@@ -112,6 +113,39 @@ class Artifact:
         if self._pair_fn is None:
             raise ArtifactError(f"{self.path}: no decomposed functions (pair views)")
         adapters, rating = self._pair_fn(self.head_params, user, item)
+        return np.asarray(adapters), np.asarray(rating)
+
+    def pair_rows(
+        self,
+        user_table: dict[str, np.ndarray],
+        user_rows: np.ndarray,
+        item_table: dict[str, np.ndarray],
+        item_rows: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`pair` of pairs given as rows of per-entity tables: the gather runs inside the
+        compiled call (one XLA call per batch: indices in, ratings out).
+
+        Args:
+            user_table, item_table: the parts of every entity of a side, ``{part: [C, ...]}``
+                (``service.entity_store.ProjectionCache.arrays``). On CPU, arrays whose data is
+                64-byte aligned are read in place for the call's duration (no copy): keep them
+                unchanged until it returns.
+            user_rows, item_rows: int32 ``[b]`` rows of each pair's user and item (in range:
+                they are not checked).
+
+        Returns:
+            ``(adapters float32 [b, A], rating float32 [b])``, equal to :meth:`pair` of the
+            gathered rows.
+        """
+        if self._pair_rows_fn is None:
+            raise ArtifactError(f"{self.path}: no decomposed functions (pair views)")
+        adapters, rating = self._pair_rows_fn(
+            self.head_params,
+            user_table,
+            np.asarray(user_rows, np.int32),
+            item_table,
+            np.asarray(item_rows, np.int32),
+        )
         return np.asarray(adapters), np.asarray(rating)
 
     @property
@@ -271,7 +305,7 @@ def load_artifact(path: str | Path, *, backbone_of: Artifact | None = None) -> A
             "re-export it with model.artifact.export_artifact"
         ) from e
     _check_consistency(root, manifest, features, head_config, views, reference)
-    layout, side_fns, pair_fn = None, {}, None
+    layout, side_fns, pair_fn, pair_rows_fn = None, {}, None, None
     if manifest.get("decomposed"):
         try:
             layout = Layout.from_json(manifest["decomposed"]["layout"])
@@ -280,7 +314,9 @@ def load_artifact(path: str | Path, *, backbone_of: Artifact | None = None) -> A
                 f"{root / MANIFEST}: 'decomposed' is malformed ({e}); re-export the artifact"
             ) from e
         side_fns = {s: jax.jit(_deserialize(root / f).call) for s, f in SIDE_EXPORTS.items()}
-        pair_fn = jax.jit(_deserialize(root / PAIR_EXPORT).call)
+        pair_exported = _deserialize(root / PAIR_EXPORT)
+        pair_fn = jax.jit(pair_exported.call)
+        pair_rows_fn = jax.jit(_gathered(pair_exported.call))
     return Artifact(
         path=root,
         manifest=manifest,
@@ -300,7 +336,21 @@ def load_artifact(path: str | Path, *, backbone_of: Artifact | None = None) -> A
         layout=layout,
         _side_fns=side_fns,
         _pair_fn=pair_fn,
+        _pair_rows_fn=pair_rows_fn,
     )
+
+
+def _gathered(pair_call: Callable) -> Callable:
+    """``(params, user table, user rows, item table, item rows) -> pair_call(params, user
+    rows' parts, item rows' parts)``: the rows gathered in the same XLA computation."""
+
+    def fn(params, user_table, user_rows, item_table, item_rows):
+        def take(table, rows):
+            return {k: v.at[rows].get(mode="promise_in_bounds") for k, v in table.items()}
+
+        return pair_call(params, take(user_table, user_rows), take(item_table, item_rows))
+
+    return fn
 
 
 def _read_manifest(given: Path, root: Path) -> dict[str, Any]:

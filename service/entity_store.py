@@ -166,6 +166,18 @@ class EntityResolver:
         )
 
 
+def aligned_zeros(shape: tuple[int, ...], dtype: type = np.float32, align: int = 64) -> np.ndarray:
+    """Zeros whose data starts on an ``align``-byte boundary. XLA's CPU client reads such an
+    array passed to a compiled call in place; any other is copied first (a whole projection
+    table per call: ``model.artifact.Artifact.pair_rows``). Pages are mapped lazily, as by
+    ``np.zeros``."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(size + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start : start + size].view(dtype).reshape(shape)
+
+
 @dataclass
 class Slot:
     """Where one entity's projections live, and what its answers say about it."""
@@ -185,8 +197,9 @@ class ProjectionCache:
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]], capacity: int):
         self.capacity = max(1, int(capacity))
-        # np.zeros maps untouched pages lazily: memory grows with the entities seen.
-        self.arrays = {k: np.zeros((self.capacity, *s), np.float32) for k, s in shapes.items()}
+        # Untouched pages are mapped lazily: memory grows with the entities seen. Aligned, so
+        # the pair function reads them in place (service/scorer.py).
+        self.arrays = {k: aligned_zeros((self.capacity, *s), np.float32) for k, s in shapes.items()}
         self._slots: OrderedDict[Hashable, Slot] = OrderedDict()
         self._free = list(range(self.capacity - 1, -1, -1))
 

@@ -140,8 +140,8 @@ def _within(items: Sequence, budget: int, cost, at_least_one: bool) -> list:
 
 
 def _padded_index(index: np.ndarray, start: int, stop: int, rows: int) -> np.ndarray:
-    """``index[start:stop]`` padded with zeros to ``rows`` entries."""
-    out = np.zeros(rows, np.int64)
+    """int32 ``index[start:stop]`` padded with zeros to ``rows`` entries."""
+    out = np.zeros(rows, np.int32)
     out[: stop - start] = index[start:stop]
     return out
 
@@ -212,6 +212,12 @@ class Scorer:
         if self.decomposed:
             shapes = {**part_widths(self.head_config), "dist": (self.drift.n_layers,)}
             self.projections = {s: ProjectionCache(shapes, projection_cache_size) for s in SIDES}
+            # What the pair function reads of each cache (service/warmup.py compiles it
+            # against these tables' shapes).
+            self._pair_tables = {
+                s: {k: self.projections[s].arrays[k] for k in part_widths(self.head_config)}
+                for s in SIDES
+            }
             sides = artifact.layout.view_sides
             self._side_views = {
                 s: np.array([v for v, x in enumerate(sides) if x == s]) for s in SIDES
@@ -233,6 +239,11 @@ class Scorer:
         self._lookups = {
             k: [metrics.catalog_lookups.labels(kind=k, source=s) for s in SOURCES] for k in SIDES
         }
+
+    def pair_tables(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per side, the projection cache's arrays the pair function reads (``{part: [C,
+        ...]}``; empty for pair views)."""
+        return dict(self._pair_tables) if self.decomposed else {}
 
     @property
     def n_users(self) -> int:
@@ -379,15 +390,26 @@ class Scorer:
         i_parts, i_rows, i_cold, i_warn, i_index = sides["item"]
         model_parts = [k for k in u_parts if k != "dist"]
         n = len(inputs)
+        # Both sides read from their caches (the normal case): the pair function gathers the
+        # rows itself, one XLA call per chunk (indices in, ratings out), reading the cache
+        # arrays in place. Otherwise (more distinct entities than a cache holds) the batch's
+        # own parts are gathered here.
+        cached = all(
+            parts is self.projections[s].arrays
+            for s, parts in (("user", u_parts), ("item", i_parts))
+        )
 
         def call(start: int, stop: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-            # One gather per part straight into the padded shape (padding rows read row 0;
-            # their answers are dropped).
+            # Padding rows read row 0; their answers are dropped.
             ui = _padded_index(u_rows, start, stop, rows)
             ii = _padded_index(i_rows, start, stop, rows)
-            u = {k: u_parts[k][ui] for k in model_parts}
-            i = {k: i_parts[k][ii] for k in model_parts}
-            adapters, rating = self.artifact.pair(u, i)
+            if cached:
+                tables = self._pair_tables
+                adapters, rating = self.artifact.pair_rows(tables["user"], ui, tables["item"], ii)
+            else:
+                u = {k: u_parts[k][ui] for k in model_parts}
+                i = {k: i_parts[k][ii] for k in model_parts}
+                adapters, rating = self.artifact.pair(u, i)
             return adapters[: stop - start], rating[: stop - start]
 
         t0 = time.perf_counter()

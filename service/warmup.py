@@ -183,6 +183,9 @@ class CompiledShapes:
             with backbone_from._lock:
                 self.compiled = {s for s in backbone_from.compiled if s.function == "backbone"}
         self.pending: set[Shape] = set()
+        # The projection tables the pair function reads (Scorer.pair_tables), set by the
+        # warm-up stages: the pair function compiles against their shapes.
+        self.pair_tables: dict[str, dict[str, np.ndarray]] = {}
         self.complete = False  # everything compiled: calls go straight to the artifact
         self.stopping = threading.Event()  # the background stage ends after its current shape
         self._lock = threading.Lock()
@@ -309,9 +312,29 @@ class CompiledShapes:
             outs.append((adapters[:n], rating[:n]))
         return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
+    def pair_rows(
+        self,
+        user_table: dict[str, np.ndarray],
+        user_rows: np.ndarray,
+        item_table: dict[str, np.ndarray],
+        item_rows: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The artifact's ``pair_rows``, from compiled shapes only (module docstring)."""
+        shape = Shape("pair", len(user_rows))
+        target = self._target(shape)
+        if target is None:
+            return self._artifact.pair_rows(user_table, user_rows, item_table, item_rows)
+        outs = []
+        for u, i in _chunks(target.rows, np.asarray(user_rows), np.asarray(item_rows)):
+            adapters, rating = self._artifact.pair_rows(
+                user_table, pad_rows(u, target.rows), item_table, pad_rows(i, target.rows)
+            )
+            outs.append((adapters[: len(u)], rating[: len(u)]))
+        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
     def _run_zeros(self, shape: Shape) -> None:
         """Call a side or the pair function once on zeros of ``shape`` (compiles it)."""
-        _run_row_zeros(self._artifact, self._row_inputs[shape.function], shape)
+        _run_row_zeros(self._artifact, self._row_inputs[shape.function], shape, self.pair_tables)
 
     def _target(self, shape: Shape) -> Shape | None:
         """The compiled shape to serve ``shape`` from, or None to call the artifact as is."""
@@ -365,9 +388,17 @@ def _decomposed_inputs(artifact: Artifact) -> dict[str, Any]:
     return out
 
 
-def _run_row_zeros(artifact: Artifact, inputs: Any, shape: Shape) -> None:
-    """Call a side or the pair function of ``artifact`` once on zeros of ``shape``."""
+def _run_row_zeros(
+    artifact: Artifact, inputs: Any, shape: Shape, tables: dict[str, dict[str, np.ndarray]]
+) -> None:
+    """Call a side or the pair function of ``artifact`` once on zeros of ``shape``; the pair
+    function as the scorer calls it: rows of the projection ``tables``
+    (``Scorer.pair_tables``), or on zero parts when there are none."""
     if shape.function == "pair":
+        if tables:
+            rows = np.zeros(shape.rows, np.int32)
+            artifact.pair_rows(tables["user"], rows, tables["item"], rows)
+            return
         zeros = {k: np.zeros((shape.rows, *w), np.float32) for k, w in inputs.items()}
         artifact.pair(zeros, zeros)
     else:
@@ -400,6 +431,7 @@ def warm_first(scorer: Scorer, shapes: CompiledShapes) -> float:
     The rest of the plan is marked pending (``levi_warmup_pending_shapes``).
     """
     t0 = time.perf_counter()
+    shapes.pair_tables = scorer.pair_tables()
     plan = full_plan(scorer)
     first = first_plan(plan, scorer.views.n_views)
     shapes.set_pending(plan)
@@ -411,6 +443,7 @@ def warm_rest(scorer: Scorer, shapes: CompiledShapes) -> float:
     """Stage 2 (blocking; on its own thread while serving): every other shape, then the OOD
     score's function; seconds taken. Calls go straight to the artifact afterwards."""
     t0 = time.perf_counter()
+    shapes.pair_tables = scorer.pair_tables()
     shapes.compile_all(background_order(full_plan(scorer), shapes.compiled))
     if shapes.stopping.is_set():
         raise WarmupStopped("stopped before the OOD score's function")
@@ -428,10 +461,11 @@ def warm_all(scorer: Scorer) -> float:
     t0 = time.perf_counter()
     artifact = scorer.artifact
     row_inputs = _decomposed_inputs(artifact)
+    tables = scorer.pair_tables()
     plan = full_plan(scorer)
     for shape in plan:
         if shape.function in row_inputs:
-            _run_row_zeros(artifact, row_inputs[shape.function], shape)
+            _run_row_zeros(artifact, row_inputs[shape.function], shape, tables)
         elif shape.function == "backbone":
             ids = np.full((shape.rows, shape.length), artifact.tokenizer.pad_id, np.int32)
             artifact.encode(ids, np.ones_like(ids))

@@ -169,6 +169,43 @@ def test_exported_decomposition_equals_the_exported_head(artifact):
         np.testing.assert_allclose(rating, want_rating, atol=1e-5)
 
 
+def test_pair_of_table_rows_equals_the_pair_of_gathered_parts(artifact):
+    """``pair_rows`` gathers inside the compiled call: the same answers as ``pair`` on the
+    rows gathered in numpy, whether the tables are read in place (64-byte aligned) or not,
+    and a table changed between calls is read as it is at the call."""
+    from model.decomposed import part_widths
+    from service.entity_store import aligned_zeros
+
+    rng = np.random.default_rng(6)
+    widths = part_widths(artifact.head_config)
+
+    def table(rows, aligned):
+        out = {}
+        for k, w in widths.items():
+            values = rng.normal(size=(rows, *w)).astype(np.float32)
+            out[k] = aligned_zeros(values.shape) if aligned else np.zeros_like(values)
+            out[k][...] = values
+        return out
+
+    for aligned in (True, False):
+        users, items = table(5, aligned), table(9, aligned)
+        ur = np.array([0, 4, 4, 2, 1, 0], np.int32)
+        ir = np.array([8, 0, 3, 3, 7, 1], np.int32)
+        got = artifact.pair_rows(users, ur, items, ir)
+        want = artifact.pair(
+            {k: v[ur] for k, v in users.items()}, {k: v[ir] for k, v in items.items()}
+        )
+        np.testing.assert_allclose(got[0], want[0], atol=1e-6)
+        np.testing.assert_allclose(got[1], want[1], atol=1e-6)
+        items["adapters"][3] += 1.0  # changed in place between calls: read as it is now
+        again = artifact.pair_rows(users, ur, items, ir)
+        want = artifact.pair(
+            {k: v[ur] for k, v in users.items()}, {k: v[ir] for k, v in items.items()}
+        )
+        np.testing.assert_allclose(again[0], want[0], atol=1e-6)
+        assert not np.allclose(again[0][2], got[0][2])
+
+
 def test_loaded_contents_equal_exported(parts, artifact):
     assert artifact.model_version == "v1"
     assert artifact.head_config == parts["head_config"]

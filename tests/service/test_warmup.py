@@ -40,14 +40,23 @@ def test_warm_up_covers_every_batch_and_length_bucket_in_use(warmed):
     assert scorer.decomposed and art._score_fn._cache_size() == 0
     for side in ("user", "item"):
         assert art._side_fns[side]._cache_size() == len(scorer.head_buckets)
-    assert art._pair_fn._cache_size() == len(scorer.pair_buckets)
+    # the pair function as the scorer calls it: rows of the projection tables in, one
+    # compiled call per pair bucket; the one on gathered parts is not needed
+    assert art._pair_rows_fn._cache_size() == len(scorer.pair_buckets)
+    assert art._pair_fn._cache_size() == 0
 
 
 def test_serving_after_warm_up_compiles_nothing(warmed):
     art, scorer = warmed
 
     def compiled():
-        fns = [art._encode_fn, art._score_fn, art._pair_fn, *art._side_fns.values()]
+        fns = [
+            art._encode_fn,
+            art._score_fn,
+            art._pair_fn,
+            art._pair_rows_fn,
+            *art._side_fns.values(),
+        ]
         return [f._cache_size() for f in fns]
 
     before = compiled()
