@@ -25,6 +25,7 @@ outage costs no request more than one timeout.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -83,6 +84,9 @@ def shrinkage_of(manifest: dict) -> Shrinkage:
     if not doc:
         return DEFAULT_SHRINKAGE
     return Shrinkage.from_json(doc)
+
+
+KNOWN_IDS_KEPT = 65_536  # item ids whose vocabulary answer is kept (OnlineCorrections)
 
 
 def item_vocabulary(features: FeatureSpec) -> Callable[[str], bool] | None:
@@ -168,6 +172,9 @@ class OnlineCorrections:
     ):
         self.model_version = model_version
         self.item_known = item_known
+        # The answer per id, kept for the ids seen most recently: a /rank asks about each of
+        # its candidates on every call.
+        self._item_known = functools.lru_cache(maxsize=KNOWN_IDS_KEPT)(item_known or bool)
         self.shrinkage = shrinkage
         self.rating_range = rating_range
         self.metrics = metrics
@@ -257,8 +264,8 @@ class OnlineCorrections:
         """bool ``[n]``: the item id is out of the model's vocabulary (None: not told)."""
         if self.item_known is None:
             return None
-        oov = {i: not self.item_known(i) for i in dict.fromkeys(items)}
-        return np.fromiter((oov[i] for i in items), bool, len(items))
+        known = self._item_known
+        return np.fromiter((not known(i) for i in items), bool, len(items))
 
     def offsets(self, users: Sequence[str], items: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The user and item offsets ``[n]`` (float64) of pairs, from the current state."""

@@ -25,8 +25,8 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -50,13 +50,17 @@ MIN_PAIR_CHUNK = 1024  # the pair function runs on up to this many pairs per cal
 TEMPLATE_TOKENS = 16  # a text view's template and id, in tokens (for cost estimates)
 
 
-@dataclass(frozen=True)
-class ScoreInput:
-    """One pair to rate.
+NO_FIELDS: Mapping[str, Any] = MappingProxyType({})  # a pair side without fields (read-only)
+
+
+class ScoreInput(NamedTuple):
+    """One pair to rate (a named tuple: a ``/rank`` of 10,000 candidates builds 10,000 of
+    them, about 4x faster than a frozen dataclass's).
 
     Attributes:
         user, item: the fields that override the model's tables: the request's, over the
-            entity's catalog record when it has one (``service/catalog.py``).
+            entity's catalog record when it has one (``service/catalog.py``). Never
+            modified.
         user_from, item_from: where those fields came from: ``request`` (the request sent
             some), ``catalog`` (the catalog record alone), or "" (derived: ``request`` when
             there are fields).
@@ -64,8 +68,8 @@ class ScoreInput:
 
     user_id: str
     item_id: str
-    user: Mapping[str, Any] = field(default_factory=dict)
-    item: Mapping[str, Any] = field(default_factory=dict)
+    user: Mapping[str, Any] = NO_FIELDS
+    item: Mapping[str, Any] = NO_FIELDS
     user_from: str = ""
     item_from: str = ""
 

@@ -15,7 +15,7 @@ from service.deps import EngineDep, RequestedVersion, SettingsDep
 from service.entity_fields import check_fields
 from service.results import SOURCES, ScoreBatch, adapter_list
 from service.schemas import RankCandidate, RankRequest, RankResponse
-from service.scorer import ScoreInput
+from service.scorer import NO_FIELDS, ScoreInput
 from service.scoring import (
     ERRORS,
     count_route,
@@ -102,16 +102,22 @@ async def rank(
     rollout = served_rollout(engine)
     version = route(rollout, body.user_id, requested)
     scorer = version.scorer
-    # The user's fields once, each candidate's item fields: 422s name the field.
+    # The user's fields once, the item fields of the candidates that have any: 422s name
+    # the field. Candidates without fields share one empty mapping.
+    given = [i for i, c in enumerate(body.candidates) if c.item]
     payloads = [(("body",), body.user, None)]
-    payloads += [(("body", "candidates", i), None, c.item) for i, c in enumerate(body.candidates)]
+    payloads += [(("body", "candidates", i), None, body.candidates[i].item) for i in given]
     fields = check_fields(scorer.request_models, payloads)
-    user = fields[0][0]
+    user = fields[0][0] or NO_FIELDS
+    items = [NO_FIELDS] * len(body.candidates)
+    for i, (_, item) in zip(given, fields[1:], strict=True):
+        items[i] = item
+    uid = body.user_id
     inputs = resolved(
         engine,
         [
-            ScoreInput(body.user_id, c.item_id, user, item)
-            for c, (_, item) in zip(body.candidates, fields[1:], strict=True)
+            ScoreInput(uid, c.item_id, user, item)
+            for c, item in zip(body.candidates, items, strict=True)
         ],
     )
     count_route(engine, rollout, version, requested)
