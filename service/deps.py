@@ -30,6 +30,16 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def serving(request: Request) -> tuple[Engine, Settings]:
+    """The engine and settings of the app that serves ``request``, read directly. The scoring
+    routes (``/predict-rating``, its batch, ``/rank``) take ``request: Request`` and call this
+    instead of declaring :data:`EngineDep` and :data:`SettingsDep`: FastAPI resolves every
+    declared dependency per request (a cache key, a nested solve, an await), a measurable
+    share of a single prediction's Python time (docs/PROFILING.md)."""
+    state = request.app.state
+    return state.engine, state.settings
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
 # A version or alias a client asks for (testing a challenger, comparing versions).
 RequestedVersion = Annotated[

@@ -114,11 +114,22 @@ def _with_cold_notes(batch: ScoreBatch) -> ScoreBatch:
     return dataclasses.replace(batch, warnings=tuple(warnings))
 
 
-def batch_buckets(largest: int) -> tuple[int, ...]:
-    """Powers of two from 1 up to the first one that holds ``largest``."""
+ROW_STEP = 4  # batch buckets grow x4: each compiled shape costs memory (docs/PROFILING.md)
+
+
+def batch_buckets(largest: int, step: int = ROW_STEP) -> tuple[int, ...]:
+    """Powers of ``step`` from 1 below ``largest``, then ``largest`` itself.
+
+    Every bucket is one compiled executable per function (1.5-5 MiB of resident memory each
+    on CPU, whatever its size), so the grid is coarse: a call pads to at most ``step`` times
+    its rows, which costs little at these sizes (the backbone's cost grows with rows x
+    tokens, and a micro-batch rarely fills a bucket exactly anyway).
+    """
     sizes = [1]
-    while sizes[-1] < largest:
-        sizes.append(sizes[-1] * 2)
+    while sizes[-1] * step < largest:
+        sizes.append(sizes[-1] * step)
+    if sizes[-1] < largest:
+        sizes.append(largest)
     return tuple(sizes)
 
 
@@ -198,7 +209,10 @@ class Scorer:
         if self.head_buckets[-1] < MIN_PAIR_CHUNK:
             large.append(MIN_PAIR_CHUNK)
         self.pair_buckets = self.head_buckets + tuple(large)
-        self.backbone_buckets = batch_buckets(max_batch * self.views.n_views)
+        # ... and one request's texts exactly: a lone cold request is the common backbone call.
+        self.backbone_buckets = tuple(
+            sorted({*batch_buckets(max_batch * self.views.n_views), self.views.n_views})
+        )
         self.tables = {
             "user": EntityTable(artifact.users, "user_id"),
             "item": EntityTable(artifact.items, "item_id"),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from service.deps import EngineDep, RequestedVersion, SettingsDep
+from service.deps import RequestedVersion, serving
 from service.schemas import (
     BatchPredictRequest,
     BatchPredictResponse,
@@ -24,12 +24,10 @@ router = APIRouter(tags=["predictions"])
 
 @router.post("/predict-rating", responses=ERRORS, response_model=PredictResponse)
 async def predict_rating(
-    body: PredictRequest,
-    engine: EngineDep,
-    settings: SettingsDep,
-    requested: RequestedVersion = None,
+    body: PredictRequest, request: Request, requested: RequestedVersion = None
 ):
     """Predict the rating of one user–item pair, with each layer's adapter rating."""
+    engine, settings = serving(request)
     payload = (("body",), body.user_id, body.item_id, body.user, body.item)
     scored = await score_by_user(engine, settings, [payload], requested)
     return json_response(scored[0].batch.predictions()[0])
@@ -37,13 +35,11 @@ async def predict_rating(
 
 @router.post("/predict-rating/batch", responses=ERRORS, response_model=BatchPredictResponse)
 async def predict_rating_batch(
-    body: BatchPredictRequest,
-    engine: EngineDep,
-    settings: SettingsDep,
-    requested: RequestedVersion = None,
+    body: BatchPredictRequest, request: Request, requested: RequestedVersion = None
 ):
     """Predict several pairs; answers keep the order of ``requests`` (each pair answered by
     the version of its user: see ``GET /v1/models``)."""
+    engine, settings = serving(request)
     refuse_larger_than(len(body.requests), settings, "max_batch_request", "requests")
     payloads = [
         (("body", "requests", i), r.user_id, r.item_id, r.user, r.item)

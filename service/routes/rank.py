@@ -9,9 +9,9 @@ entries of one item could carry different fields, and a ranking lists an item on
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from service.deps import EngineDep, RequestedVersion, SettingsDep
+from service.deps import RequestedVersion, serving
 from service.entity_fields import check_fields
 from service.results import SOURCES, ScoreBatch, adapter_list
 from service.schemas import RankCandidate, RankRequest, RankResponse
@@ -92,11 +92,10 @@ def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
 
 
 @router.post("/rank", responses=ERRORS, response_model=RankResponse)
-async def rank(
-    body: RankRequest, engine: EngineDep, settings: SettingsDep, requested: RequestedVersion = None
-):
+async def rank(body: RankRequest, request: Request, requested: RequestedVersion = None):
     """Rank candidate items for one user by predicted rating (``top_k`` to cut the list); one
     version (the user's) ranks every candidate."""
+    engine, settings = serving(request)
     refuse_larger_than(len(body.candidates), settings, "max_rank_candidates", "candidates")
     refuse_duplicate_candidates(body.candidates)
     rollout = served_rollout(engine)
