@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from service.connections import GuardedHttpProtocol
 from service.logs import log_config
+from service.memory import limit_malloc_arenas
 from service.settings import Settings, describe_settings_error
 from service.workers import prepare_shared_dir, remove_shared_dir, startup_failures
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, flag)
         if value is not None:
             os.environ[f"LEVI_{env}"] = str(value)
+    limit_malloc_arenas()  # before any thread starts; the workers inherit it
     try:
         settings = Settings()
     except ValidationError as e:

@@ -38,6 +38,7 @@ from service.errors import ModelNotReadyError, ReloadConflictError, ReloadError
 from service.feedback_log import FeedbackLog
 from service.gate import Gate
 from service.group_changes import watch_changes
+from service.memory import release_free_memory
 from service.metrics import Metrics
 from service.online_eval import OnlineEvaluation
 from service.prediction_log import PredictionLog
@@ -98,6 +99,7 @@ def freeze_long_lived() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    release_free_memory()  # what the load's compiles and the old model freed (service/memory.py)
 
 
 def freeze_new() -> None:
@@ -105,6 +107,7 @@ def freeze_new() -> None:
     what was added since is frozen (a full collection pauses every request for the whole
     heap's scan; docs/PROFILING.md, "Safe rollout")."""
     gc.freeze()
+    release_free_memory()
 
 
 class Engine:
@@ -318,6 +321,7 @@ class Engine:
         scorer, shapes = version.scorer, version.shapes
 
         def done(seconds: float) -> None:
+            release_free_memory()  # the compiles' temporaries
             self.metrics.warmup_seconds.labels(stage="background").set(seconds)
             log.info(
                 "model %s: every shape compiled (%.1fs in the background)",

@@ -30,12 +30,17 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def limit_malloc_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
-    """Cap glibc's malloc arenas for threads created from now on (call it before they start);
-    ``MALLOC_ARENA_MAX`` in the environment, when set, wins. Returns whether it was applied."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return False
+    """Cap glibc's malloc arenas at ``MALLOC_ARENA_MAX`` when the environment sets it, else at
+    ``arenas``, for this process (threads created from now on: call it before they start)
+    and for the processes it starts (the variable is set for them, e.g. uvicorn's workers).
+    Returns whether this process's cap was applied."""
+    chosen = os.environ.get("MALLOC_ARENA_MAX") or str(int(arenas))
+    os.environ["MALLOC_ARENA_MAX"] = chosen
     libc = _glibc()
-    return bool(libc is not None and libc.mallopt(M_ARENA_MAX, int(arenas)) == 1)
+    try:
+        return bool(libc is not None and libc.mallopt(M_ARENA_MAX, int(chosen)) == 1)
+    except ValueError:  # not a number: glibc ignores it too
+        return False
 
 
 def release_free_memory() -> bool:

@@ -115,6 +115,17 @@ def _with_cold_notes(batch: ScoreBatch) -> ScoreBatch:
 
 
 ROW_STEP = 4  # batch buckets grow x4: each compiled shape costs memory (docs/PROFILING.md)
+PAIR_STEP = 8  # the pair function's buckets grow x8: a padded row costs about 7 us
+
+
+def coarse_lengths(buckets: Sequence[int]) -> tuple[int, ...]:
+    """Every other length bucket (the 2nd, 4th, ...) and the last one (texts cut at the
+    token limit): a text is padded by at most two of the manifest's steps, and half as many
+    backbone shapes are compiled."""
+    kept = list(buckets[1::2])
+    if not kept or kept[-1] != buckets[-1]:
+        kept.append(buckets[-1])
+    return tuple(kept)
 
 
 def batch_buckets(largest: int, step: int = ROW_STEP) -> tuple[int, ...]:
@@ -195,24 +206,25 @@ class Scorer:
         backbone = artifact.manifest["backbone"]
         buckets = tuple(backbone.get("length_buckets") or LENGTH_BUCKETS)
         max_len = int(backbone.get("max_length", self.tokenizer.max_length))
-        self.length_buckets = tuple(b for b in buckets if b < max_len) + (
-            bucket_length(max_len, buckets),
+        # Every bucket below is one compiled executable per function, about 8 MiB resident
+        # each on CPU whatever its size (docs/PROFILING.md, "Memory"), so the grid is coarse:
+        # every other length bucket of the manifest (a text pads by at most one more step),
+        # rows x4 (the backbone, the head), the side functions at one row or a micro-batch,
+        # the pair function x8 up to 1,024 (rankings, batch jobs).
+        self.length_buckets = coarse_lengths(
+            tuple(b for b in buckets if b < max_len) + (bucket_length(max_len, buckets),)
         )
         self.decomposed = artifact.decomposed
         self.head_buckets = batch_buckets(max_batch)
-        # Pair calls: the micro-batch sizes, then x4 steps up to 1,024 (rankings, batch jobs):
-        # fewer shapes to compile, at most 4x padding on a large call.
-        large, size = [], self.head_buckets[-1] * 4
+        self.side_buckets = batch_buckets(max_batch, step=max(2, max_batch))
+        large, size = [], max_batch * PAIR_STEP
         while size < MIN_PAIR_CHUNK:
             large.append(size)
-            size *= 4
-        if self.head_buckets[-1] < MIN_PAIR_CHUNK:
+            size *= PAIR_STEP
+        if max_batch < MIN_PAIR_CHUNK:
             large.append(MIN_PAIR_CHUNK)
-        self.pair_buckets = self.head_buckets + tuple(large)
-        # ... and one request's texts exactly: a lone cold request is the common backbone call.
-        self.backbone_buckets = tuple(
-            sorted({*batch_buckets(max_batch * self.views.n_views), self.views.n_views})
-        )
+        self.pair_buckets = batch_buckets(max_batch, step=PAIR_STEP) + tuple(large)
+        self.backbone_buckets = batch_buckets(max_batch * self.views.n_views)
         self.tables = {
             "user": EntityTable(artifact.users, "user_id"),
             "item": EntityTable(artifact.items, "item_id"),
@@ -360,7 +372,7 @@ class Scorer:
             return {k: v[: stop - start] for k, v in parts.items()}
 
         t0 = time.perf_counter()
-        chunks = self._chunked(len(keys), self.head_buckets, call)
+        chunks = self._chunked(len(keys), self.side_buckets, call)
         self.metrics.head_seconds.observe(time.perf_counter() - t0)
         parts = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
         parts["dist"] = self.drift.view_distances(acts, self._side_views[side]).sum(axis=1)

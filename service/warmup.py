@@ -74,6 +74,13 @@ PAIR_SAMPLE = 512  # pair views: entity pairs tokenized to find the length bucke
 
 def lengths_in_use(scorer: Scorer) -> tuple[int, ...]:
     """Length buckets of the tables' texts, plus the next one for longer cold starts."""
+    in_use, longer = length_plan(scorer)
+    return in_use + longer
+
+
+def length_plan(scorer: Scorer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(length buckets of the tables' texts, the next one for longer cold starts (none
+    when the tables reach the last bucket))``."""
     users = scorer.tables["user"].frame.head(PAIR_SAMPLE * 4).to_dict("records") or [
         {"user_id": "0"}
     ]
@@ -94,18 +101,23 @@ def lengths_in_use(scorer: Scorer) -> tuple[int, ...]:
     longest = max(len(x) for x in scorer.tokenizer.encode(list(dict.fromkeys(texts))))
     buckets = scorer.length_buckets
     top = buckets.index(bucket_length(longest, buckets))
-    return buckets[: min(top + 2, len(buckets))]
+    return buckets[: top + 1], buckets[top + 1 : top + 2]
 
 
 def full_plan(scorer: Scorer) -> tuple[Shape, ...]:
-    """Every shape the scorer calls: backbone batch x length buckets in use, then the head
-    buckets, or the side buckets and pair buckets of the first-layer decomposition. The one
-    list of compiled shapes: both stages and :func:`warm_all` compile from it."""
-    lengths = lengths_in_use(scorer)
-    backbone = [Shape("backbone", r, n) for r in scorer.backbone_buckets for n in lengths]
+    """Every shape the scorer calls: backbone batch x length buckets in use (the next, longer
+    length for cold starts only at the batch of one request's texts: such texts come one
+    request at a time), then the head buckets, or the side buckets and pair buckets of the
+    first-layer decomposition. The one list of compiled shapes: both stages and
+    :func:`warm_all` compile from it."""
+    in_use, longer = length_plan(scorer)
+    rows = scorer.backbone_buckets
+    one_request = next((r for r in rows if r >= scorer.views.n_views), rows[-1])
+    backbone = [Shape("backbone", r, n) for r in rows for n in in_use]
+    backbone += [Shape("backbone", r, n) for r in rows if r <= one_request for n in longer]
     if not scorer.decomposed:
         return (*backbone, *(Shape("head", r) for r in scorer.head_buckets))
-    sides = [Shape(f"{s}_side", r) for s in ("user", "item") for r in scorer.head_buckets]
+    sides = [Shape(f"{s}_side", r) for s in ("user", "item") for r in scorer.side_buckets]
     return (*backbone, *sides, *(Shape("pair", r) for r in scorer.pair_buckets))
 
 

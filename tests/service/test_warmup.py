@@ -26,12 +26,15 @@ def warmed(artifacts):
 
 def test_warm_up_covers_every_batch_and_length_bucket_in_use(warmed):
     art, scorer = warmed
-    assert scorer.backbone_buckets == (1, 2, 4)  # max_batch 2 x 2 views
-    assert scorer.head_buckets == (1, 2)
-    assert scorer.pair_buckets == (1, 2, 8, 32, 128, 512, 1024)  # then x4 up to 1,024
-    assert scorer.length_buckets == tuple(art.manifest["backbone"]["length_buckets"]) == (16, 32)
+    # A coarse grid (each compiled shape costs memory): rows x4, the side functions at one
+    # row or a micro-batch, the pair function x8 up to 1,024, every other length bucket.
+    assert scorer.backbone_buckets == (1, 4)  # max_batch 2 x 2 views
+    assert scorer.head_buckets == scorer.side_buckets == (1, 2)
+    assert scorer.pair_buckets == (1, 2, 16, 128, 1024)
+    assert tuple(art.manifest["backbone"]["length_buckets"]) == (16, 32)
+    assert scorer.length_buckets == (32,)
     lengths = lengths_in_use(scorer)
-    assert lengths == (16, 32)
+    assert lengths == (32,)
     backbone = {(s.rows, s.length) for s in full_plan(scorer) if s.function == "backbone"}
     assert backbone == set(itertools.product(scorer.backbone_buckets, lengths))
     # One compiled executable per shape, no more: the exported functions are jitted once.
@@ -39,7 +42,7 @@ def test_warm_up_covers_every_batch_and_length_bucket_in_use(warmed):
     # factored views: the decomposed functions are compiled, the whole head is not needed
     assert scorer.decomposed and art._score_fn._cache_size() == 0
     for side in ("user", "item"):
-        assert art._side_fns[side]._cache_size() == len(scorer.head_buckets)
+        assert art._side_fns[side]._cache_size() == len(scorer.side_buckets)
     # the pair function as the scorer calls it: rows of the projection tables in, one
     # compiled call per pair bucket; the one on gathered parts is not needed
     assert art._pair_rows_fn._cache_size() == len(scorer.pair_buckets)
@@ -124,11 +127,11 @@ def test_first_stage_is_one_requests_batch_at_the_longest_length_and_one_row_eac
 
     _, shapes, scorer, metrics, _ = staged
     plan = full_plan(scorer)
-    # backbone (1, 2, 4) x lengths (16, 32); each side (1, 2); pair (1, 2, 8, ..., 1024)
-    assert scorer.decomposed and len(plan) == 3 * 2 + 2 * 2 + len(scorer.pair_buckets)
+    # backbone (1, 4) x lengths (32,); each side (1, 2); pair (1, 2, 16, 128, 1024)
+    assert scorer.decomposed and len(plan) == 2 * 1 + 2 * 2 + len(scorer.pair_buckets)
     first = first_plan(plan, texts_per_request=2)
     assert first == (
-        Shape("backbone", 2, 32),
+        Shape("backbone", 4, 32),
         Shape("item_side", 1),
         Shape("pair", 1),
         Shape("user_side", 1),
@@ -137,8 +140,8 @@ def test_first_stage_is_one_requests_batch_at_the_longest_length_and_one_row_eac
     rest = background_order(plan, first)
     n_row = len([s for s in rest if s.function != "backbone"])
     assert all(s.function != "backbone" for s in rest[:n_row])  # the cheap ones first
-    assert rest[n_row] == Shape("backbone", 2, 16)
-    assert set(rest) == set(plan) - set(first) and rest[-1] == Shape("backbone", 4, 32)
+    assert rest[n_row] == Shape("backbone", 1, 32)  # then the backbone (one shape left here)
+    assert set(rest) == set(plan) - set(first) and rest[-1] == Shape("backbone", 1, 32)
     assert _gauge(metrics, "levi_warmup_pending_shapes") == len(rest)
 
 
@@ -153,8 +156,8 @@ def test_between_the_stages_nothing_compiles_and_answers_are_the_artifacts(stage
         ScoreInput("4", "cold-no-title"),
     ]
     counter.active = True
-    # 1-5 pairs: side and pair calls of 1-8 rows, backbone batches of 1-4 texts at 16 and 32
-    # tokens: served from the 2-row x 32-token backbone and the 1-row side and pair
+    # 1-5 pairs: side and pair calls of 1-8 rows, backbone batches of 1-4 texts at 32
+    # tokens: served from the 4-row x 32-token backbone and the 1-row side and pair
     # functions (split or padded).
     got = [scorer.score(requests[:n]) for n in (1, 2, 3, 5)]
     counter.active = False
