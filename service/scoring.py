@@ -14,6 +14,7 @@ and queues the shadow scoring (:meth:`service.engine.Engine.answered`).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from service.engine import Engine
 from service.entity_fields import check_fields
 from service.errors import ModelNotReadyError, TooLargeError
+from service.metrics import Metrics
 from service.results import ScoreBatch, dumps
 from service.schemas import ErrorResponse
 from service.scorer import ScoreInput, Scorer
@@ -77,7 +79,14 @@ def route(rollout: Rollout, user_id: str, requested: str | None) -> Version:
 def count_route(engine: Engine, rollout: Rollout, version: Version, requested: str | None) -> None:
     """One scoring job in ``levi_routed_requests_total{alias}``."""
     alias = "champion" if version is rollout.champion else "challenger"
-    engine.metrics.routed.labels(alias="named" if requested else alias).inc()
+    _routed(engine.metrics, "named" if requested else alias).inc()
+
+
+@functools.lru_cache(maxsize=64)
+def _routed(metrics: Metrics, alias: str):
+    """The ``levi_routed_requests_total{alias}`` child (``labels()`` takes a lock and builds
+    a key on every call; the children never change)."""
+    return metrics.routed.labels(alias=alias)
 
 
 def checked_inputs(scorer: Scorer, payloads: Sequence[Payload]) -> list[ScoreInput]:
@@ -255,7 +264,11 @@ async def score_by_user(
         )
         for version, positions in groups.values()
     ]
-    batches = await asyncio.gather(*(score(engine, settings, x, v, field) for v, _, x in parts))
+    if len(parts) == 1:  # the common case (one version): no task for asyncio.gather to make
+        version, _, inputs = parts[0]
+        batches = [await score(engine, settings, inputs, version, field)]
+    else:
+        batches = await asyncio.gather(*(score(engine, settings, x, v, field) for v, _, x in parts))
     out = [Scored(v, pos, x, b) for (v, pos, x), b in zip(parts, batches, strict=True)]
     if answered:
         for s in out:
