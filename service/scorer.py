@@ -14,8 +14,10 @@ candidates for one user computes the user's side once (request-level user broadc
 ``pair`` views (one text per user-item pair) cannot be split: they run the whole exported head
 per pair, through the same interface.
 
-Arrays handed to the exported functions are padded to batch buckets (powers of two) and token
-arrays to length buckets, so after the warm-up (service/warmup.py) nothing compiles while serving.
+Arrays handed to the exported functions are padded to batch buckets (powers of 4; of 8 for the
+pair function) and token arrays to length buckets (every other one of the manifest's), so
+after the warm-up (service/warmup.py) nothing compiles while serving. The grid is coarse
+because every compiled shape holds about 8 MiB of resident memory (docs/PROFILING.md).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from service.corrections import OnlineCorrections
 from service.drift import DriftMonitor
 from service.entity_fields import request_models
 from service.entity_store import EntityResolver, EntityTable, ProjectionCache, freeze
+from service.memory import release_free_memory
 from service.metrics import Metrics, observe_many
 from service.results import NO_WARNINGS, SOURCE_CODE, SOURCES, ScoreBatch
 
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 
 MIN_PAIR_CHUNK = 1024  # the pair function runs on up to this many pairs per call
 TEMPLATE_TOKENS = 16  # a text view's template and id, in tokens (for cost estimates)
+TRIM_AFTER_TOKENS = 16 * 48  # padded tokens of backbone calls after which free heap is returned
 
 
 NO_FIELDS: Mapping[str, Any] = MappingProxyType({})  # a pair side without fields (read-only)
@@ -208,7 +212,7 @@ class Scorer:
         max_len = int(backbone.get("max_length", self.tokenizer.max_length))
         # Every bucket below is one compiled executable per function, about 8 MiB resident
         # each on CPU whatever its size (docs/PROFILING.md, "Memory"), so the grid is coarse:
-        # every other length bucket of the manifest (a text pads by at most one more step),
+        # every other length bucket of the manifest (a text pads by at most two steps),
         # rows x4 (the backbone, the head), the side functions at one row or a micro-batch,
         # the pair function x8 up to 1,024 (rankings, batch jobs).
         self.length_buckets = coarse_lengths(
@@ -305,14 +309,18 @@ class Scorer:
         """Backbone activations ``[n, n_layers, d]`` of texts, in padded bucket-sized calls
         (``model.batching``: the loop the trainer scores the exported model with)."""
 
+        tokens = 0
+
         def timed(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            nonlocal tokens
             t0 = time.perf_counter()
             acts = self.artifact.encode(input_ids, mask)
             self.metrics.backbone_seconds.observe(time.perf_counter() - t0)
+            tokens += input_ids.size
             return acts
 
         n_layers, d = self.cache.shape
-        return encode_texts(
+        out = encode_texts(
             texts,
             self.tokenizer,
             timed,
@@ -320,6 +328,11 @@ class Scorer:
             row_buckets=self.backbone_buckets,
             out_shape=(n_layers, d),
         )
+        if tokens >= TRIM_AFTER_TOKENS:
+            # XLA's temporaries of a large call (75 MB at 64 x 48 tokens for MiniLM) stay in
+            # the heap once freed; a trim takes milliseconds after a call of 100 ms or more.
+            release_free_memory()
+        return out
 
     def activations(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """``{text: [n_layers, d]}`` from the cache, encoding and caching the misses."""

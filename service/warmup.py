@@ -1,9 +1,10 @@
 """Warm-up in two stages: what first traffic needs before ready, the rest in the background.
 
 The scorer pads every batch to a batch bucket and every token array to a length bucket, and
-each (function, shape) is an XLA compile, and a MiniLM model has 7 batch x 6 length buckets:
-compiling and running all of them before ready is slow (docs/PROFILING.md, "Start-up",
-has the figures). Instead:
+each (function, shape) is an XLA compile (and about 8 MiB of resident memory: the grid is
+coarse, service/scorer.py); a MiniLM model has 4 batch x 3 length buckets in use: compiling
+and running all of them before ready is slow (docs/PROFILING.md, "Start-up", has the
+figures). Instead:
 
 1. **first** (before ready): one shape per function. The backbone at the smallest batch
    bucket that holds one request's texts and the longest length bucket in use; the head at
