@@ -73,7 +73,10 @@ class Settings(BaseSettings):
         description="how long a prediction can be joined with the feedback on its pair",
     )
     prediction_log_size: int = Field(
-        500_000, ge=1, description="(user, item) pairs whose predictions a process keeps"
+        100_000,
+        ge=1,
+        description="(user, item) pairs whose predictions a process keeps (about 560 bytes "
+        "each: 53 MiB when full; Redis keeps them for every replica)",
     )
     prediction_queue: int = Field(
         50_000,
@@ -114,7 +117,13 @@ class Settings(BaseSettings):
         description="Redis for the shared activation cache; unset = in-process cache only",
     )
     cache_ttl_s: int = Field(7 * 24 * 3600, gt=0, description="TTL of activations in Redis")
-    local_cache_size: int = Field(50_000, ge=0, description="entries of the in-process LRU")
+    local_cache_size: int = Field(
+        8_192,
+        ge=0,
+        description="entries of the in-process activation LRU (n_layers x d float32 each: 9 KiB "
+        "for MiniLM, so 72 MiB when full; it only serves re-projecting an entity, Redis is the "
+        "shared tier)",
+    )
     cache_key_prefix: str = Field(
         "levi:act", min_length=1, max_length=64, description="Redis key prefix of activations"
     )
@@ -174,7 +183,8 @@ class Settings(BaseSettings):
         20_000,
         ge=1,
         description="entities per side (users, items) whose first-layer head projections are "
-        "kept in process (about 8 KB each for the default model)",
+        "kept in process (8.3 KiB each for the default model: 166 MiB per side when full; "
+        "pages are touched only as entities are seen)",
     )
     corrections: bool = Field(
         True,
