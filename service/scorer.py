@@ -120,6 +120,7 @@ def _with_cold_notes(batch: ScoreBatch) -> ScoreBatch:
 
 ROW_STEP = 4  # batch buckets grow x4: each compiled shape costs memory (docs/PROFILING.md)
 PAIR_STEP = 8  # the pair function's buckets grow x8: a padded row costs about 7 us
+MAX_BACKBONE_ROWS = 16  # texts per backbone call (larger calls are chunked)
 
 
 def coarse_lengths(buckets: Sequence[int]) -> tuple[int, ...]:
@@ -228,7 +229,12 @@ class Scorer:
         if max_batch < MIN_PAIR_CHUNK:
             large.append(MIN_PAIR_CHUNK)
         self.pair_buckets = batch_buckets(max_batch, step=PAIR_STEP) + tuple(large)
-        self.backbone_buckets = batch_buckets(max_batch * self.views.n_views)
+        # Capped at 16 rows: a backbone row costs about the same from 16 rows up on CPU (2.3-2.9
+        # ms a 16-token text at 8-32 rows, docs/BENCHMARKS.md "Scaling"), and a 64-row
+        # shape's temporaries (75 MB at 48 tokens) and executable are memory for nothing.
+        self.backbone_buckets = batch_buckets(
+            min(max_batch * self.views.n_views, MAX_BACKBONE_ROWS)
+        )
         self.tables = {
             "user": EntityTable(artifact.users, "user_id"),
             "item": EntityTable(artifact.items, "item_id"),
