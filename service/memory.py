@@ -1,11 +1,12 @@
 """The serving process's native heap: fewer glibc malloc arenas, and freed memory handed back.
 
-Measured with the default model (docs/PROFILING.md, "Memory"): every thread that allocates
-(uvicorn's loop, the scorer, the anyio workers, XLA's compile and Eigen threads) gets a glibc
-arena of its own, up to 8 per core, and the memory freed in one (a compile's temporaries) is
-reused only by that arena. Two arenas serve this process's threads as well (they allocate
-little on the request path; XLA's buffers are its own), and :func:`release_free_memory` after
-a warm-up returns what the compiles freed. Both are no-ops where the C library is not glibc.
+Every thread that allocates (uvicorn's loop, the scorer, the anyio workers, XLA's compile and
+Eigen threads) may get a glibc arena of its own, up to 8 per core, and memory freed in one
+(a compile's or a large backbone call's temporaries) is reused only by that arena and stays
+resident. Two arenas serve this process's threads (little is allocated on the request path),
+and :func:`release_free_memory` returns free heap pages after a warm-up or a large call
+(docs/PROFILING.md, "Ranking at the floor, half the memory"). Both are no-ops where the C
+library is not glibc.
 """
 
 from __future__ import annotations
