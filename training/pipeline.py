@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training import distributed, progressive, report
+from training.heap import release_free_heap
 from training.config import TrainConfig
 from training.evaluate_methods import evaluate_all
 from training.exporting import export_stage, model_version
@@ -60,6 +61,7 @@ def run_pipeline(
         nonlocal clock
         timings[stage] = time.perf_counter() - clock
         log(f"[{stage}] {timings[stage]:.1f}s")
+        release_free_heap()  # what the stage freed goes back to the OS, not to the next peak
         clock = time.perf_counter()
 
     prep = prepare_data(cfg, dataset, spec, log=log)
