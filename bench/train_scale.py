@@ -228,6 +228,20 @@ def render(results: list[CatalogRun]) -> list[str]:
                 f"| {c.ratings:,} | {c.users:,} x {c.items:,} ({c.texts:,}) | {who}{failed} | "
                 f"{stages} | {total:.0f} s | {share} | {_mb(r.peak_rss)} | {beyond:,.0f} B |"
             )
+    ones = sorted(
+        (c for c in results if c.processes == 1 and c.runs[0].peak_rss), key=lambda c: c.ratings
+    )
+    for small, large in zip(ones, ones[1:], strict=False):
+        grown = (large.runs[0].peak_rss - large.activation_bytes) - (
+            small.runs[0].peak_rss - small.activation_bytes
+        )
+        lines.append("")
+        lines.append(
+            f"From {small.ratings:,} to {large.ratings:,} ratings the peak beyond the activation "
+            f"tables grows by {grown / max(1, large.ratings - small.ratings):,.0f} B per added "
+            "rating (what the catalog costs; the rest of the peak is the process's fixed part: "
+            "the runtime, the backbone, compiled executables)."
+        )
     singles = {(c.users, c.items): c for c in results if c.processes == 1}
     for c in results:
         single = singles.get((c.users, c.items))
@@ -284,10 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="working directory (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "train_scale.json")
     parser.add_argument("--doc", type=Path, help="replace the section in this Markdown file")
+    parser.add_argument(
+        "--append", action="store_true", help="keep the results already in --json (other runs)"
+    )
     args = parser.parse_args(argv)
     catalogs = [tuple(int(x) for x in c.split("x")) for c in args.catalogs.split(",") if c]
     counts = [int(x) for x in args.processes.split(",") if x]
-    results = []
+    results = load_results(args.json) if args.append and args.json.exists() else []
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         for users, items in catalogs:
             for n in counts:

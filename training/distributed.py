@@ -270,7 +270,8 @@ def run_or_exit(main: Callable[[], int]) -> int:
     """Run ``main`` in a multi-process run; any failure ends this process at once.
 
     A failed collective (a peer is gone) exits with :data:`EXIT_PEER_LOST`; any other error
-    prints its traceback and exits 1. Either way without the runtime's shutdown, whose
+    prints its traceback and exits 1; a non-zero code from ``main`` (an error it reported)
+    exits with that code. Every way without the runtime's shutdown, whose
     barrier would wait for peers that will never arrive; the others then stop too (their
     collectives fail, or the watchdog sees this process gone).
     """
@@ -289,6 +290,15 @@ def run_or_exit(main: Callable[[], int]) -> int:
             flush=True,
         )
         os._exit(1)
+    if code != 0:  # an error this process reported (a bad spec, bad data): same rule
+        print(
+            f"error: process {process_index()} of {process_count()} stopped with exit {code}; "
+            "the other processes stop too",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(code)
     return code
 
 

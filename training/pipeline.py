@@ -20,6 +20,7 @@ from training.config import TrainConfig
 from training.evaluate_methods import evaluate_all
 from training.exporting import export_stage, model_version
 from training.fit import DeviceData, items_hidden, run_ratings, train_all
+from training.heap import release_free_heap
 from training.prepare import encode_views, prepare_data
 from training.spec import DatasetSpec
 from training.train import (
@@ -60,6 +61,7 @@ def run_pipeline(
         nonlocal clock
         timings[stage] = time.perf_counter() - clock
         log(f"[{stage}] {timings[stage]:.1f}s")
+        release_free_heap()  # what the stage freed goes back to the OS, not to the next peak
         clock = time.perf_counter()
 
     prep = prepare_data(cfg, dataset, spec, log=log)

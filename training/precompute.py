@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from model.templates import ViewSet
 from model.text_keys import text_digest
 from training import distributed
+from training.host_buffers import aligned_empty
 
 CACHE_DTYPE = np.float16
 ENCODE_CHUNK = 2048  # texts per cache chunk file
@@ -93,7 +94,7 @@ class ActivationStore:
 
     def get(self, keys: Sequence[str]) -> np.ndarray:
         """float16 ``[len(keys), n_layers, d]`` for keys that are all present."""
-        out = np.empty((len(keys), *self.shape), dtype=CACHE_DTYPE)
+        out = aligned_empty((len(keys), *self.shape), CACHE_DTYPE)  # the mesh shares it
         by_file: dict[Path, list[tuple[int, int]]] = {}
         for i, key in enumerate(keys):
             path, row = self._where[key]

@@ -4,7 +4,8 @@ test_distributed.py starts it): ``python multiprocess_run.py OUT [COORDINATOR N 
 Without a coordinator it is one process (its devices from XLA_FLAGS); with one, process I of
 N. Every process writes ``OUT/process-I.npz``: the trained parameters of every run, the report
 figures and the layout it fed. ``LEVI_TEST_SLEEP_AFTER_DATA`` seconds of sleep after the data
-stage give a test the time to kill a process mid-run.
+stage give a test the time to kill a process mid-run; ``LEVI_TEST_FAIL_PROCESS=I`` makes process I
+report an error (exit 2, as for a bad spec) right after the catalog is written.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def _run(out: Path) -> int:
     from training import distributed
 
     distributed.barrier("catalog written")
+    if os.environ.get("LEVI_TEST_FAIL_PROCESS") == str(me):
+        print(f"error: process {me} reports a bad spec (test)", flush=True)
+        return 2
     spec = data / "spec.toml"
     cfg = TrainConfig.tiny().replace(
         dataset=str(spec),

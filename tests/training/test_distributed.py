@@ -138,6 +138,20 @@ def test_a_process_that_dies_stops_the_others_with_a_message(tmp_path):
     assert "error: process 0 of 2:" in log and "stopping this process too" in log, log[-3000:]
 
 
+def test_a_process_that_reports_an_error_exits_at_once_and_the_others_stop(tmp_path):
+    """Exit 2 (a bad spec, bad data) must not wait in the runtime's shutdown barrier for peers
+    that are still training: the erroring process leaves at once, the others stop."""
+    coordinator = f"127.0.0.1:{_port()}"
+    env = _env(LEVI_TEST_FAIL_PROCESS="1", LEVI_TEST_SLEEP_AFTER_DATA="60")
+    procs = [_start(tmp_path, coordinator, "2", str(i), env=env) for i in range(2)]
+    log1 = _finish(procs[1], timeout=60)  # with the shutdown barrier: until process 0 is done
+    assert procs[1].returncode == 2, log1[-3000:]
+    assert "error: process 1 of 2 stopped with exit 2" in log1, log1[-3000:]
+    log0 = _finish(procs[0], timeout=60)  # process 0 sleeps 60 s after its data stage
+    assert procs[0].returncode == EXIT_PEER_LOST, log0[-3000:]
+    assert "process 1 has not been heard from" in log0 or "collective failed" in log0, log0[-3000:]
+
+
 def test_settings_come_from_flags_then_the_environment():
     env = {"LEVI_COORDINATOR": "head:1234", "LEVI_NUM_PROCESSES": "4", "JOB_COMPLETION_INDEX": "3"}
     cfg = DistributedConfig.resolve(environ=env)
