@@ -17,7 +17,7 @@ per pair, through the same interface.
 Arrays handed to the exported functions are padded to batch buckets (powers of 4; of 8 for the
 pair function) and token arrays to length buckets (every other one of the manifest's), so
 after the warm-up (service/warmup.py) nothing compiles while serving. The grid is coarse
-because every compiled shape holds about 8 MiB of resident memory (docs/PROFILING.md).
+because every compiled shape holds about 10 MiB of resident memory (docs/PROFILING.md).
 """
 
 from __future__ import annotations
@@ -136,8 +136,8 @@ def coarse_lengths(buckets: Sequence[int]) -> tuple[int, ...]:
 def batch_buckets(largest: int, step: int = ROW_STEP) -> tuple[int, ...]:
     """Powers of ``step`` from 1 below ``largest``, then ``largest`` itself.
 
-    Every bucket is one compiled executable per function (1.5-5 MiB of resident memory each
-    on CPU, whatever its size), so the grid is coarse: a call pads to at most ``step`` times
+    Every bucket is one compiled executable per function (2-12 MiB of resident memory each on
+    CPU, whatever its size), so the grid is coarse: a call pads to at most ``step`` times
     its rows, which costs little at these sizes (the backbone's cost grows with rows x
     tokens, and a micro-batch rarely fills a bucket exactly anyway).
     """
@@ -211,8 +211,8 @@ class Scorer:
         backbone = artifact.manifest["backbone"]
         buckets = tuple(backbone.get("length_buckets") or LENGTH_BUCKETS)
         max_len = int(backbone.get("max_length", self.tokenizer.max_length))
-        # Every bucket below is one compiled executable per function, about 8 MiB resident
-        # each on CPU whatever its size (docs/PROFILING.md, "Memory"), so the grid is coarse:
+        # Every bucket below is one compiled executable per function, about 10 MiB resident
+        # each on CPU whatever its size (docs/PROFILING.md, issue 27), so the grid is coarse:
         # every other length bucket of the manifest (a text pads by at most two steps),
         # rows x4 (the backbone, the head), the side functions at one row or a micro-batch,
         # the pair function x8 up to 1,024 (rankings, batch jobs).

@@ -1,7 +1,7 @@
 """Warm-up in two stages: what first traffic needs before ready, the rest in the background.
 
 The scorer pads every batch to a batch bucket and every token array to a length bucket, and
-each (function, shape) is an XLA compile (and about 8 MiB of resident memory: the grid is
+each (function, shape) is an XLA compile (and about 10 MiB of resident memory: the grid is
 coarse, service/scorer.py); a MiniLM model has 4 batch x 3 length buckets in use: compiling
 and running all of them before ready is slow (docs/PROFILING.md, "Start-up", has the
 figures). Instead:
