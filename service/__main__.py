@@ -19,9 +19,9 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from model.native_heap import limit_malloc_arenas
 from service.connections import GuardedHttpProtocol
 from service.logs import log_config
-from service.memory import limit_malloc_arenas
 from service.settings import Settings, describe_settings_error
 from service.workers import prepare_shared_dir, remove_shared_dir, startup_failures
 

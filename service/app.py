@@ -18,11 +18,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from model.native_heap import limit_malloc_arenas
 from service.connections import POLICY_STATE_KEY, ConnectionPolicy
 from service.engine import Engine
 from service.entity_fields import with_model_fields
 from service.errors import ServiceError, answer
-from service.memory import limit_malloc_arenas
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from service.routes import (
@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings: default ``Settings()`` (from the environment). The model is loaded with
             ``model.artifact.load_artifact`` from ``settings.model_dir``.
     """
-    limit_malloc_arenas()  # before the engine's threads start (service/memory.py)
+    limit_malloc_arenas()  # before the engine's threads start (model/native_heap.py)
     settings = settings or Settings()
     app_metrics = Metrics()
     connection_policy = ConnectionPolicy(

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from model.native_heap import release_free_heap
 from service import logs
 from service.batcher import MicroBatcher, lower_thread_priority
 from service.catalog import Catalog
@@ -38,7 +39,6 @@ from service.errors import ModelNotReadyError, ReloadConflictError, ReloadError
 from service.feedback_log import FeedbackLog
 from service.gate import Gate
 from service.group_changes import watch_changes
-from service.memory import release_free_memory
 from service.metrics import Metrics
 from service.online_eval import OnlineEvaluation
 from service.prediction_log import PredictionLog
@@ -99,7 +99,7 @@ def freeze_long_lived() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-    release_free_memory()  # what the load's compiles and the old model freed (service/memory.py)
+    release_free_heap()  # what the load's compiles and the old model freed (model/native_heap.py)
 
 
 def freeze_new() -> None:
@@ -107,7 +107,7 @@ def freeze_new() -> None:
     what was added since is frozen (a full collection pauses every request for the whole
     heap's scan; docs/PROFILING.md, "Safe rollout")."""
     gc.freeze()
-    release_free_memory()
+    release_free_heap()
 
 
 class Engine:
@@ -321,7 +321,7 @@ class Engine:
         scorer, shapes = version.scorer, version.shapes
 
         def done(seconds: float) -> None:
-            release_free_memory()  # the compiles' temporaries
+            release_free_heap()  # the compiles' temporaries
             self.metrics.warmup_seconds.labels(stage="background").set(seconds)
             log.info(
                 "model %s: every shape compiled (%.1fs in the background)",

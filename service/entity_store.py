@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from model.aligned_arrays import aligned_zeros
 from model.decomposed import SIDES
 from model.features import FeatureSpec, as_values
 from model.templates import ViewSet
@@ -164,18 +165,6 @@ class EntityResolver:
         return f"unknown {side} without fields: answered from the out-of-vocabulary slot" + (
             hint if fields else ""
         )
-
-
-def aligned_zeros(shape: tuple[int, ...], dtype: type = np.float32, align: int = 64) -> np.ndarray:
-    """Zeros whose data starts on an ``align``-byte boundary. XLA's CPU client reads such an
-    array passed to a compiled call in place; any other is copied first (a whole projection
-    table per call: ``model.artifact.Artifact.pair_rows``). Pages are mapped lazily, as by
-    ``np.zeros``."""
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.zeros(size + align, np.uint8)
-    start = -raw.ctypes.data % align
-    return raw[start : start + size].view(dtype).reshape(shape)
 
 
 @dataclass

@@ -34,13 +34,13 @@ import numpy as np
 
 from model.batching import encode_texts, pad_rows
 from model.decomposed import SIDES, part_widths
+from model.native_heap import release_free_heap
 from model.tokenizer import LENGTH_BUCKETS, bucket_length
 from service.cache import ActivationCache
 from service.corrections import OnlineCorrections
 from service.drift import DriftMonitor
 from service.entity_fields import request_models
 from service.entity_store import EntityResolver, EntityTable, ProjectionCache, freeze
-from service.memory import release_free_memory
 from service.metrics import Metrics, observe_many
 from service.results import NO_WARNINGS, SOURCE_CODE, SOURCES, ScoreBatch
 
@@ -337,7 +337,7 @@ class Scorer:
         if tokens >= TRIM_AFTER_TOKENS:
             # XLA's temporaries of a large call (75 MB at 64 x 48 tokens for MiniLM) stay in
             # the heap once freed; a trim takes milliseconds after a call of 100 ms or more.
-            release_free_memory()
+            release_free_heap()
         return out
 
     def activations(self, texts: Sequence[str]) -> dict[str, np.ndarray]:

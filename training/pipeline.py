@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.native_heap import release_free_heap
 from training import distributed, progressive, report
 from training.config import TrainConfig
 from training.evaluate_methods import evaluate_all
 from training.exporting import export_stage, model_version
 from training.fit import DeviceData, items_hidden, run_ratings, train_all
-from training.heap import release_free_heap
 from training.prepare import encode_views, prepare_data
 from training.spec import DatasetSpec
 from training.train import (

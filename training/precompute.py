@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from model.aligned_arrays import aligned_empty
 from model.templates import ViewSet
 from model.text_keys import text_digest
 from training import distributed
-from training.host_buffers import aligned_empty
 
 CACHE_DTYPE = np.float16
 ENCODE_CHUNK = 2048  # texts per cache chunk file

@@ -173,8 +173,8 @@ def test_pair_of_table_rows_equals_the_pair_of_gathered_parts(artifact):
     """``pair_rows`` gathers inside the compiled call: the same answers as ``pair`` on the
     rows gathered in numpy, whether the tables are read in place (64-byte aligned) or not,
     and a table changed between calls is read as it is at the call."""
+    from model.aligned_arrays import aligned_zeros
     from model.decomposed import part_widths
-    from service.entity_store import aligned_zeros
 
     rng = np.random.default_rng(6)
     widths = part_widths(artifact.head_config)

@@ -1,11 +1,10 @@
-"""The drift reference's fixed sample of training pairs, and the heap released between stages."""
+"""The drift reference's fixed sample of training pairs."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from training.drift_reference import REFERENCE_SAMPLE, reference_rows
-from training.heap import release_free_heap
 
 
 def test_a_small_training_set_is_used_whole():
@@ -23,10 +22,3 @@ def test_a_large_training_set_gives_the_same_sorted_sample_every_time():
     # spread over the whole set, not its head: both halves are about equally represented
     in_first_half = (first < train[len(train) // 2]).mean()
     assert 0.45 < in_first_half < 0.55
-
-
-def test_freed_heap_goes_back_on_glibc():
-    import platform
-
-    released = release_free_heap()
-    assert released is (platform.libc_ver()[0] == "glibc")

@@ -1,4 +1,4 @@
-"""service/memory.py: the malloc arena cap reaches this process and the ones it starts."""
+"""model/native_heap.py: the malloc arena cap reaches this process and the ones it starts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from service import memory
+from model import native_heap as memory
 
 
 @pytest.fixture
@@ -42,3 +42,23 @@ def test_an_operator_setting_wins_and_nonsense_is_refused(restore_env):
     assert os.environ["MALLOC_ARENA_MAX"] == "5"
     os.environ["MALLOC_ARENA_MAX"] = "many"
     assert memory.limit_malloc_arenas(2) is False
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(memory._glibc() is None, reason="not glibc")
+def test_freed_heap_in_the_middle_goes_back_to_the_os():
+    """What a training stage or a warm-up frees among live blocks stays resident until
+    released (glibc trims only the top of the heap by itself)."""
+    blocks = [bytearray(64 * 1024) for _ in range(1500)]  # ~96 MB below the mmap threshold
+    for b in blocks:
+        b[::4096] = b"x" * len(b[::4096])  # touch every page
+    keep = blocks[9::10]  # every tenth stays alive: the heap cannot shrink from its top
+    del blocks
+    before = _rss()
+    assert memory.release_free_heap() is True
+    assert before - _rss() > 40 * 1024 * 1024
+    del keep

@@ -1,11 +1,11 @@
-"""Host tables the CPU mesh shares instead of copying (training/host_buffers.py)."""
+"""Host arrays XLA's CPU client uses in place (model/aligned_arrays.py)."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-from training.host_buffers import ALIGNMENT, aligned_empty, is_aligned
+from model.aligned_arrays import ALIGNMENT, aligned_empty, is_aligned
 from training.precompute import ActivationStore
 
 

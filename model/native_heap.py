@@ -1,12 +1,14 @@
-"""The serving process's native heap: fewer glibc malloc arenas, and freed memory handed back.
+"""A process's native heap: fewer glibc malloc arenas, and freed memory handed back.
 
 Every thread that allocates (uvicorn's loop, the scorer, the anyio workers, XLA's compile and
 Eigen threads) may get a glibc arena of its own, up to 8 per core, and memory freed in one
 (a compile's or a large backbone call's temporaries) is reused only by that arena and stays
 resident. Two arenas serve this process's threads (little is allocated on the request path),
-and :func:`release_free_memory` returns free heap pages after a warm-up or a large call
-(docs/PROFILING.md, "Ranking at the floor, half the memory"). Both are no-ops where the C
-library is not glibc.
+and :func:`release_free_heap` returns free heap pages after a warm-up or a large call
+(docs/PROFILING.md, "Ranking at the floor, half the memory"). The trainer returns it after
+each stage: glibc otherwise keeps what a stage freed (the data stage's frames, the encode's
+token batches, evaluation's scores), and the next stage's allocations come on top of pages
+nobody uses. Both are no-ops where the C library is not glibc.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def limit_malloc_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
         return False
 
 
-def release_free_memory() -> bool:
+def release_free_heap() -> bool:
     """Return the heap's free pages to the operating system (``malloc_trim(0)``): after a
     warm-up, the compiles' temporaries. Returns whether anything was released."""
     libc = _glibc()
