@@ -1,4 +1,5 @@
-"""The whole offline run, stage by stage: data and split -> encode (training/prepare.py) ->
+"""The whole offline run, stage by stage: data and split -> backbone tuning when asked
+(training/tuning.py) -> encode (training/prepare.py) ->
 train (training/fit.py) -> evaluate (training/evaluate_methods.py, progressive validation in
 training/progressive.py) -> export (training/exporting.py) -> report (training/report.py).
 
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training import distributed, progressive, report
+from training import distributed, evaluate, progressive, report
 from training.config import TrainConfig
 from training.evaluate_methods import evaluate_all
 from training.exporting import export_stage, model_version
@@ -71,6 +72,19 @@ def run_pipeline(
         from model.backbone import load_backbone
 
         backbone = load_backbone(cfg.backbone, cfg.checkpoint, cfg.max_length)
+    tuning = None
+    if cfg.tuning.enabled:  # LEVI reads the tuned backbone (a new fingerprint) from here on
+        from training.tuning import tune_backbone
+
+        tuning = tune_backbone(
+            prep,
+            backbone,
+            cfg.tuning,
+            cache_root=output_dir / ".tuned" if distributed.is_primary() else None,
+            log=log,
+        )
+        backbone = tuning.backbone
+        lap("tune")
     prep = encode_views(prep, backbone, cfg, cache=cache, progress=progress)
     log(f"encode: {prep.activations.n_encoded} texts encoded (the rest from the cache)")
     lap("encode")
@@ -86,6 +100,8 @@ def run_pipeline(
     lap("train")
 
     methods, extras = evaluate_all(prep, cfg, runs, device)
+    if tuning is not None:  # the tuned encoder with its regression head alone
+        methods[cfg.tuning.row] = evaluate.aggregate([tuning.scores])
     exported_run = min(runs["levi"], key=lambda r: r.val_rmse) if "levi" in runs else None
     version = model_version(cfg, backbone.fingerprint)
     shrinkage, online = None, None
@@ -148,6 +164,7 @@ def run_pipeline(
             "fingerprint": backbone.fingerprint,
             "n_layers": backbone.n_layers,
             "hidden_size": backbone.hidden_size,
+            **({"tuning": tuning.summary} if tuning is not None else {}),
         },
         seeds=list(cfg.seeds),
         methods=methods,
@@ -158,7 +175,9 @@ def run_pipeline(
         "lrs": lrs,
         "auroc": extras.get("auroc"),
         "timings": timings,
-        "text": report.training_notes(cfg, lrs, split_seed),
+        "text": report.training_notes(
+            cfg, lrs, split_seed, tuning.summary if tuning is not None else None
+        ),
         "exported_source": exported_source,
     }
     report_dir = None
