@@ -85,11 +85,11 @@ class TuningConfig:
     """
 
     kind: str = "none"
-    steps: int = 240
+    steps: int = 160
     text_fraction: float = 0.25
     eval_every: int = 40
     patience: int = 2
-    lr: float = 1e-4
+    lr: float = 2e-4
     lora_lr: float = 1e-3
     head_lr: float = 1e-3
     lora_rank: int = 8
