@@ -170,3 +170,34 @@ def test_a_tuned_run_exports_loads_and_serves(tmp_path, tiny_spec, tiny_backbone
         body = answer.json()
         assert 1.0 <= body["rating"] <= 5.0 and len(body["adapters"]) == 2
         assert body["model_version"] == art.manifest["model_version"]
+
+
+def test_tuning_uses_every_local_device(tmp_path):
+    """Texts and pairs of a step are sharded over a 2-device mesh (forced host devices)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"""
+import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+from pathlib import Path
+from support.tiny_data import make_tiny_backbone, write_tiny_catalog
+from training.config import TrainConfig
+from training.prepare import prepare_data
+from training.tuning import tune_backbone
+tmp = Path({str(tmp_path)!r})
+cfg = TrainConfig.tiny().replace(dataset=str(write_tiny_catalog(tmp / "data")), tuning_kind="half",
+                                 tuning_steps=3, tuning_eval_every=3, tuning_lr=3e-3)
+bb = make_tiny_backbone(tmp)
+r = tune_backbone(prepare_data(cfg, log=lambda s: None), bb, cfg.tuning, cache_root=None,
+                  log=lambda s: None)
+print(r.summary["devices"], r.summary["texts_per_step"] % 2, r.summary["best_step"],
+      r.backbone.fingerprint != bb.fingerprint)
+"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["2", "0", "3", "True"]
