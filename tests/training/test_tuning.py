@@ -201,3 +201,15 @@ print(r.summary["devices"], r.summary["texts_per_step"] % 2, r.summary["best_ste
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["2", "0", "3", "True"]
+
+
+def test_the_flags_set_the_tuning_config():
+    from training.__main__ import config_from_args, parse_args
+
+    args = ["--backbone-tuning", "lora", "--lora-rank", "4", "--tuning-steps", "50"]
+    cfg = config_from_args(parse_args(args))
+    assert (cfg.tuning.kind, cfg.tuning.lora_rank, cfg.tuning.steps) == ("lora", 4, 50)
+    assert cfg.tuning.row == "lora" and cfg.tuning.enabled
+    assert not config_from_args(parse_args([])).tuning.enabled  # make train: frozen backbone
+    with pytest.raises(ValueError, match="backbone tuning 'quarter' unknown"):
+        TrainConfig().replace(tuning_kind="quarter")
