@@ -82,6 +82,9 @@ class TuningConfig:
         probe_epochs: ``lpft``: epochs of the head alone on the frozen encoder's features.
         seed: initialisation and sampling (one tuned backbone per run; the run's ``seeds``
             vary the heads trained on it).
+        compare_frozen: with ``levi`` among the methods, also train LEVI on the pre-trained
+            backbone (same seeds, learning rates and data) for the report's ``levi_frozen``
+            row.
     """
 
     kind: str = "none"
@@ -98,6 +101,7 @@ class TuningConfig:
     head_hidden: int = 256
     probe_epochs: int = 8
     seed: int = 0
+    compare_frozen: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in TUNING_KINDS:

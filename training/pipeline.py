@@ -37,6 +37,32 @@ class PipelineResult:
     runs: dict[str, list[RunResult]]
 
 
+FROZEN_ROW = "levi_frozen"
+
+
+def frozen_levi(prep, backbone, cfg: TrainConfig, output_dir: Path, cache, progress, log) -> dict:
+    """LEVI on the pre-trained (frozen) backbone with the run's own seeds, learning rates and
+    data: the row a tuned run is compared with, measured in the same conditions. Its
+    activations come from the cache of the pre-trained fingerprint, its runs from the
+    checkpoints when an earlier run trained them."""
+    from training.evaluate_methods import evaluate_trained
+
+    prep = encode_views(prep, backbone, cfg, cache=cache, progress=progress)
+    only = cfg.replace(methods=("levi",))
+    _, runs, device = train_all(
+        prep,
+        only,
+        backbone.n_layers,
+        checkpoint_root=output_dir / ".checkpoints",
+        progress=progress,
+        log=log,
+    )
+    scores = evaluate_trained(prep, only, runs, device)
+    result = evaluate.aggregate(scores.per_seed["levi"])
+    result.pop("per_layer", None)
+    return result
+
+
 def run_pipeline(
     cfg: TrainConfig,
     *,
@@ -72,7 +98,7 @@ def run_pipeline(
         from model.backbone import load_backbone
 
         backbone = load_backbone(cfg.backbone, cfg.checkpoint, cfg.max_length)
-    tuning = None
+    tuning, pretrained, unencoded = None, backbone, prep
     if cfg.tuning.enabled:  # LEVI reads the tuned backbone (a new fingerprint) from here on
         from training.tuning import tune_backbone
 
@@ -102,6 +128,11 @@ def run_pipeline(
     methods, extras = evaluate_all(prep, cfg, runs, device)
     if tuning is not None:  # the tuned encoder with its regression head alone
         methods[cfg.tuning.row] = evaluate.aggregate([tuning.scores])
+        if cfg.tuning.compare_frozen and "levi" in runs:
+            methods[FROZEN_ROW] = frozen_levi(
+                unencoded, pretrained, cfg, output_dir, cache, progress, log
+            )
+            lap("frozen LEVI")
     exported_run = min(runs["levi"], key=lambda r: r.val_rmse) if "levi" in runs else None
     version = model_version(cfg, backbone.fingerprint)
     shrinkage, online = None, None

@@ -12,7 +12,13 @@ import numpy as np
 from training.config import METHODS, TUNING_ROWS, TrainConfig
 
 # Report order: the methods, the tuned encoders alone (FT, HT, LoRA, LPFT) before LEVI.
-REPORT_ROWS: tuple[str, ...] = (*METHODS[:-1], *TUNING_ROWS.values(), METHODS[-1])
+# ``levi_frozen``: LEVI on the pre-trained backbone beside LEVI on a tuned one.
+REPORT_ROWS: tuple[str, ...] = (
+    *METHODS[:-1],
+    *TUNING_ROWS.values(),
+    "levi_frozen",
+    METHODS[-1],
+)
 
 PLOTS = ("plots/ood_rmse_by_group.png", "plots/per_layer_rmse.png")
 
@@ -270,7 +276,7 @@ def tuning_note(summary: Mapping[str, Any]) -> str:
         f"{what}, with a regression head (pooled last layer of each view, hidden "
         f"{c['head_hidden']}) on ID train; each step {c['text_fraction']:g} of every view's "
         f"training texts ({summary['texts_per_step']} texts) and the ID train pairs among "
-        f"them (up to {summary['pairs_per_step']}); Adam, encoder lr "
+        f"them (up to {summary['pairs_per_step']:,}); Adam, encoder lr "
         f"{c['lora_lr'] if summary['kind'] == 'lora' else c['lr']:g}, head lr "
         f"{c['head_lr']:g}; validated every {c['eval_every']} steps, patience "
         f"{c['patience']}: best ID validation RMSE {summary['val_rmse']:.4f} at step "

@@ -180,7 +180,8 @@ def tuning_key(backbone: Backbone, cfg: TuningConfig, texts, index, ratings, row
     """What a tuned backbone depends on: the base weights, the tuning config, the texts and
     the ID train and validation pairs."""
     h = hashlib.sha256(backbone.fingerprint.encode())
-    h.update(json.dumps(cfg.__dict__, sort_keys=True).encode())
+    fields = {k: v for k, v in cfg.__dict__.items() if k != "compare_frozen"}  # not tuning
+    h.update(json.dumps(fields, sort_keys=True).encode())
     for view in texts:
         h.update("\x1f".join(view).encode())
     for part in ("train", "val"):

@@ -149,14 +149,17 @@ def test_a_tuned_run_exports_loads_and_serves(tmp_path, tiny_spec, tiny_backbone
         log=lambda _: None,
     )
     doc = json.loads((result.report_dir / "report.json").read_text())
-    assert list(doc["methods"]) == ["global_mean", "ht", "levi"]
+    # the tuned encoder alone, and LEVI on the pre-trained backbone in the same conditions
+    assert list(doc["methods"]) == ["global_mean", "ht", "levi_frozen", "levi"]
+    assert np.isfinite(doc["methods"]["levi_frozen"]["ood_rmse"]["mean"])
     tuned = doc["backbone"]["tuning"]
     assert tuned["kind"] == "half" and tuned["base_fingerprint"] == tiny_backbone.fingerprint
     assert doc["backbone"]["fingerprint"] == tuned["fingerprint"] != tiny_backbone.fingerprint
-    # LEVI read the tuned encoder's activations: only its fingerprint is in the cache
-    assert [p.name for p in (tmp_path / "cache" / "activations").iterdir()] == [
-        tuned["fingerprint"]
-    ]
+    # LEVI read the tuned encoder's activations, levi_frozen the pre-trained one's: two caches
+    assert {p.name for p in (tmp_path / "cache" / "activations").iterdir()} == {
+        tuned["fingerprint"],
+        tiny_backbone.fingerprint,
+    }
     assert (
         "Backbone tuned before LEVI (half, report row `ht`"
         in (result.report_dir / "report.md").read_text()
