@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="tuning_text_fraction",
         help="share of every view's training texts per step (default 0.25)",
     )
+    tune.add_argument(
+        "--tuning-eval-every", type=int, dest="tuning_eval_every", help="steps per validation (40)"
+    )
     tune.add_argument("--tuning-lr", type=float, dest="tuning_lr", help="encoder learning rate")
     tune.add_argument("--lora-rank", type=int, dest="tuning_lora_rank", help="LoRA rank (8)")
     p.add_argument("--methods", type=_csv(str), help=f"comma list of {','.join(METHODS)}")
@@ -107,7 +110,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.tiny() if args.tiny else TrainConfig.default()
     names = ("dataset", "data_path", "reader", "split_seed", "feedback", "catalog", "backbone")
     names += ("checkpoint", "max_length", "methods", "seeds", "lrs", "max_epochs", "data_shards")
-    names += ("tuning_kind", "tuning_steps", "tuning_text_fraction", "tuning_lr")
+    names += ("tuning_kind", "tuning_steps", "tuning_eval_every", "tuning_text_fraction")
+    names += ("tuning_lr",)
     names += ("tuning_lora_rank",)
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.no_export:
