@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     tune.add_argument("--tuning-lr", type=float, dest="tuning_lr", help="encoder learning rate")
     tune.add_argument("--lora-rank", type=int, dest="tuning_lora_rank", help="LoRA rank (8)")
+    tune.add_argument(
+        "--lora-from-layer",
+        type=int,
+        dest="tuning_lora_from_layer",
+        help="first layer with LoRA adapters (0: all; above 0 the layers below are cached)",
+    )
     p.add_argument("--methods", type=_csv(str), help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--seeds", type=_csv(int), help="comma list, e.g. 0,1,2")
     p.add_argument("--lrs", type=_csv(float), help="learning-rate grid, e.g. 1e-4,1e-3,1e-2")
@@ -112,7 +118,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names += ("checkpoint", "max_length", "methods", "seeds", "lrs", "max_epochs", "data_shards")
     names += ("tuning_kind", "tuning_steps", "tuning_eval_every", "tuning_text_fraction")
     names += ("tuning_lr",)
-    names += ("tuning_lora_rank",)
+    names += ("tuning_lora_rank", "tuning_lora_from_layer")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.no_export:
         overrides["export"] = False
