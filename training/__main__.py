@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 
-from training.config import METHODS, TrainConfig
+from training.config import METHODS, TUNING_KINDS, TrainConfig
 from training.spec import READERS, preset_names
 
 
@@ -54,6 +54,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-length", type=int, help="tokens per text (default: the checkpoint's own limit)"
     )
+    tune = p.add_argument_group(
+        "backbone tuning before LEVI (the paper's light-tuned backbone; FT, HT, LoRA, LPFT rows)"
+    )
+    tune.add_argument(
+        "--backbone-tuning",
+        dest="tuning_kind",
+        choices=TUNING_KINDS,
+        help="none (default: the frozen pre-trained backbone), half (top half of the layers, "
+        "HT), lora (LoRA adapters, merged), full (FT), lpft (head first, then full)",
+    )
+    tune.add_argument("--tuning-steps", type=int, dest="tuning_steps", help="steps at most")
+    tune.add_argument(
+        "--tuning-text-fraction",
+        type=float,
+        dest="tuning_text_fraction",
+        help="share of every view's training texts per step (default 0.25)",
+    )
+    tune.add_argument(
+        "--tuning-eval-every", type=int, dest="tuning_eval_every", help="steps per validation (40)"
+    )
+    tune.add_argument("--tuning-lr", type=float, dest="tuning_lr", help="encoder learning rate")
+    tune.add_argument("--lora-rank", type=int, dest="tuning_lora_rank", help="LoRA rank (8)")
+    tune.add_argument(
+        "--lora-from-layer",
+        type=int,
+        dest="tuning_lora_from_layer",
+        help="first layer with LoRA adapters (0: all; above 0 the layers below are cached)",
+    )
     p.add_argument("--methods", type=_csv(str), help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--seeds", type=_csv(int), help="comma list, e.g. 0,1,2")
     p.add_argument("--lrs", type=_csv(float), help="learning-rate grid, e.g. 1e-4,1e-3,1e-2")
@@ -88,6 +116,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.tiny() if args.tiny else TrainConfig.default()
     names = ("dataset", "data_path", "reader", "split_seed", "feedback", "catalog", "backbone")
     names += ("checkpoint", "max_length", "methods", "seeds", "lrs", "max_epochs", "data_shards")
+    names += ("tuning_kind", "tuning_steps", "tuning_eval_every", "tuning_text_fraction")
+    names += ("tuning_lr",)
+    names += ("tuning_lora_rank", "tuning_lora_from_layer")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.no_export:
         overrides["export"] = False

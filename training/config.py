@@ -48,6 +48,79 @@ HEAD_FIELDS: tuple[str, ...] = (
 _HEAD_DEFAULTS = {
     f.name: f.default for f in dataclasses.fields(HeadConfig) if f.name in HEAD_FIELDS
 }
+# Backbone tuning before LEVI (``training/tuning.py``) and the report row of each kind: the
+# paper's fine-tuning baselines (Table 1: FT, HT, LPFT; Table 4: LoRA).
+TUNING_KINDS: tuple[str, ...] = ("none", "half", "lora", "full", "lpft")
+TUNING_ROWS: dict[str, str] = {"full": "ft", "half": "ht", "lora": "lora", "lpft": "lpft"}
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """The tuning stage: the backbone's selected parameters trained with a small regression
+    head (``model.text_regressor``) on ID train, early-stopped on ID validation, before LEVI
+    reads the tuned backbone as its text view.
+
+    Attributes:
+        kind: ``none`` (the frozen pre-trained backbone), ``half`` (the top half of the
+            transformer layers, HT), ``lora`` (LoRA adapters on every attention and
+            feed-forward projection of the layers from ``lora_from_layer``, merged into the
+            weights afterwards), ``full`` (every parameter, embeddings included: FT), ``lpft``
+            (the head trained on the frozen encoder first, then ``full``: LP-FT).
+        steps: optimizer steps at most.
+        text_fraction: each step samples this share of every view's training texts and
+            trains on the ID train pairs whose texts are all sampled (about
+            ``text_fraction ** n_views`` of them): each distinct text runs through the tuned
+            layers once per step, however many of the step's pairs read it.
+        eval_every: steps between validations (ID validation RMSE; early stopping).
+        patience: validations without improvement before stopping (best parameters kept).
+        lr: Adam learning rate of the encoder's parameters (``half``, ``full``, ``lpft``).
+        lora_lr: of the LoRA adapters.
+        head_lr: of the regression head.
+        lora_rank, lora_alpha: the adapters' rank ``r`` and scale ``alpha`` (``alpha / r``).
+        lora_from_layer: the first layer with adapters (0: all).
+        head_hidden: the regression head's hidden width (0: linear).
+        probe_epochs: ``lpft``: epochs of the head alone on the frozen encoder's features.
+        seed: initialisation and sampling (one tuned backbone per run; the run's ``seeds``
+            vary the heads trained on it).
+        compare_frozen: with ``levi`` among the methods, also train LEVI on the pre-trained
+            backbone (same seeds, learning rates and data) for the report's ``levi_frozen``
+            row.
+    """
+
+    kind: str = "none"
+    steps: int = 160
+    text_fraction: float = 0.25
+    eval_every: int = 40
+    patience: int = 2
+    lr: float = 2e-4
+    lora_lr: float = 1e-3
+    head_lr: float = 1e-3
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_from_layer: int = 0
+    head_hidden: int = 256
+    probe_epochs: int = 8
+    seed: int = 0
+    compare_frozen: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in TUNING_KINDS:
+            raise ValueError(
+                f"backbone tuning {self.kind!r} unknown; expected one of {', '.join(TUNING_KINDS)}"
+            )
+        if not 0 < self.text_fraction <= 1:
+            raise ValueError(f"tuning text_fraction must be in (0, 1], got {self.text_fraction}")
+        if self.steps < 1 or self.eval_every < 1:
+            raise ValueError("tuning steps and eval_every must be positive")
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def row(self) -> str:
+        """The report row of the tuned encoder with its head alone (``ft``, ``ht``, ...)."""
+        return TUNING_ROWS[self.kind]
 
 
 @dataclass(frozen=True)
@@ -98,6 +171,8 @@ class TrainConfig:
         encode_batch_size: texts per backbone call during precompute.
         bias_regs: L2 grid of the user+item bias baseline (tuned on ID validation).
         export: write the artifact at the end.
+        tuning: the backbone tuning stage before LEVI (:class:`TuningConfig`; kind
+            ``none``: LEVI reads the frozen pre-trained backbone).
     """
 
     dataset: str = "movielens-100k"
@@ -127,6 +202,7 @@ class TrainConfig:
     encode_batch_size: int = 128
     bias_regs: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
     export: bool = True
+    tuning: TuningConfig = field(default_factory=TuningConfig)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -165,10 +241,15 @@ class TrainConfig:
         )
 
     def replace(self, **changes) -> TrainConfig:
-        """A copy with ``changes``; head fields (``HEAD_FIELDS``) go into ``head``."""
+        """A copy with ``changes``; head fields (``HEAD_FIELDS``) go into ``head``, and
+        ``tuning_<field>`` names into ``tuning`` (``tuning_kind="half"``)."""
         head = {k: changes.pop(k) for k in list(changes) if k in HEAD_FIELDS}
         if head:
             changes["head"] = {**changes.get("head", self.head), **head}
+        named = [k for k in changes if k.startswith("tuning_")]
+        tuning = {k.removeprefix("tuning_"): changes.pop(k) for k in named}
+        if tuning:
+            changes["tuning"] = dataclasses.replace(changes.get("tuning", self.tuning), **tuning)
         return dataclasses.replace(self, **changes)
 
     def head_fields(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The whole offline run, stage by stage: data and split -> encode (training/prepare.py) ->
+"""The whole offline run, stage by stage: data and split -> backbone tuning when asked
+(training/tuning.py) -> encode (training/prepare.py) ->
 train (training/fit.py) -> evaluate (training/evaluate_methods.py, progressive validation in
 training/progressive.py) -> export (training/exporting.py) -> report (training/report.py).
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.native_heap import release_free_heap
-from training import distributed, progressive, report
+from training import distributed, evaluate, progressive, report
 from training.config import TrainConfig
 from training.evaluate_methods import evaluate_all
 from training.exporting import export_stage, model_version
@@ -35,6 +36,32 @@ class PipelineResult:
     artifact: Path | None
     timings: dict[str, float]
     runs: dict[str, list[RunResult]]
+
+
+FROZEN_ROW = "levi_frozen"
+
+
+def frozen_levi(prep, backbone, cfg: TrainConfig, output_dir: Path, cache, progress, log) -> dict:
+    """LEVI on the pre-trained (frozen) backbone with the run's own seeds, learning rates and
+    data: the row a tuned run is compared with, measured in the same conditions. Its
+    activations come from the cache of the pre-trained fingerprint, its runs from the
+    checkpoints when an earlier run trained them."""
+    from training.evaluate_methods import evaluate_trained
+
+    prep = encode_views(prep, backbone, cfg, cache=cache, progress=progress)
+    only = cfg.replace(methods=("levi",))
+    _, runs, device = train_all(
+        prep,
+        only,
+        backbone.n_layers,
+        checkpoint_root=output_dir / ".checkpoints",
+        progress=progress,
+        log=log,
+    )
+    scores = evaluate_trained(prep, only, runs, device)
+    result = evaluate.aggregate(scores.per_seed["levi"])
+    result.pop("per_layer", None)
+    return result
 
 
 def run_pipeline(
@@ -73,6 +100,19 @@ def run_pipeline(
         from model.backbone import load_backbone
 
         backbone = load_backbone(cfg.backbone, cfg.checkpoint, cfg.max_length)
+    tuning, pretrained, unencoded = None, backbone, prep
+    if cfg.tuning.enabled:  # LEVI reads the tuned backbone (a new fingerprint) from here on
+        from training.tuning import tune_backbone
+
+        tuning = tune_backbone(
+            prep,
+            backbone,
+            cfg.tuning,
+            cache_root=output_dir / ".tuned" if distributed.is_primary() else None,
+            log=log,
+        )
+        backbone = tuning.backbone
+        lap("tune")
     prep = encode_views(prep, backbone, cfg, cache=cache, progress=progress)
     log(f"encode: {prep.activations.n_encoded} texts encoded (the rest from the cache)")
     lap("encode")
@@ -88,6 +128,13 @@ def run_pipeline(
     lap("train")
 
     methods, extras = evaluate_all(prep, cfg, runs, device)
+    if tuning is not None:  # the tuned encoder with its regression head alone
+        methods[cfg.tuning.row] = evaluate.aggregate([tuning.scores])
+        if cfg.tuning.compare_frozen and "levi" in runs:
+            methods[FROZEN_ROW] = frozen_levi(
+                unencoded, pretrained, cfg, output_dir, cache, progress, log
+            )
+            lap("frozen LEVI")
     exported_run = min(runs["levi"], key=lambda r: r.val_rmse) if "levi" in runs else None
     version = model_version(cfg, backbone.fingerprint)
     shrinkage, online = None, None
@@ -150,6 +197,7 @@ def run_pipeline(
             "fingerprint": backbone.fingerprint,
             "n_layers": backbone.n_layers,
             "hidden_size": backbone.hidden_size,
+            **({"tuning": tuning.summary} if tuning is not None else {}),
         },
         seeds=list(cfg.seeds),
         methods=methods,
@@ -160,7 +208,9 @@ def run_pipeline(
         "lrs": lrs,
         "auroc": extras.get("auroc"),
         "timings": timings,
-        "text": report.training_notes(cfg, lrs, split_seed),
+        "text": report.training_notes(
+            cfg, lrs, split_seed, tuning.summary if tuning is not None else None
+        ),
         "exported_source": exported_source,
     }
     report_dir = None

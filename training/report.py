@@ -9,7 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from training.config import METHODS, TrainConfig
+from training.config import METHODS, TUNING_ROWS, TrainConfig
+
+# Report order: the methods, the tuned encoders alone (FT, HT, LoRA, LPFT) before LEVI.
+# ``levi_frozen``: LEVI on the pre-trained backbone beside LEVI on a tuned one.
+REPORT_ROWS: tuple[str, ...] = (
+    *METHODS[:-1],
+    *TUNING_ROWS.values(),
+    "levi_frozen",
+    METHODS[-1],
+)
 
 PLOTS = ("plots/ood_rmse_by_group.png", "plots/per_layer_rmse.png")
 
@@ -24,7 +33,7 @@ def build_report(
     exported: Mapping[str, float] | None,
     online_corrections: Mapping[str, Any] | None = None,
 ) -> dict:
-    """The report.json document; ``methods`` in report order (see ``config.METHODS``).
+    """The report.json document; ``methods`` in report order (``REPORT_ROWS``).
 
     ``online_corrections``: ``training.progressive.fit_and_evaluate``'s section (a separate
     evaluation; the paper-protocol tables do not include corrections).
@@ -34,7 +43,7 @@ def build_report(
         "split": dict(split),
         "backbone": dict(backbone),
         "seeds": list(seeds),
-        "methods": {m: methods[m] for m in METHODS if m in methods},
+        "methods": {m: methods[m] for m in REPORT_ROWS if m in methods},
         "exported": dict(exported) if exported is not None else None,
         "online_corrections": dict(online_corrections) if online_corrections else None,
     }
@@ -248,8 +257,45 @@ def collab_note(cfg: TrainConfig) -> str:
     )
 
 
-def training_notes(cfg: TrainConfig, lrs: dict[str, float], split_seed: int) -> list[str]:
-    return [
+def tuning_note(summary: Mapping[str, Any]) -> str:
+    """How the report describes the backbone tuning stage (``training.tuning``)."""
+    c = summary["config"]
+    what = {
+        "half": f"the top half of the transformer layers (layers {summary['first_tuned_layer']}"
+        f"-{summary['n_layers'] - 1})",
+        "lora": f"LoRA adapters of rank {c['lora_rank']} (alpha {c['lora_alpha']:g}) on every "
+        f"attention and feed-forward projection of layers {summary['first_tuned_layer']}-"
+        f"{summary['n_layers'] - 1}, merged into the weights",
+        "full": "every parameter (embeddings included)",
+        "lpft": "every parameter, after the head alone on the frozen encoder",
+    }[summary["kind"]]
+    reused = f" Reused from {summary['reused']}." if summary.get("reused") else ""
+    return (
+        f"Backbone tuned before LEVI ({summary['kind']}, report row `{summary['row']}`: the "
+        f"tuned encoder with its regression head alone, one tuning run, seed {c['seed']}): "
+        f"{what}, with a regression head (pooled last layer of each view, hidden "
+        f"{c['head_hidden']}) on ID train; each step {c['text_fraction']:g} of every view's "
+        f"training texts ({summary['texts_per_step']} texts) and the ID train pairs among "
+        f"them (up to {summary['pairs_per_step']:,}); Adam, encoder lr "
+        f"{c['lora_lr'] if summary['kind'] == 'lora' else c['lr']:g}, head lr "
+        f"{c['head_lr']:g}; validated every {c['eval_every']} steps, patience "
+        f"{c['patience']}: best ID validation RMSE {summary['val_rmse']:.4f} at step "
+        f"{summary['best_step']} of {summary['steps']} ({summary['train_seconds']:.0f}s "
+        f"training on {summary['devices']} device(s), {summary['seconds']:.0f}s with the "
+        f"frozen bottom's precompute). Tuned fingerprint {summary['fingerprint'][:16]}, "
+        f"pre-trained {summary['base_fingerprint'][:16]}."
+        + (f" {summary['note'][0].upper()}{summary['note'][1:]}." if summary.get("note") else "")
+        + reused
+    )
+
+
+def training_notes(
+    cfg: TrainConfig,
+    lrs: dict[str, float],
+    split_seed: int,
+    tuning: Mapping[str, Any] | None = None,
+) -> list[str]:
+    return ([tuning_note(tuning)] if tuning else []) + [
         f"Adam with decoupled weight decay (optax.adamw, {cfg.weight_decay:g}), batch "
         f"{cfg.batch_size}, dropout {cfg.head_fields()['dropout']:g}; early stopping on ID "
         "validation RMSE "
