@@ -297,8 +297,10 @@ def test_processes_sharing_a_log_directory_see_each_others_writes(
         while a.get("/v1/items/new-shared").json()["fields"] != {"title": "Heat (1995)"}:
             assert time.monotonic() - t0 < 1.0, "the update was not seen within 1 s"
             time.sleep(0.01)
-        assert (
-            predict(a, item_id="new-shared")["rating"] == predict(b, item_id="new-shared")["rating"]
+        # the same record, the same rating; not bit for bit: the two processes may score the
+        # pair in differently sized compiled batches (float32 sums in another order)
+        assert predict(a, item_id="new-shared")["rating"] == pytest.approx(
+            predict(b, item_id="new-shared")["rating"], abs=1e-5
         )
 
 
