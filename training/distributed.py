@@ -206,6 +206,16 @@ def allgather_strings(values: Sequence[str]) -> list[str]:
     return [bytes(row[:n]).decode("utf-8") for row, n in zip(all_matrix, all_lengths, strict=True)]
 
 
+_finished = threading.Event()  # this process's work is done: the watchdog stands down
+
+
+def stand_down() -> None:
+    """Stop watching peers: this process is leaving normally. Called before the runtime's
+    shutdown (which stops process 0's coordination service), so that the watchdog does not
+    take the service going away at the end for a lost peer."""
+    _finished.set()
+
+
 def watch_peers(timeout: float, interval: float = 1.0) -> None:
     """Start a daemon thread that ends this process, with a message, when a peer is gone.
 
@@ -222,21 +232,26 @@ def watch_peers(timeout: float, interval: float = 1.0) -> None:
 
     def watch() -> None:
         beats, seen = 0, {p: (None, time.monotonic()) for p in range(n) if p != me}
-        while True:
+        while not _finished.is_set():
             beats += 1
             try:
                 client.key_value_set(f"levi:alive:{me}", str(beats), allow_overwrite=True)
                 values = {p: _try_get(client, f"levi:alive:{p}") for p in seen}
             except Exception as e:  # the coordination service (process 0) is gone
+                if _finished.is_set():  # it went away because the run is over
+                    return
                 _peer_lost(me, n, f"the coordination service (process 0) stopped answering ({e})")
             now = time.monotonic()
             for p, value in values.items():
                 if value != seen[p][0]:
                     seen[p] = (value, now)
-                elif now - seen[p][1] > timeout:
+                elif now - seen[p][1] > timeout and not _finished.is_set():
                     _peer_lost(me, n, f"process {p} has not been heard from for {timeout:g} s")
             time.sleep(interval)
 
+    import atexit
+
+    atexit.register(stand_down)  # runs before jax's own shutdown (registered earlier; LIFO)
     threading.Thread(target=watch, name="levi-peer-watch", daemon=True).start()
 
 
@@ -290,6 +305,8 @@ def run_or_exit(main: Callable[[], int]) -> int:
             flush=True,
         )
         os._exit(1)
+    if code == 0:
+        stand_down()
     if code != 0:  # an error this process reported (a bad spec, bad data): same rule
         print(
             f"error: process {process_index()} of {process_count()} stopped with exit {code}; "
