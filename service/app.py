@@ -23,6 +23,7 @@ from service.connections import POLICY_STATE_KEY, ConnectionPolicy
 from service.engine import Engine
 from service.entity_fields import with_model_fields
 from service.errors import ServiceError, answer
+from service.json_body import register_body_schemas
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from service.routes import (
@@ -36,6 +37,7 @@ from service.routes import (
     rank,
     versions,
 )
+from service.schemas import PredictRequest, RankRequest
 from service.settings import Settings
 from service.workers import WorkerGroup
 
@@ -53,6 +55,9 @@ _TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type", "int_from_
 
 def _says_what_came(error: dict) -> bool:
     return error.get("type") in _TYPE_ERRORS and "input" in error
+
+
+TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
 def _json_kind(value: object) -> str:
@@ -172,13 +177,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's native OpenTelemetry checks its providers on every request unless turned
+        # off here; the service's own metrics are Prometheus (service/metrics.py).
+        telemetry=None if settings.opentelemetry else TELEMETRY_OFF,
     )
     app.state.settings = settings
     app.state.metrics = app_metrics
     app.state.workers = group
     for module in (predict, rank, feedback, catalog, health, model_info, versions, metrics, admin):
         app.include_router(module.router)
-    static_openapi = app.openapi
+    fastapi_openapi = app.openapi
+
+    def static_openapi() -> dict:
+        # The bodies the hot routes parse themselves (service/json_body.py) are documented
+        # as FastAPI documents declared ones.
+        return register_body_schemas(fastapi_openapi(), (PredictRequest, RankRequest))
 
     def openapi() -> dict:
         # The user / item fields are the served model's (its dataset spec): typed once loaded.

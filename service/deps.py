@@ -42,14 +42,37 @@ def serving(request: Request) -> tuple[Engine, Settings]:
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 # A version or alias a client asks for (testing a challenger, comparing versions).
+VERSION_HEADER = "X-Model-Version"
+_VERSION_HEADER_DESCRIPTION = (
+    "answer with this model version or alias (champion, challenger, previous) instead of the "
+    "routed one"
+)
 RequestedVersion = Annotated[
     str | None,
-    Header(
-        alias="X-Model-Version",
-        description="answer with this model version or alias (champion, challenger, "
-        "previous) instead of the routed one",
-    ),
+    Header(alias=VERSION_HEADER, description=_VERSION_HEADER_DESCRIPTION),
 ]
+
+
+def documented_version_header() -> dict:
+    """``openapi_extra`` declaring the ``X-Model-Version`` header, for a route that reads it
+    from the request itself instead of a :data:`RequestedVersion` parameter."""
+    return {
+        "parameters": [
+            {
+                "name": VERSION_HEADER,
+                "in": "header",
+                "required": False,
+                "description": _VERSION_HEADER_DESCRIPTION,
+                "schema": {
+                    "anyOf": [{"type": "string"}, {"type": "null"}],
+                    "description": _VERSION_HEADER_DESCRIPTION,
+                    "title": VERSION_HEADER,
+                },
+            }
+        ]
+    }
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 

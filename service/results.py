@@ -114,8 +114,15 @@ class ScoreBatch:
         return int(self.rating.shape[0])
 
     def _select(self, pick, warnings: tuple[tuple[str, ...], ...]) -> ScoreBatch:
-        arrays = {name: pick(getattr(self, name)) for name in ARRAYS}
-        return dataclasses.replace(self, warnings=warnings, **arrays)
+        # Built without dataclasses.replace (which re-runs the frozen __init__'s setattr per
+        # field): the micro-batcher slices one batch per waiting request, on the event loop.
+        out = object.__new__(ScoreBatch)
+        fields = out.__dict__
+        fields.update(self.__dict__)
+        for name in ARRAYS:
+            fields[name] = pick(fields[name])
+        fields["warnings"] = warnings
+        return out
 
     def slice(self, start: int, stop: int) -> ScoreBatch:
         return self._select(lambda a: a[start:stop], self.warnings[start:stop])

@@ -298,6 +298,13 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="bearer token of /admin/*; unset = admin endpoints disabled (403)"
     )
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's own OpenTelemetry request spans, metrics and logs (they reach an "
+        "exporter only where one is configured, e.g. FASTAPI_OTEL_AUTO_CONFIGURE=true with the "
+        "OTEL_* variables); off by default: the service exports Prometheus metrics, and the "
+        "per-request check costs about a tenth of a single prediction's time",
+    )
     compilation_cache: bool = Field(
         True,
         description="keep compiled XLA executables on disk (JAX persistent compilation cache), "

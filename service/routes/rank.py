@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter, Request
 
-from service.deps import RequestedVersion, serving
+from service.deps import VERSION_HEADER, documented_version_header, serving
 from service.entity_fields import check_fields
+from service.json_body import documented_body, parsed_body
+from service.raw_route import RequestRoute
 from service.results import SOURCES, ScoreBatch, adapter_list
 from service.schemas import RankCandidate, RankRequest, RankResponse
 from service.scorer import NO_FIELDS, ScoreInput
@@ -91,10 +93,13 @@ def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
     }
 
 
-@router.post("/rank", responses=ERRORS, response_model=RankResponse)
-async def rank(body: RankRequest, request: Request, requested: RequestedVersion = None):
+async def rank(request: Request):
     """Rank candidate items for one user by predicted rating (``top_k`` to cut the list); one
     version (the user's) ranks every candidate."""
+    # Parsed and validated in one pass from the bytes (service/json_body.py): a thousand
+    # candidates are not first built as Python dicts and then walked again.
+    body = await parsed_body(request, RankRequest)
+    requested = request.headers.get(VERSION_HEADER)
     engine, settings = serving(request)
     refuse_larger_than(len(body.candidates), settings, "max_rank_candidates", "candidates")
     refuse_duplicate_candidates(body.candidates)
@@ -123,3 +128,14 @@ async def rank(body: RankRequest, request: Request, requested: RequestedVersion 
     batch = await score(engine, settings, inputs, version, "candidates")
     engine.answered(rollout, version, inputs, batch)
     return json_response(ranked(body, batch))
+
+
+router.add_api_route(
+    "/rank",
+    rank,
+    methods=["POST"],
+    route_class_override=RequestRoute,  # the endpoint reads its own body and header
+    responses=ERRORS,
+    response_model=RankResponse,
+    openapi_extra=documented_body(RankRequest) | documented_version_header(),
+)

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 from fastapi.testclient import TestClient
+from support.load import wait_for
 from support.servers import ROOT
 
 from service.app import create_app
@@ -88,10 +89,11 @@ def test_bad_log_settings_are_refused():
 
 
 def test_the_e2e_server_prints_its_own_lines_in_text(server):
+    serving = r"INFO: +service\.engine: serving model tiny-v1 from \S+ \(ready after [\d.]+s\)"
+    # /readyz turns 200 at the swap; the engine logs the line just after it
+    wait_for(lambda: re.search(serving, server.log.read_text()), 30)
     text = server.log.read_text()
-    assert re.search(
-        r"INFO: +service\.engine: serving model tiny-v1 from \S+ \(ready after [\d.]+s\)", text
-    ), text[-3000:]
+    assert re.search(serving, text), text[-3000:]
     assert re.search(r"INFO: +service\.engine: model tiny-v1: artifact and entity tables", text)
 
 
@@ -144,3 +146,23 @@ def test_caller_request_ids_are_validated_and_capped(given, kept):
 def test_an_unacceptable_request_id_is_replaced(client):
     r = client.get("/healthz", headers={"X-Request-ID": "two words"})
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the child only formats an id
+def test_new_request_ids_are_unique_hex_and_a_forked_worker_draws_its_own_prefix():
+    import os
+
+    from service.middleware import new_request_id
+
+    ids = [new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker forked after ids were drawn: its ids never repeat the parent's
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    assert re.fullmatch(r"[0-9a-f]{32}", child)
+    assert child[:16] != ids[0][:16] and child not in ids
