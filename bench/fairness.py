@@ -74,7 +74,7 @@ def largest_admitted() -> int:
     """The most cold titled candidates one ``/rank`` may bring: ``LEVI_MAX_COLD_TOKENS`` over
     the service's own estimate per new item (``Scorer.estimate_cold_tokens``), less the
     user's share, capped by ``LEVI_MAX_RANK_CANDIDATES``."""
-    from service.scorer import TEMPLATE_TOKENS
+    from service.cold_tokens import TEMPLATE_TOKENS
     from service.settings import Settings
 
     settings = Settings()

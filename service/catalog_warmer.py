@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
 from service.catalog_mirror import Record
+from service.cold_tokens import key_tokens
 from service.metrics import Metrics
 from service.scorer import Scorer
 
@@ -106,7 +107,7 @@ class CatalogWarmer:
         out, spent = [], 0
         while self._queue:
             key, record = next(iter(self._queue.items()))
-            cost = Scorer.key_tokens((record.id, record.fields.frozen))
+            cost = key_tokens((record.id, record.fields.frozen))
             if out and spent + cost > self.step_tokens:
                 break
             del self._queue[key]

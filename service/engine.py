@@ -1,15 +1,15 @@
-"""The serving engine: the loaded versions, their warm-up, rollout changes and the
-micro-batcher.
+"""The serving engine: the loaded versions, rollout changes and the micro-batcher.
 
 What is served is a :class:`service.versions.Rollout`: a champion, optionally a challenger
 (canary and shadow traffic) and the previous champion. Every change (a reload, a new or
 retired challenger, a promotion, a rollback, the gate's decision) is a new
 :class:`~service.versions.RolloutPlan`: versions it names that are not loaded yet are loaded
-and warmed on a background thread at a lower CPU priority, then the whole rollout is swapped
-in with one assignment. A request reads the rollout once and is scored by the version it
-chose, so in-flight requests finish on the versions they started with. A failed load leaves
-everything as it was. Versions with the same backbone share its parameters, compiled shapes
-and activation cache, so a retrained challenger costs its head and projections only.
+and warmed (service/version_loading.py) on a background thread at a lower CPU priority, then
+the whole rollout is swapped in with one assignment. A request reads the rollout once and is
+scored by the version it chose, so in-flight requests finish on the versions they started
+with. A failed load leaves everything as it was. Versions with the same backbone share its
+parameters, compiled shapes and activation cache, so a retrained challenger costs its head
+and projections only.
 
 The first model of a start is ready once the shapes first traffic needs are compiled; the
 rest compile in the background while it serves (service/warmup.py). A reload warms every
@@ -19,20 +19,16 @@ shape before the swap, since the old model serves meanwhile.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import functools
 import gc
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from model.native_heap import release_free_heap
 from service import logs
-from service.batcher import MicroBatcher, lower_thread_priority
+from service.batcher import MicroBatcher
 from service.catalog import Catalog
 from service.catalog_warmer import CatalogWarmer
 from service.errors import ModelNotReadyError, ReloadConflictError, ReloadError
@@ -44,47 +40,13 @@ from service.online_eval import OnlineEvaluation
 from service.prediction_log import PredictionLog
 from service.results import ScoreBatch
 from service.scorer import ScoreInput, Scorer
-from service.scorer_setup import build_scorer, enable_compilation_cache, make_redis_tier
+from service.scorer_setup import enable_compilation_cache, make_redis_tier
 from service.settings import Settings
-from service.versions import (
-    Rollout,
-    RolloutPlan,
-    Version,
-    check_challenger,
-    configured_trial,
-)
-from service.warmup import CompiledShapes, start_background, warm_first, warm_rest
+from service.version_loading import VersionLoader
+from service.versions import Rollout, RolloutPlan, Version, configured_trial
 from service.workers import WorkerGroup, WorkerState
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-async def on_own_thread(fn: Callable[[], T], name: str) -> T:
-    """``fn()`` on a new thread (not the shared pool, whose threads other work reuses: a
-    priority set inside ``fn`` dies with this thread)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future = loop.create_future()
-
-    def run() -> None:
-        try:
-            result = fn()
-        except BaseException as e:  # delivered to the awaiting coroutine
-            loop.call_soon_threadsafe(_settle, future, None, e)
-        else:
-            loop.call_soon_threadsafe(_settle, future, result, None)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return await future
-
-
-def _settle(future: asyncio.Future, result: object, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 def freeze_long_lived() -> None:
@@ -188,8 +150,7 @@ class Engine:
         self._initial: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
         self.gate = Gate(self)
-        # Background warm-ups (staged start) by version: stopped when the version is unloaded.
-        self._background: dict[int, tuple[CompiledShapes, threading.Thread]] = {}
+        self.loader = VersionLoader(settings, metrics, self.redis)
         self.generation = 0  # the last change of the worker group applied (several workers)
 
     # -- what is served -------------------------------------------------------------------
@@ -245,128 +206,9 @@ class Engine:
 
     # -- loading --------------------------------------------------------------------------
 
-    def build(
-        self, path: Path, *, staged: bool = False, loaded: tuple[Version, ...] = ()
-    ) -> Version:
-        """Load and warm the artifact at ``path`` (blocking; run off the event loop).
-
-        Args:
-            staged: warm only what first traffic needs (service/warmup.py, stage 1); the
-                caller starts the rest with :func:`service.warmup.start_background`.
-                Otherwise every shape is compiled before this returns.
-            loaded: versions already loaded; one with the same backbone lends it (its
-                parameters, compiled shapes and activation cache).
-        """
-        from model.artifact import load_artifact
-
-        t0 = time.perf_counter()
-        root = Path(path).resolve()
-        donor = next(
-            (
-                v
-                for v in loaded
-                if v.scorer.artifact.manifest["backbone"].get("fingerprint")
-                == _fingerprint_at(root)
-            ),
-            None,
-        )
-        artifact = load_artifact(root, backbone_of=donor.shapes._artifact if donor else None)
-        shared = (
-            donor is not None
-            and artifact.exported_backbone is donor.scorer.artifact.exported_backbone
-        )
-        shapes = CompiledShapes(
-            artifact, self.metrics, backbone_from=donor.shapes if shared else None
-        )
-        scorer = build_scorer(
-            shapes,
-            self.settings,
-            self.metrics,
-            redis=self.redis,
-            warm=False,
-            corrections=self.settings.corrections,
-            cache=donor.scorer.cache if shared else None,
-        )
-        loaded_s = time.perf_counter() - t0
-        first = warm_first(scorer, shapes)
-        rest = 0.0 if staged else warm_rest(scorer, shapes)
-        stages = self.metrics.warmup_seconds
-        stages.labels(stage="load").set(loaded_s)
-        stages.labels(stage="first").set(first)
-        if not staged:
-            stages.labels(stage="background").set(rest)
-        log.info(
-            "model %s: artifact and entity tables read in %.1fs%s, first shapes compiled in "
-            "%.1fs%s",
-            scorer.model_version,
-            loaded_s,
-            f" (backbone shared with {donor.model_version})" if shared else "",
-            first,
-            "; the rest compile in the background" if staged else f", the rest in {rest:.1f}s",
-        )
-        return Version(
-            scorer=scorer,
-            shapes=shapes,
-            path=root,
-            loaded_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            load_seconds=time.perf_counter() - t0,
-        )
-
-    def _build_while_serving(self, path: Path, loaded: tuple[Version, ...]) -> Version:
-        """:meth:`build` of every shape at a lower CPU priority (run on its own thread)."""
-        lower_thread_priority(self.settings.load_niceness)
-        return self.build(path, loaded=loaded)
-
-    def _warm_rest_in_background(self, version: Version) -> None:
-        scorer, shapes = version.scorer, version.shapes
-
-        def done(seconds: float) -> None:
-            release_free_heap()  # the compiles' temporaries
-            self.metrics.warmup_seconds.labels(stage="background").set(seconds)
-            log.info(
-                "model %s: every shape compiled (%.1fs in the background)",
-                scorer.model_version,
-                seconds,
-            )
-
-        self._background[id(version)] = (shapes, start_background(scorer, shapes, done))
-
-    async def _stop_background(self, keep: set[int] | None = None) -> None:
-        """End background warm-ups (of versions not in ``keep``) after their current shape."""
-        for key in [k for k in self._background if keep is None or k not in keep]:
-            shapes, thread = self._background.pop(key)
-            shapes.stopping.set()
-            await asyncio.to_thread(thread.join)
-
     async def _load(self, plan: RolloutPlan, *, initial: bool) -> Rollout:
         """The rollout of ``plan``: loaded versions reused, the others loaded (in order)."""
-        current = self.rollout
-        have = {str(v.path): v for v, _ in current.versions()} if current is not None else {}
-        versions: dict[str, Version] = {}
-        for p in plan.paths:
-            if p in have:
-                versions[p] = have[p]
-                continue
-            loaded = tuple(have.values()) + tuple(versions.values())
-            if initial:  # nothing serves yet: ready after the first shapes of each
-                staged = self.settings.warmup == "first"
-                version = await asyncio.to_thread(self.build, Path(p), staged=staged, loaded=loaded)
-                if staged:
-                    self._warm_rest_in_background(version)
-            else:
-                version = await on_own_thread(
-                    functools.partial(self._build_while_serving, Path(p), loaded), "levi-load"
-                )
-            versions[p] = version
-        check_challenger(versions[plan.champion], versions.get(plan.challenger or ""))
-        return Rollout(
-            champion=versions[plan.champion],
-            challenger=versions[plan.challenger] if plan.challenger else None,
-            previous=versions[plan.previous] if plan.previous else None,
-            canary=plan.canary if plan.challenger else 0.0,
-            shadow=plan.shadow and plan.challenger is not None,
-            trial=plan.trial if plan.challenger else None,
-        )
+        return await self.loader.load(plan, self.rollout, initial=initial)
 
     def _install(self, rollout: Rollout) -> set[int]:
         """Swap ``rollout`` in; the ids of the versions it keeps."""
@@ -488,7 +330,7 @@ class Engine:
                     type(e).__name__,
                     e,
                 )
-                await self._stop_background()
+                await self.loader.stop_background()
                 plan = RolloutPlan(plan.champion)
                 rollout = await self._load(plan, initial=True)
         except Exception as e:  # keep serving /healthz and /readyz with the reason
@@ -496,7 +338,7 @@ class Engine:
             log.error(
                 "could not load the model from %s: %s", self.settings.model_dir, self.load_error
             )
-            await self._stop_background()
+            await self.loader.stop_background()
             return
         await self._open_catalog(rollout)
         self._install(rollout)
@@ -570,7 +412,7 @@ class Engine:
             kept = self._install(rollout)
             if loaded and self.catalog is not None:
                 self.catalog.warm_all()  # the new version's projections of registered entities
-            await self._stop_background(keep=kept)
+            await self.loader.stop_background(keep=kept)
             await self._freeze(collect=unloaded)
             self.metrics.model_reloads.labels(result="success").inc()
             seconds = time.perf_counter() - t0
@@ -679,7 +521,7 @@ class Engine:
             if task is not None and not task.done():
                 task.cancel()
         self.gate.stop()
-        await self._stop_background()
+        await self.loader.stop_background()
         await self.batcher.stop()
         if self.feedback_log is not None:
             self.feedback_log.close()
@@ -691,14 +533,3 @@ class Engine:
             self.online.close()
         if self.redis is not None:
             self.redis.close()
-
-
-def _fingerprint_at(root: Path) -> str | None:
-    """The backbone fingerprint an artifact's manifest names (None when unreadable: the load
-    then reports why)."""
-    import json
-
-    try:
-        return str(json.loads((root / "manifest.json").read_text())["backbone"]["fingerprint"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

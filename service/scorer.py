@@ -18,6 +18,9 @@ Arrays handed to the exported functions are padded to batch buckets (powers of 4
 pair function) and token arrays to length buckets (every other one of the manifest's), so
 after the warm-up (service/warmup.py) nothing compiles while serving. The grid is coarse
 because every compiled shape holds about 10 MiB of resident memory (docs/PROFILING.md).
+
+The pairs asked are :class:`service.score_inputs.ScoreInput`; how much text a call will
+encode, and a large job's encoding in bounded steps, is service/cold_tokens.py.
 """
 
 from __future__ import annotations
@@ -26,9 +29,8 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,12 +39,15 @@ from model.decomposed import SIDES, part_widths
 from model.native_heap import release_free_heap
 from model.tokenizer import LENGTH_BUCKETS, bucket_length
 from service.cache import ActivationCache
+from service.cold_tokens import estimate_cold_tokens, prepare_step
 from service.corrections import OnlineCorrections
 from service.drift import DriftMonitor
 from service.entity_fields import request_models
-from service.entity_store import EntityResolver, EntityTable, ProjectionCache, freeze
+from service.entity_store import EntityResolver, EntityTable, ProjectionCache
 from service.metrics import Metrics, observe_many
 from service.results import NO_WARNINGS, SOURCE_CODE, SOURCES, ScoreBatch
+from service.score_inputs import NO_FIELDS as NO_FIELDS  # re-exported: imported from here
+from service.score_inputs import ScoreInput, entity_keys, sources
 
 if TYPE_CHECKING:
     from model.artifact import Artifact
@@ -50,46 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_PAIR_CHUNK = 1024  # the pair function runs on up to this many pairs per call
-TEMPLATE_TOKENS = 16  # a text view's template and id, in tokens (for cost estimates)
 TRIM_AFTER_TOKENS = 16 * 48  # padded tokens of backbone calls after which free heap is returned
-
-
-NO_FIELDS: Mapping[str, Any] = MappingProxyType({})  # a pair side without fields (read-only)
-
-
-class ScoreInput(NamedTuple):
-    """One pair to rate (a named tuple: a ``/rank`` of 10,000 candidates builds 10,000 of
-    them, about 4x faster than a frozen dataclass's).
-
-    Attributes:
-        user, item: the fields that override the model's tables: the request's, over the
-            entity's catalog record when it has one (``service/catalog.py``). Never
-            modified.
-        user_from, item_from: where those fields came from: ``request`` (the request sent
-            some), ``catalog`` (the catalog record alone), or "" (derived: ``request`` when
-            there are fields).
-    """
-
-    user_id: str
-    item_id: str
-    user: Mapping[str, Any] = NO_FIELDS
-    item: Mapping[str, Any] = NO_FIELDS
-    user_from: str = ""
-    item_from: str = ""
-
-
-def sources(inputs: Sequence[ScoreInput], side: str, cold: np.ndarray) -> np.ndarray:
-    """int8 ``[n]``: each pair's source of one side, as a position in
-    :data:`service.results.SOURCES` (request > catalog > the model's tables > unknown)."""
-    out = np.where(np.asarray(cold, bool), SOURCE_CODE["unknown"], SOURCE_CODE["model"])
-    out = out.astype(np.int8)
-    for j, r in enumerate(inputs):
-        given, origin = (r.user, r.user_from) if side == "user" else (r.item, r.item_from)
-        if origin == "catalog":
-            out[j] = SOURCE_CODE["catalog"]
-        elif origin == "request" or given:
-            out[j] = SOURCE_CODE["request"]
-    return out
 
 
 COLD_WITH_FIELDS = {
@@ -147,27 +113,6 @@ def batch_buckets(largest: int, step: int = ROW_STEP) -> tuple[int, ...]:
     if sizes[-1] < largest:
         sizes.append(largest)
     return tuple(sizes)
-
-
-def _keys(side: str, inputs: Sequence[ScoreInput]) -> list[tuple[str, tuple]]:
-    """Each pair's ``(entity id, frozen request fields)`` on one side: what identifies the
-    entity's projections and records."""
-    if side == "user":
-        return [(r.user_id, freeze(r.user)) for r in inputs]
-    return [(r.item_id, freeze(r.item)) for r in inputs]
-
-
-def _within(items: Sequence, budget: int, cost, at_least_one: bool) -> list:
-    """The longest prefix of ``items`` whose ``cost`` sums to at most ``budget`` (and at least
-    one item when ``at_least_one`` and there is any)."""
-    out, spent = [], 0
-    for x in items:
-        c = cost(x)
-        if spent + c > budget and (out or not at_least_one):
-            break
-        out.append(x)
-        spent += c
-    return out
 
 
 def _padded_index(index: np.ndarray, start: int, stop: int, rows: int) -> np.ndarray:
@@ -311,7 +256,7 @@ class Scorer:
 
     # -- model calls ----------------------------------------------------------------------
 
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Backbone activations ``[n, n_layers, d]`` of texts, in padded bucket-sized calls
         (``model.batching``: the loop the trainer scores the exported model with)."""
 
@@ -346,7 +291,7 @@ class Scorer:
         found = self.cache.get_many(list(keys.values()))
         missing = [t for t, k in keys.items() if k not in found]
         if missing:
-            fresh = self._encode(missing)
+            fresh = self.encode(missing)
             stored = self.cache.put_many({keys[t]: fresh[i] for i, t in enumerate(missing)})
             found.update(stored)
         return {t: found[k] for t, k in keys.items()}
@@ -361,7 +306,7 @@ class Scorer:
 
     # -- the decomposed path --------------------------------------------------------------
 
-    def _project(
+    def project(
         self, side: str, keys: Sequence[tuple[str, tuple]], *, store: bool = True
     ) -> dict[str, np.ndarray]:
         """Projections of new entities: ``model.decomposed`` parts + drift distances, stored
@@ -417,12 +362,12 @@ class Scorer:
         if missing:
             self.metrics.projection_lookups.labels(side=side, result="miss").inc(len(missing))
         if len(distinct) > cache.capacity:  # more than the cache holds: this batch's own rows
-            new = self._project(side, distinct, store=False)
+            new = self.project(side, distinct, store=False)
             arrays = {k: new[k] for k in cache.arrays}
             return arrays, index, new["_cold"], new["_warnings"], index
         if missing:
             # Stored in the cache's arrays; what they evict is older than every key here.
-            self._project(side, missing)
+            self.project(side, missing)
             found = cache.lookup(distinct)
         slots = [found[k] for k in distinct]
         slot_rows = np.fromiter((s.row for s in slots), np.int64, len(slots))
@@ -433,7 +378,7 @@ class Scorer:
     def _score_decomposed(self, inputs: Sequence[ScoreInput], observe: bool = True) -> ScoreBatch:
         sides = {}
         for side in SIDES:
-            keys = _keys(side, inputs)
+            keys = entity_keys(side, inputs)
             sides[side] = self._side(side, keys)
         u_parts, u_rows, u_cold, u_warn, u_index = sides["user"]
         i_parts, i_rows, i_cold, i_warn, i_index = sides["item"]
@@ -480,7 +425,7 @@ class Scorer:
     def _score_whole(self, inputs: Sequence[ScoreInput], observe: bool = True) -> ScoreBatch:
         recs, cold, warn = {}, {}, {}
         for side in SIDES:
-            keys = _keys(side, inputs)
+            keys = entity_keys(side, inputs)
             distinct = list(dict.fromkeys(keys))
             records, c, w = self.resolve(side, distinct)
             row_of = {k: j for j, k in enumerate(distinct)}
@@ -519,54 +464,17 @@ class Scorer:
 
     # -- large jobs in steps (service/batcher.py) ------------------------------------------
 
-    @staticmethod
-    def key_tokens(key: tuple[str, tuple]) -> int:
-        """About how many tokens an entity's text views take: the template and id, and a
-        token per ~3 characters of the request's field values (an upper bound for MovieLens
-        titles; the tokenizer itself is not run: this is for admission and step sizes)."""
-        return TEMPLATE_TOKENS + sum(len(str(v)) for _, v in key[1]) // 3
-
     def estimate_cold_tokens(self, inputs: Sequence[ScoreInput]) -> tuple[int, int]:
-        """About how many tokens of text scoring ``inputs`` will encode (an upper bound:
-        activations may be cached), cheaply (no rendering, no tokenizing), for admission.
-
-        Returns:
-            ``(new, uncached)``: ``new`` counts the entities the model's tables do not hold
-            as the request gives them (request fields, unknown ids without a catalog
-            record), what a client controls and a per-call limit applies to; ``uncached``
-            every distinct entity whose projections are not cached (known and registered
-            ones too, e.g. right after a start), what the queue's bound counts.
-        """
-        if not self.decomposed:  # pair views: one text per distinct pair, nothing projected
-            pairs = dict.fromkeys(zip(_keys("user", inputs), _keys("item", inputs), strict=True))
-            total = sum(self.key_tokens(u) + self.key_tokens(i) for u, i in pairs)
-            return total, total
-        new = uncached = 0
-        for side in SIDES:
-            cache = self.projections[side]
-            all_keys = _keys(side, inputs)
-            keys = [k for k in dict.fromkeys(all_keys) if not cache.contains(k)]
-            if not keys:
-                continue
-            # Catalog records are like the model's tables: registered, not brought by the call.
-            attr = f"{side}_from"
-            listed = {
-                k for k, r in zip(all_keys, inputs, strict=True) if getattr(r, attr) == "catalog"
-            }
-            known = self.tables[side].rows([k[0] for k in keys]) >= 0
-            for key, in_table in zip(keys, known.tolist(), strict=True):
-                tokens = self.key_tokens(key)
-                uncached += tokens
-                if key not in listed and (key[1] or not in_table):
-                    new += tokens
-        return new, uncached
+        """:func:`service.cold_tokens.estimate_cold_tokens` of this scorer."""
+        return estimate_cold_tokens(self, inputs)
 
     def prepare(
         self, inputs: Sequence[ScoreInput], budget_tokens: int, state: dict | None = None
     ) -> tuple[bool, dict]:
         """One bounded step ahead of scoring a large job: project its entities that are not
         cached yet (encoding their texts), about ``budget_tokens`` tokens of text per step
-        (at least one entity), so that no single call holds the scorer for long.
+        (at least one entity), so that no single call holds the scorer for long
+        (:func:`service.cold_tokens.prepare_step`).
 
         Args:
             state: what the previous step returned (None at first).
@@ -576,67 +484,7 @@ class Scorer:
             from cached projections, in slices).
         """
         with self._lock:
-            return self._prepare(inputs, budget_tokens, state)
-
-    def _prepare(self, inputs, budget_tokens: int, state: dict | None) -> tuple[bool, dict]:
-        if state is None:
-            state = {"left": self._uncached(inputs), "encoded": False}
-        left: list = state["left"]
-        if left:
-            state["encoded"] = True
-        budget = budget_tokens
-        while left and budget > 0:
-            side, keys = left[0]
-            if side == "text":  # pair views: activations, not projections, are cached
-                chunk = _within(
-                    keys, budget, lambda t: TEMPLATE_TOKENS + len(t) // 3, budget == budget_tokens
-                )
-                if chunk:
-                    fresh = self._encode(chunk)
-                    self.cache.put_many({self.cache.key(t): fresh[i] for i, t in enumerate(chunk)})
-                budget -= sum(TEMPLATE_TOKENS + len(t) // 3 for t in chunk)
-            else:
-                cache = self.projections[side]
-                keys = [k for k in keys if not cache.contains(k)]
-                chunk = _within(keys, budget, self.key_tokens, budget == budget_tokens)
-                if chunk:
-                    self._project(side, chunk)
-                budget -= max(1, sum(self.key_tokens(k) for k in chunk))
-            left[0] = (side, keys[len(chunk) :])
-            if not left[0][1]:
-                left.pop(0)
-            elif not chunk:
-                break  # the next entity does not fit in what is left of this step
-        return not left, state
-
-    def _uncached(self, inputs: Sequence[ScoreInput]) -> list[tuple[str, list]]:
-        """Per side, the distinct entity keys not in the projection cache (factored views),
-        or the texts not in the activation cache (pair views)."""
-        if not self.decomposed:
-            texts = list(
-                dict.fromkeys(
-                    t
-                    for u, i in zip(
-                        self.resolve("user", _keys("user", inputs))[0],
-                        self.resolve("item", _keys("item", inputs))[0],
-                        strict=True,
-                    )
-                    for t in self.views.render(u, i)
-                )
-            )
-            found = self.cache.get_many([self.cache.key(t) for t in texts])
-            missing = [t for t in texts if self.cache.key(t) not in found]
-            return [("text", missing)] if missing else []
-        out = []
-        for side in SIDES:
-            cache = self.projections[side]
-            distinct = list(dict.fromkeys(_keys(side, inputs)))
-            if len(distinct) > cache.capacity:
-                continue  # more than the cache holds: each slice projects its own
-            missing = [k for k in distinct if not cache.contains(k)]
-            if missing:
-                out.append((side, missing))
-        return out
+            return prepare_step(self, inputs, budget_tokens, state)
 
     # -- registered entities, ahead of requests (service/catalog_warmer.py) ---------------
 
@@ -650,7 +498,7 @@ class Scorer:
             cache = self.projections[side]
             missing = [k for k in dict.fromkeys(keys) if not cache.contains(k)]
             if missing:
-                self._project(side, missing)
+                self.project(side, missing)
         return len(missing)
 
     # -- scoring --------------------------------------------------------------------------

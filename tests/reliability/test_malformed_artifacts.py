@@ -166,7 +166,7 @@ def test_corrupt_stablehlo_passes_the_loader_but_is_refused_at_warm_up(broken_co
     """Finding: bytes flipped inside the serialized StableHLO module (checksum re-done) pass
     ``load_artifact`` -- jax.export deserializes the module lazily -- and fail only when the
     function is first compiled. The service still refuses the artifact, because it loads and
-    warms before it swaps (Engine.build), so the model is never served; the reason is
+    warms before it swaps (VersionLoader.build), so the model is never served; the reason is
     jax's ("Failed to deserialize StableHLO") rather than the loader's own message."""
     corrupt = _rewrite("backbone.jaxexport", _flip_middle)
     path = broken_copy(corrupt)

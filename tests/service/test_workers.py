@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.load import wait_for
 from support.servers import ADMIN_TOKEN, launch_server, wait_ready
 
 pytestmark = [pytest.mark.e2e]
@@ -248,8 +249,12 @@ def test_reload_reaches_every_worker_without_a_failed_request(two_workers, artif
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     assert versions == {"tiny-v1", "tiny-v2"}
     assert httpx.get(f"{server.base}/readyz", timeout=5).json()["model_version"] == "tiny-v2"
+    # A worker announces the new model (what the answer waited for) from the swap on, and
+    # counts its reload only after the GC freeze that follows it: wait for both counts.
+    success = ("levi_model_reloads_total", (("result", "success"),))
+    wait_for(lambda: _scrape(server.base).get(success, 0.0) >= 2, 30)
     samples = _scrape(server.base)
-    assert samples[("levi_model_reloads_total", (("result", "success"),))] == 2  # per worker
+    assert samples[success] == 2  # per worker
     assert samples[("levi_model_reloads_total", (("result", "failure"),))] == 2
 
 
@@ -264,13 +269,21 @@ def _json_lines(log: Path) -> list[dict]:
     return out
 
 
+def _serving_lines(records: list[dict]) -> list[dict]:
+    """The lines in which a worker says which model it serves (once warm)."""
+    return [r for r in records if r["message"].startswith("serving model tiny-v")]
+
+
 def test_json_logs_one_object_per_line_with_model_version_and_request_id(two_workers):
     server, tmp = two_workers
     wait_ready(server.base, server.proc, server.log)
+    # /readyz answers 200 once every worker has swapped its model in; each logs "serving
+    # model" only after the GC freeze that follows: wait for both lines.
+    wait_for(lambda: len(_serving_lines(_json_lines(server.log))) >= 2, 30)
     records = _json_lines(server.log)
     keys = {"time", "level", "logger", "message", "model_version", "request_id"}
     assert all(keys <= set(r) for r in records), [r for r in records if not keys <= set(r)]
-    serving = [r for r in records if r["message"].startswith("serving model tiny-v")]
+    serving = _serving_lines(records)
     assert len(serving) >= 2, "each worker logs the model it serves"
     assert all(r["logger"] == "service.engine" and r["level"] == "INFO" for r in serving)
     assert all(r["message"].startswith(f"serving model {r['model_version']} ") for r in serving)
