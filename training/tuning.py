@@ -437,6 +437,7 @@ def _backbone_with(base: Backbone, params: PyTree, cfg: TuningConfig) -> Backbon
         tokenizer=base.tokenizer,
         fingerprint=compute_fingerprint(base.family, base.config, params, base.tokenizer),
         buckets=base.buckets,
+        encode_buckets=base.encode_buckets,
     )
 
 

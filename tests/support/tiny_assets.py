@@ -63,4 +63,5 @@ def tiny_bert(
         tokenizer=tokenizer,
         fingerprint=compute_fingerprint("bert", config, params, tokenizer),
         buckets=(16, 32),
+        encode_buckets=(16, 32),
     )
