@@ -51,9 +51,17 @@ async def parsed_body(request: Request, model: type[M]) -> M:
             at ``("body",)`` for an empty body; ``model_attributes_type`` at ``("body",)`` for
             a body not sent as JSON (the app answers 415); ``json_invalid`` for bytes that are
             not JSON (400); the fields' own errors under ``("body", field, ...)`` (422).
-        HTTPException: 400 for a body ``json.loads`` fails on otherwise (FastAPI's).
+        HTTPException: 400 for a body that could not be received (the client disconnected
+            or missed the receive deadline) or that ``json.loads`` fails on otherwise
+            (FastAPI's answer to both); the body limit's 413 as raised.
     """
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except HTTPException:  # e.g. the body limit's 413, raised while the body is received
+        raise
+    except Exception:  # e.g. the client went away (or hit the receive deadline) mid-body
+        # FastAPI's own answer to a body it could not read; never an unexpected error
+        raise HTTPException(400, "There was an error parsing the body") from None
     if raw and is_json_content_type(request.headers.get("content-type")):
         try:
             return model.model_validate_json(raw)

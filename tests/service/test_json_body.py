@@ -114,3 +114,47 @@ def test_bytes_that_are_not_json_are_400_on_both(body):
 )
 def test_which_content_types_are_read_as_json(value, json):
     assert is_json_content_type(value) is json
+
+
+@pytest.mark.parametrize("prefix", ["declared", "parsed"])
+def test_a_client_gone_mid_body_is_a_400_not_an_unexpected_error(prefix):
+    """The body never arrives whole (the client left, or the receive deadline closed it):
+    FastAPI answers its 400 (dropped on a closed connection); never a 500 with a traceback."""
+    import asyncio
+
+    app = _twin_app()
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc):  # what the service's catch-all would log as a bug
+        raise AssertionError(f"unexpected error: {exc!r}")
+
+    sent: list[dict] = []
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"user_id": "1",', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/{prefix}/predict",
+        "raw_path": f"/{prefix}/predict".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
