@@ -145,6 +145,10 @@ class MicroBatcher:
         prepare: ``prepare(target, pairs, state) -> (done, state)``: one bounded step of a
             large job's preparation (projecting a few of its uncached entities); None: large
             jobs go straight to their slices.
+        score_warm: ``score_warm(target, pairs) -> batch | None``: a batch of small jobs
+            scored on the event loop itself when that is quick and cannot wait (every
+            entity projected in process, the scorer free), else None and the batch goes to
+            the scorer thread; None: always the scorer thread.
         max_batch: most pairs per batch of small jobs; a job with more is large.
         max_delay_s: longest wait for more pairs once one is pending.
         queue_bound: most pending pairs; beyond it :meth:`submit` raises QueueFullError.
@@ -169,6 +173,7 @@ class MicroBatcher:
         queue_bound: int,
         background_bound: int = 4096,
         prepare: Callable[[Any, Sequence[ScoreInput], Any], tuple[bool, Any]] | None = None,
+        score_warm: Callable[[Any, Sequence[ScoreInput]], ScoreBatch | None] | None = None,
         queue_tokens: int | None = None,
         slice_pairs: int = 1024,
         background_delay_s: float = 0.25,
@@ -176,6 +181,7 @@ class MicroBatcher:
     ):
         self.score = score
         self.prepare = prepare
+        self.score_warm = score_warm
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
@@ -406,9 +412,11 @@ class MicroBatcher:
             self.metrics.queue_wait.observe(started - p.enqueued)
         self.metrics.batch_size.observe(len(pairs))
         try:
-            results = await loop.run_in_executor(
-                self._executor, self.score, batch[0].target, pairs, False
-            )
+            results = self.score_warm(batch[0].target, pairs) if self.score_warm else None
+            if results is None:
+                results = await loop.run_in_executor(
+                    self._executor, self.score, batch[0].target, pairs, False
+                )
         except Exception as e:  # delivered to each waiting request, logged once here
             log.exception("scoring a batch of %d pairs failed", len(pairs))
             for p in batch:

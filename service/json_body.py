@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -57,7 +58,7 @@ async def parsed_body(request: Request, model: type[M]) -> M:
     """
     try:
         raw = await request.body()
-    except HTTPException:  # e.g. the body limit's 413, raised while the body is received
+    except StarletteHTTPException:  # e.g. the body limit's 413, raised while it is received
         raise
     except Exception:  # e.g. the client went away (or hit the receive deadline) mid-body
         # FastAPI's own answer to a body it could not read; never an unexpected error

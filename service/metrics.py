@@ -572,8 +572,16 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
         for v in values:
             histogram.observe(float(v))
         return
-    index = np.searchsorted(np.asarray(bounds, np.float64), values, side="left")
+    edges = _EDGES.get(id(bounds))
+    if edges is None or edges[0] is not bounds:  # the bounds as an array, once per histogram
+        edges = _EDGES[id(bounds)] = (bounds, np.asarray(bounds, np.float64))
+    index = np.searchsorted(edges[1], values, side="left")
     counts = np.bincount(index, minlength=len(bounds))
-    for i in np.flatnonzero(counts):
-        buckets[int(i)].inc(int(counts[i]))
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(int(counts[i]))
     total.inc(float(values.sum()))
+
+
+# id(a histogram's bounds list) -> (that list, its float64 array): histograms live as long as
+# the process (the registry holds them), so the few entries are never stale.
+_EDGES: dict[int, tuple[list, np.ndarray]] = {}

@@ -212,3 +212,28 @@ def test_rating_histograms_follow_the_served_models_rating_range():
     assert samples[("levi_prediction_rating_bucket", (("le", "7.5"),))] == 1
     assert samples[("levi_prediction_rating_bucket", (("le", "6.875"),))] == 0
     assert samples[("levi_adapter_rating_bucket", (("layer", "1"), ("le", "10.0")))] == 1
+
+
+def test_observe_many_counts_as_observe_does_each_value():
+    import numpy as np
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from service.metrics import observe_many
+
+    registry = CollectorRegistry()
+    one = Histogram("one_by_one", "x", buckets=(1.0, 2.5, 5.0), registry=registry)
+    many = Histogram("vectorised", "x", buckets=(1.0, 2.5, 5.0), registry=registry)
+    for values in ([0.5, 1.0, 1.0001, 2.5, 4.9, 5.0, 7.0, -3.0], [2.0, 9.0], []):
+        for v in values:
+            one.observe(v)
+        observe_many(many, np.asarray(values, np.float32 if len(values) == 2 else np.float64))
+
+    def by_metric(name):
+        metric = next(m for m in registry.collect() if m.name == name)
+        return {
+            (s.name.removeprefix(name), tuple(sorted(s.labels.items()))): round(s.value, 4)
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        }
+
+    assert by_metric("vectorised") == by_metric("one_by_one")

@@ -216,3 +216,38 @@ def test_steps_answer_what_one_call_does_and_the_cost_limit(artifacts, compile_c
         r = c.post("/rank", json={"user_id": "1", "candidates": big})
         assert r.status_code == 413 and r.json()["detail"].startswith("candidates: about")
         assert "LEVI_MAX_COLD_TOKENS" in r.json()["detail"]
+
+
+def test_warm_batches_are_scored_on_the_loop_and_the_rest_on_the_scorer_thread():
+    """``score_warm`` answers a batch of small jobs on the event loop when it can; when it
+    says None the batch goes to the scorer thread as before; its failure reaches the
+    requests like the thread's."""
+    loop_thread: list[str] = []
+
+    def score(target, pairs, background):
+        loop_thread.append(threading.current_thread().name)
+        return _Answers(f"{p.user_id}/{p.item_id}" for p in pairs)
+
+    def score_warm(target, pairs):
+        if pairs[0].user_id == "boom":
+            raise RuntimeError("warm path failed")
+        if pairs[0].user_id == "cold":
+            return None
+        return _Answers(f"warm:{p.user_id}/{p.item_id}" for p in pairs)
+
+    async def scenario():
+        b = MicroBatcher(
+            score, Metrics(), max_batch=4, max_delay_s=0.0, queue_bound=100, score_warm=score_warm
+        )
+        await b.start()
+        warm = await b.submit([ScoreInput("u", "1")], 5.0)
+        cold = await b.submit([ScoreInput("cold", "2")], 5.0)
+        with pytest.raises(RuntimeError, match="warm path failed"):
+            await b.submit([ScoreInput("boom", "3")], 5.0)
+        after = await b.submit([ScoreInput("u", "4")], 5.0)
+        await b.stop()
+        return warm, cold, after
+
+    warm, cold, after = asyncio.run(scenario())
+    assert warm == ["warm:u/1"] and after == ["warm:u/4"]
+    assert cold == ["cold/2"] and loop_thread and loop_thread[0].startswith("levi-scorer")

@@ -45,3 +45,32 @@ def test_every_cache_size_answers_as_the_whole_head(art, capacity):
         assert got.cold_item.tolist() == [False, False, False, False, True, False, True]
         assert got.warnings[0] == () and any("cold start" in w for w in got.warnings[4])
     assert len(scorer.projections["item"]) <= capacity
+
+
+def test_score_warm_answers_only_what_is_projected_and_never_waits(art):
+    """The event loop's path (service/batcher.py): the same answers as score() once every
+    entity is projected in process; None, having done and counted nothing, while any entity
+    is not projected or another thread holds the scorer."""
+    settings = Settings(redis_url=None, max_batch=4)
+    metrics = Metrics()
+    scorer = build_scorer(art, settings, metrics, redis=None, warm=False)
+
+    def predictions():
+        return metrics.registry.get_sample_value("levi_predictions_total") or 0.0
+
+    assert scorer.score_warm(INPUTS) is None  # nothing projected yet: no encode on the loop
+    assert len(scorer.projections["user"]) == len(scorer.projections["item"]) == 0
+    assert predictions() == 0.0
+    want = scorer.score(INPUTS)  # projects every entity (the scorer thread's path)
+    got = scorer.score_warm(INPUTS)
+    assert got is not None and predictions() == 2 * len(INPUTS)
+    np.testing.assert_allclose(got.rating, want.rating, atol=1e-6)
+    np.testing.assert_allclose(got.adapters, want.adapters, atol=1e-6)
+    assert got.cold_item.tolist() == want.cold_item.tolist()
+    assert got.warnings == want.warnings
+    assert got.item_source.tolist() == want.item_source.tolist()
+    one_new = [*INPUTS, ScoreInput("1", "never-seen", {}, {"title": "Brand New (2026)"})]
+    assert scorer.score_warm(one_new) is None  # one entity to encode: the scorer thread's
+    assert predictions() == 2 * len(INPUTS)
+    with scorer._lock:  # e.g. a large job's preparation step on another thread
+        assert scorer.score_warm(INPUTS) is None
