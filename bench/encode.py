@@ -109,6 +109,27 @@ def bench_ours(texts: list[str], batch_size: int, repeats: int, max_length: int)
     return {"seconds": min(times), "warmup_seconds": warmup, "checksum": float(out.sum())}
 
 
+REFERENCE_ENV = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def _reference_argv(
+    python: str, texts_file: Path, batch_size: int, repeats: int, max_length: int
+) -> list[str]:
+    """The reference run: one untimed pass, then ``repeats`` timed ones (REFERENCE_SCRIPT)."""
+    from model.packaged import MINILM_WHEEL, extract_prefix
+
+    return [
+        python,
+        "-c",
+        REFERENCE_SCRIPT,
+        str(texts_file),
+        str(extract_prefix(MINILM_WHEEL)),
+        str(batch_size),
+        str(repeats),
+        str(max_length),
+    ]
+
+
 def _timed_process(argv: list[str], env: dict | None = None) -> tuple[float, str | None]:
     """Wall seconds of one process from its start to its exit, and its failure if any."""
     t = time.perf_counter()
@@ -126,7 +147,6 @@ def bench_whole_process(
 ) -> dict:
     """Seconds of a fresh process per side that encodes ``texts`` ``passes`` times (imports,
     loading and compiles included); ``reference`` is None without a reference interpreter."""
-    from model.packaged import MINILM_WHEEL, extract_prefix
 
     out: dict = {"passes": passes, "texts": len(texts) * passes}
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,17 +162,8 @@ def bench_whole_process(
         if python and Path(python).exists():
             # the reference script's own passes: one warm-up + (passes - 1) timed
             seconds, err = _timed_process(
-                [
-                    python,
-                    "-c",
-                    REFERENCE_SCRIPT,
-                    str(texts_file),
-                    str(extract_prefix(MINILM_WHEEL)),
-                    str(batch_size),
-                    str(passes - 1),
-                    str(max_length),
-                ],
-                env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+                _reference_argv(python, texts_file, batch_size, passes - 1, max_length),
+                env=REFERENCE_ENV,
             )
             out["reference"] = None if err else seconds
     return out
@@ -164,25 +175,15 @@ def bench_reference(
     """Reference timings, or the reason they were skipped."""
     if not Path(python).exists():
         return f"{python} does not exist"
-    from model.packaged import MINILM_WHEEL, extract_prefix
 
     with tempfile.TemporaryDirectory() as tmp:
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps(texts))
         proc = subprocess.run(
-            [
-                python,
-                "-c",
-                REFERENCE_SCRIPT,
-                str(texts_file),
-                str(extract_prefix(MINILM_WHEEL)),
-                str(batch_size),
-                str(repeats),
-                str(max_length),
-            ],
+            _reference_argv(python, texts_file, batch_size, repeats, max_length),
             capture_output=True,
             text=True,
-            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+            env=REFERENCE_ENV,
         )
     if proc.returncode != 0:
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
