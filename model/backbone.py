@@ -49,11 +49,12 @@ BACKBONE_NAMES = ("minilm-l6", "bert", "t5")
 # Finer than the tokenizer's default buckets: entity texts are 8-35 tokens, and padding a
 # 17-token batch to 32 doubles its cost; length-sorted batches make the extra shapes few.
 ENCODE_BUCKETS: tuple[int, ...] = (8, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512)
-# What a bulk encode (training's precompute, the bench) pads to: as fine as a step of 4 tokens
-# up to 40, where entity texts are. A length-sorted batch then pads by 1.5 tokens on average
-# instead of 3.5 (about a tenth of an encode of 20-token texts: the reference pads each batch
-# to its own longest text); the few more shapes compile once. Serving keeps the coarser
-# manifest grid (``buckets``): there every compiled shape stays resident (docs/PROFILING.md).
+# What a bulk encode (training's precompute, the bench) pads to: a step of 4 tokens up to 40,
+# where entity texts are, then steps of about a quarter of the length (ascending). A
+# length-sorted batch then pads by 1.5 tokens on average instead of 3.5 (about a tenth of an
+# encode of 20-token texts: the reference pads each batch to its own longest text); the few
+# more shapes compile once. Serving keeps the coarser manifest grid (``buckets``): there every
+# compiled shape stays resident (docs/PROFILING.md).
 BULK_ENCODE_BUCKETS: tuple[int, ...] = (
     *range(8, 41, 4),
     48,

@@ -411,9 +411,11 @@ class MicroBatcher:
         for p in batch:
             self.metrics.queue_wait.observe(started - p.enqueued)
         self.metrics.batch_size.observe(len(pairs))
+        inline = False
         try:
             results = self.score_warm(batch[0].target, pairs) if self.score_warm else None
-            if results is None:
+            inline = results is not None
+            if not inline:
                 results = await loop.run_in_executor(
                     self._executor, self.score, batch[0].target, pairs, False
                 )
@@ -429,6 +431,10 @@ class MicroBatcher:
             if not p.future.done():
                 p.future.set_result(results.slice(start, stop))
             start = stop
+        if inline:
+            # Scored without an await: let the answers go out, new requests in and timers
+            # fire before the next batch (a backlog would otherwise drain in one run).
+            await asyncio.sleep(0)
 
     async def _step(self, job: _Pending, loop, *, background: bool) -> ScoreBatch | None:
         """One step of a large job: a prepare step, or the next slice. Its answer when this

@@ -572,16 +572,11 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
         for v in values:
             histogram.observe(float(v))
         return
-    edges = _EDGES.get(id(bounds))
-    if edges is None or edges[0] is not bounds:  # the bounds as an array, once per histogram
-        edges = _EDGES[id(bounds)] = (bounds, np.asarray(bounds, np.float64))
-    index = np.searchsorted(edges[1], values, side="left")
+    edges = getattr(histogram, "_levi_edges", None)  # the bounds as an array, once each
+    if edges is None:
+        edges = histogram._levi_edges = np.asarray(bounds, np.float64)
+    index = np.searchsorted(edges, values, side="left")
     counts = np.bincount(index, minlength=len(bounds))
     for i in np.flatnonzero(counts).tolist():
         buckets[i].inc(int(counts[i]))
     total.inc(float(values.sum()))
-
-
-# id(a histogram's bounds list) -> (that list, its float64 array): histograms live as long as
-# the process (the registry holds them), so the few entries are never stale.
-_EDGES: dict[int, tuple[list, np.ndarray]] = {}

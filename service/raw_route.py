@@ -7,10 +7,14 @@ its telemetry and wrap the call on every request; :class:`RequestRoute` calls th
 directly. Everything else stays FastAPI's: the path matching, the app's exception handlers and
 middleware, and the OpenAPI entry (built from the route's declaration and ``openapi_extra``).
 FastAPI documents overriding ``APIRoute.get_route_handler`` for custom request handling.
+
+Dependencies are not run: a router holding such routes must be included without
+``dependencies=`` (authentication of these routes belongs in a middleware or the endpoint).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request, Response
@@ -27,16 +31,11 @@ class RequestRoute(APIRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Awaitable[Response]], **kwargs):
         super().__init__(path, endpoint, **kwargs)
-        params = self.dependant
-        if (
-            params.path_params
-            or params.query_params
-            or params.header_params
-            or (params.cookie_params or params.body_params or params.dependencies)
-        ):
+        names = list(inspect.signature(endpoint).parameters)
+        if names != [self.dependant.request_param_name] or self.dependencies:
             raise TypeError(
-                f"{path}: a RequestRoute endpoint takes only the request; "
-                f"{endpoint.__name__} declares other parameters"
+                f"{path}: a RequestRoute endpoint takes only the request and has no "
+                f"dependencies; {endpoint.__name__}{inspect.signature(endpoint)} does not"
             )
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:

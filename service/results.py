@@ -116,7 +116,8 @@ class ScoreBatch:
     def _select(self, pick, warnings: tuple[tuple[str, ...], ...]) -> ScoreBatch:
         # Built without dataclasses.replace (which re-runs the frozen __init__'s setattr per
         # field): the micro-batcher slices one batch per waiting request, on the event loop.
-        out = object.__new__(ScoreBatch)
+        # Valid while ScoreBatch has no __post_init__ and no slots.
+        out = object.__new__(type(self))
         fields = out.__dict__
         fields.update(self.__dict__)
         for name in ARRAYS:

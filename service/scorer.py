@@ -122,6 +122,11 @@ def _padded_index(index: np.ndarray, start: int, stop: int, rows: int) -> np.nda
     return out
 
 
+# The most pairs Scorer.score_warm scores on the event loop (one pair call of up to this many
+# rows: well under a millisecond; a larger micro-batch goes to the scorer thread).
+INLINE_MAX_PAIRS = 64
+
+
 class Scorer:
     """Scores pairs with one loaded artifact.
 
@@ -518,13 +523,20 @@ class Scorer:
         return self._answers(inputs, batch, observe)
 
     def score_warm(self, inputs: Sequence[ScoreInput]) -> ScoreBatch | None:
-        """:meth:`score`, but only when it is quick and cannot wait: every entity of
-        ``inputs`` already projected in this process (no Redis read, no encode), the scorer
-        not busy (its lock free at once), the decomposed head. None otherwise, having done
-        and counted nothing. The micro-batcher calls it on the event loop for a batch of
-        small jobs (a pair call of at most a micro-batch), saving the hand-off to the scorer
-        thread and back (docs/PROFILING.md)."""
-        if not inputs or not self.decomposed or not self._lock.acquire(blocking=False):
+        """:meth:`score`, but only when it is quick and cannot wait: at most
+        :data:`INLINE_MAX_PAIRS` pairs, every entity already projected in this process (no
+        encode, no Redis read of activations), the online corrections kept in process (with a
+        Redis tier they read it: the scorer thread's work), the scorer not busy (its lock free
+        at once), the decomposed head. None otherwise, having done and counted nothing. The
+        micro-batcher calls it on the event loop for a batch of small jobs, saving the
+        hand-off to the scorer thread and back (docs/PROFILING.md)."""
+        if (
+            not inputs
+            or len(inputs) > INLINE_MAX_PAIRS
+            or not self.decomposed
+            or (self.corrections is not None and self.corrections.redis is not None)
+            or not self._lock.acquire(blocking=False)
+        ):
             return None
         try:
             if not self._all_projected(inputs):

@@ -158,3 +158,29 @@ def test_a_client_gone_mid_body_is_a_400_not_an_unexpected_error(prefix):
     }
     asyncio.run(app(scope, receive, send))
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+
+
+def test_a_request_route_refuses_endpoints_it_would_not_fill_in():
+    from fastapi import APIRouter, Depends
+
+    from service.raw_route import RequestRoute
+
+    router = APIRouter()
+
+    async def takes_more(request: Request, top_k: int = 3):
+        return None
+
+    async def only_request(request: Request):
+        return None
+
+    with pytest.raises(TypeError, match="takes only the request"):
+        router.add_api_route("/x", takes_more, methods=["POST"], route_class_override=RequestRoute)
+    with pytest.raises(TypeError, match="no dependencies"):
+        router.add_api_route(
+            "/y",
+            only_request,
+            methods=["POST"],
+            route_class_override=RequestRoute,
+            dependencies=[Depends(lambda: None)],
+        )
+    router.add_api_route("/z", only_request, methods=["POST"], route_class_override=RequestRoute)

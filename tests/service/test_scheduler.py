@@ -251,3 +251,41 @@ def test_warm_batches_are_scored_on_the_loop_and_the_rest_on_the_scorer_thread()
     warm, cold, after = asyncio.run(scenario())
     assert warm == ["warm:u/1"] and after == ["warm:u/4"]
     assert cold == ["cold/2"] and loop_thread and loop_thread[0].startswith("levi-scorer")
+
+
+def test_the_loop_runs_other_work_between_warm_batches():
+    """A backlog of warm batches does not drain in one run of the loop: answers go out and
+    other tasks run between batches (each inline batch ends with a yield)."""
+    ticks = 0
+    seen: list[int] = []
+
+    def score(target, pairs, background):
+        return _Answers(f"{p.user_id}/{p.item_id}" for p in pairs)
+
+    def score_warm(target, pairs):
+        seen.append(ticks)
+        return _Answers(f"{p.user_id}/{p.item_id}" for p in pairs)
+
+    async def ticker(stop: asyncio.Event):
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def scenario():
+        b = MicroBatcher(
+            score, Metrics(), max_batch=1, max_delay_s=0.0, queue_bound=100, score_warm=score_warm
+        )
+        await b.start()
+        jobs = [b.submit([ScoreInput("u", str(i))], 5.0) for i in range(20)]
+        stop = asyncio.Event()
+        tick = asyncio.create_task(ticker(stop))
+        answers = await asyncio.gather(*jobs)
+        stop.set()
+        await tick
+        await b.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [a[0] for a in answers] == [f"u/{i}" for i in range(20)]
+    assert len(seen) == 20 and len(set(seen)) >= 10, seen  # the ticker ran between batches

@@ -74,3 +74,17 @@ def test_score_warm_answers_only_what_is_projected_and_never_waits(art):
     assert predictions() == 2 * len(INPUTS)
     with scorer._lock:  # e.g. a large job's preparation step on another thread
         assert scorer.score_warm(INPUTS) is None
+
+
+def test_score_warm_leaves_large_batches_and_redis_corrections_to_the_scorer_thread(art):
+    from service.scorer import INLINE_MAX_PAIRS
+
+    scorer = build_scorer(
+        art, Settings(redis_url=None), Metrics(), redis=None, warm=False, corrections=True
+    )
+    scorer.score(INPUTS)
+    assert scorer.score_warm(INPUTS) is not None  # corrections kept in process: inline
+    many = [INPUTS[0]] * (INLINE_MAX_PAIRS + 1)  # one pair call of more rows than the cap
+    assert scorer.score_warm(many) is None
+    scorer.corrections.redis = object()  # a Redis tier: reading it is a round trip
+    assert scorer.score_warm(INPUTS) is None
