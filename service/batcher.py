@@ -145,10 +145,6 @@ class MicroBatcher:
         prepare: ``prepare(target, pairs, state) -> (done, state)``: one bounded step of a
             large job's preparation (projecting a few of its uncached entities); None: large
             jobs go straight to their slices.
-        score_warm: ``score_warm(target, pairs) -> batch | None``: a batch of small jobs
-            scored on the event loop itself when that is quick and cannot wait (every
-            entity projected in process, the scorer free), else None and the batch goes to
-            the scorer thread; None: always the scorer thread.
         max_batch: most pairs per batch of small jobs; a job with more is large.
         max_delay_s: longest wait for more pairs once one is pending.
         queue_bound: most pending pairs; beyond it :meth:`submit` raises QueueFullError.
@@ -173,7 +169,6 @@ class MicroBatcher:
         queue_bound: int,
         background_bound: int = 4096,
         prepare: Callable[[Any, Sequence[ScoreInput], Any], tuple[bool, Any]] | None = None,
-        score_warm: Callable[[Any, Sequence[ScoreInput]], ScoreBatch | None] | None = None,
         queue_tokens: int | None = None,
         slice_pairs: int = 1024,
         background_delay_s: float = 0.25,
@@ -181,7 +176,6 @@ class MicroBatcher:
     ):
         self.score = score
         self.prepare = prepare
-        self.score_warm = score_warm
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
@@ -411,14 +405,10 @@ class MicroBatcher:
         for p in batch:
             self.metrics.queue_wait.observe(started - p.enqueued)
         self.metrics.batch_size.observe(len(pairs))
-        inline = False
         try:
-            results = self.score_warm(batch[0].target, pairs) if self.score_warm else None
-            inline = results is not None
-            if not inline:
-                results = await loop.run_in_executor(
-                    self._executor, self.score, batch[0].target, pairs, False
-                )
+            results = await loop.run_in_executor(
+                self._executor, self.score, batch[0].target, pairs, False
+            )
         except Exception as e:  # delivered to each waiting request, logged once here
             log.exception("scoring a batch of %d pairs failed", len(pairs))
             for p in batch:
@@ -431,10 +421,6 @@ class MicroBatcher:
             if not p.future.done():
                 p.future.set_result(results.slice(start, stop))
             start = stop
-        if inline:
-            # Scored without an await: let the answers go out, new requests in and timers
-            # fire before the next batch (a backlog would otherwise drain in one run).
-            await asyncio.sleep(0)
 
     async def _step(self, job: _Pending, loop, *, background: bool) -> ScoreBatch | None:
         """One step of a large job: a prepare step, or the next slice. Its answer when this

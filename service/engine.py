@@ -143,7 +143,6 @@ class Engine:
             queue_bound=settings.queue_bound,
             background_bound=settings.shadow_queue_bound,
             prepare=self.prepare,
-            score_warm=self.score_warm if settings.inline_warm else None,
             queue_tokens=settings.queue_tokens,
             slice_pairs=settings.slice_pairs,
         )
@@ -254,13 +253,6 @@ class Engine:
         """Score with ``target`` (default: the champion); background (shadow) work stays out
         of the serving metrics and drift windows."""
         return self._scorer(target).score(requests, observe=not background)
-
-    def score_warm(
-        self, target: Scorer | None, requests: Sequence[ScoreInput]
-    ) -> ScoreBatch | None:
-        """``Scorer.score_warm`` of ``target`` (default: the champion): an answer only when
-        it is quick and cannot wait, else None."""
-        return self._scorer(target).score_warm(requests)
 
     def prepare(self, target: Scorer | None, requests: Sequence[ScoreInput], state):
         """One bounded step of a large job's preparation (``Scorer.prepare``)."""

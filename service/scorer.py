@@ -122,11 +122,6 @@ def _padded_index(index: np.ndarray, start: int, stop: int, rows: int) -> np.nda
     return out
 
 
-# The most pairs Scorer.score_warm scores on the event loop (one pair call of up to this many
-# rows: well under a millisecond; a larger micro-batch goes to the scorer thread).
-INLINE_MAX_PAIRS = 64
-
-
 class Scorer:
     """Scores pairs with one loaded artifact.
 
@@ -520,44 +515,6 @@ class Scorer:
         score = self._score_decomposed if self.decomposed else self._score_whole
         with self._lock:  # the scorer thread and the shadow thread may share a version
             batch = score(inputs, observe)
-        return self._answers(inputs, batch, observe)
-
-    def score_warm(self, inputs: Sequence[ScoreInput]) -> ScoreBatch | None:
-        """:meth:`score`, but only when it is quick and cannot wait: at most
-        :data:`INLINE_MAX_PAIRS` pairs, every entity already projected in this process (no
-        encode, no Redis read of activations), the online corrections kept in process (with a
-        Redis tier they read it: the scorer thread's work), the scorer not busy (its lock free
-        at once), the decomposed head. None otherwise, having done and counted nothing. The
-        micro-batcher calls it on the event loop for a batch of small jobs, saving the
-        hand-off to the scorer thread and back (docs/PROFILING.md)."""
-        if (
-            not inputs
-            or len(inputs) > INLINE_MAX_PAIRS
-            or not self.decomposed
-            or (self.corrections is not None and self.corrections.redis is not None)
-            or not self._lock.acquire(blocking=False)
-        ):
-            return None
-        try:
-            if not self._all_projected(inputs):
-                return None
-            batch = self._score_decomposed(inputs, True)  # projects nothing: all are cached
-        finally:
-            self._lock.release()
-        return self._answers(inputs, batch, True)
-
-    def _all_projected(self, inputs: Sequence[ScoreInput]) -> bool:
-        """Whether every entity of ``inputs`` has its projections in this process's caches
-        (and each side's distinct entities fit them)."""
-        for side in SIDES:
-            cache = self.projections[side]
-            distinct = dict.fromkeys(entity_keys(side, inputs))
-            if len(distinct) > cache.capacity or not all(map(cache.contains, distinct)):
-                return False
-        return True
-
-    def _answers(self, inputs: Sequence[ScoreInput], batch: ScoreBatch, observe: bool):
-        """The model's ``batch`` with each side's source, cold notes and the corrections."""
         batch = _with_cold_notes(
             batch.with_sources(
                 sources(inputs, "user", batch.cold_user), sources(inputs, "item", batch.cold_item)

@@ -146,13 +146,6 @@ class Settings(BaseSettings):
     queue_bound: int = Field(
         16_384, ge=1, description="pending pairs beyond which requests get 503"
     )
-    inline_warm: bool = Field(
-        True,
-        description="score a micro-batch on the event loop itself when every entity in it is "
-        "already projected in this process and the scorer is free (no Redis read, no encode: "
-        "a pair call of at most LEVI_MAX_BATCH rows), instead of handing it to the scorer "
-        "thread and back; 0 / false: always the scorer thread",
-    )
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline (504 after)")
     step_tokens: int = Field(
         96,
