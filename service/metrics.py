@@ -554,6 +554,16 @@ def exposition(metrics: Metrics) -> bytes:
     return generate_latest(registry)
 
 
+def labelled(metric, *values: str):
+    """``metric.labels(*values)``, resolved once per metric and label values (``labels()``
+    takes a lock and builds a key on every call; a hot path's children are few and fixed)."""
+    children = metric.__dict__.setdefault("_levi_children", {})
+    child = children.get(values)
+    if child is None:
+        child = children[values] = metric.labels(*values)
+    return child
+
+
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     """``histogram.observe(v)`` for every value, as one vectorised update.
 

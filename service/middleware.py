@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs
 from service.connections import RECEIVE_TIMEOUT_EXTENSION
-from service.metrics import Metrics
+from service.metrics import Metrics, labelled
 
 MAX_REQUEST_ID_LENGTH = 128
 # Ids a caller may choose: UUIDs, hex, base64url, dotted or colon-separated trace ids. Nothing
@@ -165,9 +165,6 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
         self.metrics = metrics
-        # (endpoint, status) -> the labelled counter and histogram: ``labels()`` takes a lock
-        # and builds a key on every call; routes and statuses are few and fixed.
-        self._children: dict[tuple[str, str], tuple] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -189,12 +186,5 @@ class MetricsMiddleware:
                 status = 408  # the body never came: the client got 408, whatever the app said
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
-            key = (endpoint, str(status))
-            children = self._children.get(key)
-            if children is None:
-                children = self._children[key] = (
-                    self.metrics.requests.labels(endpoint=endpoint, status=key[1]),
-                    self.metrics.request_duration.labels(endpoint=endpoint),
-                )
-            children[0].inc()
-            children[1].observe(time.perf_counter() - t0)
+            labelled(self.metrics.requests, endpoint, str(status)).inc()
+            labelled(self.metrics.request_duration, endpoint).observe(time.perf_counter() - t0)

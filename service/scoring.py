@@ -14,17 +14,20 @@ and queues the shadow scoring (:meth:`service.engine.Engine.answered`).
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from fastapi import Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 
+from service.deps import documented_version_header
 from service.engine import Engine
 from service.entity_fields import check_fields
 from service.errors import ModelNotReadyError, TooLargeError
-from service.metrics import Metrics
+from service.json_body import documented_body
+from service.metrics import labelled
+from service.raw_route import RequestRoute
 from service.results import ScoreBatch, dumps
 from service.schemas import ErrorResponse
 from service.scorer import ScoreInput, Scorer
@@ -44,6 +47,29 @@ ERRORS = {
     503: {"model": ErrorResponse, "description": "not ready or queue full (see Retry-After)"},
     504: {"model": ErrorResponse, "description": "not scored within the request timeout"},
 }
+
+
+def add_scoring_route(
+    router: APIRouter,
+    path: str,
+    endpoint: Callable[[Request], Awaitable[Response]],
+    *,
+    body: type[BaseModel],
+    response_model: type[BaseModel],
+) -> None:
+    """Register a hot scoring route (``POST``): ``endpoint(request)`` reads its ``body`` with
+    :func:`service.json_body.parsed_body` and the ``X-Model-Version`` header itself
+    (:class:`service.raw_route.RequestRoute`); both are documented as declared ones would be,
+    with :data:`ERRORS`."""
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=["POST"],
+        route_class_override=RequestRoute,
+        responses=ERRORS,
+        response_model=response_model,
+        openapi_extra=documented_body(body) | documented_version_header(),
+    )
 
 
 def served_rollout(engine: Engine) -> Rollout:
@@ -79,14 +105,7 @@ def route(rollout: Rollout, user_id: str, requested: str | None) -> Version:
 def count_route(engine: Engine, rollout: Rollout, version: Version, requested: str | None) -> None:
     """One scoring job in ``levi_routed_requests_total{alias}``."""
     alias = "champion" if version is rollout.champion else "challenger"
-    _routed(engine.metrics, "named" if requested else alias).inc()
-
-
-@functools.lru_cache(maxsize=64)
-def _routed(metrics: Metrics, alias: str):
-    """The ``levi_routed_requests_total{alias}`` child (``labels()`` takes a lock and builds
-    a key on every call; the children never change)."""
-    return metrics.routed.labels(alias=alias)
+    labelled(engine.metrics.routed, "named" if requested else alias).inc()
 
 
 def checked_inputs(scorer: Scorer, payloads: Sequence[Payload]) -> list[ScoreInput]:

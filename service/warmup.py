@@ -73,12 +73,6 @@ class Shape:
 PAIR_SAMPLE = 512  # pair views: entity pairs tokenized to find the length buckets in use
 
 
-def lengths_in_use(scorer: Scorer) -> tuple[int, ...]:
-    """Length buckets of the tables' texts, plus the next one for longer cold starts."""
-    in_use, longer = length_plan(scorer)
-    return in_use + longer
-
-
 def length_plan(scorer: Scorer) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``(length buckets of the tables' texts, the next one for longer cold starts (none
     when the tables reach the last bucket))``."""

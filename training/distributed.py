@@ -23,6 +23,7 @@ as a device collective over byte views, so any dtype crosses exactly.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import sys
@@ -249,8 +250,6 @@ def watch_peers(timeout: float, interval: float = 1.0) -> None:
                     _peer_lost(me, n, f"process {p} has not been heard from for {timeout:g} s")
             time.sleep(interval)
 
-    import atexit
-
     atexit.register(stand_down)  # runs before jax's own shutdown (registered earlier; LIFO)
     threading.Thread(target=watch, name="levi-peer-watch", daemon=True).start()
 
@@ -307,7 +306,7 @@ def run_or_exit(main: Callable[[], int]) -> int:
         os._exit(1)
     if code == 0:
         stand_down()
-    if code != 0:  # an error this process reported (a bad spec, bad data): same rule
+    else:  # an error this process reported (a bad spec, bad data): same rule
         print(
             f"error: process {process_index()} of {process_count()} stopped with exit {code}; "
             "the other processes stop too",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.deps import VERSION_HEADER, RequestedVersion, documented_version_header, serving
-from service.json_body import documented_body, parsed_body
-from service.raw_route import RequestRoute
+from service.deps import VERSION_HEADER, RequestedVersion, serving
+from service.json_body import parsed_body
 from service.schemas import (
     BatchPredictRequest,
     BatchPredictResponse,
@@ -15,6 +14,7 @@ from service.schemas import (
 )
 from service.scoring import (
     ERRORS,
+    add_scoring_route,
     json_response,
     predictions_in_order,
     refuse_larger_than,
@@ -36,14 +36,8 @@ async def predict_rating(request: Request):
     return json_response(scored[0].batch.predictions()[0])
 
 
-router.add_api_route(
-    "/predict-rating",
-    predict_rating,
-    methods=["POST"],
-    route_class_override=RequestRoute,  # the endpoint reads its own body and header
-    responses=ERRORS,
-    response_model=PredictResponse,
-    openapi_extra=documented_body(PredictRequest) | documented_version_header(),
+add_scoring_route(
+    router, "/predict-rating", predict_rating, body=PredictRequest, response_model=PredictResponse
 )
 
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter, Request
 
-from service.deps import VERSION_HEADER, documented_version_header, serving
+from service.deps import VERSION_HEADER, serving
 from service.entity_fields import check_fields
-from service.json_body import documented_body, parsed_body
-from service.raw_route import RequestRoute
+from service.json_body import parsed_body
 from service.results import SOURCES, ScoreBatch, adapter_list
 from service.schemas import RankCandidate, RankRequest, RankResponse
 from service.scorer import NO_FIELDS, ScoreInput
 from service.scoring import (
-    ERRORS,
+    add_scoring_route,
     count_route,
     json_response,
     refuse_duplicate_ids,
@@ -130,12 +129,4 @@ async def rank(request: Request):
     return json_response(ranked(body, batch))
 
 
-router.add_api_route(
-    "/rank",
-    rank,
-    methods=["POST"],
-    route_class_override=RequestRoute,  # the endpoint reads its own body and header
-    responses=ERRORS,
-    response_model=RankResponse,
-    openapi_extra=documented_body(RankRequest) | documented_version_header(),
-)
+add_scoring_route(router, "/rank", rank, body=RankRequest, response_model=RankResponse)

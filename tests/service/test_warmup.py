@@ -13,7 +13,7 @@ from service.metrics import Metrics
 from service.scorer import ScoreInput
 from service.scorer_setup import build_scorer
 from service.settings import Settings
-from service.warmup import full_plan, lengths_in_use
+from service.warmup import full_plan, length_plan
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def test_warm_up_covers_every_batch_and_length_bucket_in_use(warmed):
     assert scorer.pair_buckets == (1, 2, 16, 128, 1024)
     assert tuple(art.manifest["backbone"]["length_buckets"]) == (16, 32)
     assert scorer.length_buckets == (32,)
-    lengths = lengths_in_use(scorer)
+    in_use, longer = length_plan(scorer)
+    lengths = in_use + longer
     assert lengths == (32,)
     backbone = {(s.rows, s.length) for s in full_plan(scorer) if s.function == "backbone"}
     assert backbone == set(itertools.product(scorer.backbone_buckets, lengths))
