@@ -158,7 +158,8 @@ def _load_wrk(url: str, bodies: list[dict], connections: int, seconds: float) ->
 def parse_wrk(out: str) -> dict:
     """Requests, errors (non-2xx and socket errors), req/s, p50 and p99 of a ``wrk --latency``
     report."""
-    pct = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)$", out, re.M))
+    # wrk pads a unit to two characters: "1.13s " (a trailing space) past one second
+    pct = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)[ \t]*$", out, re.M))
     if not {"50", "99"} <= pct.keys():
         raise ValueError(f"wrk printed no 50%/99% latency lines (no request finished?):\n{out}")
     total = int(re.search(r"(\d+) requests in", out)[1])
