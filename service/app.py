@@ -25,7 +25,7 @@ from service.entity_fields import with_model_fields
 from service.errors import ServiceError, answer
 from service.json_body import register_body_schemas
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
+from service.middleware import RequestEnvelopeMiddleware
 from service.routes import (
     admin,
     catalog,
@@ -204,7 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    app.add_middleware(MetricsMiddleware, metrics=app_metrics)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the id
+    app.add_middleware(
+        RequestEnvelopeMiddleware, metrics=app_metrics, max_bytes=settings.max_body_bytes
+    )
     return app

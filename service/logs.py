@@ -13,8 +13,8 @@ process and in every worker: one handler on stderr that uvicorn's own loggers, t
   first load), ``request_id`` (null outside a request) and ``exception`` when there is one.
 
 The request id is the ``X-Request-ID`` of the request being handled
-(:class:`service.middleware.RequestIdMiddleware` sets :data:`request_id`); the model version is
-set by the engine whenever it installs a model (:func:`set_model_version`).
+(:class:`service.middleware.RequestEnvelopeMiddleware` sets :data:`request_id`); the model
+version is set by the engine whenever it installs a model (:func:`set_model_version`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, request body size limit and per-route request metrics."""
+"""ASGI middleware: every request's envelope (its id, its body size limit, its metrics)."""
 
 from __future__ import annotations
 
@@ -52,41 +52,6 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
-class RequestIdMiddleware:
-    """Give every response an ``X-Request-ID``: the request's own when acceptable
-    (:func:`accepted_request_id`), else a new one: 32 hex digits, a random prefix drawn once
-    per process and a counter (:func:`new_request_id`; unique without a system call per
-    request, which ``uuid4`` makes).
-
-    The id is in ``scope["state"]["request_id"]`` (``request.state.request_id``) and in
-    :data:`service.logs.request_id` while the request is handled, so log lines carry it.
-    """
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        rid = accepted_request_id(given) or new_request_id()
-        scope.setdefault("state", {})["request_id"] = rid
-        header = (b"x-request-id", rid.encode())
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", []) if h[0].lower() != header[0]]
-                message = {**message, "headers": [*headers, header]}
-            await send(message)
-
-        token = logs.request_id.set(rid)
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            logs.request_id.reset(token)
-
-
 class BodyTooLargeError(HTTPException):
     """Raised from ``receive`` mid-stream; an HTTPException so FastAPI's body parsing passes
     it through (any other exception there becomes a generic 400)."""
@@ -110,81 +75,92 @@ async def _send_json(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyLimitMiddleware:
-    """Answer 413 to bodies over ``max_bytes``, by Content-Length or while streaming."""
+class RequestEnvelopeMiddleware:
+    """Every HTTP request's envelope, in one ASGI layer: its id, its body-size limit and its
+    metrics (one layer instead of three: each layer costs a coroutine per request and a
+    wrapper per message sent, about 4% of a warm prediction's time; docs/PROFILING.md).
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    - **Request id**: every response carries an ``X-Request-ID``: the request's own when
+      acceptable (:func:`accepted_request_id`), else a new one: 32 hex digits, a random prefix
+      drawn once per process and a counter (:func:`new_request_id`; unique without a system
+      call per request, which ``uuid4`` makes). The id is in ``scope["state"]["request_id"]``
+      (``request.state.request_id``) and in :data:`service.logs.request_id` while the request
+      is handled, so log lines carry it.
+    - **Body limit**: 413 for a body over ``max_bytes``, by Content-Length (before the app
+      runs) or while a body without one streams in (:class:`BodyTooLargeError` from
+      ``receive``); 400 for a Content-Length that is not an integer.
+    - **Metrics**: requests counted by route template and status, and timed (ids never
+      become labels); a request whose body never came counts as the 408 its client got.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_bytes: int):
         self.app = app
+        self.metrics = metrics
         self.max_bytes = max_bytes
 
-    def _message(self) -> str:
+    def _too_large(self) -> str:
         return f"request body is larger than the limit of {self.max_bytes} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        t0 = time.perf_counter()
+        given = length = None
         for name, value in scope["headers"]:
-            if name == b"content-length":
+            if name == b"x-request-id":
+                given = value
+            elif name == b"content-length":
+                length = value
+        rid = accepted_request_id(given) or new_request_id()
+        scope.setdefault("state", {})["request_id"] = rid
+        id_header = (b"x-request-id", rid.encode())
+        status, started = 500, False
+
+        async def envelope_send(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                headers = [h for h in message.get("headers", []) if h[0].lower() != id_header[0]]
+                message = {**message, "headers": [*headers, id_header]}
+            await send(message)
+
+        token = logs.request_id.set(rid)
+        try:
+            if length is not None:  # the server delivers no more than Content-Length says
                 try:
-                    too_large = int(value) > self.max_bytes
+                    too_large = int(length) > self.max_bytes
                 except ValueError:
-                    await _send_json(send, 400, "Content-Length header is not an integer")
+                    await _send_json(envelope_send, 400, "Content-Length header is not an integer")
                     return
                 if too_large:
-                    await _send_json(send, 413, self._message())
+                    await _send_json(envelope_send, 413, self._too_large())
                     return
-        seen = 0
-        started = False
+                app_receive = receive
+            else:
+                seen = 0
 
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLargeError(self.max_bytes)
-            return message
+                async def app_receive() -> Message:
+                    nonlocal seen
+                    message = await receive()
+                    if message["type"] == "http.request":
+                        seen += len(message.get("body", b""))
+                        if seen > self.max_bytes:
+                            raise BodyTooLargeError(self.max_bytes)
+                    return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLargeError:
-            if not started:
-                await _send_json(send, 413, self._message())
-
-
-class MetricsMiddleware:
-    """Count requests by route template and status; time them (ids never become labels)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        status = 500
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
+            try:
+                await self.app(scope, app_receive, envelope_send)
+            except BodyTooLargeError:
+                if not started:
+                    await _send_json(envelope_send, 413, self._too_large())
+            finally:
+                if scope.get("extensions", {}).get(RECEIVE_TIMEOUT_EXTENSION):
+                    status = 408  # the body never came: the client got 408, whatever was sent
+                route = scope.get("route")
+                endpoint = getattr(route, "path", None) or "unmatched"
+                labelled(self.metrics.requests, endpoint, str(status)).inc()
+                duration = time.perf_counter() - t0
+                labelled(self.metrics.request_duration, endpoint).observe(duration)
         finally:
-            if scope.get("extensions", {}).get(RECEIVE_TIMEOUT_EXTENSION):
-                status = 408  # the body never came: the client got 408, whatever the app said
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            labelled(self.metrics.requests, endpoint, str(status)).inc()
-            labelled(self.metrics.request_duration, endpoint).observe(time.perf_counter() - t0)
+            logs.request_id.reset(token)
