@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 from model.native_heap import limit_malloc_arenas
 from service.connections import POLICY_STATE_KEY, ConnectionPolicy
-from service.engine import Engine
+from service.engine import Engine, tune_collector
 from service.entity_fields import with_model_fields
 from service.errors import ServiceError, answer
 from service.json_body import register_body_schemas
@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ``model.artifact.load_artifact`` from ``settings.model_dir``.
     """
     limit_malloc_arenas()  # before the engine's threads start (model/native_heap.py)
+    tune_collector()  # fewer collections of the requests' short-lived objects (engine.py)
     settings = settings or Settings()
     app_metrics = Metrics()
     connection_policy = ConnectionPolicy(

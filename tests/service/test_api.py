@@ -152,3 +152,17 @@ def test_metrics_count_requests_by_route_template_not_raw_path(client):
     assert 'levi_requests_total{endpoint="/predict-rating",status="422"}' in text
     assert 'endpoint="unmatched",status="404"' in text
     assert "/no/such/route" not in text
+
+
+def test_the_app_sets_the_serving_collector_thresholds():
+    import gc
+
+    from service.engine import COLLECTOR_THRESHOLDS
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's default
+        create_app(Settings(model_dir="/nonexistent/model", redis_url=None))
+        assert gc.get_threshold() == COLLECTOR_THRESHOLDS
+    finally:
+        gc.set_threshold(*before)
