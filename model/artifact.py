@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 from jax import export
 
 from model.artifact_layout import (
@@ -64,8 +64,8 @@ class Artifact:
     features: FeatureSpec = field(repr=False)
     views: ViewSet = field(repr=False)
     head_config: HeadConfig = field(repr=False)
-    users: pd.DataFrame = field(repr=False)
-    items: pd.DataFrame = field(repr=False)
+    users: pa.Table = field(repr=False)  # the known users' id and field columns
+    items: pa.Table = field(repr=False)
     reference: ReferenceStats = field(repr=False)
     exported_backbone: export.Exported = field(repr=False)
     exported_head: export.Exported = field(repr=False)
@@ -482,12 +482,14 @@ def _load_params(file: Path, exported: export.Exported) -> dict[str, Any]:
     return unflatten_params(flat)
 
 
-def _read_table(file: Path) -> pd.DataFrame:
-    frame = pd.read_parquet(file)
-    for col in frame.columns:
-        if frame[col].dtype == object and any(isinstance(v, np.ndarray) for v in frame[col]):
-            frame[col] = [tuple(v) if isinstance(v, np.ndarray) else v for v in frame[col]]
-    return frame
+def _read_table(file: Path) -> pa.Table:
+    """An entity table as Arrow (no pandas in the serving process: its import alone is about
+    34 MiB of every replica's memory; docs/PROFILING.md, "Third pass")."""
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(file).read()  # read_table (the dataset API) imports pandas
+    index = [c for c in table.column_names if c.startswith("__index_level_")]
+    return table.drop_columns(index) if index else table
 
 
 def _check_consistency(

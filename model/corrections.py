@@ -31,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 # k values searched by fit_shrinkage (ratings): from nearly "trust the first rating" to
 # nearly "ignore feedback" (k = 1e4 needs thousands of ratings to move an offset).
@@ -123,10 +122,22 @@ class Replay:
 
 
 def _before(keys: Sequence, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per event: how many earlier events share its key, and the sum of their ``values``."""
-    groups = pd.Series(values).groupby(pd.Index(keys), sort=False)
-    count = groups.cumcount().to_numpy(np.float64)
-    total = groups.cumsum().to_numpy(np.float64) - values
+    """Per event: how many earlier events share its key, and the sum of their ``values``
+    (float64 ``[n]`` each; a group's running sum, computed on the events in key order)."""
+    values = np.asarray(values, np.float64)
+    n = len(values)
+    first: dict = {}
+    codes = np.fromiter((first.setdefault(k, len(first)) for k in keys), np.int64, n)
+    order = np.argsort(codes, kind="stable")  # by key, time order kept within a key
+    v = values[order]
+    position = np.arange(n)
+    starts = np.ones(n, bool)
+    starts[1:] = codes[order][1:] != codes[order][:-1]
+    start = np.maximum.accumulate(np.where(starts, position, 0))  # each event's group start
+    running = np.cumsum(v) - v  # sum of everything before, in key order
+    count, total = np.empty(n), np.empty(n)
+    count[order] = position - start
+    total[order] = running - running[start]
     return count, total
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 
 from model.aligned_arrays import aligned_zeros
 from model.decomposed import SIDES
@@ -69,37 +69,49 @@ def _cell(value: Any) -> Any:
 
 
 class EntityTable:
-    """One side's known entities (the artifact's users or items table).
+    """One side's known entities (the artifact's users or items table), held as one Python
+    list per column (what the records are built from: no per-call conversion, and no pandas
+    in the serving process; pyarrow's own array conversions import it).
 
     Args:
-        frame: the table; ``key`` its id column (strings).
+        table: the table (Arrow: ``model.artifact.Artifact.users`` / ``items``); ``key`` its
+            id column (read as strings).
     """
 
-    def __init__(self, frame: pd.DataFrame, key: str):
+    def __init__(self, table: pa.Table, key: str):
         self.key = key
-        self.frame = frame.reset_index(drop=True)
-        self.index = pd.Index(self.frame[key].astype(str).to_numpy())
+        self._columns = {
+            name: [_cell(v) for v in table.column(name).to_pylist()] for name in table.column_names
+        }
+        self._n = table.num_rows
+        self.index = {str(i): row for row, i in enumerate(self._columns.get(key, ()))}
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return self._n
 
     def rows(self, ids: Sequence[str]) -> np.ndarray:
         """int64 ``[n]`` table rows of ``ids``; -1 for an unknown id."""
-        if not len(ids):
-            return np.zeros(0, np.int64)
-        return self.index.get_indexer(list(ids)).astype(np.int64)
+        index = self.index
+        return np.fromiter((index.get(i, -1) for i in ids), np.int64, len(ids))
+
+    def head(self, n: int) -> list[dict[str, Any]]:
+        """The records of the first ``n`` entities (as :meth:`records` gives them)."""
+        return [self._record(r) for r in range(min(n, self._n))]
 
     def records(self, ids: Sequence[str], rows: np.ndarray) -> list[dict[str, Any]]:
         """Records of ``ids`` (known rows from the table; unknown ones hold only their id)."""
-        known = rows >= 0
-        out: list[dict[str, Any]] = [{self.key: i} for i in ids]
-        if known.any():
-            picked = self.frame.iloc[rows[known]].to_dict("records")
-            for j, rec in zip(np.flatnonzero(known), picked, strict=True):
-                rec = {k: _cell(v) for k, v in rec.items()}
-                rec[self.key] = ids[j]
-                out[j] = rec
+        out: list[dict[str, Any]] = []
+        for i, row in zip(ids, rows.tolist(), strict=True):
+            if row < 0:
+                out.append({self.key: i})
+            else:
+                rec = self._record(row)
+                rec[self.key] = i
+                out.append(rec)
         return out
+
+    def _record(self, row: int) -> dict[str, Any]:
+        return {name: column[row] for name, column in self._columns.items()}
 
 
 class EntityResolver:

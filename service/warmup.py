@@ -76,12 +76,8 @@ PAIR_SAMPLE = 512  # pair views: entity pairs tokenized to find the length bucke
 def length_plan(scorer: Scorer) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``(length buckets of the tables' texts, the next one for longer cold starts (none
     when the tables reach the last bucket))``."""
-    users = scorer.tables["user"].frame.head(PAIR_SAMPLE * 4).to_dict("records") or [
-        {"user_id": "0"}
-    ]
-    items = scorer.tables["item"].frame.head(PAIR_SAMPLE * 4).to_dict("records") or [
-        {"item_id": "0"}
-    ]
+    users = scorer.tables["user"].head(PAIR_SAMPLE * 4) or [{"user_id": "0"}]
+    items = scorer.tables["item"].head(PAIR_SAMPLE * 4) or [{"item_id": "0"}]
     views = scorer.views
     if any(v.entity == "pair" for v in views.views):
         rng = np.random.default_rng(0)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from model.batching import encode_texts
 from training import evaluate
@@ -94,8 +95,19 @@ def check_rows(prep: Prepared, n: int = CHECK_PAIRS, seed: int = 0) -> dict[str,
     return {p: out[p] for p in ("test", "ood") if p in out}
 
 
-def _records(table: pd.DataFrame, key: str, ids: np.ndarray) -> list[dict]:
-    indexed = table.assign(**{key: table[key].astype(str)}).set_index(key)
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """The artifact's entity table as pandas, multi-valued cells as tuples (as the trainer
+    has them)."""
+    frame = table.to_pandas()
+    for col in frame.columns:
+        if frame[col].dtype == object and any(isinstance(v, np.ndarray) for v in frame[col]):
+            frame[col] = [tuple(v) if isinstance(v, np.ndarray) else v for v in frame[col]]
+    return frame
+
+
+def _records(table: pa.Table, key: str, ids: np.ndarray) -> list[dict]:
+    frame = _frame(table)
+    indexed = frame.assign(**{key: frame[key].astype(str)}).set_index(key)
     return [{key: i, **indexed.loc[i].to_dict()} for i in ids]
 
 
@@ -198,16 +210,17 @@ def exported_figures(art: Artifact, prep: Prepared) -> dict[str, float]:
     gathered per chunk of pairs), activations from the run's own pooled tables
     (``prep.activations``), the ratings from the exported head function.
     """
-    user_rows = _table_rows(art.users, "user_id", prep.users["user_id"])
-    item_rows = _table_rows(art.items, "item_id", prep.items["item_id"])
+    users, items = _frame(art.users), _frame(art.items)
+    user_rows = _table_rows(users, "user_id", prep.users["user_id"])
+    item_rows = _table_rows(items, "item_id", prep.items["item_id"])
     feats = {
         side: (
             art.features.encode_entity(side, records),
             art.features.encode_multi_hot(side, records),
         )
         for side, records in (
-            ("user", art.users.to_dict("records")),
-            ("item", art.items.to_dict("records")),
+            ("user", users.to_dict("records")),
+            ("item", items.to_dict("records")),
         )
     }
     acts = prep.activations

@@ -216,14 +216,23 @@ class Artifacts:
     loader: Any  # path -> model.artifact.Artifact (cached)
 
 
+def _pandas_records(table) -> list[dict]:
+    """An artifact table's records the way pandas gives them (multi-valued cells as tuples):
+    independent of the service's Arrow reading (service/entity_store.py)."""
+    records = table.to_pandas().to_dict("records")
+    return [
+        {k: tuple(v) if isinstance(v, np.ndarray) else v for k, v in r.items()} for r in records
+    ]
+
+
 def direct_scores(art, pairs: list[dict]) -> list[dict]:
     """What the artifact itself answers, one pair and one text at a time (no service code).
 
     Known ids take their table records, request fields override; unknown ids start from an
     empty record (every field missing).
     """
-    users = {str(r["user_id"]): r for r in art.users.to_dict("records")}
-    items = {str(r["item_id"]): r for r in art.items.to_dict("records")}
+    users = {str(r["user_id"]): r for r in _pandas_records(art.users)}
+    items = {str(r["item_id"]): r for r in _pandas_records(art.items)}
     out = []
     for p in pairs:
         user = dict(users.get(p["user_id"], {"user_id": p["user_id"]}))
