@@ -136,6 +136,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; its lifespan loads and warms the model and runs the micro-batcher.
 
+    Process-wide, it caps glibc's malloc arenas (model/native_heap.py) and sets the cyclic
+    collector's thresholds (``service.engine.COLLECTOR_THRESHOLDS``).
+
     Args:
         settings: default ``Settings()`` (from the environment). The model is loaded with
             ``model.artifact.load_artifact`` from ``settings.model_dir``.

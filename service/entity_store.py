@@ -5,10 +5,10 @@ resolved into the record the model reads, and per-entity projections.
   catalog record's, ``service/catalog.py``) -> its record, whether it is a cold start, and
   the warnings its fields earn (values out of the vocabulary, numbers far outside what
   training saw, an unknown id without fields).
-* :class:`EntityTable`: one side's artifact table, looked up by id in batches
-  (``pandas.Index.get_indexer``: one hash-table probe per id, in C). Nothing is encoded or
-  rendered per entity at load time, so start-up and memory stay flat per entity; records are
-  materialised only for the entities whose projections are computed.
+* :class:`EntityTable`: one side's artifact table (Arrow), looked up by id in batches (a dict
+  from id to row: about 120 bytes per entity, as a pandas index was). Nothing is encoded or
+  rendered per entity at load time; records are materialised only for the entities whose
+  projections are computed.
 * :class:`ProjectionCache`: an LRU of per-entity partial products of the head (the
   first-layer decomposition, ``model.decomposed``) in preallocated arrays (one row per slot),
   keyed by ``(entity id, the request's fields)``. It lives in process and belongs to one
@@ -69,25 +69,29 @@ def _cell(value: Any) -> Any:
 
 
 class EntityTable:
-    """One side's known entities (the artifact's users or items table), held as one Python
-    list per column (what the records are built from: no per-call conversion, and no pandas
-    in the serving process; pyarrow's own array conversions import it).
+    """One side's known entities (the artifact's users or items table, as Arrow), with a dict
+    from id to row; a call converts only the rows it asks for.
+
+    No pandas in the serving process (docs/PROFILING.md, "Third pass"): rows are taken with an
+    index array built from its buffer, since ``pa.array`` of a numpy or Python sequence
+    imports pandas (pyarrow's pandas shim). A ``timestamp[ns]`` column still does when its
+    rows are converted (pyarrow returns ``pandas.Timestamp`` for them).
 
     Args:
-        table: the table (Arrow: ``model.artifact.Artifact.users`` / ``items``); ``key`` its
-            id column (read as strings).
+        table: the table (``model.artifact.Artifact.users`` / ``items``); ``key`` its id column
+            (read as strings).
+
+    Raises:
+        KeyError: ``key`` is not a column of ``table``.
     """
 
     def __init__(self, table: pa.Table, key: str):
         self.key = key
-        self._columns = {
-            name: [_cell(v) for v in table.column(name).to_pylist()] for name in table.column_names
-        }
-        self._n = table.num_rows
-        self.index = {str(i): row for row, i in enumerate(self._columns.get(key, ()))}
+        self.table = table
+        self.index = {str(i): row for row, i in enumerate(table.column(key).to_pylist())}
 
     def __len__(self) -> int:
-        return self._n
+        return self.table.num_rows
 
     def rows(self, ids: Sequence[str]) -> np.ndarray:
         """int64 ``[n]`` table rows of ``ids``; -1 for an unknown id."""
@@ -96,22 +100,26 @@ class EntityTable:
 
     def head(self, n: int) -> list[dict[str, Any]]:
         """The records of the first ``n`` entities (as :meth:`records` gives them)."""
-        return [self._record(r) for r in range(min(n, self._n))]
+        return [_record(r) for r in self.table.slice(0, n).to_pylist()]
 
     def records(self, ids: Sequence[str], rows: np.ndarray) -> list[dict[str, Any]]:
         """Records of ``ids`` (known rows from the table; unknown ones hold only their id)."""
-        out: list[dict[str, Any]] = []
-        for i, row in zip(ids, rows.tolist(), strict=True):
-            if row < 0:
-                out.append({self.key: i})
-            else:
-                rec = self._record(row)
-                rec[self.key] = i
-                out.append(rec)
+        known = rows >= 0
+        out: list[dict[str, Any]] = [{self.key: i} for i in ids]
+        if known.any():
+            picked = np.ascontiguousarray(rows[known], np.int64)
+            index = pa.Array.from_buffers(pa.int64(), len(picked), [None, pa.py_buffer(picked)])
+            for j, rec in zip(
+                np.flatnonzero(known), self.table.take(index).to_pylist(), strict=True
+            ):
+                rec = _record(rec)
+                rec[self.key] = ids[j]
+                out[j] = rec
         return out
 
-    def _record(self, row: int) -> dict[str, Any]:
-        return {name: column[row] for name, column in self._columns.items()}
+
+def _record(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: _cell(v) for k, v in row.items()}
 
 
 class EntityResolver:

@@ -108,7 +108,7 @@ class RequestEnvelopeMiddleware:
         t0 = time.perf_counter()
         given = length = None
         for name, value in scope["headers"]:
-            if name == b"x-request-id":
+            if name == b"x-request-id" and given is None:  # the first one, as before
                 given = value
             elif name == b"content-length":
                 length = value

@@ -185,3 +185,27 @@ def test_shrinkage_refuses_non_positive_values():
         Shrinkage(0.0, 1.0)
     with pytest.raises(ValueError, match="k_item and k_user"):
         Shrinkage.from_json({"k_user": 2})
+
+
+@pytest.mark.parametrize("kind", ["str", "int", "tuple"])
+def test_running_counts_and_sums_without_pandas_equal_pandas(kind):
+    """The service's numpy path of ``_before`` (no pandas in the serving process) against the
+    trainer's pandas path."""
+    import pandas as pd  # loaded: _before takes pandas' path
+
+    from model.corrections import _before, _before_numpy
+
+    rng = np.random.default_rng(7)
+    raw = rng.integers(0, 40, 2_000)
+    keys = {
+        "str": [f"u{k}" for k in raw],
+        "int": raw.astype(np.int32),
+        "tuple": [("item", int(k)) for k in raw],
+    }[kind]
+    values = rng.normal(size=len(raw))
+    assert "pandas" in __import__("sys").modules and pd is not None
+    want_count, want_total = _before(keys, values)
+    got_count, got_total = _before_numpy(keys, values)
+    np.testing.assert_array_equal(got_count, want_count)
+    np.testing.assert_allclose(got_total, want_total, rtol=0, atol=1e-10)
+    assert [len(a) for a in _before_numpy([], np.zeros(0))] == [0, 0]

@@ -148,6 +148,11 @@ def test_an_unacceptable_request_id_is_replaced(client):
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
 
 
+def test_of_two_request_ids_the_first_is_kept(client):
+    r = client.get("/healthz", headers=[("X-Request-ID", "first-1"), ("X-Request-ID", "second")])
+    assert r.headers["x-request-id"] == "first-1"
+
+
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the child only formats an id
 def test_new_request_ids_are_unique_hex_and_a_forked_worker_draws_its_own_prefix():
     import os
