@@ -57,7 +57,12 @@ class BodyTooLargeError(HTTPException):
     it through (any other exception there becomes a generic 400)."""
 
     def __init__(self, max_bytes: int):
-        super().__init__(413, f"request body is larger than the limit of {max_bytes} bytes")
+        super().__init__(413, too_large_detail(max_bytes))
+
+
+def too_large_detail(max_bytes: int) -> str:
+    """The 413 answer's detail, whether Content-Length or the streamed body was too large."""
+    return f"request body is larger than the limit of {max_bytes} bytes"
 
 
 async def _send_json(send: Send, status: int, detail: str) -> None:
@@ -98,9 +103,6 @@ class RequestEnvelopeMiddleware:
         self.metrics = metrics
         self.max_bytes = max_bytes
 
-    def _too_large(self) -> str:
-        return f"request body is larger than the limit of {self.max_bytes} bytes"
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -134,7 +136,7 @@ class RequestEnvelopeMiddleware:
                     await _send_json(envelope_send, 400, "Content-Length header is not an integer")
                     return
                 if too_large:
-                    await _send_json(envelope_send, 413, self._too_large())
+                    await _send_json(envelope_send, 413, too_large_detail(self.max_bytes))
                     return
                 app_receive = receive
             else:
@@ -153,7 +155,7 @@ class RequestEnvelopeMiddleware:
                 await self.app(scope, app_receive, envelope_send)
             except BodyTooLargeError:
                 if not started:
-                    await _send_json(envelope_send, 413, self._too_large())
+                    await _send_json(envelope_send, 413, too_large_detail(self.max_bytes))
             finally:
                 if scope.get("extensions", {}).get(RECEIVE_TIMEOUT_EXTENSION):
                     status = 408  # the body never came: the client got 408, whatever was sent
