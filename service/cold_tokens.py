@@ -91,7 +91,7 @@ def estimate_cold_tokens(scorer: Encodes, inputs: Sequence[ScoreInput]) -> tuple
     for side in SIDES:
         cache = scorer.projections[side]
         all_keys = entity_keys(side, inputs)
-        keys = [k for k in dict.fromkeys(all_keys) if not cache.contains(k)]
+        keys = cache.missing(dict.fromkeys(all_keys))
         if not keys:
             continue
         # Catalog records are like the model's tables: registered, not brought by the call.

@@ -268,16 +268,33 @@ class OnlineCorrections:
         return np.fromiter((not known(i) for i in items), bool, len(items))
 
     def offsets(self, users: Sequence[str], items: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The user and item offsets ``[n]`` (float64) of pairs, from the current state."""
+        """The user and item offsets ``[n]`` (float64) of pairs, from the current state.
+
+        Computed once per distinct id with feedback (an id without any has offset 0: the
+        shrinkage ``k`` is positive), then spread to the pairs: a ``/rank`` of many
+        candidates of one user does no per-pair Python work here."""
         distinct = {"user": list(dict.fromkeys(users)), "item": list(dict.fromkeys(items))}
         state = self.state(distinct)
-        k = {"user": self.shrinkage.k_user, "item": self.shrinkage.item_k(self.item_oov(items))}
         out = []
         for side, ids in (("user", users), ("item", items)):
-            known = state[side]
-            n = np.fromiter((known.get(i, (0, 0.0))[0] for i in ids), np.float64, len(ids))
-            s = np.fromiter((known.get(i, (0, 0.0))[1] for i in ids), np.float64, len(ids))
-            out.append(offset(n, s, k[side]))
+            names, known = distinct[side], state[side]
+            per = np.zeros(len(names), np.float64)
+            if known:
+                at = [j for j, i in enumerate(names) if i in known]
+                seen = [names[j] for j in at]
+                n = np.array([known[i][0] for i in seen], np.float64)
+                s = np.array([known[i][1] for i in seen], np.float64)
+                k = (
+                    self.shrinkage.k_user
+                    if side == "user"
+                    else self.shrinkage.item_k(self.item_oov(seen))
+                )
+                per[at] = offset(n, s, k)
+            if len(names) == len(ids):  # all distinct: ``names`` is ``ids`` in order
+                out.append(per)
+            else:
+                position = {i: j for j, i in enumerate(names)}
+                out.append(per[np.fromiter(map(position.__getitem__, ids), np.intp, len(ids))])
         return out[0], out[1]
 
     def apply(self, batch: ScoreBatch, users: Sequence[str], items: Sequence[str]) -> ScoreBatch:

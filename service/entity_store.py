@@ -20,7 +20,7 @@ resolved into the record the model reads, and per-entity projections.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,6 +219,21 @@ class ProjectionCache:
         """Whether ``key`` is cached (without marking it used; safe to call from another
         thread than the one that scores: one dict lookup)."""
         return key in self._slots
+
+    def missing(self, keys: Iterable[Hashable]) -> list[Hashable]:
+        """The keys among ``keys`` that are not cached, in order (nothing marked used)."""
+        slots = self._slots
+        return [k for k in keys if k not in slots]
+
+    def slots(self, keys: Sequence[Hashable]) -> list[Slot | None]:
+        """Each key's slot, None where it is not cached (the found ones marked as recently
+        used)."""
+        found = list(map(self._slots.get, keys))
+        move = self._slots.move_to_end
+        for k, slot in zip(keys, found, strict=True):
+            if slot is not None:
+                move(k)
+        return found
 
     def lookup(self, keys: Sequence[Hashable]) -> dict[Hashable, Slot]:
         """The cached keys among ``keys`` (each marked as recently used)."""

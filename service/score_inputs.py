@@ -3,7 +3,9 @@ each side's fields came from."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -41,7 +43,11 @@ def sources(inputs: Sequence[ScoreInput], side: str, cold: np.ndarray) -> np.nda
     :data:`service.results.SOURCES` (request > catalog > the model's tables > unknown)."""
     out = np.where(np.asarray(cold, bool), SOURCE_CODE["unknown"], SOURCE_CODE["model"])
     out = out.astype(np.int8)
-    for j, r in enumerate(inputs):
+    fields, origins = _USER if side == "user" else _ITEM
+    # Most pairs name an entity without fields: only those with fields or an origin are
+    # visited (the scan itself is C: ``map`` of an attribute getter).
+    for j in _flagged(inputs, fields, origins):
+        r = inputs[j]
         given, origin = (r.user, r.user_from) if side == "user" else (r.item, r.item_from)
         if origin == "catalog":
             out[j] = SOURCE_CODE["catalog"]
@@ -50,9 +56,24 @@ def sources(inputs: Sequence[ScoreInput], side: str, cold: np.ndarray) -> np.nda
     return out
 
 
+_USER = (attrgetter("user"), attrgetter("user_from"))
+_ITEM = (attrgetter("item"), attrgetter("item_from"))
+
+
+def _flagged(inputs: Sequence[ScoreInput], fields: Callable, origins: Callable) -> list[int]:
+    """Positions of the pairs whose side has fields or an origin (ascending)."""
+    if not any(map(fields, inputs)) and not any(map(origins, inputs)):
+        return []
+    return [j for j, r in enumerate(inputs) if fields(r) or origins(r)]
+
+
 def entity_keys(side: str, inputs: Sequence[ScoreInput]) -> list[tuple[str, tuple]]:
     """Each pair's ``(entity id, frozen request fields)`` on one side: what identifies the
     entity's projections and records."""
-    if side == "user":
-        return [(r.user_id, freeze(r.user)) for r in inputs]
-    return [(r.item_id, freeze(r.item)) for r in inputs]
+    ids, fields = (_USER_ID, _USER[0]) if side == "user" else (_ITEM_ID, _ITEM[0])
+    if not any(map(fields, inputs)):  # no pair brings fields on this side (the usual case)
+        return list(zip(map(ids, inputs), repeat(()), strict=False))
+    return list(zip(map(ids, inputs), map(freeze, map(fields, inputs)), strict=True))
+
+
+_USER_ID, _ITEM_ID = attrgetter("user_id"), attrgetter("item_id")

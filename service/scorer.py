@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -113,6 +114,9 @@ def batch_buckets(largest: int, step: int = ROW_STEP) -> tuple[int, ...]:
     if sizes[-1] < largest:
         sizes.append(largest)
     return tuple(sizes)
+
+
+_ROW, _COLD, _WARNINGS = attrgetter("row"), attrgetter("cold"), attrgetter("warnings")
 
 
 def _padded_index(index: np.ndarray, start: int, stop: int, rows: int) -> np.ndarray:
@@ -353,12 +357,16 @@ class Scorer:
             pair's distinct key ``[n]``.
         """
         distinct = list(dict.fromkeys(keys))
-        row_of = {k: j for j, k in enumerate(distinct)}
-        index = np.fromiter((row_of[k] for k in keys), np.int64, len(keys))
+        if len(distinct) == len(keys):  # every pair its own entity (e.g. a /rank's items)
+            index = np.arange(len(keys), dtype=np.int64)
+        else:
+            row_of = {k: j for j, k in enumerate(distinct)}
+            index = np.fromiter(map(row_of.__getitem__, keys), np.int64, len(keys))
         cache = self.projections[side]
-        found = cache.lookup(distinct)
-        missing = [k for k in distinct if k not in found]
-        self.metrics.projection_lookups.labels(side=side, result="hit").inc(len(found))
+        slots = cache.slots(distinct)
+        missing = [k for k, s in zip(distinct, slots, strict=True) if s is None]
+        hits = len(distinct) - len(missing)
+        self.metrics.projection_lookups.labels(side=side, result="hit").inc(hits)
         if missing:
             self.metrics.projection_lookups.labels(side=side, result="miss").inc(len(missing))
         if len(distinct) > cache.capacity:  # more than the cache holds: this batch's own rows
@@ -368,11 +376,10 @@ class Scorer:
         if missing:
             # Stored in the cache's arrays; what they evict is older than every key here.
             self.project(side, missing)
-            found = cache.lookup(distinct)
-        slots = [found[k] for k in distinct]
-        slot_rows = np.fromiter((s.row for s in slots), np.int64, len(slots))
-        cold = np.fromiter((s.cold for s in slots), bool, len(slots))
-        warnings = [s.warnings for s in slots]
+            slots = cache.slots(distinct)
+        slot_rows = np.fromiter(map(_ROW, slots), np.int64, len(slots))
+        cold = np.fromiter(map(_COLD, slots), bool, len(slots))
+        warnings = list(map(_WARNINGS, slots))
         return cache.arrays, slot_rows[index], cold, warnings, index
 
     def _score_decomposed(self, inputs: Sequence[ScoreInput], observe: bool = True) -> ScoreBatch:
@@ -411,10 +418,13 @@ class Scorer:
         self.metrics.head_seconds.observe(time.perf_counter() - t0)
         adapters = np.concatenate([c[0] for c in chunks]).astype(np.float32)
         rating = np.concatenate([c[1] for c in chunks]).astype(np.float32)
-        warnings = tuple(
-            (u_warn[a] + i_warn[b]) if (u_warn[a] or i_warn[b]) else NO_WARNINGS
-            for a, b in zip(u_index.tolist(), i_index.tolist(), strict=True)
-        )
+        if any(u_warn) or any(i_warn):
+            warnings = tuple(
+                (u_warn[a] + i_warn[b]) if (u_warn[a] or i_warn[b]) else NO_WARNINGS
+                for a, b in zip(u_index.tolist(), i_index.tolist(), strict=True)
+            )
+        else:  # no entity has a warning (the usual case)
+            warnings = (NO_WARNINGS,) * n
         dist = (u_parts["dist"][u_rows] + i_parts["dist"][i_rows]) / self.views.n_views
         return self._finish(
             adapters, rating, u_cold[u_index], i_cold[i_index], warnings, dist, observe

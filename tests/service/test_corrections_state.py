@@ -204,3 +204,36 @@ def test_the_model_summary_survives_a_bad_manifest_entry_with_corrections_off():
     summary = _corrections(scorer)
     assert summary.enabled is False and summary.fitted is False
     assert summary.k_item == pytest.approx(10.0)
+
+
+def test_offsets_per_pair_equal_the_per_entity_shrunk_means():
+    # offsets() works per distinct id and spreads the answers to the pairs: repeated ids,
+    # ids without feedback (offset 0) and the OOV items' own k must come out as the
+    # definition computed pair by pair says.
+    shrink = Shrinkage(4.0, 6.0, k_item_oov=9.0)
+    c = OnlineCorrections(
+        "v1", shrink, (1.0, 5.0), Metrics(), redis_tier=None, ttl_s=60, max_backlog=10,
+        key_prefix="levi:test-offsets", item_known=lambda i: i != "new", mirror_size=100,
+        dedup_s=60,
+    )  # fmt: skip
+    c.record(["a", "a", "b"], ["x", "new", "x"], np.array([3.0, 3.0, 3.0]), np.array([5, 4, 1.0]))
+    state = c.state({"user": ["a", "b", "c"], "item": ["x", "new", "y"]})
+    users = ["a", "c", "a", "b", "a", "c"]
+    items = ["x", "y", "new", "x", "y", "new"]
+    got_user, got_item = c.offsets(users, items)
+
+    def expected(side, ids, k):
+        n_s = [state[side].get(i, (0, 0.0)) for i in ids]
+        return np.array([s / (n + k(i)) for i, (n, s) in zip(ids, n_s, strict=True)])
+
+    want_user = expected("user", users, lambda i: 6.0)
+    want_item = expected("item", items, lambda i: 9.0 if i == "new" else 4.0)
+    assert state["user"]["a"][0] == 2 and "c" not in state["user"]  # the case is what it says
+    np.testing.assert_allclose(got_user, want_user, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(got_item, want_item, rtol=0, atol=1e-15)
+    assert got_user[1] == 0 and got_item[1] == 0  # no feedback: no offset
+    # All distinct (the /rank case): the same answers as pair by pair.
+    u, i = c.offsets(["a", "b"], ["new", "x"])
+    np.testing.assert_allclose(
+        i, expected("item", ["new", "x"], lambda i: 9.0 if i == "new" else 4.0)
+    )
