@@ -130,7 +130,8 @@ class ScoreBatch:
 
     def take(self, order: np.ndarray) -> ScoreBatch:
         """The pairs at positions ``order`` (e.g. sorted by rating)."""
-        return self._select(lambda a: a[order], tuple(self.warnings[i] for i in order))
+        picked = tuple(map(self.warnings.__getitem__, np.asarray(order).tolist()))
+        return self._select(lambda a: a[order], picked)
 
     @staticmethod
     def concat(parts: Sequence[ScoreBatch]) -> ScoreBatch:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import (
     BaseModel,
@@ -14,6 +14,7 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
 )
+from typing_extensions import TypedDict
 
 from model.timestamps import MAX_SECONDS, MIN_SECONDS, RULE, TimestampError, to_seconds
 
@@ -118,11 +119,17 @@ class BatchPredictResponse(BaseModel):
     predictions: list[PredictResponse]
 
 
-class RankCandidate(_Strict):
+# A validated dict, not a model instance: a /rank of 10,000 candidates builds 10,000 of
+# them, and pydantic validates a list of dicts about 2x faster than one of models (fewer
+# objects for the cyclic collector to walk, too). Unknown keys are still a 422
+# (extra_forbidden, naming candidates.<i>.<key>), as in every request body.
+class RankCandidate(TypedDict):
     """One item to rank; an unknown item needs its fields for a good answer (cold start)."""
 
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
     item_id: EntityId
-    item: EntityFields | None = None
+    item: NotRequired[EntityFields | None]
 
 
 class RankRequest(_Strict):

@@ -8,6 +8,8 @@ entries of one item could carry different fields, and a ranking lists an item on
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 import numpy as np
 from fastapi import APIRouter, Request
 
@@ -15,7 +17,7 @@ from service.deps import VERSION_HEADER, serving
 from service.entity_fields import check_fields
 from service.json_body import parsed_body
 from service.results import SOURCES, ScoreBatch, adapter_list
-from service.schemas import RankCandidate, RankRequest, RankResponse
+from service.schemas import RankRequest, RankResponse
 from service.scorer import NO_FIELDS, ScoreInput
 from service.scoring import (
     add_scoring_route,
@@ -30,17 +32,18 @@ from service.scoring import (
 )
 
 router = APIRouter(tags=["predictions"])
+_ITEM_ID = itemgetter("item_id")
 
 
-def refuse_duplicate_candidates(candidates: list[RankCandidate]) -> None:
+def refuse_duplicate_candidates(item_ids: list[str]) -> None:
     """422 naming ``body.candidates.<i>.item_id`` of every repeated item id (after the first
-    occurrence).
+    occurrence); ``item_ids`` are the candidates' in request order.
 
     Raises:
         RequestValidationError: some item id is a candidate more than once.
     """
     refuse_duplicate_ids(
-        [c.item_id for c in candidates],
+        item_ids,
         lambda i: ("body", "candidates", i, "item_id"),
         "item_id",
         "candidate",
@@ -49,40 +52,38 @@ def refuse_duplicate_candidates(candidates: list[RankCandidate]) -> None:
     )
 
 
-def ranked(body: RankRequest, batch: ScoreBatch) -> dict:
+def ranked(body: RankRequest, item_ids: list[str], batch: ScoreBatch) -> dict:
     """The response body: candidates by rating (with the online corrections), highest first;
-    ties keep request order."""
+    ties keep request order. ``item_ids``: the candidates' in request order."""
     order = np.argsort(-batch.rating, kind="stable")
     if body.top_k is not None:
         order = order[: body.top_k]
     top = batch.take(order)
-    items = [body.candidates[i].item_id for i in order.tolist()]
-    out = []
-    adapters = top.adapters.tolist() if body.adapters else None
-    for k, (item_id, r, m, o, cold, source, w) in enumerate(
-        zip(
-            items,
-            top.rating.tolist(),
-            top.model_rating.tolist(),
-            top.ood_score.tolist(),
-            top.cold_item.tolist(),
-            top.item_source.tolist(),
-            top.warnings,
-            strict=True,
-        )
-    ):
-        entry = {
+    rows = zip(
+        map(item_ids.__getitem__, order.tolist()),
+        top.rating.tolist(),
+        top.model_rating.tolist(),
+        top.ood_score.tolist(),
+        top.cold_item.tolist(),
+        map(SOURCES.__getitem__, top.item_source.tolist()),
+        top.warnings,  # tuples: JSON arrays to orjson
+        strict=True,
+    )
+    out = [
+        {
             "item_id": item_id,
             "rating": r,
             "model_rating": m,
             "ood_score": o,
             "cold_start": cold,
-            "source": SOURCES[source],
+            "source": source,
+            "warnings": w,
         }
-        entry["warnings"] = list(w)
-        if adapters is not None:
-            entry["adapters"] = adapter_list(batch.layers, adapters[k])
-        out.append(entry)
+        for item_id, r, m, o, cold, source, w in rows
+    ]
+    if body.adapters:
+        for entry, a in zip(out, top.adapters.tolist(), strict=True):
+            entry["adapters"] = adapter_list(batch.layers, a)
     return {
         "model_version": batch.model_version,
         "user_id": body.user_id,
@@ -100,33 +101,32 @@ async def rank(request: Request):
     body = await parsed_body(request, RankRequest)
     requested = request.headers.get(VERSION_HEADER)
     engine, settings = serving(request)
-    refuse_larger_than(len(body.candidates), settings, "max_rank_candidates", "candidates")
-    refuse_duplicate_candidates(body.candidates)
+    candidates = body.candidates
+    refuse_larger_than(len(candidates), settings, "max_rank_candidates", "candidates")
+    item_ids = list(map(_ITEM_ID, candidates))
+    refuse_duplicate_candidates(item_ids)
     rollout = served_rollout(engine)
     version = route(rollout, body.user_id, requested)
     scorer = version.scorer
     # The user's fields once, the item fields of the candidates that have any: 422s name
     # the field. Candidates without fields share one empty mapping.
-    given = [i for i, c in enumerate(body.candidates) if c.item]
+    given = [i for i, c in enumerate(candidates) if c.get("item")]
     payloads = [(("body",), body.user, None)]
-    payloads += [(("body", "candidates", i), None, body.candidates[i].item) for i in given]
+    payloads += [(("body", "candidates", i), None, candidates[i]["item"]) for i in given]
     fields = check_fields(scorer.request_models, payloads)
     user = fields[0][0] or NO_FIELDS
-    items = [NO_FIELDS] * len(body.candidates)
+    items = [NO_FIELDS] * len(candidates)
     for i, (_, item) in zip(given, fields[1:], strict=True):
         items[i] = item
     uid = body.user_id
     inputs = resolved(
         engine,
-        [
-            ScoreInput(uid, c.item_id, user, item)
-            for c, item in zip(body.candidates, items, strict=True)
-        ],
+        [ScoreInput(uid, i, user, item) for i, item in zip(item_ids, items, strict=True)],
     )
     count_route(engine, rollout, version, requested)
     batch = await score(engine, settings, inputs, version, "candidates")
     engine.answered(rollout, version, inputs, batch)
-    return json_response(ranked(body, batch))
+    return json_response(ranked(body, item_ids, batch))
 
 
 add_scoring_route(router, "/rank", rank, body=RankRequest, response_model=RankResponse)
