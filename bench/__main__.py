@@ -605,7 +605,9 @@ def _serve_and_measure(
             if _get(ready_url) == 200:
                 if warm:
                     warm()
-                time.sleep(0.5)
+                # Read once the service has settled: it hands freed heap back when idle, at
+                # most once a second (service/batcher.py, HEAP_TRIM_INTERVAL_S).
+                time.sleep(2.0)
                 return _rss_mib(proc.pid)
             time.sleep(0.25)
         return None

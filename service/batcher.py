@@ -30,6 +30,13 @@ the scorer thread and never in its queue, so no request waits behind it; it star
 while no request waits, in full batches, large jobs in the same bounded steps, and is dropped
 when its own queue is full or it was not started in time.
 
+**Idle heap trim.** A request's temporaries (a ranking's thousand answers, its JSON, XLA's
+buffers) are freed into glibc's heap, which keeps the pages. When the collector runs out of
+work, it hands the free pages back (``malloc_trim``, model/native_heap.py; about 0.5 ms) on
+the scorer thread, at most every ``heap_trim_interval_s`` (later, if still idle, when it
+trimmed less than that ago): 30 MiB less resident after the memory benchmark's traffic
+(docs/PROFILING.md).
+
 The wait for more pairs is adaptive: it happens only when the recent arrival rate expects at
 least one more pair within ``max_delay`` (:class:`ArrivalRate`). A lone client (one request
 in flight) is scored at once instead of paying ``max_delay`` for company that cannot come
@@ -54,6 +61,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.native_heap import release_free_heap
 from service.errors import DeadlineError, QueueFullError
 from service.metrics import Metrics
 from service.results import ScoreBatch
@@ -76,6 +84,9 @@ def lower_thread_priority(niceness: int) -> None:
 def _nothing_encoded(state: Any) -> bool:
     """Whether a job's preparation found nothing to encode (``Scorer.prepare``'s state)."""
     return isinstance(state, dict) and not state.get("encoded", True)
+
+
+HEAP_TRIM_INTERVAL_S = 1.0  # at most one idle heap trim per this many seconds (docstring)
 
 
 @dataclass(eq=False)
@@ -179,6 +190,8 @@ class MicroBatcher:
         slice_pairs: int = 1024,
         background_delay_s: float = 0.25,
         background_niceness: int = 0,
+        heap_trim_interval_s: float | None = HEAP_TRIM_INTERVAL_S,
+        release_heap: Callable[[], object] = release_free_heap,
     ):
         self.score = score
         self.prepare = prepare
@@ -211,6 +224,11 @@ class MicroBatcher:
         self._background_task: asyncio.Task | None = None
         self._background_wakeup: asyncio.Event | None = None
         self.arrivals = ArrivalRate()
+        # Freed heap handed back when the scorer goes idle after work (module docstring).
+        self.heap_trim_interval_s = heap_trim_interval_s
+        self._release_heap = release_heap
+        self._worked = False
+        self._last_trim = -math.inf
 
     @property
     def pending(self) -> int:
@@ -377,8 +395,19 @@ class MicroBatcher:
         self._drop_dead()
         if not self._small and not self._large:
             self._wakeup.clear()
+            if self._worked and self.heap_trim_interval_s is not None:
+                wait = self._last_trim + self.heap_trim_interval_s - time.monotonic()
+                if wait > 0:  # trimmed recently: trim once that long is over, if still idle
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), wait)
+                    return
+                self._worked = False
+                self._last_trim = time.monotonic()
+                await loop.run_in_executor(self._executor, self._release_heap)
+                return
             await self._wakeup.wait()
             return
+        self._worked = True
         if self._large and (not self._small or self._large_turn):
             self._large_turn = False
             await self._step_large(loop)

@@ -216,3 +216,38 @@ def test_steps_answer_what_one_call_does_and_the_cost_limit(artifacts, compile_c
         r = c.post("/rank", json={"user_id": "1", "candidates": big})
         assert r.status_code == 413 and r.json()["detail"].startswith("candidates: about")
         assert "LEVI_MAX_COLD_TOKENS" in r.json()["detail"]
+
+
+def test_the_heap_is_trimmed_when_idle_after_work_at_most_once_per_interval():
+    score, prepare, _ = _fake()
+    trims: list[tuple[float, str]] = []
+
+    def release_heap():
+        trims.append((time.monotonic(), threading.current_thread().name))
+
+    async def scenario():
+        b = MicroBatcher(
+            score, Metrics(), max_batch=4, max_delay_s=0.0, queue_bound=100, prepare=prepare,
+            heap_trim_interval_s=0.3, release_heap=release_heap,
+        )  # fmt: skip
+        await b.start()
+        await asyncio.sleep(0.1)
+        assert trims == []  # no work yet: nothing to hand back
+        t0 = time.monotonic()
+        assert await b.submit([ScoreInput("u", "1")], 5.0) == ["u/1"]
+        await asyncio.sleep(0.1)
+        assert len(trims) == 1  # idle after work: trimmed at once
+        assert await b.submit([ScoreInput("u", "2")], 5.0) == ["u/2"]
+        await asyncio.sleep(0.1)
+        assert len(trims) == 1  # trimmed less than the interval ago: not yet
+        await asyncio.sleep(0.35)
+        assert len(trims) == 2  # still idle when the interval is over: trimmed then
+        await asyncio.sleep(0.5)
+        assert len(trims) == 2  # no work since: no more trims
+        await b.stop()
+        return t0
+
+    t0 = asyncio.run(scenario())
+    assert trims[1][0] - trims[0][0] >= 0.3 - 0.01
+    assert trims[0][0] >= t0
+    assert all(name.startswith("levi-scorer") for _, name in trims)  # off the event loop
