@@ -74,7 +74,7 @@ def gemm_rate(n: int = 1000, k: int = 256, m: int = 256, repeats: int = 30) -> f
 
 def head_vs_pair(art, rows: int = 128, repeats: int = 30) -> dict:
     """Pairs/s of the whole head and of the pair function at ``rows`` pairs per call."""
-    from model.decomposed import part_widths
+    from model.decomposed_layout import part_widths
 
     cfg = art.head_config
     n_views, n_layers, d = art.reference.activation_mean.shape
@@ -92,7 +92,7 @@ def pair_call_ms(art, rows: int = 1000, table_rows: int = 20_000, repeats: int =
     """Median ms of the pair function as ``/rank`` calls it: ``rows`` pairs (one user, distinct
     items) gathered from aligned projection tables inside the compiled call, padded to the
     scorer's 1,024-row bucket."""
-    from model.decomposed import part_widths
+    from model.decomposed_layout import part_widths
     from service.entity_store import aligned_zeros
 
     rng = np.random.default_rng(1)

@@ -37,9 +37,9 @@ from model.artifact_layout import (
     sha256_file,
     unflatten_params,
 )
-from model.decomposed import Layout
+from model.decomposed_layout import Layout
 from model.features import FeatureSpec
-from model.head import HeadConfig
+from model.head_config import HeadConfig
 from model.reference import ReferenceStats
 from model.templates import ViewSet
 from model.tokenizer import TextTokenizer

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from jax import export
 
-from model.decomposed import Layout, decomposable, part_widths
+from model.decomposed_layout import Layout, decomposable, part_widths
 from model.features import FeatureSpec
-from model.head import HeadConfig
+from model.head_config import HeadConfig
 from model.levi import LeviModel
 from model.reference import ReferenceStats
 from model.safetensors_file import save_tensors

@@ -22,8 +22,10 @@ from typing import Any
 
 import jax
 
-from model.decomposed import Layout, pair_function, side_function
-from model.head import HeadConfig, LeviHead, adapter_loss, collab_penalty, ensemble
+from model.decomposed import pair_function, side_function
+from model.decomposed_layout import Layout
+from model.head import LeviHead, adapter_loss, collab_penalty, ensemble
+from model.head_config import HeadConfig
 
 PyTree = Any
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from model.decomposed import SIDES
+from model.decomposed_layout import SIDES
 from service.score_inputs import ScoreInput, entity_keys
 
 if TYPE_CHECKING:

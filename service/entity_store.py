@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from model.aligned_arrays import aligned_zeros
-from model.decomposed import SIDES
+from model.decomposed_layout import SIDES
 from model.features import FeatureSpec, as_values
 from model.templates import ViewSet
 from service.results import NO_WARNINGS
@@ -200,7 +200,7 @@ class ProjectionCache:
     """LRU of per-entity projections in preallocated arrays.
 
     Args:
-        shapes: part name -> per-entity shape (``model.decomposed.part_widths`` + extras).
+        shapes: part name -> per-entity shape (``model.decomposed_layout.part_widths`` + extras).
         capacity: most entities kept; the least recently used is replaced.
     """
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from model.batching import encode_texts, pad_rows
-from model.decomposed import SIDES, part_widths
+from model.decomposed_layout import SIDES, part_widths
 from model.native_heap import release_free_heap
 from model.tokenizer import LENGTH_BUCKETS, bucket_length
 from service.cache import ActivationCache

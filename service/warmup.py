@@ -369,7 +369,7 @@ def _decomposed_inputs(artifact: Artifact) -> dict[str, Any]:
     """Per-row input shapes of the side and pair functions (none for pair views)."""
     if not getattr(artifact, "decomposed", False):
         return {}
-    from model.decomposed import part_widths
+    from model.decomposed_layout import part_widths
 
     layout, cfg = artifact.layout, artifact.head_config
     _, n_layers, d = artifact.reference.activation_mean.shape

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.head import HeadConfig
+from model.head_config import HeadConfig
 
 # Every method of the report (paper Tables 1, 5, 14), in report order.
 METHODS: tuple[str, ...] = (
@@ -160,7 +160,7 @@ class TrainConfig:
         item_oov_prob: during training, each pair's item features are replaced by the OOV
             id with this probability, so the OOV slot is trained and the head learns to rely
             on the item text for cold-start items (the OOD movies).
-        head: overrides of ``model.head.HeadConfig``'s defaults, by field name (one of
+        head: overrides of ``model.head_config.HeadConfig``'s defaults, by field name (one of
             ``HEAD_FIELDS``: embed_dim, mlp_dims, adapter_hidden, dropout, factor_dim,
             id_biases); the defaults are HeadConfig's. :meth:`replace` takes these names
             directly too.

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from model.head import HeadConfig
+from model.head_config import HeadConfig
 from training.config import TRAINED_METHODS, TrainConfig
 from training.feed import ShardLayout
 from training.prepare import Prepared

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from model.head import HeadConfig, ablation
+from model.head_config import HeadConfig, ablation
 from model.levi import LeviModel
 from training.config import TrainConfig
 from training.evaluate import rmse

@@ -21,7 +21,8 @@ from model.artifact_export import export_artifact
 from model.artifact_layout import flatten_params, unflatten_params
 from model.backbone import Backbone
 from model.features import Column, FeatureSpec
-from model.head import HeadConfig, LeviHead
+from model.head import LeviHead
+from model.head_config import HeadConfig
 from model.levi import LeviModel
 from model.reference import ReferenceStats
 from model.templates import views_from_templates
@@ -174,7 +175,7 @@ def test_pair_of_table_rows_equals_the_pair_of_gathered_parts(artifact):
     rows gathered in numpy, whether the tables are read in place (64-byte aligned) or not,
     and a table changed between calls is read as it is at the call."""
     from model.aligned_arrays import aligned_zeros
-    from model.decomposed import part_widths
+    from model.decomposed_layout import part_widths
 
     rng = np.random.default_rng(6)
     widths = part_widths(artifact.head_config)

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from model.decomposed import Layout, pair_function, side_function
+from model.decomposed import pair_function, side_function
+from model.decomposed_layout import Layout
 from model.head import LeviHead
 from training.config import TRAINED_METHODS, TrainConfig
 from training.train import head_config

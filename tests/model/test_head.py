@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model.head import HeadConfig, LeviHead, adapter_loss, collab_penalty, ensemble
+from model.head import LeviHead, adapter_loss, collab_penalty, ensemble
+from model.head_config import HeadConfig
 
 B, V, L, D = 4, 2, 6, 16
 

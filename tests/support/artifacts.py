@@ -153,7 +153,8 @@ def export_tiny(
     different head seeds share their backbone, as a retrain does."""
     from model.artifact_export import export_artifact
     from model.features import fit_feature_spec
-    from model.head import HeadConfig, LeviHead
+    from model.head import LeviHead
+    from model.head_config import HeadConfig
     from model.reference import ReferenceStats
     from model.templates import views_from_templates
 
