@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 
@@ -24,7 +25,10 @@ M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 DEFAULT_ARENAS = 2
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """The C library, looked up once (``find_library`` runs ``ldconfig -p`` as a child
+    process: a trim must not pay for that each time), or None where it is not glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:

@@ -399,7 +399,8 @@ class MicroBatcher:
                 wait = self._last_trim + self.heap_trim_interval_s - time.monotonic()
                 if wait > 0:  # trimmed recently: trim once that long is over, if still idle
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), wait)
+                        async with asyncio.timeout(wait):  # not wait_for: see _run_small
+                            await self._wakeup.wait()
                     return
                 self._worked = False
                 self._last_trim = time.monotonic()
@@ -435,8 +436,12 @@ class MicroBatcher:
                 if left <= 0:
                     break
                 self._wakeup.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns instead of
+                # raising when stop()'s cancel lands in the turn the wakeup did (the cancel
+                # would be lost and stop() would wait forever); it also makes no task.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), left)
+                    async with asyncio.timeout(left):
+                        await self._wakeup.wait()
         batch = self._take()
         if not batch:
             return

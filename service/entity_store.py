@@ -235,16 +235,6 @@ class ProjectionCache:
                 move(k)
         return found
 
-    def lookup(self, keys: Sequence[Hashable]) -> dict[Hashable, Slot]:
-        """The cached keys among ``keys`` (each marked as recently used)."""
-        found = {}
-        for k in keys:
-            slot = self._slots.get(k)
-            if slot is not None:
-                self._slots.move_to_end(k)
-                found[k] = slot
-        return found
-
     def put(
         self,
         keys: Sequence[Hashable],

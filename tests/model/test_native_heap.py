@@ -62,3 +62,16 @@ def test_freed_heap_in_the_middle_goes_back_to_the_os():
     assert memory.release_free_heap() is True
     assert before - _rss() > 40 * 1024 * 1024
     del keep
+
+
+def test_a_trim_after_the_first_starts_no_process(monkeypatch):
+    # find_library runs `ldconfig -p` as a child process: the service trims when idle (up to
+    # once a second), so the library must be looked up once, not per trim.
+    memory.release_free_heap()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args[:1]}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    for _ in range(3):
+        memory.release_free_heap()

@@ -228,7 +228,7 @@ def test_the_heap_is_trimmed_when_idle_after_work_at_most_once_per_interval():
     async def scenario():
         b = MicroBatcher(
             score, Metrics(), max_batch=4, max_delay_s=0.0, queue_bound=100, prepare=prepare,
-            heap_trim_interval_s=0.3, release_heap=release_heap,
+            heap_trim_interval_s=0.6, release_heap=release_heap,
         )  # fmt: skip
         await b.start()
         await asyncio.sleep(0.1)
@@ -240,14 +240,35 @@ def test_the_heap_is_trimmed_when_idle_after_work_at_most_once_per_interval():
         assert await b.submit([ScoreInput("u", "2")], 5.0) == ["u/2"]
         await asyncio.sleep(0.1)
         assert len(trims) == 1  # trimmed less than the interval ago: not yet
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(0.65)
         assert len(trims) == 2  # still idle when the interval is over: trimmed then
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.8)
         assert len(trims) == 2  # no work since: no more trims
         await b.stop()
         return t0
 
     t0 = asyncio.run(scenario())
-    assert trims[1][0] - trims[0][0] >= 0.3 - 0.01
+    assert trims[1][0] - trims[0][0] >= 0.6 - 0.01
     assert trims[0][0] >= t0
     assert all(name.startswith("levi-scorer") for _, name in trims)  # off the event loop
+
+
+def test_a_stop_during_the_idle_wait_ends_the_collector():
+    # The collector waits on its wakeup with a timeout after work (the trim's interval);
+    # stop() then must end it at once, not after the interval nor never.
+    score, prepare, _ = _fake()
+
+    async def scenario():
+        b = MicroBatcher(
+            score, Metrics(), max_batch=4, max_delay_s=0.0, queue_bound=100, prepare=prepare,
+            heap_trim_interval_s=30.0, release_heap=lambda: None,
+        )  # fmt: skip
+        await b.start()
+        await b.submit([ScoreInput("u", "1")], 5.0)
+        await asyncio.sleep(0.05)
+        await b.submit([ScoreInput("u", "2")], 5.0)  # idle again within the interval: waits
+        t0 = time.monotonic()
+        await asyncio.wait_for(b.stop(), 5.0)
+        return time.monotonic() - t0
+
+    assert asyncio.run(scenario()) < 2.0
