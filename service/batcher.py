@@ -31,11 +31,11 @@ while no request waits, in full batches, large jobs in the same bounded steps, a
 when its own queue is full or it was not started in time.
 
 **Idle heap trim.** A request's temporaries (a ranking's thousand answers, its JSON, XLA's
-buffers) are freed into glibc's heap, which keeps the pages. When the collector runs out of
-work, it hands the free pages back (``malloc_trim``, model/native_heap.py; about 0.5 ms) on
-the scorer thread, at most every ``heap_trim_interval_s`` (later, if still idle, when it
-trimmed less than that ago): 30 MiB less resident after the memory benchmark's traffic
-(docs/PROFILING.md).
+buffers) are freed into glibc's heap, which keeps the pages. When the collector has had no
+work for ``heap_trim_idle_s`` after scoring (so never in the short gaps between batches under
+load), it hands the free pages back (``malloc_trim``, model/native_heap.py; about 0.5 ms) on
+the scorer thread, at most every ``heap_trim_interval_s``: 25-30 MiB less resident after the
+memory benchmark's traffic (docs/PROFILING.md).
 
 The wait for more pairs is adaptive: it happens only when the recent arrival rate expects at
 least one more pair within ``max_delay`` (:class:`ArrivalRate`). A lone client (one request
@@ -87,6 +87,7 @@ def _nothing_encoded(state: Any) -> bool:
 
 
 HEAP_TRIM_INTERVAL_S = 1.0  # at most one idle heap trim per this many seconds (docstring)
+HEAP_TRIM_IDLE_S = 0.1  # ... and only after this long without work
 
 
 @dataclass(eq=False)
@@ -191,6 +192,7 @@ class MicroBatcher:
         background_delay_s: float = 0.25,
         background_niceness: int = 0,
         heap_trim_interval_s: float | None = HEAP_TRIM_INTERVAL_S,
+        heap_trim_idle_s: float = HEAP_TRIM_IDLE_S,
         release_heap: Callable[[], object] = release_free_heap,
     ):
         self.score = score
@@ -226,6 +228,7 @@ class MicroBatcher:
         self.arrivals = ArrivalRate()
         # Freed heap handed back when the scorer goes idle after work (module docstring).
         self.heap_trim_interval_s = heap_trim_interval_s
+        self.heap_trim_idle_s = heap_trim_idle_s
         self._release_heap = release_heap
         self._worked = False
         self._last_trim = -math.inf
@@ -396,12 +399,16 @@ class MicroBatcher:
         if not self._small and not self._large:
             self._wakeup.clear()
             if self._worked and self.heap_trim_interval_s is not None:
-                wait = self._last_trim + self.heap_trim_interval_s - time.monotonic()
-                if wait > 0:  # trimmed recently: trim once that long is over, if still idle
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(wait):  # not wait_for: see _run_small
-                            await self._wakeup.wait()
-                    return
+                # Trim once no work has come for heap_trim_idle_s (never in the sub-ms gaps
+                # between batches under load) and the last trim is that interval ago.
+                since = time.monotonic() - self._last_trim
+                wait = max(self.heap_trim_idle_s, self.heap_trim_interval_s - since)
+                try:
+                    async with asyncio.timeout(wait):  # not wait_for: see _run_small
+                        await self._wakeup.wait()
+                    return  # work came first
+                except TimeoutError:
+                    pass
                 self._worked = False
                 self._last_trim = time.monotonic()
                 await loop.run_in_executor(self._executor, self._release_heap)

@@ -228,15 +228,15 @@ def test_the_heap_is_trimmed_when_idle_after_work_at_most_once_per_interval():
     async def scenario():
         b = MicroBatcher(
             score, Metrics(), max_batch=4, max_delay_s=0.0, queue_bound=100, prepare=prepare,
-            heap_trim_interval_s=0.6, release_heap=release_heap,
+            heap_trim_interval_s=0.6, heap_trim_idle_s=0.05, release_heap=release_heap,
         )  # fmt: skip
         await b.start()
         await asyncio.sleep(0.1)
         assert trims == []  # no work yet: nothing to hand back
         t0 = time.monotonic()
         assert await b.submit([ScoreInput("u", "1")], 5.0) == ["u/1"]
-        await asyncio.sleep(0.1)
-        assert len(trims) == 1  # idle after work: trimmed at once
+        await asyncio.sleep(0.25)
+        assert len(trims) == 1  # idle (past the 0.05 s grace) after work: trimmed
         assert await b.submit([ScoreInput("u", "2")], 5.0) == ["u/2"]
         await asyncio.sleep(0.1)
         assert len(trims) == 1  # trimmed less than the interval ago: not yet
@@ -251,6 +251,29 @@ def test_the_heap_is_trimmed_when_idle_after_work_at_most_once_per_interval():
     assert trims[1][0] - trims[0][0] >= 0.6 - 0.01
     assert trims[0][0] >= t0
     assert all(name.startswith("levi-scorer") for _, name in trims)  # off the event loop
+
+
+def test_no_trim_while_work_keeps_coming_in_short_gaps():
+    score, prepare, _ = _fake()
+    trims: list[float] = []
+
+    async def scenario():
+        b = MicroBatcher(
+            score, Metrics(), max_batch=4, max_delay_s=0.0, queue_bound=100, prepare=prepare,
+            heap_trim_interval_s=0.0, heap_trim_idle_s=0.4,
+            release_heap=lambda: trims.append(time.monotonic()),
+        )  # fmt: skip
+        await b.start()
+        for k in range(12):  # a request every 0.05 s: the collector is never idle for 0.4 s
+            await b.submit([ScoreInput("u", str(k))], 5.0)
+            await asyncio.sleep(0.05)
+        during = len(trims)
+        await asyncio.sleep(0.8)
+        await b.stop()
+        return during
+
+    assert asyncio.run(scenario()) == 0
+    assert len(trims) == 1  # once the work stopped
 
 
 def test_a_stop_during_the_idle_wait_ends_the_collector():
