@@ -134,7 +134,7 @@ def prepare_step(
             budget -= sum(_text_tokens(t) for t in chunk)
         else:
             cache = scorer.projections[side]
-            keys = [k for k in keys if not cache.contains(k)]
+            keys = cache.missing(keys)
             chunk = _within(keys, budget, key_tokens, budget == budget_tokens)
             if chunk:
                 scorer.project(side, chunk)
@@ -171,7 +171,7 @@ def uncached(scorer: Encodes, inputs: Sequence[ScoreInput]) -> list[tuple[str, l
         distinct = list(dict.fromkeys(entity_keys(side, inputs)))
         if len(distinct) > cache.capacity:
             continue  # more than the cache holds: each slice projects its own
-        missing = [k for k in distinct if not cache.contains(k)]
+        missing = cache.missing(distinct)
         if missing:
             out.append((side, missing))
     return out

@@ -215,13 +215,9 @@ class ProjectionCache:
     def __len__(self) -> int:
         return len(self._slots)
 
-    def contains(self, key: Hashable) -> bool:
-        """Whether ``key`` is cached (without marking it used; safe to call from another
-        thread than the one that scores: one dict lookup)."""
-        return key in self._slots
-
     def missing(self, keys: Iterable[Hashable]) -> list[Hashable]:
-        """The keys among ``keys`` that are not cached, in order (nothing marked used)."""
+        """The keys among ``keys`` that are not cached, in order (nothing marked used; safe
+        to call from another thread than the one that scores: dict lookups only)."""
         slots = self._slots
         return [k for k in keys if k not in slots]
 

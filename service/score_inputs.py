@@ -47,11 +47,10 @@ def sources(inputs: Sequence[ScoreInput], side: str, cold: np.ndarray) -> np.nda
     # Most pairs name an entity without fields: only those with fields or an origin are
     # visited (the scan itself is C: ``map`` of an attribute getter).
     for j in _flagged(inputs, fields, origins):
-        r = inputs[j]
-        given, origin = (r.user, r.user_from) if side == "user" else (r.item, r.item_from)
+        origin = origins(inputs[j])
         if origin == "catalog":
             out[j] = SOURCE_CODE["catalog"]
-        elif origin == "request" or given:
+        elif origin == "request" or fields(inputs[j]):
             out[j] = SOURCE_CODE["request"]
     return out
 

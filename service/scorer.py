@@ -506,7 +506,7 @@ class Scorer:
             return 0
         with self._lock:
             cache = self.projections[side]
-            missing = [k for k in dict.fromkeys(keys) if not cache.contains(k)]
+            missing = cache.missing(dict.fromkeys(keys))
             if missing:
                 self.project(side, missing)
         return len(missing)

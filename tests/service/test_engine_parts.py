@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import ArrivalRate, MicroBatcher
+from service.arrival_rate import ArrivalRate
+from service.batcher import MicroBatcher
 from service.cache import ActivationCache, LocalLRU, RedisTier
 from service.drift import DriftMonitor
 from service.errors import DeadlineError, QueueFullError
