@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from training.train import Checkpoints, EarlyStopping, RunState, checkpoint_tree
+from training.run_state import Checkpoints, EarlyStopping, RunState, checkpoint_tree
 
 
 def _params(v: float) -> dict[str, np.ndarray]:
