@@ -398,19 +398,24 @@ def bench_encode(args) -> Section:
             f"| reference ({ref.group(1)}) | {float(ref.group(2)):.1f} | 1.00x |",
         ]
         whole = re.search(
-            r"whole process \((\d+) texts, (\d+) passes\): ours ([\d.]+) s, reference "
-            r"([\d.]+) s, ratio ([\d.]+)x",
+            r"whole process \((\d+) texts, (\d+) passes\): ours ([\d.]+) s \(empty "
+            r"compilation cache\), ([\d.]+) s \(the first run's cache\), reference "
+            r"([\d.]+) s, ratio ([\d.]+)x / ([\d.]+)x",
             out,
         )
         if whole:
-            ratio = float(whole.group(5))
+            cold, warm = float(whole.group(6)), float(whole.group(7))
+            target = TARGETS["encode_whole_ratio"]
             sec.lines += [
                 "",
                 f"Whole process (each side a fresh process: imports, loading, compiles and "
-                f"{whole.group(2)} passes, {int(whole.group(1)):,} texts): ours "
-                f"{float(whole.group(3)):.1f} s, reference {float(whole.group(4)):.1f} s: "
-                f"**{ratio:.2f}x** ({verdict(ratio >= TARGETS['encode_whole_ratio'])} target "
-                f">= {TARGETS['encode_whole_ratio']}x, issue 27).",
+                f"{whole.group(2)} passes, {int(whole.group(1)):,} texts; ours as "
+                f"`python -m model.encode` and the trainer run, with the persistent compilation "
+                f"cache): reference {float(whole.group(5)):.1f} s; ours "
+                f"{float(whole.group(3)):.1f} s on a first run (empty cache): **{cold:.2f}x** "
+                f"({verdict(cold >= target)} target >= {target}x, issue 27); "
+                f"{float(whole.group(4)):.1f} s on a later run (the shapes load from the "
+                f"cache): **{warm:.2f}x** ({verdict(warm >= target)}).",
             ]
     else:
         reason = skipped.group(1) if skipped else "not run"

@@ -14,7 +14,11 @@ Whole process (``--whole-process``, on by default): each side also runs once as 
 process that starts the interpreter, imports its stack, loads the checkpoint and encodes the
 texts ``1 + repeats`` times (the warm-up pass included: 2,625 x 4 = 10,500 texts by default),
 timed from the process's start to its exit. This is what a training run's encode or a new
-replica pays, compiles and imports included. Target: ours >= 1.0x the reference.
+replica pays, compiles and imports included. Ours runs twice, as ``python -m model.encode``
+and the trainer do: first with an empty persistent compilation cache (a first run on a
+machine: every shape compiles), then with the cache that run left (every later run, and a
+replica whose cache is warm: the shapes load). The reference runs between the two. Target:
+ours >= 1.0x the reference.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ print(json.dumps({"seconds": min(times), "torch": torch.__version__,
 OURS_WHOLE_SCRIPT = r"""
 import json, sys
 from model.backbone import load_backbone
+from model.compilation_cache import enable_from_env
+enable_from_env()  # as python -m model.encode and the trainer
 texts = json.load(open(sys.argv[1]))
 batch_size, passes, max_length = (int(a) for a in sys.argv[2:5])
 backbone = load_backbone("minilm-l6", max_length=max_length)
@@ -153,9 +159,14 @@ def bench_whole_process(
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps(texts))
         args = [str(batch_size), str(passes), str(max_length)]
-        out["ours"], err = _timed_process(
-            [sys.executable, "-c", OURS_WHOLE_SCRIPT, str(texts_file), *args]
-        )
+        ours_argv = [sys.executable, "-c", OURS_WHOLE_SCRIPT, str(texts_file), *args]
+        # A cache of this run's own: empty for the first process, that process's for the last.
+        ours_env = {
+            **os.environ,
+            "LEVI_COMPILATION_CACHE": "1",
+            "LEVI_COMPILATION_CACHE_DIR": str(Path(tmp) / "xla"),
+        }
+        out["ours"], err = _timed_process(ours_argv, env=ours_env)
         if err:
             raise RuntimeError(f"our whole-process run failed: {err}")
         out["reference"] = None
@@ -166,6 +177,9 @@ def bench_whole_process(
                 env=REFERENCE_ENV,
             )
             out["reference"] = None if err else seconds
+        out["ours_cached"], err = _timed_process(ours_argv, env=ours_env)
+        if err:
+            raise RuntimeError(f"our whole-process run (cache warm) failed: {err}")
     return out
 
 
@@ -240,13 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         whole = bench_whole_process(
             args.reference_python, texts, args.batch_size, 1 + args.repeats, args.max_length
         )
+        cold, warm = whole["ours"], whole["ours_cached"]
         if whole["reference"] is None:
-            print(f"whole process: ours {whole['ours']:.1f} s; reference skipped")
+            print(
+                f"whole process: ours {cold:.1f} s (empty compilation cache), {warm:.1f} s "
+                "(the first run's cache); reference skipped"
+            )
         else:
+            ref_s = whole["reference"]
             print(
                 f"whole process ({whole['texts']} texts, {whole['passes']} passes): ours "
-                f"{whole['ours']:.1f} s, reference {whole['reference']:.1f} s, "
-                f"ratio {whole['reference'] / whole['ours']:.2f}x (target >= 1.0x)"
+                f"{cold:.1f} s (empty compilation cache), {warm:.1f} s (the first run's "
+                f"cache), reference {ref_s:.1f} s, ratio {ref_s / cold:.2f}x / "
+                f"{ref_s / warm:.2f}x (target >= 1.0x)"
             )
     return 0
 

@@ -4,7 +4,9 @@
         | python -m model.encode --backbone minilm-l6 --out acts.npy
 
 The file holds float32 ``[n_texts, n_layers, d]``: the attention-masked mean of each encoder
-layer's hidden states, in input order.
+layer's hidden states, in input order. Compiled shapes are kept in the persistent compilation
+cache (``LEVI_COMPILATION_CACHE`` / ``LEVI_COMPILATION_CACHE_DIR``, model/compilation_cache.py),
+so a second run loads them instead of compiling.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from model.backbone import load_backbone
+    from model.compilation_cache import enable_from_env
     from model.hf_checkpoint import CheckpointError
     from model.packaged import PackagedSourceError
 
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no texts on stdin (expected one text per line)", file=sys.stderr)
         return 2
     try:
+        enable_from_env()
         backbone = load_backbone(args.backbone, args.checkpoint, max_length=args.max_length)
         pooled = backbone.encode(texts, batch_size=args.batch_size, progress=args.progress)
     except (CheckpointError, PackagedSourceError, ValueError) as e:

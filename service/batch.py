@@ -485,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from model.artifact import load_artifact
-    from service.scorer_setup import build_scorer, enable_compilation_cache, make_redis_tier
+    from model.compilation_cache import enable_compilation_cache
+    from service.scorer_setup import build_scorer, make_redis_tier
 
     if (cache_dir := settings.compilation_cache_path()) is not None:  # on by default
         enable_compilation_cache(cache_dir)

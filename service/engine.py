@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from model.compilation_cache import enable_compilation_cache
 from model.native_heap import release_free_heap
 from service import logs
 from service.batcher import MicroBatcher
@@ -40,7 +41,7 @@ from service.online_eval import OnlineEvaluation
 from service.prediction_log import PredictionLog
 from service.results import ScoreBatch
 from service.scorer import ScoreInput, Scorer
-from service.scorer_setup import enable_compilation_cache, make_redis_tier
+from service.scorer_setup import make_redis_tier
 from service.settings import Settings
 from service.version_loading import VersionLoader
 from service.versions import Rollout, RolloutPlan, Version, configured_trial

@@ -1,14 +1,11 @@
 """Building a scorer and what it shares with the process: the activation cache (in-process
-LRU over the shared Redis tier), the online corrections of its model version, the Redis tier
-itself, and the persistent XLA compilation cache. Used by the serving engine and the batch
-CLI alike.
+LRU over the shared Redis tier), the online corrections of its model version and the Redis
+tier itself. Used by the serving engine and the batch CLI alike (the persistent compilation
+cache they share with the trainer is model/compilation_cache.py).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,8 +19,6 @@ from service.warmup import warm_all
 
 if TYPE_CHECKING:
     from model.artifact import Artifact
-
-log = logging.getLogger(__name__)
 
 
 def activation_layout(artifact: Artifact) -> tuple[tuple[int, int], np.dtype]:
@@ -86,35 +81,6 @@ def build_scorer(
     if warm:
         warm_all(scorer)
     return scorer
-
-
-def enable_compilation_cache(directory: Path) -> bool:
-    """Keep compiled XLA executables on disk, so a restart or new replica warms up fast.
-
-    Returns:
-        False (with a warning: the service compiles as without a cache) when the directory
-        cannot be created or written, e.g. on a read-only filesystem.
-    """
-    import jax
-
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        log.warning(
-            "compilation cache off: %s is not writable (%s); set LEVI_COMPILATION_CACHE_DIR "
-            "to a writable directory, or LEVI_COMPILATION_CACHE=0 to silence this",
-            directory,
-            e,
-        )
-        return False
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return True
 
 
 def make_redis_tier(settings: Settings, metrics: Metrics) -> RedisTier | None:

@@ -348,9 +348,9 @@ class Settings(BaseSettings):
             return None
         if self.compilation_cache_dir is not None:
             return self.compilation_cache_dir
-        from model.packaged import cache_dir
+        from model.compilation_cache import default_directory
 
-        return cache_dir() / "xla"
+        return default_directory()
 
     @field_validator("admin_token")
     @classmethod

@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return init_main(argv[1:])
     args = parse_args(argv)
+    from model.compilation_cache import enable_from_env
     from training import distributed
 
     try:
@@ -146,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     distributed.initialize(processes)  # before any other JAX call; nothing for one process
+    try:  # compiled shapes kept on disk: a second run loads them (model/compilation_cache.py)
+        enable_from_env()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if processes.enabled:  # a failure anywhere must not leave the others waiting
         return distributed.run_or_exit(lambda: _train(cfg, args))
     return _train(cfg, args)

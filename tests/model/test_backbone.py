@@ -1,5 +1,6 @@
 """Backbone: batched encode keeps order and ignores padding, compiles per bucket, exports."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def test_pooled_fn_exports_with_symbolic_batch_and_length(tiny_backbone):
     np.testing.assert_allclose(got, fn(tiny_backbone.params, ids, mask), atol=1e-6)
 
 
-def _cli(*args, stdin: str):
+def _cli(*args, stdin: str, env: dict | None = None):
     return subprocess.run(
         [sys.executable, "-m", "model.encode", *args],
         input=stdin,
@@ -55,6 +56,7 @@ def _cli(*args, stdin: str):
         text=True,
         cwd=ROOT,
         timeout=300,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -86,3 +88,31 @@ def test_cli_end_to_end(tmp_path):
     got = np.load(out)
     assert got.dtype == np.float32 and got.shape == (3, 6, 384)
     np.testing.assert_allclose(got, golden["pooled"][:3], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_cli_keeps_compiled_shapes_for_the_next_run(tmp_path):
+    """The first run writes its compiled shapes to the persistent compilation cache, the
+    second loads every one of them (writes nothing new) and answers the same; off, none."""
+    golden = np.load(GOLDEN)
+    stdin = "\n".join(str(t) for t in golden["texts"][:3]) + "\n"
+    cache = tmp_path / "xla"
+    env = {"LEVI_COMPILATION_CACHE_DIR": str(cache), "LEVI_COMPILATION_CACHE": "1"}
+
+    def entries() -> set[str]:
+        return {p.name for p in cache.iterdir() if not p.name.endswith("-atime")}
+
+    first = _cli("--out", str(tmp_path / "a.npy"), stdin=stdin, env=env)
+    assert first.returncode == 0, first.stderr
+    written = entries()
+    assert written  # at least the backbone's shape
+    second = _cli("--out", str(tmp_path / "b.npy"), stdin=stdin, env=env)
+    assert second.returncode == 0, second.stderr
+    assert entries() == written
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+    off = tmp_path / "off"
+    env_off = {"LEVI_COMPILATION_CACHE_DIR": str(off), "LEVI_COMPILATION_CACHE": "0"}
+    third = _cli("--out", str(tmp_path / "c.npy"), stdin=stdin, env=env_off)
+    assert third.returncode == 0, third.stderr
+    assert not off.exists()

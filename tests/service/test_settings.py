@@ -56,7 +56,7 @@ def test_compilation_cache_is_on_by_default_in_the_user_cache_and_can_be_turned_
 
 
 def test_an_unwritable_compilation_cache_is_a_warning_not_a_failure(tmp_path, caplog):
-    from service.scorer_setup import enable_compilation_cache
+    from model.compilation_cache import enable_compilation_cache
 
     (tmp_path / "a-file").write_text("")
     with caplog.at_level("WARNING", logger="service.engine"):
