@@ -27,7 +27,8 @@ from service.online_stats import (
     paired_increments,
     summarize,
 )
-from service.prediction_log import Prediction, PredictionLog
+from service.prediction_log import PredictionLog
+from service.prediction_store import Prediction
 
 
 class OnlineEvaluation:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.prediction_log import Prediction
+from service.prediction_store import Prediction
 from service.routing import N_CLUSTERS, cluster_of
 
 SLICES = ("all", "cold_item", "known_item", "ood_high", "ood_low")

@@ -4,8 +4,9 @@
 With Redis: one hash per pair, ``<prefix>:pred:<hash of user, item>``, one field per model
 version (model rating, served rating, cold-start item, OOD flag), so one ``HGETALL`` joins an
 event with every version's prediction, on any replica. Always also in process (bounded LRU):
-the state without Redis, the fallback while it is down. Writes happen on a background thread
-from a bounded queue (dropped and counted when full), never on the request path. The join
+the state without Redis, the fallback while it is down (service/prediction_store.py: numpy
+columns in write order, about 170 bytes a pair). Writes happen on a background thread from a
+bounded queue (dropped and counted when full), never on the request path. The join
 itself is ``service/online_eval.py``.
 """
 
@@ -15,43 +16,19 @@ import hashlib
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import redis
 
 from service.cache import RedisTier
 from service.metrics import Metrics
+from service.prediction_store import Prediction, PredictionStore
 from service.results import ScoreBatch
 
 log = logging.getLogger(__name__)
 
 OOD_MEDIAN = 1.0  # ood_score is the adapters' spread over its training median
-
-
-class Prediction(NamedTuple):
-    """What one version answered for one pair (a named tuple: the writer thread builds one
-    per answered pair, a /rank's 1,000 at a time)."""
-
-    model_rating: float
-    rating: float
-    cold_item: bool
-    ood_high: bool
-
-    def encode(self) -> str:
-        return (
-            f"{self.model_rating:.5f},{self.rating:.5f},{int(self.cold_item)},{int(self.ood_high)}"
-        )
-
-    @staticmethod
-    def decode(raw: bytes | str) -> Prediction | None:
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        try:
-            m, r, c, o = text.split(",")
-            return Prediction(float(m), float(r), c == "1", o == "1")
-        except ValueError:
-            return None
 
 
 def pair_key(user_id: str, item_id: str) -> str:
@@ -87,10 +64,7 @@ class PredictionLog:
         self.max_pairs = max_pairs
         self.queue_pairs = queue_pairs
         self.key_prefix = key_prefix
-        # (user, item) -> (written at, version -> prediction)
-        self._local: OrderedDict[tuple[str, str], tuple[float, dict[str, Prediction]]] = (
-            OrderedDict()
-        )
+        self._local = PredictionStore(max_pairs, ttl_s)
         self._queue: deque[tuple[str, list[str], list[str], list[Prediction]]] = deque()
         self._queued = 0
         self._lock = threading.Lock()  # the queue (held briefly: record() runs on the loop)
@@ -151,37 +125,45 @@ class PredictionLog:
                 self._queued -= sum(len(w[1]) for w in work)
 
     def _write(self, work: list[tuple[str, list[str], list[str], ScoreBatch]]) -> None:
-        now = time.monotonic()
-        rows: list[tuple[tuple[str, str], str, Prediction]] = []  # ((user, item), version, p)
-        for version, users, items, batch in work:  # no lock: the costly part
-            preds = (
-                Prediction(m, r, c, o > OOD_MEDIAN)
-                for m, r, c, o in zip(
-                    batch.model_rating.tolist(),
-                    batch.rating.tolist(),
-                    batch.cold_item.tolist(),
-                    batch.ood_score.tolist(),
-                    strict=True,
-                )
-            )
-            for u, i, p in zip(users, items, preds, strict=True):
-                rows.append(((u, i), version, p))
-        for start in range(0, len(rows), 2048):  # short holds: lookups wait at most a chunk
-            with self._store:
-                for key, version, p in rows[start : start + 2048]:
-                    entry = self._local.pop(key, None)
-                    versions = entry[1] if entry is not None and now - entry[0] < self.ttl_s else {}
-                    versions[version] = p
-                    self._local[key] = (now, versions)
-                while len(self._local) > self.max_pairs:
-                    self._local.popitem(last=False)
-        self.metrics.prediction_log.labels(result="stored").inc(len(rows))
-        if self.redis is None or not rows:
+        stored = 0
+        for version, users, items, batch in work:  # keys outside the lock: the costly part
+            keys = PredictionStore.keys(users, items)
+            ood_high = batch.ood_score > OOD_MEDIAN
+            for start in range(0, len(keys), 2048):  # short holds: lookups wait a chunk
+                stop = start + 2048
+                with self._store:
+                    self._local.put(
+                        version,
+                        keys[start:stop],
+                        batch.model_rating[start:stop],
+                        batch.rating[start:stop],
+                        batch.cold_item[start:stop],
+                        ood_high[start:stop],
+                        time.monotonic(),
+                    )
+            stored += len(keys)
+        self.metrics.prediction_log.labels(result="stored").inc(stored)
+        if self.redis is None or not stored:
             return
+
+        def rows():
+            for version, users, items, batch in work:
+                preds = (
+                    Prediction(m, r, c, o > OOD_MEDIAN)
+                    for m, r, c, o in zip(
+                        batch.model_rating.tolist(),
+                        batch.rating.tolist(),
+                        batch.cold_item.tolist(),
+                        batch.ood_score.tolist(),
+                        strict=True,
+                    )
+                )
+                for u, i, p in zip(users, items, preds, strict=True):
+                    yield u, i, version, p
 
         def write(client: redis.Redis) -> bool:
             with client.pipeline(transaction=False) as pipe:
-                for (u, i), version, p in rows:
+                for u, i, version, p in rows():
                     name = self.redis_key(pair_key(u, i))  # fixed-size keys in Redis
                     pipe.hset(name, version, p.encode())
                     pipe.expire(name, self.ttl_s)
@@ -189,7 +171,7 @@ class PredictionLog:
             return True
 
         if self.redis.call("prediction_log", write) is None:
-            self.metrics.prediction_log.labels(result="redis_error").inc(len(rows))
+            self.metrics.prediction_log.labels(result="redis_error").inc(stored)
 
     def flush(self, timeout_s: float = 1.0) -> bool:
         """Wait until every prediction queued so far is written; False on timeout."""
@@ -214,13 +196,9 @@ class PredictionLog:
         """Every version's prediction of each pair (``{}`` for a pair never predicted or
         expired): Redis when it answers, merged with this process's own."""
         keys = list(zip(users, items, strict=True))
-        now = time.monotonic()
+        local = PredictionStore.keys(users, items)
         with self._store:
-            out = []
-            for k in keys:
-                entry = self._local.get(k)
-                fresh = entry is not None and now - entry[0] < self.ttl_s
-                out.append(dict(entry[1]) if fresh else {})
+            out = self._local.get(local, time.monotonic())
         if self.redis is None or not keys:
             return out
 

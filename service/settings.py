@@ -75,8 +75,8 @@ class Settings(BaseSettings):
     prediction_log_size: int = Field(
         100_000,
         ge=1,
-        description="(user, item) pairs whose predictions a process keeps (about 560 bytes "
-        "each: 53 MiB when full; Redis keeps them for every replica)",
+        description="(user, item) pairs whose predictions a process keeps (about 170 bytes "
+        "each: 16 MiB when full; Redis keeps them for every replica)",
     )
     prediction_queue: int = Field(
         50_000,
