@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
@@ -205,6 +206,29 @@ def compiled_predict(head: HeadConfig, mesh: Mesh) -> Callable:
     return jax.jit(predict, out_shardings=batch_sharding)
 
 
+def one_all_reduce(loss_and_grads: Callable, mesh: Mesh) -> Callable:
+    """``loss_and_grads(params, batch, rng)`` data parallel over ``mesh`` with one all-reduce
+    per step: each device takes the loss and gradients of its share of the batch (equal
+    shares: the mean of the devices' means is the batch's mean) and the devices average them
+    as one flat float32 vector.
+
+    Left to XLA, the partitioner all-reduces every gradient leaf on its own, and the CPU
+    collectives (gloo over TCP) pay about 3 ms per operand whatever its size: a LEVI head's
+    dozens of leaves made a step of 2 processes 100-150 ms against about 1 ms on one
+    (docs/PROFILING.md, "Training at scale"). Each device's dropout draws differ (its index is
+    folded into ``rng``).
+    """
+
+    def local(params: PyTree, batch: tuple, rng: jax.Array) -> tuple[jax.Array, PyTree]:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index("data"))
+        flat, unravel = ravel_pytree(loss_and_grads(params, batch, rng))
+        return unravel(jax.lax.pmean(flat, "data"))
+
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P("data"), P()), out_specs=(P(), P()), check_vma=False
+    )
+
+
 @functools.lru_cache(maxsize=32)
 def compiled_fns(
     head: HeadConfig, weight_decay: float, mesh: Mesh, factor_l2: float
@@ -224,6 +248,10 @@ def compiled_fns(
     def loss_fn(params, batch, rng):
         return model.loss_fn(params, batch, rng, factor_l2)
 
+    loss_and_grads = jax.value_and_grad(loss_fn)
+    if mesh.size > 1:
+        loss_and_grads = one_all_reduce(loss_and_grads, mesh)
+
     def train_chunk(state, data, rows, drop, key):
         """``rows``, ``drop``: ``[n_steps, batch]``; returns the new state and mean loss."""
 
@@ -233,7 +261,7 @@ def compiled_fns(
             r = jax.lax.with_sharding_constraint(r, batch_sharding)
             d = jax.lax.with_sharding_constraint(d, batch_sharding)
             batch = _gather(head, data, r, d)
-            loss, grads = jax.value_and_grad(loss_fn)(params, batch, jax.random.fold_in(key, step))
+            loss, grads = loss_and_grads(params, batch, jax.random.fold_in(key, step))
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state, step + 1), loss
 
