@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 ENABLED_ENV = "LEVI_COMPILATION_CACHE"
 DIRECTORY_ENV = "LEVI_COMPILATION_CACHE_DIR"
+# The values pydantic reads as a bool (the service's settings), in any case.
 _OFF = frozenset({"0", "false", "off", "no", "n", "f"})
-_ON = frozenset({"1", "true", "on", "yes", "y", "t", ""})
+_ON = frozenset({"1", "true", "on", "yes", "y", "t"})
 
 
 def default_directory() -> Path:
@@ -42,7 +43,7 @@ def directory_from_env(environ: Mapping[str, str] | None = None) -> Path | None:
         ValueError: ``LEVI_COMPILATION_CACHE`` is neither an on nor an off value.
     """
     env = os.environ if environ is None else environ
-    flag = env.get(ENABLED_ENV, "1").strip().lower()
+    flag = env.get(ENABLED_ENV, "1").lower()
     if flag in _OFF:
         return None
     if flag not in _ON:
@@ -50,7 +51,7 @@ def directory_from_env(environ: Mapping[str, str] | None = None) -> Path | None:
             f"{ENABLED_ENV}={env[ENABLED_ENV]!r}: expected 1 / true / on or 0 / false / off"
         )
     chosen = env.get(DIRECTORY_ENV)
-    return Path(chosen) if chosen else default_directory()
+    return Path(chosen) if chosen else default_directory()  # set but empty: the default
 
 
 def enable_compilation_cache(directory: Path) -> bool:

@@ -14,7 +14,9 @@ applied by ``python -m service``:
   moment the connection opened, each later one from its first byte. Bytes trickling in do
   not extend it. At the
   deadline, a request that was partly received is answered ``408`` with a JSON message and
-  ``Connection: close``; a connection that sent nothing is closed without an answer. Time the
+  ``Connection: close`` (then the server's side is closed and what the client still sends is
+  dropped for up to ``LINGER_S``, so that a reset cannot destroy the answer: a lingering
+  close); a connection that sent nothing is closed without an answer. Time the
   app spends computing an answer is not counted (``LEVI_REQUEST_TIMEOUT_S`` bounds that); an
   idle keep-alive connection is closed by uvicorn's keep-alive timeout as before.
 * **Connection bound** (``LEVI_MAX_CONNECTIONS``, per process: per worker with
@@ -49,6 +51,12 @@ log = logging.getLogger(__name__)
 POLICY_STATE_KEY = "levi.connection_policy"  # key of the lifespan state
 # Set in a request's scope["extensions"] when the deadline cut its body short.
 RECEIVE_TIMEOUT_EXTENSION = "levi.receive_timeout"
+# After a connection's last answer (a 408 or 503), how long the server still reads and drops
+# what the client sends before it closes. Closing a socket with unread bytes sends a reset,
+# which can destroy the answer before the client reads it (a slow client's next byte arriving
+# at the deadline); so the server first closes its sending side and drains, as Apache's and
+# nginx's lingering close do.
+LINGER_S = 2.0
 REFUSED_GRACE_S = 1.0  # a connection beyond the bound must send its request within this
 RETRY_AFTER_S = 1
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # answered beyond the bound
@@ -117,6 +125,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._receiving = False  # a request has begun and is not complete
         self._head_done = False  # ... and its request line and headers are complete
         self._refused = False
+        self._lingering: asyncio.TimerHandle | None = None  # answered; dropping input
 
     @property
     def policy(self) -> ConnectionPolicy | None:
@@ -140,6 +149,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._lingering is not None:
+            self._lingering.cancel()
         policy = self.policy
         if policy is not None and self in policy.admitted:
             policy.admitted.discard(self)
@@ -175,6 +186,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._deadline = None
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:  # answered and closing: what still comes is dropped
+            return
         super().data_received(data)
         policy = self.policy
         if (
@@ -251,7 +264,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                     "once; on a slow link, send through a proxy that buffers requests"
                 )
                 self.transport.write(_json_response(408, detail, self.server_state.default_headers))
-        self.transport.close()
+        if answer:
+            self._close_after_answer()
+        else:
+            self.transport.close()
+
+    def _close_after_answer(self) -> None:
+        """Send the answer and end of stream, drop what the client still sends, and close
+        when it closes or after :data:`LINGER_S` (the lingering close)."""
+        transport = self.transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._lingering = self.loop.call_later(LINGER_S, transport.close)
+
+    def eof_received(self) -> bool | None:
+        if self._lingering is not None:
+            self.transport.close()  # the client read the answer and closed its side
+            return False
+        return super().eof_received()
 
     # -- beyond the bound -----------------------------------------------------------------
 

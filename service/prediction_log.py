@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
+import numpy as np
 import redis
 
 from service.cache import RedisTier
@@ -126,18 +127,26 @@ class PredictionLog:
 
     def _write(self, work: list[tuple[str, list[str], list[str], ScoreBatch]]) -> None:
         stored = 0
-        for version, users, items, batch in work:  # keys outside the lock: the costly part
-            keys = PredictionStore.keys(users, items)
-            ood_high = batch.ood_score > OOD_MEDIAN
+        # One write per version of everything queued (single predictions come one at a time),
+        # keys made outside the lock: the costly part.
+        by_version: dict[str, list[tuple[list[str], list[str], ScoreBatch]]] = {}
+        for version, users, items, batch in work:
+            by_version.setdefault(version, []).append((users, items, batch))
+        for version, parts in by_version.items():
+            keys = [k for users, items, _ in parts for k in PredictionStore.keys(users, items)]
+            model = np.concatenate([b.model_rating for _, _, b in parts])
+            rating = np.concatenate([b.rating for _, _, b in parts])
+            cold = np.concatenate([b.cold_item for _, _, b in parts])
+            ood_high = np.concatenate([b.ood_score for _, _, b in parts]) > OOD_MEDIAN
             for start in range(0, len(keys), 2048):  # short holds: lookups wait a chunk
                 stop = start + 2048
                 with self._store:
                     self._local.put(
                         version,
                         keys[start:stop],
-                        batch.model_rating[start:stop],
-                        batch.rating[start:stop],
-                        batch.cold_item[start:stop],
+                        model[start:stop],
+                        rating[start:stop],
+                        cold[start:stop],
                         ood_high[start:stop],
                         time.monotonic(),
                     )

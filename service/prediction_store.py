@@ -72,6 +72,8 @@ class PredictionStore:
     def __init__(self, max_pairs: int, ttl_s: float):
         if max_pairs < 1:
             raise ValueError(f"max_pairs must be >= 1, got {max_pairs}")
+        if not ttl_s > 0:
+            raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
         self.capacity = int(max_pairs)
         self.ttl_s = float(ttl_s)
         # Slots in write order: [tail, head) holds every pair, with holes where a pair was
@@ -184,7 +186,16 @@ class PredictionStore:
         """Drop the ``excess`` least recently written pairs."""
         if excess <= 0:
             return
-        victims = np.flatnonzero(self._used[self._tail : self._head])[:excess] + self._tail
+        # The oldest slots in use, from the tail: a window that grows until it holds enough
+        # (one evicted pair per written one scans a few slots, not the whole array).
+        window = max(64, 2 * excess)
+        while True:
+            stop = min(self._tail + window, self._head)
+            found = np.flatnonzero(self._used[self._tail : stop])
+            if len(found) >= excess or stop == self._head:
+                break
+            window *= 4
+        victims = found[:excess] + self._tail
         for k in self._key[victims].tolist():
             del self._slot[k]
         self._used[victims] = False

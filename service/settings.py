@@ -337,6 +337,13 @@ class Settings(BaseSettings):
         "logger, message, model_version and request_id, for log shippers",
     )
 
+    @field_validator("compilation_cache_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # LEVI_COMPILATION_CACHE_DIR= (set, empty) means the default place, as for the
+        # trainer (model/compilation_cache.py), not the working directory.
+        return None if value == "" else value
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:

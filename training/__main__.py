@@ -132,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return init_main(argv[1:])
     args = parse_args(argv)
-    from model.compilation_cache import enable_from_env
+    from model.compilation_cache import directory_from_env, enable_compilation_cache
     from training import distributed
 
     try:
         cfg = config_from_args(args)
+        compilation_cache = directory_from_env()  # checked before joining the other processes
         processes = distributed.DistributedConfig.resolve(
             args.coordinator,
             args.num_processes,
@@ -147,11 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     distributed.initialize(processes)  # before any other JAX call; nothing for one process
-    try:  # compiled shapes kept on disk: a second run loads them (model/compilation_cache.py)
-        enable_from_env()
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if compilation_cache is not None:  # a second run loads its compiled shapes from disk
+        enable_compilation_cache(compilation_cache)
     if processes.enabled:  # a failure anywhere must not leave the others waiting
         return distributed.run_or_exit(lambda: _train(cfg, args))
     return _train(cfg, args)

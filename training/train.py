@@ -206,6 +206,13 @@ def compiled_predict(head: HeadConfig, mesh: Mesh) -> Callable:
     return jax.jit(predict, out_shardings=batch_sharding)
 
 
+def uses_one_all_reduce(mesh: Mesh) -> bool:
+    """Whether a step on ``mesh`` all-reduces once (:func:`one_all_reduce`): several CPU
+    devices. Elsewhere XLA combines the gradients' all-reduces and overlaps them with the
+    backward pass, which one all-reduce at its end would prevent."""
+    return mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
+
+
 def one_all_reduce(loss_and_grads: Callable, mesh: Mesh) -> Callable:
     """``loss_and_grads(params, batch, rng)`` data parallel over ``mesh`` with one all-reduce
     per step: each device takes the loss and gradients of its share of the batch (equal
@@ -215,8 +222,9 @@ def one_all_reduce(loss_and_grads: Callable, mesh: Mesh) -> Callable:
     Left to XLA, the partitioner all-reduces every gradient leaf on its own, and the CPU
     collectives (gloo over TCP) pay about 3 ms per operand whatever its size: a LEVI head's
     dozens of leaves made a step of 2 processes 100-150 ms against about 1 ms on one
-    (docs/PROFILING.md, "Training at scale"). Each device's dropout draws differ (its index is
-    folded into ``rng``).
+    (docs/PROFILING.md, "Training at scale"). The vector takes the parameters' common dtype
+    (float32). Each device draws its own dropout masks (its index folded into ``rng``), so a
+    run's random stream depends on its device count, which :func:`run_key` therefore names.
     """
 
     def local(params: PyTree, batch: tuple, rng: jax.Array) -> tuple[jax.Array, PyTree]:
@@ -249,7 +257,7 @@ def compiled_fns(
         return model.loss_fn(params, batch, rng, factor_l2)
 
     loss_and_grads = jax.value_and_grad(loss_fn)
-    if mesh.size > 1:
+    if uses_one_all_reduce(mesh):
         loss_and_grads = one_all_reduce(loss_and_grads, mesh)
 
     def train_chunk(state, data, rows, drop, key):
@@ -304,14 +312,22 @@ def predict_ratings(head: HeadConfig, adapters: np.ndarray) -> np.ndarray:
     return np.asarray(LeviModel(head).rating(jnp.asarray(adapters)))
 
 
-def run_key(head: HeadConfig, cfg: TrainConfig, lr: float, seed: int, data_signature: str) -> str:
-    """Checkpoint directory name: everything that changes what a run computes."""
+def run_key(
+    head: HeadConfig,
+    cfg: TrainConfig,
+    lr: float,
+    seed: int,
+    data_signature: str,
+    mesh: Mesh | None = None,
+) -> str:
+    """Checkpoint directory name: everything that changes what a run computes (the device
+    count where a step's dropout draws depend on it: :func:`one_all_reduce`)."""
     fields = ("batch_size", "max_epochs", "patience", "weight_decay", "item_oov_prob", "factor_l2")
-    blob = json.dumps(
-        [head.to_json(), head.rating_min, head.rating_max, cfg.digest(*fields), lr, seed]
-        + [data_signature],
-        sort_keys=True,
-    )
+    parts = [head.to_json(), head.rating_min, head.rating_max, cfg.digest(*fields), lr, seed]
+    parts += [data_signature]
+    if mesh is not None and uses_one_all_reduce(mesh):
+        parts += [f"devices={mesh.size}"]
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -501,7 +517,7 @@ def train_method(
     def run(lr: float, seed: int, max_steps: int | None = None) -> RunResult:
         directory = None
         if checkpoint_root is not None:
-            directory = checkpoint_root / run_key(head, cfg, lr, seed, data_signature)
+            directory = checkpoint_root / run_key(head, cfg, lr, seed, data_signature, mesh)
         result = train_run(
             method,
             head,

@@ -17,7 +17,8 @@ def test_on_by_default_in_the_cache_dir_moved_or_turned_off(monkeypatch, tmp_pat
     monkeypatch.setenv("LEVI_CACHE_DIR", str(tmp_path / "cache"))
     assert directory_from_env({}) == tmp_path / "cache" / "xla"
     assert directory_from_env({"LEVI_COMPILATION_CACHE_DIR": "/x/y"}) == Path("/x/y")
-    for on in ("1", "true", "ON", " yes "):
+    assert directory_from_env({"LEVI_COMPILATION_CACHE_DIR": ""}) == tmp_path / "cache" / "xla"
+    for on in ("1", "true", "ON", "yes"):
         assert directory_from_env({"LEVI_COMPILATION_CACHE": on}) == tmp_path / "cache" / "xla"
     for off in ("0", "false", "Off", "no"):
         assert (
@@ -27,8 +28,29 @@ def test_on_by_default_in_the_cache_dir_moved_or_turned_off(monkeypatch, tmp_pat
 
 
 def test_a_value_that_is_neither_on_nor_off_names_the_variable():
-    with pytest.raises(ValueError, match="LEVI_COMPILATION_CACHE='maybe'"):
-        directory_from_env({"LEVI_COMPILATION_CACHE": "maybe"})
+    for bad in ("maybe", "", " yes"):  # what the service's settings refuse too
+        with pytest.raises(ValueError, match=f"LEVI_COMPILATION_CACHE={bad!r}"):
+            directory_from_env({"LEVI_COMPILATION_CACHE": bad})
+
+
+def test_the_service_reads_the_two_variables_as_the_trainer_does(monkeypatch, tmp_path):
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    monkeypatch.setenv("LEVI_CACHE_DIR", str(tmp_path / "cache"))
+    for env in ({}, {"LEVI_COMPILATION_CACHE_DIR": ""}, {"LEVI_COMPILATION_CACHE_DIR": "/x"}):
+        for name in ("LEVI_COMPILATION_CACHE_DIR", "LEVI_COMPILATION_CACHE"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert Settings(redis_url=None).compilation_cache_path() == directory_from_env(env)
+    monkeypatch.setenv("LEVI_COMPILATION_CACHE", "off")
+    assert Settings(redis_url=None).compilation_cache_path() is None
+    for bad in ("maybe", ""):
+        monkeypatch.setenv("LEVI_COMPILATION_CACHE", bad)
+        with pytest.raises(ValidationError):
+            Settings(redis_url=None)
 
 
 def test_an_unwritable_directory_is_a_warning(tmp_path, caplog):

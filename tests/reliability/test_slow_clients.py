@@ -246,3 +246,35 @@ def test_blank_lines_after_an_answer_do_not_keep_a_connection_open(guarded_serve
     seconds, head = asyncio.run(run())
     assert head.startswith(b"HTTP/1.1 200"), head
     assert seconds <= DEADLINE_S + SLACK_S, seconds
+
+
+def test_a_client_still_sending_at_the_deadline_gets_its_408_not_a_reset(guarded_server):
+    """Bytes that arrive after the deadline must not destroy the answer: a socket closed while
+    its peer still sends answers those bytes with a reset, which drops the 408 from a client's
+    receive buffer before it reads it (a busy client reads late); the server closes its side
+    first and drains (the lingering close)."""
+    address = _address(guarded_server.base)
+
+    async def client() -> bytes:
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(HEAD + b"X-Padding: ")  # a header that never ends
+        until = time.monotonic() + DEADLINE_S + 1.0
+        try:
+            while time.monotonic() < until:  # still sending after the deadline, not reading
+                writer.write(b"a")
+                await writer.drain()
+                await asyncio.sleep(0.02)
+        except OSError:
+            pass
+        try:
+            return await asyncio.wait_for(reader.read(-1), 10)
+        except ConnectionResetError:
+            return b"<reset>"
+        finally:
+            writer.close()
+
+    async def clients() -> list[bytes]:
+        return list(await asyncio.gather(*(client() for _ in range(5))))
+
+    for answer in asyncio.run(clients()):
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]

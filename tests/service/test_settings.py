@@ -59,7 +59,7 @@ def test_an_unwritable_compilation_cache_is_a_warning_not_a_failure(tmp_path, ca
     from model.compilation_cache import enable_compilation_cache
 
     (tmp_path / "a-file").write_text("")
-    with caplog.at_level("WARNING", logger="service.engine"):
+    with caplog.at_level("WARNING", logger="model.compilation_cache"):
         assert enable_compilation_cache(tmp_path / "a-file" / "xla") is False
     assert "compilation cache off" in caplog.text and "LEVI_COMPILATION_CACHE=0" in caplog.text
 
