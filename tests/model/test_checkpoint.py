@@ -259,3 +259,19 @@ def test_default_max_length_is_the_checkpoints_and_can_only_be_lowered(checkpoin
         r"max_seq_length\); pass --max-length 48 or less",
     ):
         load_backbone("bert", checkpoint, max_length=49)
+
+
+def test_bfloat16_and_float32_tensors_read_as_float32(tmp_path):
+    """numpy reads the file directly; its bfloat16 tensors go through the flax reader."""
+    import jax.numpy as jnp
+    from safetensors.flax import save_file as save_flax
+
+    from model.hf_checkpoint import _load_safetensors
+
+    path = tmp_path / "model.safetensors"
+    half = jnp.asarray([[0.5, -1.25, 3.0], [1e-3, 2.0, -7.5]], jnp.bfloat16)
+    save_flax({"half": half, "full": jnp.asarray([0.1, 0.2], jnp.float32)}, str(path))
+    got = _load_safetensors(path)
+    assert {k: v.dtype for k, v in got.items()} == {"half": np.float32, "full": np.float32}
+    np.testing.assert_array_equal(got["half"], np.asarray(half, np.float32))
+    np.testing.assert_array_equal(got["full"], np.asarray([0.1, 0.2], np.float32))
