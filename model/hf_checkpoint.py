@@ -44,10 +44,12 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
         # Straight into numpy; numpy has no bfloat16, which the flax framework reads (a device
         # round trip and a compile per dtype: 0.3 s of MiniLM's 0.4 s, so only for those).
         # We keep float32 numpy arrays.
+        bf16: list[str] = []
         with safe_open(str(path), framework="numpy") as f:
-            bf16 = [k for k in f.keys() if f.get_slice(k).get_dtype() == "BF16"]  # noqa: SIM118
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if key not in bf16:
+                if f.get_slice(key).get_dtype() == "BF16":
+                    bf16.append(key)
+                else:
                     out[key] = np.asarray(f.get_tensor(key), dtype=np.float32)
         if bf16:
             with safe_open(str(path), framework="flax") as f:

@@ -66,7 +66,7 @@ class PredictionLog:
         self.queue_pairs = queue_pairs
         self.key_prefix = key_prefix
         self._local = PredictionStore(max_pairs, ttl_s)
-        self._queue: deque[tuple[str, list[str], list[str], list[Prediction]]] = deque()
+        self._queue: deque[tuple[str, list[str], list[str], ScoreBatch]] = deque()
         self._queued = 0
         self._lock = threading.Lock()  # the queue (held briefly: record() runs on the loop)
         self._store = threading.Lock()  # the in-process pairs (writer thread vs lookups)

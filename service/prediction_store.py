@@ -124,10 +124,20 @@ class PredictionStore:
         ).astype(np.uint8)
         values = (np.asarray(model_rating, np.float32)[rows], np.asarray(rating, np.float32)[rows])
         for start in range(0, len(unique), self.capacity):  # at most max_pairs at a time
-            stop = min(start + self.capacity, len(unique))
-            self._put_chunk(col, unique[start:stop], values, flags, start, stop, now)
+            chunk = slice(start, start + self.capacity)
+            self._put_chunk(
+                col, unique[chunk], values[0][chunk], values[1][chunk], flags[chunk], now
+            )
 
-    def _put_chunk(self, col, keys, values, flags, start, stop, now) -> None:
+    def _put_chunk(
+        self,
+        col: _Version,
+        keys: list[int],
+        model_rating: np.ndarray,
+        rating: np.ndarray,
+        flags: np.ndarray,
+        now: float,
+    ) -> None:
         n, slot = len(keys), self._slot
         old = np.fromiter((slot.get(k, -1) for k in keys), np.int64, n)
         had = old >= 0
@@ -153,9 +163,9 @@ class PredictionStore:
             v.flags[new] = 0
             m, r, f = carried[name]
             v.model_rating[new[fresh]], v.rating[new[fresh]], v.flags[new[fresh]] = m, r, f
-        col.model_rating[new] = values[0][start:stop]
-        col.rating[new] = values[1][start:stop]
-        col.flags[new] = flags[start:stop]
+        col.model_rating[new] = model_rating
+        col.rating[new] = rating
+        col.flags[new] = flags
         self._evict(len(slot) - self.capacity)
         if compacted:  # at most once per max_pairs pairs written
             self._drop_expired_versions(now)
