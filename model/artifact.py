@@ -41,6 +41,7 @@ from model.decomposed_layout import Layout
 from model.features import FeatureSpec
 from model.head_config import HeadConfig
 from model.reference import ReferenceStats
+from model.safetensors_file import map_tensors
 from model.templates import ViewSet
 from model.tokenizer import TextTokenizer
 
@@ -456,13 +457,15 @@ def _deserialize(file: Path) -> export.Exported:
 
 
 def _load_params(file: Path, exported: export.Exported) -> dict[str, Any]:
-    """Parameters of ``file``, checked against the exported function's first argument."""
-    from safetensors.numpy import load_file
+    """Parameters of ``file``, checked against the exported function's first argument.
 
+    Read-only views on a memory map of the file (``model.safetensors_file.map_tensors``): put
+    on the device in place when aligned, so the weights are shared page cache, resident only
+    where read."""
     try:
-        flat = load_file(str(file))
-    except Exception as e:  # safetensors raises its own error type on bad headers
-        raise ArtifactError(f"{file} is not a valid safetensors file ({e})") from e
+        flat = map_tensors(file)
+    except ValueError as e:
+        raise ArtifactError(str(e)) from e
     args, _ = jax.tree_util.tree_unflatten(exported.in_tree, exported.in_avals)
     want = flatten_tree(args[0], lambda a: (tuple(a.shape), np.dtype(a.dtype)))
     missing = sorted(set(want) - set(flat))

@@ -439,3 +439,25 @@ def test_loader_does_not_import_training():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    out = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 5 and parts[5] == str(path):
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                out.append((lo, hi))
+    return out
+
+
+def test_parameters_are_used_in_place_from_the_mapped_files(exported, artifact):
+    # The backbone's weights are its file's pages (shared by worker processes, resident where
+    # read), not copies: every device buffer lies inside a map of backbone.safetensors (every
+    # tensor of a BERT-family checkpoint is a multiple of 64 bytes, so all sit aligned).
+    ranges = _mapped_ranges((exported / "backbone.safetensors").resolve())
+    assert ranges
+    for leaf in jax.tree_util.tree_leaves(artifact.backbone_params):
+        pointer = leaf.unsafe_buffer_pointer()
+        assert any(lo <= pointer < hi for lo, hi in ranges), leaf.shape
