@@ -579,8 +579,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rss_mib(pid: int) -> float | None:
-    m = re.search(r"VmRSS:\s+(\d+) kB", _read(f"/proc/{pid}/status"))
+def _rss_mib(pid: int, field: str = "VmRSS") -> float | None:
+    """``field`` of ``/proc/PID/status`` in MiB: VmRSS, or its parts RssAnon (the heap,
+    executables, tables) and RssFile (mapped files: libraries' code, the artifact's weights)."""
+    m = re.search(rf"{field}:\s+(\d+) kB", _read(f"/proc/{pid}/status"))
     return int(m.group(1)) / 1024 if m else None
 
 
@@ -600,6 +602,7 @@ def _serve_and_measure(
     env: dict,
     timeout: float,
     warm: Callable[[], None] | None = None,
+    parts: dict | None = None,
 ) -> float | None:
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -613,6 +616,8 @@ def _serve_and_measure(
                 # Read once the service has settled: it hands freed heap back when idle, at
                 # most once a second (service/batcher.py, HEAP_TRIM_INTERVAL_S).
                 time.sleep(2.0)
+                if parts is not None:
+                    parts.update({f: _rss_mib(proc.pid, f) for f in ("RssAnon", "RssFile")})
                 return _rss_mib(proc.pid)
             time.sleep(0.25)
         return None
@@ -666,6 +671,7 @@ def bench_rss(args) -> Section:
         serve_env(),
         600,
         warm,
+        parts := {},
     )
     if noop is None or api is None:
         sec.skipped = f"could not start both processes (no-op RSS {noop}, service RSS {api})"
@@ -681,6 +687,10 @@ def bench_rss(args) -> Section:
         f"| service (python -m service, 1 worker) | {api:.0f} ({verdict(api <= 600)}) | "
         f"**{api / noop:.2f}x** |",
         f"| no-op FastAPI app (uvicorn) | {noop:.0f} | 1.00x |",
+        "",
+        f"Of the service's RSS: {parts.get('RssAnon') or 0:.0f} MiB anonymous (heap, compiled "
+        f"executables, tables), {parts.get('RssFile') or 0:.0f} MiB of mapped files (libraries' "
+        "code, the artifact's weights as read; shared with other processes that map them).",
     ]
     return sec
 

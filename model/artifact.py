@@ -463,9 +463,12 @@ def _load_params(file: Path, exported: export.Exported) -> dict[str, Any]:
     on the device in place when aligned, so the weights are shared page cache, resident only
     where read."""
     try:
-        flat = map_tensors(file)
-    except ValueError as e:
+        # in place on CPU; an accelerator copies the weights whole, so readahead then
+        flat = map_tensors(file, random_reads=jax.default_backend() == "cpu")
+    except ValueError as e:  # names the file
         raise ArtifactError(str(e)) from e
+    except OSError as e:
+        raise ArtifactError(f"{file} could not be read or mapped ({e})") from e
     args, _ = jax.tree_util.tree_unflatten(exported.in_tree, exported.in_avals)
     want = flatten_tree(args[0], lambda a: (tuple(a.shape), np.dtype(a.dtype)))
     missing = sorted(set(want) - set(flat))

@@ -49,9 +49,15 @@ DTYPES = {
     "I32": np.int32,
     "I16": np.int16,
     "I8": np.int8,
+    "U64": np.uint64,
+    "U32": np.uint32,
+    "U16": np.uint16,
     "U8": np.uint8,
     "BOOL": np.bool_,
 }
+
+# the narrow floats numpy has through ml_dtypes (a jax dependency)
+ML_DTYPES = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
 
 def save_tensors(tensors: Mapping[str, np.ndarray], path: str | Path) -> None:
@@ -93,12 +99,16 @@ def save_tensors(tensors: Mapping[str, np.ndarray], path: str | Path) -> None:
     os.chmod(path, mode)
 
 
-def map_tensors(path: str | Path) -> dict[str, np.ndarray]:
+def map_tensors(path: str | Path, *, random_reads: bool = True) -> dict[str, np.ndarray]:
     """Every tensor of a safetensors file as a read-only view on a memory map of it.
 
     Args:
         path: a safetensors file (any writer's; aligned ones are what make ``device_put``
             zero-copy).
+        random_reads: pages come in one at a time, as read (see
+            :func:`_map_for_random_reads`): for weights used in place, of which an embedding
+            table is read a few rows at a time. False for weights copied whole elsewhere (to
+            an accelerator), where readahead is what is wanted.
 
     Returns:
         ``{name: array}`` in the file's dtypes (bfloat16 through ``ml_dtypes``); the views
@@ -122,7 +132,12 @@ def map_tensors(path: str | Path) -> dict[str, np.ndarray]:
         if path.stat().st_size == 8 + size:  # no tensor bytes: mmap cannot map nothing
             data = memoryview(b"")
         else:
-            data = memoryview(_map_for_random_reads(f.fileno()))[8 + size :]
+            mapped = (
+                _map_for_random_reads(f.fileno())
+                if random_reads
+                else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            )
+            data = memoryview(mapped)[8 + size :]
     out: dict[str, np.ndarray] = {}
     for name, entry in header.items():
         if name == "__metadata__":
@@ -152,10 +167,10 @@ def _map_for_random_reads(fd: int) -> mmap.mmap:
 
 
 def _dtype(code: str, path: Path, name: str) -> np.dtype:
-    if code == "BF16":
+    if code in ML_DTYPES:
         import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(getattr(ml_dtypes, ML_DTYPES[code]))
     if code not in DTYPES:
         raise ValueError(f"{path}: tensor {name!r} has dtype {code}, which numpy cannot view")
     return np.dtype(DTYPES[code])

@@ -5,11 +5,14 @@ Compiling or loading an executable reads about 100 MiB of that code into the pro
 the pages stay mapped after the last compile although serving runs only the runtime's part
 (about 15 MiB). They are clean pages of a file, so the kernel can drop them at any time and
 read them again if a later compile needs them; :func:`release_compiler_code` asks it to do so
-now (``madvise(MADV_PAGEOUT)`` over jaxlib's read-only file mappings), after the background
-warm-up (service/warmup.py). The service then holds what it reads: 110 -> 15 MiB of jaxlib
-after the memory benchmark's traffic (docs/PROFILING.md, "Sixth pass"). Pages another
-process maps too (the other ``--workers``) stay until the last one releases them. A no-op
-(0) where the kernel or C library lacks ``MADV_PAGEOUT`` (Linux before 5.4, other systems).
+now, after the background warm-up (service/warmup.py): ``madvise(MADV_DONTNEED)`` over
+jaxlib's mappings that hold only the file's pages (not writable, nothing copied on write), so
+they leave this process's page tables and are read again from the page cache if touched. The
+service then holds what it runs: jaxlib 110 -> 15 MiB after the memory benchmark's traffic
+(docs/PROFILING.md, "Sixth pass"). ``MADV_DONTNEED`` rather than ``MADV_PAGEOUT``: the kernel
+pages out a file's pages only for a process that owns the file or may write it, and the
+container's user (uid 10001) does neither for the root-owned venv; unmapped, the pages stay in
+the page cache as reclaimable memory until the kernel needs it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-MADV_PAGEOUT = 21  # linux/mman.h (Linux 5.4)
+MADV_DONTNEED = 4  # linux/mman.h
 
 
 @functools.cache
@@ -34,39 +37,64 @@ def _libc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "madvise") else None
 
 
-def library_mappings(directory: Path, maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
-    """``(start, length)`` of this process's read-only mappings of files under ``directory``
-    (code and constants; written pages of a library are private copies, not its file's).
-    Empty where ``maps`` cannot be read."""
+def library_mappings(directory: Path, smaps: str = "/proc/self/smaps") -> list[tuple[int, int]]:
+    """``(start, length)`` of this process's mappings of files under ``directory`` that hold
+    the files' pages only: not writable, and no page of them copied on write (``Anonymous:
+    0 kB``; a library's relocated read-only data has such pages, and they are skipped).
+    Empty where ``smaps`` cannot be read."""
     prefix = str(directory.resolve()) + "/"
-    out = []
+    out: list[tuple[int, int]] = []
+    current: tuple[int, int] | None = None
     try:
-        with open(maps) as f:
+        with open(smaps) as f:
             for line in f:
-                parts = line.split()
-                if len(parts) < 6 or not parts[5].startswith(prefix) or "w" in parts[1]:
-                    continue
-                start, end = (int(x, 16) for x in parts[0].split("-"))
-                out.append((start, end - start))
+                head = line.split(maxsplit=5)
+                if "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line
+                    path = head[5].strip() if len(head) > 5 else ""
+                    current = None
+                    if path.startswith(prefix) and "w" not in head[1]:
+                        start, end = (int(x, 16) for x in head[0].split("-"))
+                        current = (start, end - start)
+                elif head[0] == "Anonymous:" and current is not None:
+                    if int(head[1]) == 0:
+                        out.append(current)
+                    current = None
     except OSError:
         return []
     return out
 
 
-def release_compiler_code() -> int:
-    """Page out jaxlib's code pages from this process; bytes advised (0 if unsupported).
+def resident_kib(directory: Path, smaps: str = "/proc/self/smaps") -> int:
+    """KiB of files under ``directory`` resident in this process's mappings (0 if unknown)."""
+    prefix = str(directory.resolve()) + "/"
+    total, inside = 0, False
+    try:
+        with open(smaps) as f:
+            for line in f:
+                head = line.split(maxsplit=5)
+                if "-" in head[0] and not head[0].endswith(":"):
+                    inside = len(head) > 5 and head[5].strip().startswith(prefix)
+                elif inside and head[0] == "Rss:":
+                    total += int(head[1])
+    except OSError:
+        return 0
+    return total
 
-    Safe at any time: a page read again is read back from the file (a compile after this
-    costs a few milliseconds more)."""
+
+def release_compiler_code() -> int:
+    """Unmap jaxlib's code pages from this process; KiB of jaxlib no longer resident.
+
+    Safe at any time: a page read again is mapped again from the file (a compile after this
+    costs a few milliseconds more). Returns 0 where the C library has no ``madvise``."""
     import jaxlib
 
     libc = _libc()
+    directory = Path(jaxlib.__file__).parent
     if libc is None:
         return 0
-    advised = 0
-    for start, length in library_mappings(Path(jaxlib.__file__).parent):
-        if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), MADV_PAGEOUT) != 0:
-            log.debug("madvise(MADV_PAGEOUT) refused (errno %d)", ctypes.get_errno())
-            return advised
-        advised += length
-    return advised
+    before = resident_kib(directory)
+    for start, length in library_mappings(directory):
+        if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), MADV_DONTNEED) != 0:
+            log.debug("madvise(MADV_DONTNEED) refused (errno %d)", ctypes.get_errno())
+            break
+    return max(0, before - resident_kib(directory))

@@ -226,7 +226,8 @@ class CompiledShapes:
         come in as read: model/safetensors_file.py) and sets its executable up; done here,
         no request pays for them (about 0.5 s for MiniLM)."""
         t0 = time.perf_counter()
-        compiled = sorted(s for s in self.compiled if s.function == "backbone")
+        with self._lock:  # the scorer thread records shapes it serves (_target)
+            compiled = sorted(s for s in self.compiled if s.function == "backbone")
         if compiled:
             rows, length = compiled[0].rows, compiled[0].length
             ids = np.full((rows, length), self._artifact.tokenizer.pad_id, np.int32)
@@ -471,9 +472,9 @@ def warm_rest(scorer: Scorer, shapes: CompiledShapes) -> float:
     shapes.set_pending(())
     released = release_compiler_code()  # nothing compiles from here on (service/code_pages.py)
     log.info(
-        "model %s: every shape compiled; %.0f MiB of compiler code pages handed back",
+        "model %s: every shape compiled; %.0f MiB of the compiler's code unmapped",
         scorer.model_version,
-        released / 2**20,
+        released / 1024,
     )
     return time.perf_counter() - t0
 

@@ -20,6 +20,8 @@ TENSORS = {
     "empty": np.zeros((0, 3), np.float32),
     "half": np.linspace(0, 1, 7).astype(np.float16),
     "bf": np.linspace(0, 1, 16).astype(ml_dtypes.bfloat16),
+    "u32": np.arange(3, dtype=np.uint32),
+    "f8": np.linspace(0, 1, 8).astype(ml_dtypes.float8_e4m3fn),
 }
 
 
@@ -29,16 +31,21 @@ def _data_start(path) -> int:
     return 8 + size
 
 
-@pytest.mark.parametrize("names", [1, 2, 3, 5])
+@pytest.mark.parametrize("names", [1, 2, 3, 5, 7])
 def test_data_section_starts_aligned_for_any_header(tmp_path, names):
     # headers of several lengths: the padding adapts to each
     tensors = dict(list(TENSORS.items())[:names])
     save_tensors(tensors, tmp_path / "t.safetensors")
     assert _data_start(tmp_path / "t.safetensors") % ALIGNMENT == 0
-    loaded = load_file(str(tmp_path / "t.safetensors"))  # still plain safetensors
-    assert loaded.keys() == tensors.keys()
+    mapped = map_tensors(tmp_path / "t.safetensors")
+    assert mapped.keys() == tensors.keys()
+    plain = {k: v for k, v in tensors.items() if k != "f8"}  # safetensors.numpy has no float8
+    save_tensors(plain, tmp_path / "plain.safetensors")
+    loaded = load_file(str(tmp_path / "plain.safetensors"))  # still plain safetensors
     for name, value in tensors.items():
-        np.testing.assert_array_equal(loaded[name], value)
+        np.testing.assert_array_equal(mapped[name], value)
+        if name in plain:
+            np.testing.assert_array_equal(loaded[name], value)
 
 
 def test_map_tensors_gives_read_only_views_equal_to_the_file(tmp_path):
@@ -77,6 +84,13 @@ def test_map_tensors_refuses_a_broken_file_naming_it(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file at all")
     with pytest.raises(ValueError, match="junk.safetensors"):
         map_tensors(tmp_path / "junk.safetensors")
+
+
+def test_a_map_without_random_reads_reads_the_same(tmp_path):
+    save_tensors(TENSORS, tmp_path / "t.safetensors")
+    mapped = map_tensors(tmp_path / "t.safetensors", random_reads=False)
+    for name, value in TENSORS.items():
+        np.testing.assert_array_equal(mapped[name], value)
 
 
 def test_only_the_rows_read_become_resident(tmp_path):
