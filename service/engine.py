@@ -442,25 +442,6 @@ class Engine:
             )
             return before, rollout, seconds
 
-    async def reload(
-        self, path: Path | None, *, generation: int | None = None
-    ) -> tuple[str, str, float]:
-        """Load, warm and swap in a new champion (the one it replaces stays as ``previous``).
-
-        Returns:
-            ``(previous version, new version, seconds)``.
-
-        Raises:
-            ReloadConflictError: another change is running.
-            ReloadError: the artifact was refused; the old model keeps serving.
-        """
-        target = str(Path(path if path is not None else self.settings.model_dir).resolve())
-        current = self.rollout
-        plan = current.plan().reload(target) if current is not None else RolloutPlan(target)
-        before, after, seconds = await self.apply(plan, generation=generation)
-        previous = before.champion.model_version if before else "none"
-        return previous, after.champion.model_version, seconds
-
     async def change(
         self, plan: RolloutPlan, *, decision: str, trigger: str, figures: dict | None = None
     ) -> tuple[str, RolloutPlan, float]:
