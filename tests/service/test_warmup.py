@@ -178,15 +178,31 @@ def test_between_the_stages_nothing_compiles_and_answers_are_the_artifacts(stage
     )
 
 
-def test_background_stage_compiles_the_rest_then_calls_pass_through(staged):
+def test_background_stage_compiles_the_rest_then_calls_pass_through(staged, monkeypatch):
+    import service.warmup
     from service.warmup import full_plan, warm_rest
 
     art, shapes, scorer, metrics, _ = staged
     before = scorer.score([ScoreInput("1", "10"), ScoreInput("2", "12")])
+    # The stage runs the smallest compiled backbone shape once (its weights paged in before
+    # any request needs them) and unmaps the compiler's code once every shape is compiled.
+    events = []
+    encode = type(art).encode
+    monkeypatch.setattr(
+        type(art),
+        "encode",
+        lambda self, ids, mask: events.append(("encode", ids.shape)) or encode(self, ids, mask),
+    )
+    monkeypatch.setattr(
+        service.warmup,
+        "release_compiler_code",
+        lambda: events.append(("release", shapes.complete)) or 0,
+    )
     counter = CompileCounter()
     counter.active = True
     warm_rest(scorer, shapes)
     counter.active = False
+    assert events == [("encode", (4, 32)), ("release", True)]
     assert shapes.complete and set(full_plan(scorer)) <= shapes.compiled
     assert _gauge(metrics, "levi_warmup_pending_shapes") == 0
     assert counter.count <= len(full_plan(scorer))  # compiled once each, nothing run twice
