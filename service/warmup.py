@@ -13,9 +13,12 @@ figures). Instead:
    A shape is compiled ahead of time (``jit(...).lower(...).compile()``): nothing runs, and
    the executable lands in JAX's in-memory caches (and the persistent compilation cache), so
    the artifact's own jitted call at that shape finds it.
-2. **background** (after ready, one thread): every other shape the same way, counted down by
-   ``levi_warmup_pending_shapes``: the head's, then one request's batch at every length, then
-   larger batches; then the OOD score's small function.
+2. **background** (after ready, one thread): first the smallest compiled backbone shape is
+   run once on padding (its weights, mapped from the artifact, are read in and its executable
+   set up: no request pays for them); then every other shape is compiled as above, counted
+   down by ``levi_warmup_pending_shapes``: the head's, then one request's batch at every
+   length, then larger batches; then the OOD score's small function. Nothing compiles after
+   that, so the compiler's code pages are unmapped (service/code_pages.py).
 
 Meanwhile :class:`CompiledShapes` (the artifact as the scorer sees it) serves a call at a
 shape not compiled yet from compiled ones: padded to a larger compiled batch, or split into
