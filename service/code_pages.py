@@ -21,6 +21,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -37,48 +38,58 @@ def _libc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "madvise") else None
 
 
-def library_mappings(directory: Path, smaps: str = "/proc/self/smaps") -> list[tuple[int, int]]:
-    """``(start, length)`` of this process's mappings of files under ``directory`` that hold
-    the files' pages only: not writable, and no page of them copied on write (``Anonymous:
-    0 kB``; a library's relocated read-only data has such pages, and they are skipped).
-    Empty where ``smaps`` cannot be read."""
+@dataclass
+class FileMapping:
+    """One mapping of a file in ``/proc/PID/smaps``: where, its permissions, and its KiB
+    resident and copied on write (None where smaps did not say)."""
+
+    start: int
+    length: int
+    perms: str
+    rss_kib: int = 0
+    anonymous_kib: int | None = None
+
+    @property
+    def file_pages_only(self) -> bool:
+        """Not writable, and no page copied on write: every resident page is the file's."""
+        return "w" not in self.perms and self.anonymous_kib == 0
+
+
+def file_mappings(directory: Path, smaps: str = "/proc/self/smaps") -> list[FileMapping]:
+    """This process's mappings of files under ``directory`` (empty where ``smaps`` cannot be
+    read)."""
     prefix = str(directory.resolve()) + "/"
-    out: list[tuple[int, int]] = []
-    current: tuple[int, int] | None = None
+    out: list[FileMapping] = []
+    current: FileMapping | None = None
     try:
         with open(smaps) as f:
             for line in f:
                 head = line.split(maxsplit=5)
                 if "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line
-                    path = head[5].strip() if len(head) > 5 else ""
                     current = None
-                    if path.startswith(prefix) and "w" not in head[1]:
+                    if len(head) > 5 and head[5].strip().startswith(prefix):
                         start, end = (int(x, 16) for x in head[0].split("-"))
-                        current = (start, end - start)
-                elif head[0] == "Anonymous:" and current is not None:
-                    if int(head[1]) == 0:
+                        current = FileMapping(start, end - start, head[1])
                         out.append(current)
-                    current = None
+                elif current is not None and head[0] == "Rss:":
+                    current.rss_kib = int(head[1])
+                elif current is not None and head[0] == "Anonymous:":
+                    current.anonymous_kib = int(head[1])
     except OSError:
         return []
     return out
 
 
+def library_mappings(directory: Path, smaps: str = "/proc/self/smaps") -> list[tuple[int, int]]:
+    """``(start, length)`` of this process's mappings of files under ``directory`` that hold
+    the files' pages only: not writable, and no page of them copied on write (``Anonymous:
+    0 kB``; a library's relocated read-only data has such pages, and they are skipped)."""
+    return [(m.start, m.length) for m in file_mappings(directory, smaps) if m.file_pages_only]
+
+
 def resident_kib(directory: Path, smaps: str = "/proc/self/smaps") -> int:
     """KiB of files under ``directory`` resident in this process's mappings (0 if unknown)."""
-    prefix = str(directory.resolve()) + "/"
-    total, inside = 0, False
-    try:
-        with open(smaps) as f:
-            for line in f:
-                head = line.split(maxsplit=5)
-                if "-" in head[0] and not head[0].endswith(":"):
-                    inside = len(head) > 5 and head[5].strip().startswith(prefix)
-                elif inside and head[0] == "Rss:":
-                    total += int(head[1])
-    except OSError:
-        return 0
-    return total
+    return sum(m.rss_kib for m in file_mappings(directory, smaps))
 
 
 def release_compiler_code() -> int:
@@ -92,9 +103,11 @@ def release_compiler_code() -> int:
     directory = Path(jaxlib.__file__).parent
     if libc is None:
         return 0
-    before = resident_kib(directory)
-    for start, length in library_mappings(directory):
-        if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), MADV_DONTNEED) != 0:
+    mappings = file_mappings(directory)
+    for m in mappings:
+        if not m.file_pages_only:
+            continue
+        if libc.madvise(ctypes.c_void_p(m.start), ctypes.c_size_t(m.length), MADV_DONTNEED):
             log.debug("madvise(MADV_DONTNEED) refused (errno %d)", ctypes.get_errno())
             break
-    return max(0, before - resident_kib(directory))
+    return max(0, sum(m.rss_kib for m in mappings) - resident_kib(directory))
