@@ -5,16 +5,42 @@ Texts are sorted by token count so each batch pads to the shortest length bucket
 its longest text; a batch's rows are padded (empty rows, mask 0) to a row bucket. With the
 same buckets (the manifest's ``length_buckets``) the trainer scores the exported model with
 exactly the shapes the service compiles and calls.
+
+A bulk encode may pack instead (:class:`Packing`, ``model.packing``): the texts that fit a
+row go several to a row, in calls of one shape; only longer texts take the buckets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from model.packing import pack_sequences
 from model.tokenizer import TextTokenizer, bucket_length
+
+# (input_ids, segment_ids, positions: int32 [rows, row_length]) -> [rows, S, n_layers, d]
+PackedFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How a bulk encode packs its texts (``model.packing``).
+
+    Attributes:
+        fn: the encoder on packed rows (pooled per text).
+        row_length: tokens per row; longer texts are encoded in length buckets.
+        rows_per_call: rows per call, the one compiled shape ``[rows_per_call, row_length]``
+            (the last call is padded with empty rows).
+        max_segments: texts per row at most (``S`` of ``fn``'s output).
+    """
+
+    fn: PackedFn
+    row_length: int = 64
+    rows_per_call: int = 32
+    max_segments: int = 16
 
 
 def encode_texts(
@@ -27,6 +53,7 @@ def encode_texts(
     out_shape: tuple[int, int],
     progress: bool = False,
     desc: str = "encode",
+    packing: Packing | None = None,
 ) -> np.ndarray:
     """Pooled activations of ``texts``, in their order.
 
@@ -37,6 +64,8 @@ def encode_texts(
         row_buckets: batch sizes; a batch holds at most ``row_buckets[-1]`` texts and is padded
             to the smallest bucket that holds it (``(64,)``: always 64 rows).
         out_shape: ``(n_layers, d)``.
+        packing: pack the texts that fit a row (:class:`Packing`); the rest, and all texts
+            without it, go in length-bucketed batches through ``fn``.
 
     Returns:
         float32 ``[len(texts), n_layers, d]``.
@@ -45,9 +74,17 @@ def encode_texts(
     if not len(texts):
         return out
     ids = tokenizer.encode(list(texts))
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    chunk = row_buckets[-1]
+    rest = np.arange(len(ids))
     with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=False) as bar:
+        if packing is not None:
+            fits = np.fromiter((len(x) <= packing.row_length for x in ids), bool, len(ids))
+            short = np.flatnonzero(fits)
+            if len(short):
+                packed = _encode_packed([ids[i] for i in short], packing, tokenizer.pad_id, bar)
+                out[short] = packed.reshape(len(short), *out_shape)
+            rest = np.flatnonzero(~fits)
+        order = rest[np.argsort([len(ids[i]) for i in rest], kind="stable")]
+        chunk = row_buckets[-1]
         for start in range(0, len(order), chunk):
             rows = order[start : start + chunk]
             batch = [ids[i] for i in rows]
@@ -56,6 +93,26 @@ def encode_texts(
             out[rows] = np.asarray(fn(input_ids, mask), dtype=np.float32)[: len(rows)]
             bar.update(len(rows))
     return out
+
+
+def _encode_packed(ids: list[list[int]], packing: Packing, pad_id: int, bar: tqdm) -> np.ndarray:
+    """Pooled activations ``[len(ids), n_layers, d]`` of texts that fit a row, packed."""
+    rows = pack_sequences(ids, packing.row_length, packing.max_segments, pad_id)
+    per_call, n_rows = packing.rows_per_call, len(rows.input_ids)
+    by_row = np.argsort(rows.slots[:, 0], kind="stable")  # texts in row order
+    starts = np.arange(0, n_rows + per_call, per_call)
+    bounds = np.searchsorted(rows.slots[by_row, 0], starts)  # by_row[bounds[c]:...]: call c's
+    parts = []
+    for c, start in enumerate(starts[:-1]):
+        take = slice(start, start + per_call)
+        columns = (rows.input_ids, rows.segment_ids, rows.positions)
+        args = (pad_rows(a[take], per_call) for a in columns)
+        pooled = np.asarray(packing.fn(*args), dtype=np.float32)  # [rows, S, n_layers, d]
+        texts = by_row[bounds[c] : bounds[c + 1]]
+        parts.append(pooled[rows.slots[texts, 0] - start, rows.slots[texts, 1]])
+        bar.update(len(texts))
+    out = np.concatenate(parts)
+    return out[np.argsort(by_row, kind="stable")]  # back to the order of ids
 
 
 def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.hf_checkpoint import CheckpointError, take
+from model.packing import attention_allowed
 from model.pooling import EncoderOutput
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -137,7 +138,9 @@ class BertEmbeddings(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array) -> jax.Array:
+    def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """``input_ids`` int32 ``[batch, length]``; ``positions`` int32 ``[batch, length]`` (a
+        packed row's per-text positions) or None (``0 .. length - 1``)."""
         cfg = self.config
         length = input_ids.shape[1]
         word = nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings")(input_ids)
@@ -146,14 +149,18 @@ class BertEmbeddings(nn.Module):
             nn.initializers.normal(0.02),
             (cfg.max_position_embeddings, cfg.hidden_size),
         )
-        # jnp.take with an arange (not a static slice) keeps `length` symbolic under jax.export.
-        positions = jnp.take(position_table, jnp.arange(length), axis=0)  # [length, d]
+        if positions is None:
+            # jnp.take with an arange (not a static slice) keeps `length` symbolic under
+            # jax.export.
+            position_rows = jnp.take(position_table, jnp.arange(length), axis=0)[None]
+        else:
+            position_rows = jnp.take(position_table, positions, axis=0)  # [batch, length, d]
         token_type_table = self.param(
             "token_type_embeddings",
             nn.initializers.normal(0.02),
             (cfg.type_vocab_size, cfg.hidden_size),
         )
-        x = word + positions[None] + token_type_table[0]  # [batch, length, d]
+        x = word + position_rows + token_type_table[0]  # [batch, length, d]
         return _layer_norm(cfg, "layer_norm")(x)
 
 
@@ -166,7 +173,8 @@ class BertSelfAttention(nn.Module):
 
         Args:
             x: ``[batch, length, d]``.
-            bias: ``[batch, 1, 1, length]`` additive key mask (0 or a large negative value).
+            bias: ``[batch, 1, 1, length]`` additive key mask (0 or a large negative value), or
+                ``[batch, 1, length, length]`` for packed rows.
         """
         cfg = self.config
         batch, length = x.shape[0], x.shape[1]
@@ -213,17 +221,26 @@ class BertEncoder(nn.Module):
 
     ``__call__(input_ids, mask)`` takes int32 ``[batch, length]`` token ids and a 1/0 mask of
     real tokens and returns an :class:`EncoderOutput` with ``num_layers`` arrays
-    ``[batch, length, d]``, equal to HF ``output_hidden_states[1:]``.
+    ``[batch, length, d]``, equal to HF ``output_hidden_states[1:]``. For packed rows
+    (``model.packing``) ``mask`` holds the segment ids and ``positions`` each token's index in
+    its text: a text attends only to itself.
     """
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, mask: jax.Array) -> EncoderOutput:
+    def __call__(
+        self, input_ids: jax.Array, mask: jax.Array, positions: jax.Array | None = None
+    ) -> EncoderOutput:
         cfg = self.config
-        x = BertEmbeddings(cfg, name="embeddings")(input_ids)  # [batch, length, d]
+        x = BertEmbeddings(cfg, name="embeddings")(input_ids, positions)  # [batch, length, d]
         # A finite large negative (not -inf): an all-padding row gives uniform weights, not NaN.
-        bias = jnp.where(mask[:, None, None, :] > 0, 0.0, -1e9).astype(x.dtype)  # [b, 1, 1, l]
+        if positions is None:
+            allowed = mask[:, None, None, :] > 0  # [b, 1, 1, l]
+        else:
+            allowed = attention_allowed(mask)  # [b, 1, l, l]
+            mask = (mask > 0).astype(jnp.int32)
+        bias = jnp.where(allowed, 0.0, -1e9).astype(x.dtype)
         hidden_states = []
         for i in range(cfg.num_layers):
             x = BertLayer(cfg, name=f"layers_{i}")(x, bias)  # [batch, length, d]

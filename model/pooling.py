@@ -28,3 +28,22 @@ def masked_mean(output: EncoderOutput) -> jax.Array:
     total = jnp.sum(stacked * mask, axis=2)  # [batch, n_layers, d]
     count = jnp.maximum(jnp.sum(mask, axis=2), 1.0)  # [batch, 1, 1]
     return total / count
+
+
+def segment_means(output: EncoderOutput, segment_ids: jax.Array, max_segments: int) -> jax.Array:
+    """Mean over each text's tokens of every layer, for packed rows (``model.packing``).
+
+    Args:
+        segment_ids: int32 ``[batch, length]``: ``k`` (1-based) for the row's ``k``-th text,
+            0 for padding.
+        max_segments: ``S``, texts per row at most.
+
+    Returns:
+        float32 ``[batch, S, n_layers, d]`` (zeros for a row's unused segments).
+    """
+    ks = jnp.arange(1, max_segments + 1, dtype=segment_ids.dtype)
+    member = (segment_ids[:, None, :] == ks[None, :, None]).astype(jnp.float32)  # [b, S, len]
+    stacked = jnp.stack(output.hidden_states, axis=1).astype(jnp.float32)  # [b, n_layers, len, d]
+    total = jnp.einsum("bsl,bnld->bsnd", member, stacked)  # [b, S, n_layers, d]
+    count = jnp.maximum(jnp.sum(member, axis=2), 1.0)  # [b, S]
+    return total / count[:, :, None, None]

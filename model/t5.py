@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.hf_checkpoint import CheckpointError, take
+from model.packing import attention_allowed
 from model.pooling import EncoderOutput
 
 
@@ -140,20 +141,25 @@ class RelativePositionBias(nn.Module):
     config: T5Config
 
     @nn.compact
-    def __call__(self, length: int) -> jax.Array:
+    def __call__(self, length: int, positions: jax.Array | None = None) -> jax.Array:
+        """``[1, heads, q, k]``, or ``[batch, heads, q, k]`` from per-token ``positions``
+        ``[batch, length]`` (a packed row's positions within each text)."""
         cfg = self.config
         table = self.param(
             "rel_embedding",
             nn.initializers.normal(1.0),
             (cfg.num_heads, cfg.relative_attention_num_buckets),
         )  # [heads, buckets]
-        positions = jnp.arange(length)
-        relative = positions[None, :] - positions[:, None]  # [q, k]: key - query
+        if positions is None:
+            positions = jnp.arange(length)
+            relative = positions[None, :] - positions[:, None]  # [q, k]: key - query
+        else:
+            relative = positions[:, None, :] - positions[:, :, None]  # [b, q, k]
         buckets = relative_position_bucket(
             relative, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
         )
-        bias = jnp.take(table, buckets, axis=1)  # [heads, q, k]
-        return bias[None]  # [1, heads, q, k]
+        bias = jnp.take(table, buckets, axis=1)  # [heads, (b,) q, k]
+        return bias[None] if bias.ndim == 3 else jnp.moveaxis(bias, 0, 1)  # [b, heads, q, k]
 
 
 class SelfAttention(nn.Module):
@@ -211,12 +217,19 @@ class Encoder(nn.Module):
     config: T5Config
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, ...]:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, positions: jax.Array | None = None
+    ) -> tuple[jax.Array, ...]:
+        """``mask``: 1/0 per token, or a packed row's segment ids with ``positions``."""
         cfg = self.config
         length = x.shape[1]
-        position = RelativePositionBias(cfg, name="relpos_bias")(length)  # [1, h, q, k]
+        position = RelativePositionBias(cfg, name="relpos_bias")(length, positions)
         # Padded keys get a large negative logit (float32 minimum, as the reference).
-        pad = (1.0 - mask.astype(jnp.float32))[:, None, None, :] * jnp.finfo(jnp.float32).min
+        if positions is None:
+            keep = mask.astype(jnp.float32)[:, None, None, :]  # [b, 1, 1, k]
+        else:
+            keep = attention_allowed(mask).astype(jnp.float32)  # [b, 1, q, k]
+        pad = (1.0 - keep) * jnp.finfo(jnp.float32).min
         bias = position + pad  # [batch, heads, q, k]
         states = []
         for i in range(cfg.num_layers):
@@ -227,15 +240,23 @@ class Encoder(nn.Module):
 
 
 class T5Encoder(nn.Module):
-    """``(input_ids [b, l] int32, mask [b, l] int32) -> EncoderOutput`` of every layer."""
+    """``(input_ids [b, l] int32, mask [b, l] int32) -> EncoderOutput`` of every layer.
+
+    For packed rows (``model.packing``) ``mask`` holds the segment ids and ``positions`` each
+    token's index in its text: a text attends only to itself, at its own relative positions.
+    """
 
     config: T5Config
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, mask: jax.Array) -> EncoderOutput:
+    def __call__(
+        self, input_ids: jax.Array, mask: jax.Array, positions: jax.Array | None = None
+    ) -> EncoderOutput:
         cfg = self.config
         x = nn.Embed(cfg.vocab_size, cfg.d_model, name="token_embedder")(input_ids)  # [b, l, d]
-        states = Encoder(cfg, name="encoder")(x, mask)
+        states = Encoder(cfg, name="encoder")(x, mask, positions)
+        if positions is not None:
+            mask = (mask > 0).astype(jnp.int32)
         return EncoderOutput(hidden_states=states, mask=mask)
 
 

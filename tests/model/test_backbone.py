@@ -31,10 +31,21 @@ def test_encode_keeps_order_and_matches_single_text_calls(tiny_backbone):
     assert tiny_backbone.encode([], batch_size=4).shape == (0, 2, 32)
 
 
-def test_encode_compiles_once_per_bucket(tiny_backbone):
+def test_encode_compiles_once_per_bucket(tiny_backbone, monkeypatch):
+    from model import backbone as backbone_module
+
+    monkeypatch.setattr(backbone_module, "PACKED_ROW_LENGTH", 4)  # only "movie" is packed
     tiny_backbone.encode(TEXTS * 3, batch_size=4)  # lengths fall into buckets 16 and 32
     tiny_backbone.encode(TEXTS[::-1], batch_size=4)
     assert tiny_backbone._jitted._cache_size() == 2
+    assert tiny_backbone._packed_jitted._cache_size() == 1
+
+
+def test_bulk_encode_packs_short_texts_into_one_shape(tiny_backbone):
+    tiny_backbone.encode(TEXTS * 3, batch_size=4)
+    tiny_backbone.encode(TEXTS[::-1] + TEXTS[:2], batch_size=4)
+    assert tiny_backbone._packed_jitted._cache_size() == 1
+    assert tiny_backbone._jitted._cache_size() == 0  # no text is longer than a row
 
 
 def test_pooled_fn_exports_with_symbolic_batch_and_length(tiny_backbone):
