@@ -143,15 +143,15 @@ class Backbone:
 
     @property
     def packed_fn(self) -> Callable[..., jax.Array]:
-        """Pure ``(params, input_ids, segment_ids, positions) -> [rows, S, n_layers, d]`` on
-        packed rows (``model.packing``; all int32 ``[rows, row_length]``), ``S`` =
-        ``PACKED_SEGMENTS``: each text's pooled activations, as :attr:`pooled_fn` gives them
-        unpacked (up to float32 rounding)."""
+        """Pure ``(params, input_ids, segment_ids, positions, max_segments) -> [rows, S,
+        n_layers, d]`` on packed rows (``model.packing``; int32 ``[rows, row_length]``), ``S``
+        = ``max_segments`` (static under jit): each text's pooled activations, as
+        :attr:`pooled_fn` gives them unpacked (up to float32 rounding)."""
         module = self.module
 
-        def packed(params: Any, input_ids: jax.Array, segments: jax.Array, positions: jax.Array):
+        def packed(params, input_ids, segments, positions, max_segments: int) -> jax.Array:
             output = module.apply(params, input_ids, segments, positions)
-            return segment_means(output, segments, PACKED_SEGMENTS)
+            return segment_means(output, segments, max_segments)
 
         return packed
 
@@ -162,7 +162,7 @@ class Backbone:
 
     @functools.cached_property
     def _packed_jitted(self) -> Callable[..., jax.Array]:
-        return jax.jit(self.packed_fn)
+        return jax.jit(self.packed_fn, static_argnames="max_segments")
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
@@ -170,17 +170,18 @@ class Backbone:
         """Pooled activations of every layer for each text.
 
         Texts of at most ``PACKED_ROW_LENGTH`` tokens are packed several to a row
-        (``model.packing``), in calls of one shape: ``[batch_size * 16 // PACKED_ROW_LENGTH,
-        PACKED_ROW_LENGTH]``, as many tokens as ``batch_size`` texts of 16 tokens. Longer
-        texts are sorted by token count so each batch pads to a short bucket; every such batch
-        (the last one padded with empty rows) has ``batch_size`` rows, so at most one compile
-        per bucket happens.
+        (``model.packing``) when that pads no more than length buckets would, in calls of one
+        shape: ``[max(1, batch_size * 16 // PACKED_ROW_LENGTH), PACKED_ROW_LENGTH]``, as many
+        tokens as ``batch_size`` texts of 16 tokens. The other texts are sorted by token count
+        so each batch pads to a short bucket; every such batch (the last one padded with empty
+        rows) has ``batch_size`` rows, so at most one compile per bucket happens.
 
         Returns:
             float32 ``[len(texts), n_layers, d]`` in the order of ``texts``.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        row_length, segments = PACKED_ROW_LENGTH, PACKED_SEGMENTS
         # Never pad past max_length: positions beyond the table would gather garbage.
         return encode_texts(
             texts,
@@ -192,10 +193,10 @@ class Backbone:
             progress=progress,
             desc=f"encode {self.name}",
             packing=Packing(
-                lambda *rows: self._packed_jitted(self.params, *rows),
-                row_length=PACKED_ROW_LENGTH,
-                rows_per_call=max(1, batch_size * 16 // PACKED_ROW_LENGTH),
-                max_segments=PACKED_SEGMENTS,
+                lambda *rows: self._packed_jitted(self.params, *rows, max_segments=segments),
+                row_length=row_length,
+                rows_per_call=max(1, batch_size * 16 // row_length),
+                max_segments=segments,
             ),
         )
 

@@ -7,7 +7,9 @@ same buckets (the manifest's ``length_buckets``) the trainer scores the exported
 exactly the shapes the service compiles and calls.
 
 A bulk encode may pack instead (:class:`Packing`, ``model.packing``): the texts that fit a
-row go several to a row, in calls of one shape; only longer texts take the buckets.
+row go several to a row, in calls of one shape, when that pads no more than the buckets would
+(texts of similar lengths just over half a row would each take a row of their own); longer
+texts take the buckets.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from model.packing import pack_sequences
+from model.packing import PackedRows, pack_sequences
 from model.tokenizer import TextTokenizer, bucket_length
 
 # (input_ids, segment_ids, positions: int32 [rows, row_length]) -> [rows, S, n_layers, d]
@@ -38,9 +40,9 @@ class Packing:
     """
 
     fn: PackedFn
-    row_length: int = 64
-    rows_per_call: int = 32
-    max_segments: int = 16
+    row_length: int
+    rows_per_call: int
+    max_segments: int
 
 
 def encode_texts(
@@ -64,8 +66,9 @@ def encode_texts(
         row_buckets: batch sizes; a batch holds at most ``row_buckets[-1]`` texts and is padded
             to the smallest bucket that holds it (``(64,)``: always 64 rows).
         out_shape: ``(n_layers, d)``.
-        packing: pack the texts that fit a row (:class:`Packing`); the rest, and all texts
-            without it, go in length-bucketed batches through ``fn``.
+        packing: pack the texts that fit a row (:class:`Packing`) when that takes no more
+            token slots than length buckets would; the rest, and all texts otherwise, go in
+            length-bucketed batches through ``fn``.
 
     Returns:
         float32 ``[len(texts), n_layers, d]``.
@@ -74,16 +77,21 @@ def encode_texts(
     if not len(texts):
         return out
     ids = tokenizer.encode(list(texts))
+    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
     rest = np.arange(len(ids))
     with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=False) as bar:
         if packing is not None:
-            fits = np.fromiter((len(x) <= packing.row_length for x in ids), bool, len(ids))
+            fits = lengths <= packing.row_length
             short = np.flatnonzero(fits)
-            if len(short):
-                packed = _encode_packed([ids[i] for i in short], packing, tokenizer.pad_id, bar)
-                out[short] = packed.reshape(len(short), *out_shape)
-            rest = np.flatnonzero(~fits)
-        order = rest[np.argsort([len(ids[i]) for i in rest], kind="stable")]
+            packed = pack_sequences(
+                [ids[i] for i in short], packing.row_length, packing.max_segments, tokenizer.pad_id
+            )
+            if len(short) and _packed_slots(packed, packing) <= _bucketed_slots(
+                lengths[short], length_buckets, row_buckets
+            ):
+                out[short] = _encode_packed(packed, packing, bar).reshape(len(short), *out_shape)
+                rest = np.flatnonzero(~fits)
+        order = rest[np.argsort(lengths[rest], kind="stable")]
         chunk = row_buckets[-1]
         for start in range(0, len(order), chunk):
             rows = order[start : start + chunk]
@@ -95,9 +103,30 @@ def encode_texts(
     return out
 
 
-def _encode_packed(ids: list[list[int]], packing: Packing, pad_id: int, bar: tqdm) -> np.ndarray:
-    """Pooled activations ``[len(ids), n_layers, d]`` of texts that fit a row, packed."""
-    rows = pack_sequences(ids, packing.row_length, packing.max_segments, pad_id)
+def _packed_slots(rows: PackedRows, packing: Packing) -> int:
+    """Token slots the packed calls take (the last call's empty rows included)."""
+    calls = -(-len(rows.input_ids) // packing.rows_per_call)
+    return calls * packing.rows_per_call * packing.row_length
+
+
+def _bucketed_slots(
+    lengths: np.ndarray, length_buckets: Sequence[int], row_buckets: Sequence[int]
+) -> int:
+    """Token slots (rows x padded length) of these texts in length-sorted bucketed batches."""
+    ordered = np.sort(lengths)
+    chunk = row_buckets[-1]
+    return sum(
+        bucket_length(len(part), row_buckets) * bucket_length(int(part[-1]), length_buckets)
+        for part in (ordered[s : s + chunk] for s in range(0, len(ordered), chunk))
+    )
+
+
+def _encode_packed(rows: PackedRows, packing: Packing, bar: tqdm) -> np.ndarray:
+    """Pooled activations ``[n_texts, n_layers, d]`` of packed texts, in ``rows.slots`` order.
+
+    Raises:
+        ValueError: ``packing.fn`` pools fewer segments per row than ``packing.max_segments``.
+    """
     per_call, n_rows = packing.rows_per_call, len(rows.input_ids)
     by_row = np.argsort(rows.slots[:, 0], kind="stable")  # texts in row order
     starts = np.arange(0, n_rows + per_call, per_call)
@@ -106,13 +135,19 @@ def _encode_packed(ids: list[list[int]], packing: Packing, pad_id: int, bar: tqd
     for c, start in enumerate(starts[:-1]):
         take = slice(start, start + per_call)
         columns = (rows.input_ids, rows.segment_ids, rows.positions)
-        args = (pad_rows(a[take], per_call) for a in columns)
-        pooled = np.asarray(packing.fn(*args), dtype=np.float32)  # [rows, S, n_layers, d]
+        pooled = np.asarray(
+            packing.fn(*(pad_rows(a[take], per_call) for a in columns)), dtype=np.float32
+        )  # [rows, S, n_layers, d]
+        if pooled.shape[1] < packing.max_segments:
+            raise ValueError(
+                f"the packed encoder pools {pooled.shape[1]} texts per row, but rows hold up "
+                f"to {packing.max_segments}"
+            )
         texts = by_row[bounds[c] : bounds[c + 1]]
         parts.append(pooled[rows.slots[texts, 0] - start, rows.slots[texts, 1]])
         bar.update(len(texts))
     out = np.concatenate(parts)
-    return out[np.argsort(by_row, kind="stable")]  # back to the order of ids
+    return out[np.argsort(by_row, kind="stable")]  # back to the order of rows.slots
 
 
 def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:

@@ -44,6 +44,8 @@ def segment_means(output: EncoderOutput, segment_ids: jax.Array, max_segments: i
     ks = jnp.arange(1, max_segments + 1, dtype=segment_ids.dtype)
     member = (segment_ids[:, None, :] == ks[None, :, None]).astype(jnp.float32)  # [b, S, len]
     stacked = jnp.stack(output.hidden_states, axis=1).astype(jnp.float32)  # [b, n_layers, len, d]
-    total = jnp.einsum("bsl,bnld->bsnd", member, stacked)  # [b, S, n_layers, d]
+    # HIGHEST: exact float32 sums on every backend (a GPU would otherwise use TF32), as
+    # masked_mean's elementwise sum.
+    total = jnp.einsum("bsl,bnld->bsnd", member, stacked, precision=jax.lax.Precision.HIGHEST)
     count = jnp.maximum(jnp.sum(member, axis=2), 1.0)  # [b, S]
     return total / count[:, :, None, None]

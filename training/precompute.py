@@ -156,8 +156,8 @@ def encode_missing(
         return store.get(keys), n_encoded
     missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in store}.items())
     if missing:
-        # Similar lengths in one batch: less padding (the tokenizer pads to length buckets).
-        missing.sort(key=lambda kv: len(kv[1]))
+        # Chunks in key order (a mix of lengths): the encode packs short texts into rows,
+        # which a mix fills best, and sorts the rest by length itself.
         bar = tqdm(total=len(missing), desc="encode", unit="text", disable=not progress)
         for start in range(0, len(missing), ENCODE_CHUNK):
             chunk = missing[start : start + ENCODE_CHUNK]
@@ -188,7 +188,6 @@ def _encode_shared(
         return 0
     me, procs = distributed.process_index(), distributed.process_count()
     mine = todo[me::procs]
-    mine.sort(key=lambda kv: len(kv[1]))  # similar lengths in one batch: less padding
     values = np.zeros((len(mine), *store.shape), CACHE_DTYPE)
     bar = tqdm(total=len(mine), desc="encode", unit="text", disable=not progress)
     for start in range(0, len(mine), ENCODE_CHUNK):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from model import backbone as backbone_module
-from model.batching import encode_texts
+from model.batching import Packing, encode_texts
 from model.packing import attention_allowed, pack_sequences
 from model.tokenizer import buckets_up_to
 
@@ -80,14 +80,46 @@ def test_packed_encode_equals_bucketed_bert(tiny_backbone, monkeypatch):
     monkeypatch.setattr(backbone_module, "PACKED_SEGMENTS", 6)
     rng = np.random.default_rng(0)
     words = ["user", "id", "age", "movie", "title", "great", "plain", "1995", "(", ")", "7"]
-    texts = _texts(rng, 90, words, 40)  # some longer than a row: the buckets take them
+    # some longer than a row (the buckets take them), many of a few tokens (rows fill up)
+    texts = _texts(rng, 60, words, 40) + _texts(rng, 40, words, 3)
     lengths = [len(x) for x in tiny_backbone.tokenizer.encode(texts)]
     assert min(lengths) <= 3 and max(lengths) > 24
-    packed = tiny_backbone.encode(texts, batch_size=8)
-    np.testing.assert_allclose(packed, _bucketed(tiny_backbone, texts, 8), atol=1e-5)
-    # the packed texts took one shape, [8 * 16 // 24 = 5 rows, 24 tokens]
+    short = [x for x in tiny_backbone.tokenizer.encode(texts) if len(x) <= 24]
+    rows = pack_sequences(short, 24, 6)
+    assert rows.segment_ids.max() == 6  # some row is full of texts
+    assert len(rows.input_ids) % 8 and len(rows.input_ids) > 8  # calls of 8 rows, the last padded
+    packed = tiny_backbone.encode(texts, batch_size=12)
+    np.testing.assert_allclose(packed, _bucketed(tiny_backbone, texts, 12), atol=1e-5)
+    # the packed texts took one shape, [12 * 16 // 24 = 8 rows, 24 tokens]
     assert tiny_backbone._packed_jitted._cache_size() == 1
     assert not np.isnan(packed).any()
+
+
+def test_texts_that_pack_worse_than_buckets_take_the_buckets(tiny_backbone, monkeypatch):
+    """Texts just over half a row would each take a row of their own: the buckets pad less."""
+    monkeypatch.setattr(backbone_module, "PACKED_ROW_LENGTH", 24)
+    texts = ["user id 1 age 2 occupation doctor zip code 3 movie title great"] * 12
+    assert {len(x) for x in tiny_backbone.tokenizer.encode(texts)} == {15}  # bucket 16
+    out = tiny_backbone.encode(texts, batch_size=4)
+    assert tiny_backbone._packed_jitted._cache_size() == 0
+    np.testing.assert_allclose(out, _bucketed(tiny_backbone, texts, 4), atol=1e-6)
+
+
+def test_a_packed_encoder_pooling_too_few_texts_per_row_is_refused(tiny_backbone):
+    def two_per_row(ids, segments, positions):
+        return np.zeros((len(ids), 2, 2, 32), np.float32)
+
+    packing = Packing(two_per_row, row_length=64, rows_per_call=2, max_segments=4)
+    with pytest.raises(ValueError, match="pools 2 texts per row, but rows hold up to 4"):
+        encode_texts(
+            ["movie"] * 8,
+            tiny_backbone.tokenizer,
+            lambda ids, mask: None,
+            length_buckets=(64,),  # buckets would pad more: the texts are packed
+            row_buckets=(4,),
+            out_shape=(2, 32),
+            packing=packing,
+        )
 
 
 def test_packed_encode_equals_bucketed_t5(monkeypatch):
