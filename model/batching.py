@@ -7,7 +7,7 @@ same buckets (the manifest's ``length_buckets``) the trainer scores the exported
 exactly the shapes the service compiles and calls.
 
 A bulk encode may pack instead (:class:`Packing`, ``model.packing``): the texts that fit a
-row go several to a row, in calls of one shape, when that pads no more than the buckets would
+row go several to a row, in calls of one shape, when that pads less than the buckets would
 (texts of similar lengths just over half a row would each take a row of their own); longer
 texts take the buckets.
 """
@@ -23,6 +23,10 @@ from tqdm.auto import tqdm
 from model.packing import PackedRows, pack_sequences
 from model.tokenizer import TextTokenizer, bucket_length
 
+# What a packed token slot costs next to a bucketed one: attention spans the whole row. The
+# MovieLens texts run even per pass packed and bucketed with 10.4% fewer packed slots
+# (docs/PROFILING.md, "Seventh pass"), so packing is chosen only when it saves more than that.
+PACKED_SLOT_COST = 1.1
 # (input_ids, segment_ids, positions: int32 [rows, row_length]) -> [rows, S, n_layers, d]
 PackedFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -66,9 +70,9 @@ def encode_texts(
         row_buckets: batch sizes; a batch holds at most ``row_buckets[-1]`` texts and is padded
             to the smallest bucket that holds it (``(64,)``: always 64 rows).
         out_shape: ``(n_layers, d)``.
-        packing: pack the texts that fit a row (:class:`Packing`) when that takes no more
-            token slots than length buckets would; the rest, and all texts otherwise, go in
-            length-bucketed batches through ``fn``.
+        packing: pack the texts that fit a row (:class:`Packing`) when that costs less than
+            length buckets would (token slots, a packed one at ``PACKED_SLOT_COST``); the
+            rest, and all texts otherwise, go in length-bucketed batches through ``fn``.
 
     Returns:
         float32 ``[len(texts), n_layers, d]``.
@@ -86,8 +90,8 @@ def encode_texts(
             packed = pack_sequences(
                 [ids[i] for i in short], packing.row_length, packing.max_segments, tokenizer.pad_id
             )
-            if len(short) and _packed_slots(packed, packing) <= _bucketed_slots(
-                lengths[short], length_buckets, row_buckets
+            if len(short) and PACKED_SLOT_COST * _packed_slots(packed, packing) <= (
+                _bucketed_slots(lengths[short], length_buckets, row_buckets)
             ):
                 out[short] = _encode_packed(packed, packing, bar).reshape(len(short), *out_shape)
                 rest = np.flatnonzero(~fits)

@@ -156,8 +156,9 @@ def encode_missing(
         return store.get(keys), n_encoded
     missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in store}.items())
     if missing:
-        # Chunks in key order (a mix of lengths): the encode packs short texts into rows,
-        # which a mix fills best, and sorts the rest by length itself.
+        # Similar lengths in one chunk: less padding (the encode packs short texts into rows
+        # only where that pads less than its length buckets).
+        missing.sort(key=lambda kv: len(kv[1]))
         bar = tqdm(total=len(missing), desc="encode", unit="text", disable=not progress)
         for start in range(0, len(missing), ENCODE_CHUNK):
             chunk = missing[start : start + ENCODE_CHUNK]
@@ -188,6 +189,7 @@ def _encode_shared(
         return 0
     me, procs = distributed.process_index(), distributed.process_count()
     mine = todo[me::procs]
+    mine.sort(key=lambda kv: len(kv[1]))  # similar lengths in one chunk: less padding
     values = np.zeros((len(mine), *store.shape), CACHE_DTYPE)
     bar = tqdm(total=len(mine), desc="encode", unit="text", disable=not progress)
     for start in range(0, len(mine), ENCODE_CHUNK):
