@@ -7,9 +7,9 @@ same buckets (the manifest's ``length_buckets``) the trainer scores the exported
 exactly the shapes the service compiles and calls.
 
 A bulk encode may pack instead (:class:`Packing`, ``model.packing``): the texts that fit a
-row go several to a row, in calls of one shape, when that pads less than the buckets would
-(texts of similar lengths just over half a row would each take a row of their own); longer
-texts take the buckets.
+row go several to a row, in calls of one shape, when that costs less than the buckets would
+(token slots, a packed one counted at ``PACKED_SLOT_COST``: texts of similar lengths just over
+half a row would each take a row of their own); longer texts take the buckets.
 """
 
 from __future__ import annotations
