@@ -9,11 +9,9 @@
   of ``n`` pairs with probability ``(1 - f) ** n``: below 1e-4 for ``f`` = 0.5% at n = 2,048,
   while encoding at most 2 x 2,048 texts costs seconds, not the full re-encode of every text.
 * :func:`exported_figures`: the exported model's ID test and OOD RMSE over every held-out
-  pair, through the exported functions the service scores with (the first-layer
-  decomposition's side and pair functions for factored views, else the whole head), its
-  vocabularies and entity tables, with the pooled activations the run already has (the
-  backbone half of the path is what the sample checks). Streamed in chunks of :data:`CHUNK`
-  pairs: no per-pair copy of activations or features.
+  pair, through its exported head, its vocabularies and entity tables, with the pooled
+  activations the run already has (the backbone half of the path is what the sample checks).
+  Streamed in chunks of :data:`CHUNK` pairs: no per-pair copy of activations or features.
 """
 
 from __future__ import annotations
@@ -21,13 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import jax
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from model.aligned_arrays import aligned_zeros
-from model.batching import encode_texts, pad_rows
+from model.batching import encode_texts
 from training import evaluate
 
 if TYPE_CHECKING:
@@ -212,8 +208,7 @@ def exported_figures(art: Artifact, prep: Prepared) -> dict[str, float]:
 
     Features come from the artifact's vocabularies and entity tables (one encode per entity,
     gathered per chunk of pairs), activations from the run's own pooled tables
-    (``prep.activations``), the ratings from the exported functions the service calls: the
-    first-layer decomposition's side and pair functions (factored views), else the whole head.
+    (``prep.activations``), the ratings from the exported head function.
     """
     users, items = _frame(art.users), _frame(art.items)
     user_rows = _table_rows(users, "user_id", prep.users["user_id"])
@@ -229,78 +224,26 @@ def exported_figures(art: Artifact, prep: Prepared) -> dict[str, float]:
         )
     }
     acts = prep.activations
-    pair_rows = {"user": user_rows[prep.tables.pair_user], "item": item_rows[prep.tables.pair_item]}
-    held_out = np.concatenate([prep.rows["test"], prep.rows["ood"]])
-    if art.decomposed:
-        score = _decomposed_scorer(art, feats, acts, pair_rows, held_out)
-    else:
-        score = _whole_head_scorer(art, feats, acts, pair_rows)
     out = {}
     for part, key in (("test", "id_test_rmse"), ("ood", "ood_rmse")):
         rows = prep.rows[part]
         if not len(rows):
             out[key] = float("nan")
             continue
-        ratings = [score(rows[s : s + CHUNK]) for s in range(0, len(rows), CHUNK)]
+        ratings = []
+        for s in range(0, len(rows), CHUNK):
+            chunk = rows[s : s + CHUNK]
+            u = user_rows[prep.tables.pair_user[chunk]]
+            i = item_rows[prep.tables.pair_item[chunk]]
+            ids = np.concatenate([feats["user"][0][u], feats["item"][0][i]], axis=1)
+            multi_hot = np.concatenate([feats["user"][1][u], feats["item"][1][i]], axis=1)
+            first = acts.matrices[0]
+            views = np.empty((len(chunk), len(acts.matrices), *first.shape[1:]), np.float32)
+            for v, m in enumerate(acts.matrices):  # [chunk, n_views, n_layers, d], one copy
+                views[:, v] = m[acts.index[chunk, v]]
+            ratings.append(art.score(ids, multi_hot, views)[1])
         out[key] = evaluate.rmse(np.concatenate(ratings), prep.tables.rating[rows])
     return out
-
-
-def _whole_head_scorer(art: Artifact, feats: dict, acts, pair_rows: dict):
-    """``score(pairs) -> ratings`` through the exported whole head (pair views)."""
-
-    def score(chunk: np.ndarray) -> np.ndarray:
-        u, i = pair_rows["user"][chunk], pair_rows["item"][chunk]
-        ids = np.concatenate([feats["user"][0][u], feats["item"][0][i]], axis=1)
-        multi_hot = np.concatenate([feats["user"][1][u], feats["item"][1][i]], axis=1)
-        first = acts.matrices[0]
-        views = np.empty((len(chunk), len(acts.matrices), *first.shape[1:]), np.float32)
-        for v, m in enumerate(acts.matrices):  # [chunk, n_views, n_layers, d], one copy
-            views[:, v] = m[acts.index[chunk, v]]
-        return art.score(ids, multi_hot, views)[1]
-
-    return score
-
-
-def _decomposed_scorer(art: Artifact, feats: dict, acts, pair_rows: dict, held_out: np.ndarray):
-    """``score(pairs) -> ratings`` through the exported first-layer decomposition, as the
-    service scores: each entity's side parts once (its own views' activations, read through a
-    held-out pair of it), then the pair function over gathered rows, in chunks of ``CHUNK``."""
-    tables = {}
-    for side in ("user", "item"):
-        views = [v for v, s in enumerate(art.layout.view_sides) if s == side]
-        n = len(feats[side][0])
-        text_row = np.zeros((n, len(views)), np.int64)  # each entity's row in each view's matrix
-        for k, v in enumerate(views):
-            text_row[pair_rows[side][held_out], k] = acts.index[held_out, v]
-        used = np.unique(pair_rows[side][held_out])
-        parts: dict[str, np.ndarray] = {}
-        for s in range(0, len(used), CHUNK):
-            ents = used[s : s + CHUNK]
-            first = acts.matrices[0]
-            side_views = np.empty((len(ents), len(views), *first.shape[1:]), np.float32)
-            for k, v in enumerate(views):
-                side_views[:, k] = acts.matrices[v][text_row[ents, k]]
-            got = art.side(
-                side,
-                pad_rows(feats[side][0][ents], CHUNK),
-                pad_rows(feats[side][1][ents], CHUNK),
-                pad_rows(side_views, CHUNK),
-            )
-            for name, value in got.items():
-                if name not in parts:  # aligned: used in place by every call, not copied
-                    parts[name] = aligned_zeros((n, *value.shape[1:]), np.float32)
-                parts[name][ents] = value[: len(ents)]
-        tables[side] = {name: jax.device_put(part) for name, part in parts.items()}
-
-    def score(chunk: np.ndarray) -> np.ndarray:
-        u = np.zeros(CHUNK, np.int32)
-        i = np.zeros(CHUNK, np.int32)
-        u[: len(chunk)] = pair_rows["user"][chunk]
-        i[: len(chunk)] = pair_rows["item"][chunk]
-        return art.pair_rows(tables["user"], u, tables["item"], i)[1][: len(chunk)]
-
-    return score
 
 
 def _table_rows(table: pd.DataFrame, key: str, ids: pd.Series) -> np.ndarray:

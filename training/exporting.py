@@ -133,8 +133,7 @@ def export_stage(
     log(f"export: {check.describe()}")
     source = (
         f"LEVI seed {run.seed}, the best on ID validation, scored through the exported "
-        f"artifact ({artifact.name}): its exported scoring functions, vocabularies and entity "
-        f"tables over "
+        f"artifact ({artifact.name}): its exported head, vocabularies and entity tables over "
         f"every ID test and OOD pair, with the activations of this run; its backbone, "
         f"tokenizer and text views {check.describe()}; live parameters gave ID "
         f"{live['id_rmse']:.4f}, OOD {live['ood_rmse']:.4f}"
