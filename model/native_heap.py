@@ -26,13 +26,19 @@ DEFAULT_ARENAS = 2
 
 
 @functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    """The C library, looked up once (``find_library`` runs ``ldconfig -p`` as a child
-    process: a trim must not pay for that each time), or None where it is not glibc."""
+def c_library() -> ctypes.CDLL | None:
+    """The process's C library, looked up once (``find_library`` runs ``ldconfig -p`` as a
+    child process: a trim must not pay for that each time), with ``errno`` kept for its
+    callers (``ctypes.get_errno``); None where it cannot be loaded."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     except OSError:
         return None
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """:func:`c_library` where it is glibc (has ``mallopt`` and ``malloc_trim``), else None."""
+    libc = c_library()
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 

@@ -18,24 +18,15 @@ the page cache as reclaimable memory until the kernel needs it.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.native_heap import c_library
+
 log = logging.getLogger(__name__)
 
 MADV_DONTNEED = 4  # linux/mman.h
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    return libc if hasattr(libc, "madvise") else None
 
 
 @dataclass
@@ -99,9 +90,9 @@ def release_compiler_code() -> int:
     costs a few milliseconds more). Returns 0 where the C library has no ``madvise``."""
     import jaxlib
 
-    libc = _libc()
+    libc = c_library()
     directory = Path(jaxlib.__file__).parent
-    if libc is None:
+    if not hasattr(libc, "madvise"):  # None too
         return 0
     mappings = file_mappings(directory)
     for m in mappings:
