@@ -1,17 +1,34 @@
 """The export stage's check of the artifact it wrote, loaded as a service loads it.
 
-* :func:`check_exported`: a fixed sample of held-out pairs scored end to end through the
-  artifact (texts rendered with its views from its entity tables, tokenized by its tokenizer,
-  encoded by its exported backbone in the manifest's length buckets, features from its
-  vocabularies, its exported head) must give the ratings of the live parameters on the same
-  pairs. :data:`CHECK_PAIRS` pairs: a mismatch that touches a share ``f`` of the pairs (one
-  feature column, some entities' tables, a template, a layer order) escapes a uniform sample
-  of ``n`` pairs with probability ``(1 - f) ** n``: below 1e-4 for ``f`` = 0.5% at n = 2,048,
-  while encoding at most 2 x 2,048 texts costs seconds, not the full re-encode of every text.
-* :func:`exported_figures`: the exported model's ID test and OOD RMSE over every held-out
-  pair, through its exported head, its vocabularies and entity tables, with the pooled
-  activations the run already has (the backbone half of the path is what the sample checks).
-  Streamed in chunks of :data:`CHUNK` pairs: no per-pair copy of activations or features.
+:func:`check_exported` compares the artifact with the live parameters on a fixed sample of
+held-out pairs (:data:`CHECK_PAIRS`), in three parts that together cover the service's path
+(entity tables, text views, tokenizer, exported backbone, vocabularies, exported head and,
+where the views are factored, the exported first-layer decomposition):
+
+1. *Texts.* Every view's text of every sampled pair, rendered by the artifact's views from
+   its entity tables, must equal the text the run encoded (the run's views over its own
+   tables): a string comparison, no encode.
+2. *Backbone.* The :data:`LONGEST_TEXTS` longest of those texts (truncation and the top
+   length bucket) and :data:`CHECK_TEXTS` others drawn with a fixed seed go through the
+   artifact's tokenizer and exported backbone, in the manifest's length buckets, and must give
+   the run's pooled activations of the same texts. A backbone, tokenizer or length-grid fault
+   touches every text or every long one; one that touches a share ``f`` of the texts escapes
+   ``n`` random ones with probability ``(1 - f) ** n``: 5.8e-3 for ``f`` = 1% and below 1e-4
+   for ``f`` = 2% at n = 512, for about 2 s of encoding (MiniLM, 2 cores) where encoding every
+   text of the sample (about 3,200) took 11 s.
+3. *Head.* The sampled pairs' features from the artifact's vocabularies and entity tables,
+   with the run's activations, through the exported head (and through the side and pair
+   functions of the decomposition, where exported) must give the live ratings. A mismatch that
+   touches a share ``f`` of the pairs (one feature column, some entities' rows) escapes a
+   uniform sample of ``n`` pairs with probability ``(1 - f) ** n``: below 1e-4 for ``f`` = 0.5%
+   at n = 2,048.
+
+Since 1 shows the artifact renders the run's texts and 2 that its backbone encodes texts as
+the run's activations say, 3's use of those activations stands for the encode of every pair.
+
+:func:`exported_figures` gives the exported model's ID test and OOD RMSE over every held-out
+pair, through its exported head, vocabularies and entity tables, with the run's activations;
+streamed in chunks of :data:`CHUNK` pairs (no per-pair copy of activations or features).
 """
 
 from __future__ import annotations
@@ -23,7 +40,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from model.batching import encode_texts
+from model.batching import encode_texts, pad_rows
 from training import evaluate
 
 if TYPE_CHECKING:
@@ -31,13 +48,22 @@ if TYPE_CHECKING:
     from training.prepare import Prepared
 
 CHECK_PAIRS = 2048
-# Rating units. The live path reads the float16 activation cache, the exported one encodes
-# in float32: ratings differ by about 1e-3 or less; a wrong table, template or layer order
-# moves them by tenths.
-TOLERANCE = 0.02
-# Pairs per exported-head call in exported_figures: at 4,096 the call's inputs and XLA's
-# temporaries added about 300 MB (MiniLM, two views) to the run's peak; 1,024 costs no speed.
+CHECK_TEXTS = 512  # drawn texts of the sample through the exported backbone
+LONGEST_TEXTS = 64  # and the sample's longest
+# Rating units. Both sides read the run's float16 activations: exported and live ratings
+# differ by about 1e-5 (XLA's different fusions); a wrong table row or weight moves them by
+# tenths.
+TOLERANCE = 2e-3
+# Activations: |exported - run| / (|run| + the layer's RMS). The run's float16 cache rounds
+# at 4.9e-4 relative, bucketed against packed encodes differ by about 1e-5; a wrong weight,
+# token or truncation moves pooled activations by their own size.
+ACTIVATION_TOLERANCE = 1e-2
+# Pairs (and entities) per exported call, the last chunk padded (one compiled shape): at
+# 4,096 the call's inputs and XLA's temporaries added about 300 MB (MiniLM, two views) to the
+# run's peak; 1,024 costs no speed.
 CHUNK = 1024
+_SIDES = ("user", "item")
+_KEYS = {"user": "user_id", "item": "item_id"}
 
 
 class ExportMismatch(RuntimeError):
@@ -49,37 +75,82 @@ class ExportCheck:
     """What :func:`check_exported` compared.
 
     Attributes:
-        pairs: pairs scored end to end (ID test and OOD; ``by_part`` splits them).
-        texts: distinct texts the exported backbone encoded for them.
-        max_abs_diff, rms_diff: exported minus live ratings, rating units.
-        tolerance: the largest ``max_abs_diff`` that passes.
+        pairs: pairs scored (ID test and OOD; ``by_part`` splits them).
+        texts: distinct texts of those pairs whose rendering was compared.
+        encoded: texts the exported backbone encoded.
+        activation_diff: their largest activation difference (see
+            :data:`ACTIVATION_TOLERANCE`).
+        max_abs_diff, rms_diff: exported head minus live ratings, rating units.
+        decomposed_diff: the decomposition's largest rating difference (None: pair views).
+        tolerance: the largest rating difference that passes.
     """
 
     pairs: int
     by_part: dict[str, int]
     texts: int
+    encoded: int
+    activation_diff: float
     max_abs_diff: float
     rms_diff: float
+    decomposed_diff: float | None
     tolerance: float
-
-    def to_json(self) -> dict:
-        return {
-            "pairs": self.pairs,
-            "by_part": dict(self.by_part),
-            "texts": self.texts,
-            "max_abs_diff": self.max_abs_diff,
-            "rms_diff": self.rms_diff,
-            "tolerance": self.tolerance,
-        }
 
     def describe(self) -> str:
         parts = ", ".join(f"{n:,} {p}" for p, n in self.by_part.items())
-        return (
-            f"checked end to end on a fixed sample of {self.pairs:,} pairs ({parts}; "
-            f"{self.texts:,} texts encoded by the exported backbone): largest difference from "
-            f"the live parameters {self.max_abs_diff:.2g}, RMS {self.rms_diff:.2g} "
-            f"(tolerance {self.tolerance:g})"
+        decomposed = (
+            ""
+            if self.decomposed_diff is None
+            else f", through the first-layer decomposition {self.decomposed_diff:.2g}"
         )
+        return (
+            f"checked on a fixed sample of {self.pairs:,} pairs ({parts}): their {self.texts:,} "
+            f"texts rendered as the run's; {self.encoded:,} of them encoded by the exported "
+            f"backbone as the run's activations (largest relative difference "
+            f"{self.activation_diff:.2g}); rated by the exported head with the largest "
+            f"difference from the live parameters {self.max_abs_diff:.2g}, RMS "
+            f"{self.rms_diff:.2g}{decomposed} (tolerance {self.tolerance:g})"
+        )
+
+
+@dataclass(frozen=True)
+class EntityInputs:
+    """The artifact's entity tables as head inputs, aligned with the run's entities.
+
+    Attributes:
+        records: side -> the artifact's entity records (multi-valued cells as tuples).
+        rows: side -> int ``[n_run_entities]``: each run entity's row in ``records``.
+        ids: side -> int32 ``[n_artifact_entities, F_side]`` from the artifact's vocabularies.
+        multi_hot: side -> float32 ``[n_artifact_entities, G_side]``.
+    """
+
+    records: dict[str, list[dict]]
+    rows: dict[str, np.ndarray]
+    ids: dict[str, np.ndarray]
+    multi_hot: dict[str, np.ndarray]
+
+    def pair_features(self, user: np.ndarray, item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``ids [n, F]`` and ``multi_hot [n, G]`` of pairs given as run entity rows."""
+        u, i = self.rows["user"][user], self.rows["item"][item]
+        return (
+            np.concatenate([self.ids["user"][u], self.ids["item"][i]], axis=1),
+            np.concatenate([self.multi_hot["user"][u], self.multi_hot["item"][i]], axis=1),
+        )
+
+
+def entity_inputs(art: Artifact, prep: Prepared) -> EntityInputs:
+    """:class:`EntityInputs` of ``art`` for the run ``prep`` (each table read once).
+
+    Raises:
+        ExportMismatch: an entity of the run is missing from the artifact's table.
+    """
+    records, rows, ids, multi_hot = {}, {}, {}, {}
+    for side, table, own in (("user", art.users, prep.users), ("item", art.items, prep.items)):
+        frame = _frame(table)
+        rows[side] = _table_rows(frame, _KEYS[side], own[_KEYS[side]])
+        records[side] = frame.to_dict("records")
+        ids[side] = art.features.encode_entity(side, records[side])
+        multi_hot[side] = art.features.encode_multi_hot(side, records[side])
+    return EntityInputs(records, rows, ids, multi_hot)
 
 
 def check_rows(prep: Prepared, n: int = CHECK_PAIRS, seed: int = 0) -> dict[str, np.ndarray]:
@@ -105,77 +176,204 @@ def _frame(table: pa.Table) -> pd.DataFrame:
     return frame
 
 
-def _records(table: pa.Table, key: str, ids: np.ndarray) -> list[dict]:
-    frame = _frame(table)
-    indexed = frame.assign(**{key: frame[key].astype(str)}).set_index(key)
-    return [{key: i, **indexed.loc[i].to_dict()} for i in ids]
+def check_exported(
+    art: Artifact,
+    prep: Prepared,
+    rows: dict[str, np.ndarray],
+    live: dict[str, np.ndarray],
+    entities: EntityInputs | None = None,
+) -> ExportCheck:
+    """Compare the artifact with the live parameters on the sample ``rows`` (module docstring).
+
+    Args:
+        rows: :func:`check_rows`; live: part -> the live parameters' ratings of those rows.
+        entities: :func:`entity_inputs` (computed when None).
+
+    Raises:
+        ExportMismatch: a text renders differently (names the view, the pair and both texts),
+            an activation differs by more than :data:`ACTIVATION_TOLERANCE` (names the text and
+            the layer) or a rating by more than :data:`TOLERANCE` (names the pair and both
+            ratings).
+    """
+    entities = entities or entity_inputs(art, prep)
+    every = np.concatenate(list(rows.values()))
+    want = np.concatenate([live[p] for p in rows])
+    by_part = {p: len(r) for p, r in rows.items()}
+
+    def name(k: int) -> str:
+        user, item = prep.pair_ids("user", [every[k]])[0], prep.pair_ids("item", [every[k]])[0]
+        return f"{art.path}: the exported model rates user {user!r}, item {item!r}"
+
+    texts = _check_texts(art, prep, entities, every)
+    encoded, activation_diff = _check_backbone(art, prep, texts)
+    head = compare_ratings(head_ratings(art, prep, entities, every), want, name=name)
+    decomposed = None
+    if art.decomposed:
+        decomposed = compare_ratings(
+            decomposed_ratings(art, prep, entities, every),
+            want,
+            name=lambda k: f"{name(k)} through its first-layer decomposition",
+        ).max_abs
+    return ExportCheck(
+        pairs=len(every),
+        by_part=by_part,
+        texts=len(texts),
+        encoded=encoded,
+        activation_diff=activation_diff,
+        max_abs_diff=head.max_abs,
+        rms_diff=head.rms,
+        decomposed_diff=decomposed,
+        tolerance=TOLERANCE,
+    )
 
 
-def score_end_to_end(art: Artifact, prep: Prepared, rows: np.ndarray) -> tuple[np.ndarray, int]:
-    """Ratings ``[len(rows)]`` of pair ``rows`` through the artifact alone, and the number of
-    distinct texts encoded (the service's path: tables, views, tokenizer, backbone, head)."""
-    users = _records(art.users, "user_id", prep.pair_ids("user", rows))
-    items = _records(art.items, "item_id", prep.pair_ids("item", rows))
-    texts = [art.views.render(u, i) for u, i in zip(users, items, strict=True)]  # [n][n_views]
-    unique = sorted({t for row in texts for t in row})
-    position = {t: j for j, t in enumerate(unique)}
-    pooled = encode_texts(
-        unique,
+def _check_texts(
+    art: Artifact, prep: Prepared, entities: EntityInputs, rows: np.ndarray
+) -> dict[str, tuple[int, int]]:
+    """Part 1: every view's text of pair ``rows`` as the artifact renders it against the run's.
+
+    Returns:
+        text -> ``(view, row in the run's activation matrix of that view)``, every distinct
+        text of the pairs.
+    """
+    user, item = prep.tables.pair_user[rows], prep.tables.pair_item[rows]
+    ours = (prep.users.iloc[user].to_dict("records"), prep.items.iloc[item].to_dict("records"))
+    theirs = (
+        [entities.records["user"][r] for r in entities.rows["user"][user]],
+        [entities.records["item"][r] for r in entities.rows["item"][item]],
+    )
+    index = prep.activations.index[rows]  # [n, n_views]
+    out: dict[str, tuple[int, int]] = {}
+    for k in range(len(rows)):
+        run_texts = prep.views.render(ours[0][k], ours[1][k])
+        artifact_texts = art.views.render(theirs[0][k], theirs[1][k])
+        for v, (a, b) in enumerate(zip(artifact_texts, run_texts, strict=True)):
+            if a != b:
+                raise ExportMismatch(
+                    f"{art.path}: view {art.views.views[v].name!r} of user "
+                    f"{prep.pair_ids('user', [rows[k]])[0]!r}, item "
+                    f"{prep.pair_ids('item', [rows[k]])[0]!r} renders {a[:200]!r} from the "
+                    f"artifact's tables but {b[:200]!r} in the run; the artifact does not "
+                    "compute the trained model: do not serve it, and report the run's log"
+                )
+            out.setdefault(a, (v, int(index[k, v])))
+    return out
+
+
+def _check_backbone(
+    art: Artifact, prep: Prepared, texts: dict[str, tuple[int, int]], seed: int = 0
+) -> tuple[int, float]:
+    """Part 2: the longest and some drawn texts through the exported backbone against the
+    run's activations. Returns the number encoded and the largest relative difference."""
+    distinct = sorted(texts)
+    longest = sorted(distinct, key=len, reverse=True)[:LONGEST_TEXTS]
+    rest = sorted(set(distinct) - set(longest))
+    drawn = np.random.default_rng(seed).choice(
+        len(rest), min(CHECK_TEXTS, len(rest)), replace=False
+    )
+    chosen = longest + [rest[j] for j in np.sort(drawn)]
+    if not chosen:
+        return 0, 0.0
+    got = encode_texts(
+        chosen,
         art.tokenizer,
         art.encode,
         length_buckets=tuple(art.manifest["backbone"]["length_buckets"]),
         row_buckets=(64,),
         out_shape=art.reference.activation_mean.shape[1:],
         desc="check exported",
-    )  # [n_unique, n_layers, d]
-    inputs = art.features.encode(users, items)
-    ratings = []
-    for s in range(0, len(rows), CHUNK):
-        at = np.array([[position[t] for t in row] for row in texts[s : s + CHUNK]])
-        acts = pooled[at]  # [chunk, n_views, n_layers, d]
-        ratings.append(
-            art.score(inputs["ids"][s : s + CHUNK], inputs["multi_hot"][s : s + CHUNK], acts)[1]
-        )
-    return np.concatenate(ratings), len(unique)
-
-
-def check_exported(
-    art: Artifact, prep: Prepared, rows: dict[str, np.ndarray], live: dict[str, np.ndarray]
-) -> ExportCheck:
-    """Compare the artifact, end to end, with the live parameters on the sample ``rows``.
-
-    Args:
-        rows: :func:`check_rows`; live: part -> the live parameters' ratings of those rows.
-
-    Raises:
-        ExportMismatch: a rating differs by more than :data:`TOLERANCE` (the message names
-            the pair and both ratings).
-    """
-    every = np.concatenate(list(rows.values()))
-    want = np.concatenate([live[p] for p in rows])
-    got, texts = score_end_to_end(art, prep, every)
-    return compare_ratings(
-        got,
-        want,
-        by_part={p: len(r) for p, r in rows.items()},
-        texts=texts,
-        name=lambda k: (
-            f"{art.path}: the exported model rates user {prep.pair_ids('user', [every[k]])[0]!r}, "
-            f"item {prep.pair_ids('item', [every[k]])[0]!r}"
-        ),
+    )  # [n, n_layers, d]
+    want = np.stack([prep.activations.matrices[texts[t][0]][texts[t][1]] for t in chosen]).astype(
+        np.float32
     )
+    scale = np.sqrt(np.mean(want.astype(np.float64) ** 2, axis=(0, 2)))[None, :, None] + 1e-6
+    diff = np.abs(got - want) / (np.abs(want) + scale)
+    worst = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    if diff[worst] > ACTIVATION_TOLERANCE:
+        bad = int((diff.max(axis=(1, 2)) > ACTIVATION_TOLERANCE).sum())
+        raise ExportMismatch(
+            f"{art.path}: the exported backbone encodes {chosen[worst[0]][:200]!r} with layer "
+            f"{worst[1]} differing from the run's activations by {diff[worst]:.3g} of their "
+            f"size ({bad} of {len(chosen)} checked texts beyond {ACTIVATION_TOLERANCE:g}); the "
+            "artifact does not compute the trained model: do not serve it, and report the "
+            "run's log"
+        )
+    return len(chosen), float(diff[worst])
+
+
+def _run_views(prep: Prepared, rows: np.ndarray, views: list[int]) -> np.ndarray:
+    """float32 ``[len(rows), len(views), n_layers, d]``: the run's activations of pair
+    ``rows`` in ``views`` (one copy)."""
+    acts = prep.activations
+    first = acts.matrices[views[0]] if views else acts.matrices[0]
+    out = np.empty((len(rows), len(views), *first.shape[1:]), np.float32)
+    for j, v in enumerate(views):
+        out[:, j] = acts.matrices[v][acts.index[rows, v]]
+    return out
+
+
+def head_ratings(
+    art: Artifact, prep: Prepared, entities: EntityInputs, rows: np.ndarray
+) -> np.ndarray:
+    """float32 ``[len(rows)]``: pair ``rows`` through the exported head, features from the
+    artifact's tables, activations from the run, in chunks of :data:`CHUNK` (the last padded)."""
+    views = list(range(len(prep.activations.matrices)))
+    out = []
+    for s in range(0, len(rows), CHUNK):
+        chunk = rows[s : s + CHUNK]
+        ids, multi_hot = entities.pair_features(
+            prep.tables.pair_user[chunk], prep.tables.pair_item[chunk]
+        )
+        inputs = (ids, multi_hot, _run_views(prep, chunk, views))
+        out.append(art.score(*(pad_rows(x, CHUNK) for x in inputs))[1][: len(chunk)])
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def decomposed_ratings(
+    art: Artifact, prep: Prepared, entities: EntityInputs, rows: np.ndarray
+) -> np.ndarray:
+    """float32 ``[len(rows)]``: pair ``rows`` through the exported side functions (once per
+    distinct entity) and pair function, as the service ranks; chunks of :data:`CHUNK`."""
+    layout = art.layout
+    parts, inverse = {}, {}
+    for side in _SIDES:
+        run_rows = getattr(prep.tables, f"pair_{side}")[rows]
+        distinct, first, inverse[side] = np.unique(run_rows, return_index=True, return_inverse=True)
+        at = entities.rows[side][distinct]
+        ids, multi_hot = entities.ids[side][at], entities.multi_hot[side][at]
+        views = [v for v, s in enumerate(layout.view_sides) if s == side]
+        acts = _run_views(prep, rows[first], views)
+        chunks = []
+        for s in range(0, len(distinct), CHUNK):
+            n = min(CHUNK, len(distinct) - s)
+            got = art.side(
+                side, *(pad_rows(x[s : s + CHUNK], CHUNK) for x in (ids, multi_hot, acts))
+            )
+            chunks.append({k: v[:n] for k, v in got.items()})
+        parts[side] = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    out = []
+    for s in range(0, len(rows), CHUNK):
+        n = min(CHUNK, len(rows) - s)
+        u, i = (
+            {k: pad_rows(v[inverse[side][s : s + CHUNK]], CHUNK) for k, v in parts[side].items()}
+            for side in _SIDES
+        )
+        out.append(art.pair(u, i)[1][:n])
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+@dataclass(frozen=True)
+class RatingDiff:
+    """Exported minus live ratings: the largest and the RMS absolute difference, rating units."""
+
+    max_abs: float
+    rms: float
 
 
 def compare_ratings(
-    got: np.ndarray,
-    want: np.ndarray,
-    *,
-    by_part: dict[str, int],
-    texts: int,
-    name,
-    tolerance: float = TOLERANCE,
-) -> ExportCheck:
-    """The :class:`ExportCheck` of exported ratings ``got`` against live ``want`` (``[n]``).
+    got: np.ndarray, want: np.ndarray, *, name, tolerance: float = TOLERANCE
+) -> RatingDiff:
+    """Exported ratings ``got`` against live ``want`` (``[n]``).
 
     Args:
         name: ``position -> "who rates what"`` for the message.
@@ -184,15 +382,11 @@ def compare_ratings(
         ExportMismatch: a rating differs by more than ``tolerance``.
     """
     diff = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
-    check = ExportCheck(
-        pairs=len(diff),
-        by_part=by_part,
-        texts=texts,
-        max_abs_diff=float(diff.max()) if len(diff) else 0.0,
-        rms_diff=float(np.sqrt(np.mean(diff**2))) if len(diff) else 0.0,
-        tolerance=tolerance,
+    out = RatingDiff(
+        max_abs=float(diff.max()) if len(diff) else 0.0,
+        rms=float(np.sqrt(np.mean(diff**2))) if len(diff) else 0.0,
     )
-    if check.max_abs_diff > tolerance:
+    if out.max_abs > tolerance:
         worst = int(np.argmax(diff))
         raise ExportMismatch(
             f"{name(worst)} {got[worst]:.4f} where the live parameters give {want[worst]:.4f} "
@@ -200,49 +394,27 @@ def compare_ratings(
             f"than {tolerance:g}); the artifact does not compute the trained model: do not "
             "serve it, and report the run's log"
         )
-    return check
+    return out
 
 
-def exported_figures(art: Artifact, prep: Prepared) -> dict[str, float]:
+def exported_figures(
+    art: Artifact, prep: Prepared, entities: EntityInputs | None = None
+) -> dict[str, float]:
     """ID test and OOD RMSE of the exported head over every held-out pair.
 
     Features come from the artifact's vocabularies and entity tables (one encode per entity,
     gathered per chunk of pairs), activations from the run's own pooled tables
     (``prep.activations``), the ratings from the exported head function.
     """
-    users, items = _frame(art.users), _frame(art.items)
-    user_rows = _table_rows(users, "user_id", prep.users["user_id"])
-    item_rows = _table_rows(items, "item_id", prep.items["item_id"])
-    feats = {
-        side: (
-            art.features.encode_entity(side, records),
-            art.features.encode_multi_hot(side, records),
-        )
-        for side, records in (
-            ("user", users.to_dict("records")),
-            ("item", items.to_dict("records")),
-        )
-    }
-    acts = prep.activations
+    entities = entities or entity_inputs(art, prep)
     out = {}
     for part, key in (("test", "id_test_rmse"), ("ood", "ood_rmse")):
         rows = prep.rows[part]
         if not len(rows):
             out[key] = float("nan")
             continue
-        ratings = []
-        for s in range(0, len(rows), CHUNK):
-            chunk = rows[s : s + CHUNK]
-            u = user_rows[prep.tables.pair_user[chunk]]
-            i = item_rows[prep.tables.pair_item[chunk]]
-            ids = np.concatenate([feats["user"][0][u], feats["item"][0][i]], axis=1)
-            multi_hot = np.concatenate([feats["user"][1][u], feats["item"][1][i]], axis=1)
-            first = acts.matrices[0]
-            views = np.empty((len(chunk), len(acts.matrices), *first.shape[1:]), np.float32)
-            for v, m in enumerate(acts.matrices):  # [chunk, n_views, n_layers, d], one copy
-                views[:, v] = m[acts.index[chunk, v]]
-            ratings.append(art.score(ids, multi_hot, views)[1])
-        out[key] = evaluate.rmse(np.concatenate(ratings), prep.tables.rating[rows])
+        ratings = head_ratings(art, prep, entities, rows)
+        out[key] = evaluate.rmse(ratings, prep.tables.rating[rows])
     return out
 
 

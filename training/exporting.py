@@ -19,7 +19,7 @@ import jax
 from training import distributed
 from training.config import TrainConfig
 from training.drift_reference import reference_stats
-from training.export_check import check_exported, check_rows, exported_figures
+from training.export_check import check_exported, check_rows, entity_inputs, exported_figures
 from training.fit import DeviceData, run_ratings
 from training.prepare import Prepared
 from training.train import (
@@ -129,13 +129,13 @@ def export_stage(
         prep, cfg, run, device, backbone, version, output_dir, lrs, corrections, reference
     )
     art = load_artifact(artifact)
-    check = check_exported(art, prep, sample, live_sample)
+    entities = entity_inputs(art, prep)  # the artifact's tables, read once for both
+    check = check_exported(art, prep, sample, live_sample, entities)
     log(f"export: {check.describe()}")
     source = (
         f"LEVI seed {run.seed}, the best on ID validation, scored through the exported "
         f"artifact ({artifact.name}): its exported head, vocabularies and entity tables over "
-        f"every ID test and OOD pair, with the activations of this run; its backbone, "
-        f"tokenizer and text views {check.describe()}; live parameters gave ID "
-        f"{live['id_rmse']:.4f}, OOD {live['ood_rmse']:.4f}"
+        f"every ID test and OOD pair, with the activations of this run; {check.describe()}; "
+        f"live parameters gave ID {live['id_rmse']:.4f}, OOD {live['ood_rmse']:.4f}"
     )
-    return ExportResult(artifact, exported_figures(art, prep), source)
+    return ExportResult(artifact, exported_figures(art, prep, entities), source)

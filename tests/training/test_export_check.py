@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from training.export_check import CHECK_PAIRS, ExportMismatch, check_rows, compare_ratings
+from model.tokenizer import TextTokenizer
+from training import export_check
+from training.export_check import (
+    CHECK_PAIRS,
+    ExportMismatch,
+    check_exported,
+    check_rows,
+    compare_ratings,
+    entity_inputs,
+    exported_figures,
+    head_ratings,
+)
 
 
 def _prep(n_test: int, n_ood: int) -> SimpleNamespace:
@@ -37,10 +50,116 @@ def test_a_small_part_gives_all_its_pairs_and_the_other_fills_up():
 
 def test_a_rating_off_by_more_than_the_tolerance_fails_and_names_the_pair():
     want = np.linspace(1, 5, 50)
-    ok = compare_ratings(want + 1e-3, want, by_part={"test": 50}, texts=7, name=str)
-    assert ok.max_abs_diff == pytest.approx(1e-3) and ok.pairs == 50
-    assert "fixed sample of 50 pairs (50 test; 7 texts" in ok.describe()
+    ok = compare_ratings(want + 1e-3, want, name=str)
+    assert ok.max_abs == pytest.approx(1e-3) and ok.rms == pytest.approx(1e-3)
     bad = want.copy()
     bad[17] += 0.3  # one pair of fifty: a wrong table row, say
     with pytest.raises(ExportMismatch, match=r"pair 17 .*\(1 of 50 sampled pairs differ"):
-        compare_ratings(bad, want, by_part={"test": 50}, texts=7, name=lambda k: f"pair {k}")
+        compare_ratings(bad, want, name=lambda k: f"pair {k}")
+
+
+# -- the check on a real run: what each part catches --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported_run(tmp_path_factory):
+    """A tiny LEVI run exported: ``(art, prep, rows, live)`` as the export stage checked them."""
+    from support.tiny_data import make_tiny_backbone, write_tiny_catalog
+
+    from model.artifact import load_artifact
+    from training import exporting
+    from training.config import TrainConfig
+    from training.pipeline import run_pipeline
+
+    tmp = tmp_path_factory.mktemp("exported-run")
+    cfg = TrainConfig.tiny().replace(
+        lrs=(1e-2,), max_epochs=2, methods=("levi",), dataset=str(write_tiny_catalog(tmp / "d"))
+    )
+    seen = {}
+
+    def spy(art, prep, rows, live, entities=None):
+        seen.update(prep=prep, rows=rows, live=live)
+        return check_exported(art, prep, rows, live, entities)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exporting, "check_exported", spy)
+        result = run_pipeline(
+            cfg,
+            output_dir=tmp / "out",
+            backbone=make_tiny_backbone(tmp),
+            cache=tmp / "cache",
+            progress=False,
+            log=lambda _: None,
+        )
+    return load_artifact(result.artifact), seen["prep"], seen["rows"], seen["live"]
+
+
+def test_the_written_artifact_passes_every_part(exported_run):
+    art, prep, rows, live = exported_run
+    check = check_exported(art, prep, rows, live)
+    n = sum(len(r) for r in rows.values())
+    assert check.pairs == n and check.by_part == {p: len(r) for p, r in rows.items()}
+    assert 0 < check.encoded <= check.texts  # a small run: every text of the sample
+    assert check.activation_diff < 5e-3  # the run's float16 cache against a float32 encode
+    assert check.max_abs_diff < 1e-4 and check.decomposed_diff < 1e-4  # the same activations
+    assert f"fixed sample of {n:,} pairs" in check.describe()
+
+
+def test_an_entity_table_that_renders_another_text_is_named(exported_run):
+    art, prep, rows, live = exported_run
+    item = prep.pair_ids("item", rows["test"][:1])[0]
+    items = art.items.to_pandas()
+    items.loc[items["item_id"] == item, "title"] = "a different title"
+    tampered = dataclasses.replace(art, items=pa.Table.from_pandas(items, preserve_index=False))
+    with pytest.raises(ExportMismatch, match=rf"view 'item' of user '\w+', item '{item}' renders"):
+        check_exported(tampered, prep, rows, live)
+
+
+def test_a_backbone_that_truncates_the_longest_texts_is_caught_by_them(exported_run, monkeypatch):
+    art, prep, rows, live = exported_run
+    every = np.concatenate(list(rows.values()))
+    texts = {t for k in every for t in prep.views.render(*_records(prep, k))}
+    lengths = {t: len(art.tokenizer.encode([t])[0]) for t in texts}
+    longest = max(lengths.values())
+    assert min(lengths.values()) < longest  # a fault of the long texts, not of every one
+    short = TextTokenizer(art.tokenizer.path, max_length=longest - 1)
+    tampered = dataclasses.replace(art, tokenizer=short)
+    monkeypatch.setattr(export_check, "CHECK_TEXTS", 0)  # the longest texts alone
+    monkeypatch.setattr(export_check, "LONGEST_TEXTS", 3)
+    with pytest.raises(ExportMismatch, match="the exported backbone encodes .* of their size"):
+        check_exported(tampered, prep, rows, live)
+
+
+def test_a_head_or_decomposition_that_rates_otherwise_is_named(exported_run):
+    art, prep, rows, live = exported_run
+    assert art.decomposed
+
+    def shifted(fn):
+        def call(*args):
+            adapters, rating = fn(*args)
+            return adapters, rating + 0.01
+
+        return call
+
+    tampered = dataclasses.replace(art, _score_fn=shifted(art._score_fn))
+    with pytest.raises(ExportMismatch, match=r"rates user '\w+', item '\w+' [0-9.]+ where"):
+        check_exported(tampered, prep, rows, live)
+    tampered = dataclasses.replace(art, _pair_fn=shifted(art._pair_fn))
+    with pytest.raises(ExportMismatch, match="through its first-layer decomposition"):
+        check_exported(tampered, prep, rows, live)
+
+
+def test_the_figures_are_every_held_out_pair_through_the_exported_head(exported_run):
+    art, prep, rows, live = exported_run
+    figures = exported_figures(art, prep)
+    for part, key in (("test", "id_test_rmse"), ("ood", "ood_rmse")):
+        ratings = head_ratings(art, prep, entity_inputs(art, prep), prep.rows[part])
+        assert len(ratings) == len(prep.rows[part])
+        assert figures[key] == pytest.approx(
+            float(np.sqrt(np.mean((ratings - prep.tables.rating[prep.rows[part]]) ** 2)))
+        )
+
+
+def _records(prep, row):
+    u, i = prep.tables.pair_user[row], prep.tables.pair_item[row]
+    return prep.users.iloc[u].to_dict(), prep.items.iloc[i].to_dict()
