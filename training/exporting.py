@@ -132,10 +132,12 @@ def export_stage(
     entities = entity_inputs(art, prep)  # the artifact's tables, read once for both
     check = check_exported(art, prep, sample, live_sample, entities)
     log(f"export: {check.describe()}")
+    scored_by = "first-layer decomposition (as the service scores)" if art.decomposed else "head"
     source = (
         f"LEVI seed {run.seed}, the best on ID validation, scored through the exported "
-        f"artifact ({artifact.name}): its exported head, vocabularies and entity tables over "
-        f"every ID test and OOD pair, with the activations of this run; {check.describe()}; "
-        f"live parameters gave ID {live['id_rmse']:.4f}, OOD {live['ood_rmse']:.4f}"
+        f"artifact ({artifact.name}): its exported {scored_by}, vocabularies and entity "
+        f"tables over every ID test and OOD pair, with the activations of this run; "
+        f"{check.describe()}; live parameters gave ID {live['id_rmse']:.4f}, OOD "
+        f"{live['ood_rmse']:.4f}"
     )
     return ExportResult(artifact, exported_figures(art, prep, entities), source)

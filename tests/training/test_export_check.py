@@ -17,6 +17,7 @@ from training.export_check import (
     check_exported,
     check_rows,
     compare_ratings,
+    decomposed_ratings,
     entity_inputs,
     exported_figures,
     head_ratings,
@@ -149,15 +150,30 @@ def test_a_head_or_decomposition_that_rates_otherwise_is_named(exported_run):
         check_exported(tampered, prep, rows, live)
 
 
-def test_the_figures_are_every_held_out_pair_through_the_exported_head(exported_run):
+def test_the_figures_are_every_held_out_pair_through_the_exported_decomposition(exported_run):
     art, prep, rows, live = exported_run
     figures = exported_figures(art, prep)
+    entities = entity_inputs(art, prep)
     for part, key in (("test", "id_test_rmse"), ("ood", "ood_rmse")):
-        ratings = head_ratings(art, prep, entity_inputs(art, prep), prep.rows[part])
+        ratings = decomposed_ratings(art, prep, entities, prep.rows[part])
         assert len(ratings) == len(prep.rows[part])
         assert figures[key] == pytest.approx(
             float(np.sqrt(np.mean((ratings - prep.tables.rating[prep.rows[part]]) ** 2)))
         )
+
+
+def test_the_decomposition_in_blocks_rates_each_pair_as_the_whole_head(exported_run, monkeypatch):
+    """Blocks of entities, chunks of pairs and padded calls, in any row order."""
+    art, prep, rows, live = exported_run
+    entities = entity_inputs(art, prep)
+    held_out = np.concatenate([prep.rows["test"], prep.rows["ood"]])
+    held_out = held_out[np.random.default_rng(1).permutation(len(held_out))]
+    want = head_ratings(art, prep, entities, held_out)
+    monkeypatch.setattr(export_check, "CHUNK", 7)  # several blocks, a padded last call
+    got = decomposed_ratings(art, prep, entities, held_out)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.std(want) > 0.05  # the ratings differ from pair to pair
+    assert len(decomposed_ratings(art, prep, entities, held_out[:0])) == 0
 
 
 def _records(prep, row):
