@@ -8,14 +8,15 @@ where the views are factored, the exported first-layer decomposition):
 1. *Texts.* Every view's text of every sampled pair, rendered by the artifact's views from
    its entity tables, must equal the text the run encoded (the run's views over its own
    tables): a string comparison, no encode.
-2. *Backbone.* The :data:`LONGEST_TEXTS` longest of those texts (truncation and the top
-   length bucket) and :data:`CHECK_TEXTS` others drawn with a fixed seed go through the
-   artifact's tokenizer and exported backbone, in the manifest's length buckets, and must give
-   the run's pooled activations of the same texts. A backbone, tokenizer or length-grid fault
-   touches every text or every long one; one that touches a share ``f`` of the texts escapes
-   ``n`` random ones with probability ``(1 - f) ** n``: 5.8e-3 for ``f`` = 1% and below 1e-4
-   for ``f`` = 2% at n = 512, for about 2 s of encoding (MiniLM, 2 cores) where encoding every
-   text of the sample (about 3,200) took 11 s.
+2. *Backbone.* The :data:`LONGEST_TEXTS` longest of those texts (where a tokenizer that
+   truncates elsewhere shows) and :data:`CHECK_TEXTS` others drawn with a fixed seed go
+   through the artifact's tokenizer and exported backbone, padded to the manifest's length
+   bucket that holds the longest (one compiled shape), and must give the run's pooled
+   activations of the same texts. A backbone or tokenizer fault touches every text or every
+   long one; one that touches a share ``f`` of the texts escapes ``n`` random ones with
+   probability ``(1 - f) ** n``: 5.8e-3 for ``f`` = 1% and below 1e-4 for ``f`` = 2% at
+   n = 512, for about 2 s of encoding (MiniLM, 2 cores) where encoding every text of the
+   sample (about 3,200) in every length bucket it needed took 11 s.
 3. *Head.* The sampled pairs' features from the artifact's vocabularies and entity tables,
    with the run's activations, through the exported head (and through the side and pair
    functions of the decomposition, where exported) must give the live ratings. A mismatch that
@@ -42,6 +43,7 @@ import pandas as pd
 import pyarrow as pa
 
 from model.batching import encode_texts, pad_rows
+from model.tokenizer import bucket_length
 from training import evaluate
 
 if TYPE_CHECKING:
@@ -275,11 +277,16 @@ def _check_backbone(
     chosen = longest + [rest[j] for j in np.sort(drawn)]
     if not chosen:
         return 0, 0.0
+    # One compiled shape (a cold compile costs about 2 s): every checked text padded to the
+    # manifest's bucket that holds the longest (padding is masked; the buckets are one
+    # shape-polymorphic exported function).
+    buckets = tuple(art.manifest["backbone"]["length_buckets"])
+    longest_tokens = max(len(ids) for ids in art.tokenizer.encode(chosen))
     got = encode_texts(
         chosen,
         art.tokenizer,
         art.encode,
-        length_buckets=tuple(art.manifest["backbone"]["length_buckets"]),
+        length_buckets=(bucket_length(longest_tokens, buckets),),
         row_buckets=(64,),
         out_shape=art.reference.activation_mean.shape[1:],
         desc="check exported",
