@@ -58,15 +58,17 @@ def reference_stats(
             rows = train[start : start + (1 << 20)]
             counts += np.bincount(acts.index[rows, v], minlength=len(matrix))
         total = counts.sum()
-        s1 = np.zeros(matrix.shape[1:]), np.zeros(matrix.shape[1:])
+        width = int(np.prod(matrix.shape[1:]))
+        s1, s2 = np.zeros(width), np.zeros(width)
         for start in range(0, len(matrix), 8192):  # chunks: pair views have one row per rating
-            block = matrix[start : start + 8192].astype(np.float64)  # [chunk, n_layers, d]
-            w = counts[start : start + 8192, None, None]
-            s1[0][...] += (w * block).sum(0)
-            s1[1][...] += (w * block**2).sum(0)
-        mean = s1[0] / total
+            block = matrix[start : start + 8192].reshape(-1, width).astype(np.float64)
+            w = counts[start : start + 8192]  # [chunk] weights: one BLAS product per moment
+            s1 += w @ block
+            block *= block
+            s2 += w @ block
+        mean = (s1 / total).reshape(matrix.shape[1:])
         means.append(mean)
-        variances.append(np.maximum(s1[1] / total - mean**2, 0.0))
+        variances.append(np.maximum(s2.reshape(matrix.shape[1:]) / total - mean**2, 0.0))
     head = run.head
     edges = np.linspace(head.rating_min, head.rating_max, HIST_BINS + 1)
     adapters = run_adapters(run, device, cfg, reference_rows(train))  # [sample, A]
