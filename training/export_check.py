@@ -65,6 +65,9 @@ ACTIVATION_TOLERANCE = 1e-2
 # 4,096 the call's inputs and XLA's temporaries added about 300 MB (MiniLM, two views) to the
 # run's peak; 1,024 costs no speed.
 CHUNK = 1024
+# Entities of one side whose decomposition parts are held at once in decomposed_ratings
+# (8.4 KB each with MiniLM's six adapters: 69 MB).
+OUTER_BLOCK = 8192
 _SIDES = ("user", "item")
 _KEYS = {"user": "user_id", "item": "item_id"}
 
@@ -120,13 +123,13 @@ class EntityInputs:
     """The artifact's entity tables as head inputs, aligned with the run's entities.
 
     Attributes:
-        records: side -> the artifact's entity records (multi-valued cells as tuples).
-        rows: side -> int ``[n_run_entities]``: each run entity's row in ``records``.
+        frames: side -> the artifact's entity table (multi-valued cells as tuples).
+        rows: side -> int ``[n_run_entities]``: each run entity's row in ``frames``.
         ids: side -> int32 ``[n_artifact_entities, F_side]`` from the artifact's vocabularies.
         multi_hot: side -> float32 ``[n_artifact_entities, G_side]``.
     """
 
-    records: dict[str, list[dict]]
+    frames: dict[str, pd.DataFrame]
     rows: dict[str, np.ndarray]
     ids: dict[str, np.ndarray]
     multi_hot: dict[str, np.ndarray]
@@ -146,14 +149,14 @@ def entity_inputs(art: Artifact, prep: Prepared) -> EntityInputs:
     Raises:
         ExportMismatch: an entity of the run is missing from the artifact's table.
     """
-    records, rows, ids, multi_hot = {}, {}, {}, {}
+    frames, rows, ids, multi_hot = {}, {}, {}, {}
     for side, table, own in (("user", art.users, prep.users), ("item", art.items, prep.items)):
-        frame = _frame(table)
+        frames[side] = frame = _frame(table)
         rows[side] = _table_rows(frame, _KEYS[side], own[_KEYS[side]])
-        records[side] = frame.to_dict("records")
-        ids[side] = art.features.encode_entity(side, records[side])
-        multi_hot[side] = art.features.encode_multi_hot(side, records[side])
-    return EntityInputs(records, rows, ids, multi_hot)
+        records = frame.to_dict("records")  # a dict per entity: not kept
+        ids[side] = art.features.encode_entity(side, records)
+        multi_hot[side] = art.features.encode_multi_hot(side, records)
+    return EntityInputs(frames, rows, ids, multi_hot)
 
 
 def check_rows(prep: Prepared, n: int = CHECK_PAIRS, seed: int = 0) -> dict[str, np.ndarray]:
@@ -241,9 +244,9 @@ def _check_texts(
     """
     user, item = prep.tables.pair_user[rows], prep.tables.pair_item[rows]
     ours = (prep.users.iloc[user].to_dict("records"), prep.items.iloc[item].to_dict("records"))
-    theirs = (
-        [entities.records["user"][r] for r in entities.rows["user"][user]],
-        [entities.records["item"][r] for r in entities.rows["item"][item]],
+    theirs = tuple(
+        entities.frames[side].iloc[entities.rows[side][at]].to_dict("records")
+        for side, at in (("user", user), ("item", item))
     )
     index = prep.activations.index[rows]  # [n, n_views]
     out: dict[str, tuple[int, int]] = {}
@@ -340,37 +343,46 @@ def head_ratings(
 def decomposed_ratings(
     art: Artifact, prep: Prepared, entities: EntityInputs, rows: np.ndarray
 ) -> np.ndarray:
-    """float32 ``[len(rows)]``: pair ``rows`` through the exported side functions (once per
-    distinct entity) and pair function, as the service scores them.
+    """float32 ``[len(rows)]``: pair ``rows`` through the exported side functions and pair
+    function, as the service scores them.
 
-    The side with fewer distinct entities among ``rows`` has its parts computed for all of
-    them at once (about 8.4 KB an entity with MiniLM's six adapters); the pairs, sorted by the
+    Pairs are grouped by the entity of the side with fewer distinct entities among ``rows``
+    ("outer"), :data:`OUTER_BLOCK` of them at a time whose parts are computed once (about
+    8.4 KB an entity with MiniLM's six adapters: 69 MB a block); a block's pairs, sorted by the
     other side's entity, go in blocks of :data:`CHUNK` of that side's entities, whose parts
-    live for their block only. Every call is :data:`CHUNK` rows (the last padded).
+    live for their block only. An entity of the other side is computed once per outer block
+    that rates it: once in all where the outer side fits one block. Every call is
+    :data:`CHUNK` rows (the last padded).
     """
     rows = np.asarray(rows)
-    if not len(rows):
-        return np.zeros(0, np.float32)
-    entity = {side: getattr(prep.tables, f"pair_{side}")[rows] for side in _SIDES}
-    full = min(_SIDES, key=lambda side: len(np.unique(entity[side])))
-    blocked = "item" if full == "user" else "user"
-    table, at = _side_parts(art, prep, entities, full, rows, entity[full])
-    order = np.argsort(entity[blocked], kind="stable")
-    ordered = entity[blocked][order]
-    firsts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # each entity's first
     out = np.empty(len(rows), np.float32)
-    for b in range(0, len(firsts), CHUNK):
-        block = order[firsts[b] : firsts[b + CHUNK] if b + CHUNK < len(firsts) else len(rows)]
-        parts, where = _side_parts(
-            art, prep, entities, blocked, rows[block], entity[blocked][block]
-        )
-        for s in range(0, len(block), CHUNK):
-            pick = block[s : s + CHUNK]
-            mine = {k: pad_rows(v[where[s : s + CHUNK]], CHUNK) for k, v in parts.items()}
-            other = {k: pad_rows(v[at[pick]], CHUNK) for k, v in table.items()}
-            user, item = (mine, other) if blocked == "user" else (other, mine)
-            out[pick] = art.pair(user, item)[1][: len(pick)]
+    at_row = np.zeros(len(rows), np.int64)  # each pair's row in its outer block's parts
+    entity = {side: getattr(prep.tables, f"pair_{side}")[rows] for side in _SIDES}
+    outer = min(_SIDES, key=lambda side: len(np.unique(entity[side])))
+    inner = "item" if outer == "user" else "user"
+    for block in _entity_blocks(entity[outer], np.arange(len(rows)), OUTER_BLOCK):
+        table, at = _side_parts(art, prep, entities, outer, rows[block], entity[outer][block])
+        at_row[block] = at
+        for part in _entity_blocks(entity[inner][block], block, CHUNK):
+            parts, where = _side_parts(art, prep, entities, inner, rows[part], entity[inner][part])
+            for s in range(0, len(part), CHUNK):
+                pick = part[s : s + CHUNK]
+                mine = {k: pad_rows(v[where[s : s + CHUNK]], CHUNK) for k, v in parts.items()}
+                other = {k: pad_rows(v[at_row[pick]], CHUNK) for k, v in table.items()}
+                user, item = (mine, other) if inner == "user" else (other, mine)
+                out[pick] = art.pair(user, item)[1][: len(pick)]
     return out
+
+
+def _entity_blocks(entity: np.ndarray, positions: np.ndarray, size: int):
+    """``positions`` (aligned with ``entity``) sorted by entity, in runs of ``size`` distinct
+    entities."""
+    order = np.argsort(entity, kind="stable")
+    ordered = entity[order]
+    firsts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else []
+    for b in range(0, len(firsts), size):
+        stop = firsts[b + size] if b + size < len(firsts) else len(order)
+        yield positions[order[firsts[b] : stop]]
 
 
 def _side_parts(

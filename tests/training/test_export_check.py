@@ -172,6 +172,9 @@ def test_the_decomposition_in_blocks_rates_each_pair_as_the_whole_head(exported_
     monkeypatch.setattr(export_check, "CHUNK", 7)  # several blocks, a padded last call
     got = decomposed_ratings(art, prep, entities, held_out)
     np.testing.assert_allclose(got, want, atol=1e-4)
+    monkeypatch.setattr(export_check, "OUTER_BLOCK", 5)  # the other side once per outer block
+    got = decomposed_ratings(art, prep, entities, held_out)
+    np.testing.assert_allclose(got, want, atol=1e-4)
     assert np.std(want) > 0.05  # the ratings differ from pair to pair
     assert len(decomposed_ratings(art, prep, entities, held_out[:0])) == 0
 
