@@ -130,7 +130,7 @@ def export_stage(
     )
     art = load_artifact(artifact)
     entities = entity_inputs(art, prep)  # the artifact's tables, read once for both
-    check = check_exported(art, prep, sample, live_sample, entities)
+    check = check_exported(art, prep, sample, live_sample, entities, backbone.tokenizer)
     log(f"export: {check.describe()}")
     scored_by = "first-layer decomposition (as the service scores)" if art.decomposed else "head"
     source = (

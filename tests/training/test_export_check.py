@@ -78,9 +78,9 @@ def exported_run(tmp_path_factory):
     )
     seen = {}
 
-    def spy(art, prep, rows, live, entities=None):
+    def spy(art, prep, rows, live, *args):
         seen.update(prep=prep, rows=rows, live=live)
-        return check_exported(art, prep, rows, live, entities)
+        return check_exported(art, prep, rows, live, *args)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(exporting, "check_exported", spy)
@@ -100,9 +100,11 @@ def test_the_written_artifact_passes_every_part(exported_run):
     check = check_exported(art, prep, rows, live)
     n = sum(len(r) for r in rows.values())
     assert check.pairs == n and check.by_part == {p: len(r) for p, r in rows.items()}
-    assert 0 < check.encoded <= check.texts  # a small run: every text of the sample
+    assert check.encoded == check.texts > 0  # a small run: every text of the sample
     assert check.activation_diff < 5e-3  # the run's float16 cache against a float32 encode
     assert check.max_abs_diff < 1e-4 and check.decomposed_diff < 1e-4  # the same activations
+    # the run's own tokenizer splits every text as the artifact's
+    assert check_exported(art, prep, rows, live, run_tokenizer=art.tokenizer) == check
     assert f"fixed sample of {n:,} pairs" in check.describe()
 
 
@@ -125,7 +127,11 @@ def test_a_backbone_that_truncates_the_longest_texts_is_caught_by_them(exported_
     assert min(lengths.values()) < longest  # a fault of the long texts, not of every one
     short = TextTokenizer(art.tokenizer.path, max_length=longest - 1)
     tampered = dataclasses.replace(art, tokenizer=short)
-    monkeypatch.setattr(export_check, "CHECK_TEXTS", 0)  # the longest texts alone
+    # Against the run's tokenizer, the token ids show it without an encode ...
+    with pytest.raises(ExportMismatch, match=r"tokenizer splits .* otherwise than the run's"):
+        check_exported(tampered, prep, rows, live, run_tokenizer=art.tokenizer)
+    # ... and without it, the longest texts through the exported backbone alone do.
+    monkeypatch.setattr(export_check, "CHECK_TEXTS", 0)
     monkeypatch.setattr(export_check, "LONGEST_TEXTS", 3)
     with pytest.raises(ExportMismatch, match="the exported backbone encodes .* of their size"):
         check_exported(tampered, prep, rows, live)
@@ -138,7 +144,7 @@ def test_a_head_or_decomposition_that_rates_otherwise_is_named(exported_run):
     def shifted(fn):
         def call(*args):
             adapters, rating = fn(*args)
-            return adapters, rating + 0.01
+            return adapters, rating + 0.05  # beyond the tolerance (0.02)
 
         return call
 
@@ -155,10 +161,11 @@ def test_the_figures_are_every_held_out_pair_through_the_exported_decomposition(
     figures = exported_figures(art, prep)
     entities = entity_inputs(art, prep)
     for part, key in (("test", "id_test_rmse"), ("ood", "ood_rmse")):
-        ratings = decomposed_ratings(art, prep, entities, prep.rows[part])
+        ratings = head_ratings(art, prep, entities, prep.rows[part])  # the whole head's
         assert len(ratings) == len(prep.rows[part])
         assert figures[key] == pytest.approx(
-            float(np.sqrt(np.mean((ratings - prep.tables.rating[prep.rows[part]]) ** 2)))
+            float(np.sqrt(np.mean((ratings - prep.tables.rating[prep.rows[part]]) ** 2))),
+            abs=1e-5,
         )
 
 
@@ -176,6 +183,14 @@ def test_the_decomposition_in_blocks_rates_each_pair_as_the_whole_head(exported_
     got = decomposed_ratings(art, prep, entities, held_out)
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert np.std(want) > 0.05  # the ratings differ from pair to pair
+    for side in ("user", "item"):  # one entity of a side: that side is the outer one
+        one = (
+            getattr(prep.tables, f"pair_{side}")[held_out]
+            == (getattr(prep.tables, f"pair_{side}")[held_out[0]])
+        )
+        np.testing.assert_allclose(
+            decomposed_ratings(art, prep, entities, held_out[one]), want[one], atol=1e-4
+        )
     assert len(decomposed_ratings(art, prep, entities, held_out[:0])) == 0
 
 
