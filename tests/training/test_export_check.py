@@ -167,6 +167,11 @@ def test_the_figures_are_every_held_out_pair_through_the_exported_decomposition(
             float(np.sqrt(np.mean((ratings - prep.tables.rating[prep.rows[part]]) ** 2))),
             abs=1e-5,
         )
+    # Without the decomposition (pair views), the whole head scores them and the check says so.
+    whole = dataclasses.replace(art, layout=None)
+    assert exported_figures(whole, prep) == pytest.approx(figures, abs=1e-5)
+    check = check_exported(whole, prep, rows, live)
+    assert check.decomposed_diff is None and "decomposition" not in check.describe()
 
 
 def test_the_decomposition_in_blocks_rates_each_pair_as_the_whole_head(exported_run, monkeypatch):
