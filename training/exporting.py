@@ -1,5 +1,5 @@
 """Stage 5 of a run: the artifact written (``model.artifact_export``), checked and scored
-(``training.export_check``).
+(``training.export_check``; the exported figures, ``training.exported_scoring``).
 
 With several processes every process computes what needs the mesh (the drift reference, the
 live ratings of the check's sample); process 0 alone writes, loads, checks and scores the
@@ -19,7 +19,8 @@ import jax
 from training import distributed
 from training.config import TrainConfig
 from training.drift_reference import reference_stats
-from training.export_check import check_exported, check_rows, entity_inputs, exported_figures
+from training.export_check import check_exported, check_rows
+from training.exported_scoring import entity_inputs, exported_figures
 from training.fit import DeviceData, run_ratings
 from training.prepare import Prepared
 from training.train import (

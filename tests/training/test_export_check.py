@@ -1,4 +1,5 @@
-"""The export stage's check: its fixed sample and its verdict."""
+"""The export stage's check (its fixed sample and its verdict) and its scoring of held-out
+pairs through the exported artifact (training/exported_scoring.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,10 @@ import pyarrow as pa
 import pytest
 
 from model.tokenizer import TextTokenizer
-from training import export_check
-from training.export_check import (
-    CHECK_PAIRS,
+from training import export_check, exported_scoring
+from training.export_check import CHECK_PAIRS, check_exported, check_rows, compare_ratings
+from training.exported_scoring import (
     ExportMismatch,
-    check_exported,
-    check_rows,
-    compare_ratings,
     decomposed_ratings,
     entity_inputs,
     exported_figures,
@@ -181,10 +179,10 @@ def test_the_decomposition_in_blocks_rates_each_pair_as_the_whole_head(exported_
     held_out = np.concatenate([prep.rows["test"], prep.rows["ood"]])
     held_out = held_out[np.random.default_rng(1).permutation(len(held_out))]
     want = head_ratings(art, prep, entities, held_out)
-    monkeypatch.setattr(export_check, "CHUNK", 7)  # several blocks, a padded last call
+    monkeypatch.setattr(exported_scoring, "CHUNK", 7)  # several blocks, a padded last call
     got = decomposed_ratings(art, prep, entities, held_out)
     np.testing.assert_allclose(got, want, atol=1e-4)
-    monkeypatch.setattr(export_check, "OUTER_BLOCK", 5)  # the other side once per outer block
+    monkeypatch.setattr(exported_scoring, "OUTER_BLOCK", 5)  # the other side once per outer block
     got = decomposed_ratings(art, prep, entities, held_out)
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert np.std(want) > 0.05  # the ratings differ from pair to pair
