@@ -44,6 +44,7 @@ from model.tokenizer import bucket_length
 from training.exported_scoring import (
     EntityInputs,
     ExportMismatch,
+    artifact_records,
     decomposed_ratings,
     entity_inputs,
     head_ratings,
@@ -193,12 +194,9 @@ def _check_texts(
     """
     user, item = prep.tables.pair_user[rows], prep.tables.pair_item[rows]
     ours = (prep.users.iloc[user].to_dict("records"), prep.items.iloc[item].to_dict("records"))
-    theirs = tuple(
-        [
-            {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
-            for record in table.take(entities.rows[side][at]).to_pylist()
-        ]
-        for side, table, at in (("user", art.users, user), ("item", art.items, item))
+    theirs = (
+        artifact_records(art.users, entities.rows["user"][user]),
+        artifact_records(art.items, entities.rows["item"][item]),
     )
     index = prep.activations.index[rows]  # [n, n_views]
     out: dict[tuple[int, str], int] = {}

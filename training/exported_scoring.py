@@ -45,13 +45,11 @@ class EntityInputs:
     """The artifact's entity tables as head inputs, aligned with the run's entities.
 
     Attributes:
-        frames: side -> the artifact's entity table (multi-valued cells as tuples).
-        rows: side -> int ``[n_run_entities]``: each run entity's row in ``frames``.
+        rows: side -> int ``[n_run_entities]``: each run entity's row in the artifact's table.
         ids: side -> int32 ``[n_artifact_entities, F_side]`` from the artifact's vocabularies.
         multi_hot: side -> float32 ``[n_artifact_entities, G_side]``.
     """
 
-    frames: dict[str, pd.DataFrame]
     rows: dict[str, np.ndarray]
     ids: dict[str, np.ndarray]
     multi_hot: dict[str, np.ndarray]
@@ -71,24 +69,25 @@ def entity_inputs(art: Artifact, prep: Prepared) -> EntityInputs:
     Raises:
         ExportMismatch: an entity of the run is missing from the artifact's table.
     """
-    frames, rows, ids, multi_hot = {}, {}, {}, {}
+    rows, ids, multi_hot = {}, {}, {}
     for side, table, own in (("user", art.users, prep.users), ("item", art.items, prep.items)):
-        frames[side] = frame = _frame(table)
-        rows[side] = _table_rows(frame, _KEYS[side], own[_KEYS[side]])
-        records = frame.to_dict("records")  # a dict per entity: not kept
+        key = _KEYS[side]
+        rows[side] = _table_rows(table.column(key).to_pylist(), key, own[key])
+        records = artifact_records(table)  # a dict per entity: not kept
         ids[side] = art.features.encode_entity(side, records)
         multi_hot[side] = art.features.encode_multi_hot(side, records)
-    return EntityInputs(frames, rows, ids, multi_hot)
+    return EntityInputs(rows, ids, multi_hot)
 
 
-def _frame(table: pa.Table) -> pd.DataFrame:
-    """The artifact's entity table as pandas, multi-valued cells as tuples (as the trainer
-    has them)."""
-    frame = table.to_pandas()
-    for col in frame.columns:
-        if frame[col].dtype == object and any(isinstance(v, np.ndarray) for v in frame[col]):
-            frame[col] = [tuple(v) if isinstance(v, np.ndarray) else v for v in frame[col]]
-    return frame
+def artifact_records(table: pa.Table, rows: np.ndarray | None = None) -> list[dict]:
+    """Rows (all, or ``rows``) of an artifact's entity table as the service reads them
+    (``service.entity_store``: Arrow to Python, list cells as tuples)."""
+    if rows is not None:
+        table = table.take(np.asarray(rows, np.int64))
+    return [
+        {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+        for record in table.to_pylist()
+    ]
 
 
 def _run_views(prep: Prepared, rows: np.ndarray, views: list[int]) -> np.ndarray:
@@ -212,13 +211,13 @@ def exported_figures(
     return out
 
 
-def _table_rows(table: pd.DataFrame, key: str, ids: pd.Series) -> np.ndarray:
-    """Row of each of ``ids`` in the artifact's ``table``.
+def _table_rows(table_ids: list, key: str, ids: pd.Series) -> np.ndarray:
+    """Row of each of ``ids`` among the artifact table's ids ``table_ids``.
 
     Raises:
         ExportMismatch: an entity of the run is missing from the artifact's table.
     """
-    rows = pd.Index(table[key].astype(str)).get_indexer(ids.astype(str))
+    rows = pd.Index([str(i) for i in table_ids]).get_indexer(ids.astype(str))
     if (rows < 0).any():
         missing = ids[rows < 0].iloc[:3].tolist()
         raise ExportMismatch(
