@@ -20,6 +20,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,13 @@ def as_number(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(number) else number
+
+
+def entity_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One row of an entity table as Arrow gives it (``pa.Table.to_pylist``), as records are
+    read everywhere: multi-valued (list or array) cells as tuples, so records hash and compare
+    as the trainer's do."""
+    return {k: tuple(v) if isinstance(v, np.ndarray | list) else v for k, v in row.items()}
 
 
 def as_values(value: object, sep: str | None = None) -> tuple[str, ...]:

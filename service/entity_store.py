@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from model.aligned_arrays import aligned_zeros
 from model.decomposed_layout import SIDES
-from model.features import FeatureSpec, as_values
+from model.features import FeatureSpec, as_values, entity_record
 from model.templates import ViewSet
 from service.results import NO_WARNINGS
 
@@ -60,12 +60,6 @@ class FrozenFields(dict):
     def __init__(self, fields: Mapping[str, Any]):
         super().__init__(fields)
         self.frozen = freeze(dict(fields))
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, np.ndarray | list):
-        return tuple(value)
-    return value
 
 
 class EntityTable:
@@ -100,7 +94,7 @@ class EntityTable:
 
     def head(self, n: int) -> list[dict[str, Any]]:
         """The records of the first ``n`` entities (as :meth:`records` gives them)."""
-        return [_record(r) for r in self.table.slice(0, n).to_pylist()]
+        return [entity_record(r) for r in self.table.slice(0, n).to_pylist()]
 
     def records(self, ids: Sequence[str], rows: np.ndarray) -> list[dict[str, Any]]:
         """Records of ``ids`` (known rows from the table; unknown ones hold only their id)."""
@@ -112,14 +106,10 @@ class EntityTable:
             for j, rec in zip(
                 np.flatnonzero(known), self.table.take(index).to_pylist(), strict=True
             ):
-                rec = _record(rec)
+                rec = entity_record(rec)
                 rec[self.key] = ids[j]
                 out[j] = rec
         return out
-
-
-def _record(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: _cell(v) for k, v in row.items()}
 
 
 class EntityResolver:

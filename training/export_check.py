@@ -66,6 +66,9 @@ TOLERANCE = 0.02
 # at 4.9e-4 relative, bucketed against packed encodes differ by about 1e-5; a wrong weight,
 # token or truncation moves pooled activations by their own size.
 ACTIVATION_TOLERANCE = 1e-2
+_DO_NOT_SERVE = (
+    "the artifact does not compute the trained model: do not serve it, and report the run's log"
+)
 
 
 @dataclass(frozen=True)
@@ -153,8 +156,7 @@ def check_exported(
     by_part = {p: len(r) for p, r in rows.items()}
 
     def name(k: int) -> str:
-        user, item = prep.pair_ids("user", [every[k]])[0], prep.pair_ids("item", [every[k]])[0]
-        return f"{art.path}: the exported model rates user {user!r}, item {item!r}"
+        return f"{art.path}: the exported model rates {_pair(prep, every[k])}"
 
     texts = _check_texts(art, prep, entities, every)
     encoded, activation_diff = _check_backbone(art, prep, texts, run_tokenizer)
@@ -206,14 +208,17 @@ def _check_texts(
         for v, (a, b) in enumerate(zip(artifact_texts, run_texts, strict=True)):
             if a != b:
                 raise ExportMismatch(
-                    f"{art.path}: view {art.views.views[v].name!r} of user "
-                    f"{prep.pair_ids('user', [rows[k]])[0]!r}, item "
-                    f"{prep.pair_ids('item', [rows[k]])[0]!r} renders {a[:200]!r} from the "
-                    f"artifact's tables but {b[:200]!r} in the run; the artifact does not "
-                    "compute the trained model: do not serve it, and report the run's log"
+                    f"{art.path}: view {art.views.views[v].name!r} of {_pair(prep, rows[k])} "
+                    f"renders {a[:200]!r} from the artifact's tables but {b[:200]!r} in the "
+                    f"run; {_DO_NOT_SERVE}"
                 )
             out.setdefault((v, a), int(index[k, v]))
     return out
+
+
+def _pair(prep: Prepared, row: int) -> str:
+    """``user 'u', item 'i'``: who rates what in pair ``row``, for a message."""
+    return f"user {prep.pair_ids('user', [row])[0]!r}, item {prep.pair_ids('item', [row])[0]!r}"
 
 
 def _check_tokens(art: Artifact, texts: list[str], run_tokenizer) -> list[int]:
@@ -233,8 +238,7 @@ def _check_tokens(art: Artifact, texts: list[str], run_tokenizer) -> list[int]:
                 where = f"from token {at}" if at is not None else f"{len(got)} vs {len(want)} ids"
                 raise ExportMismatch(
                     f"{art.path}: the artifact's tokenizer splits {text[:200]!r} otherwise than "
-                    f"the run's ({where}); the artifact does not compute the trained model: do "
-                    "not serve it, and report the run's log"
+                    f"the run's ({where}); {_DO_NOT_SERVE}"
                 )
     return [len(x) for x in ids]
 
@@ -291,9 +295,8 @@ def _check_backbone(
         raise ExportMismatch(
             f"{art.path}: the exported backbone encodes {chosen[worst[0]][:200]!r} with layer "
             f"{worst[1]} differing from the run's activations by {diff[worst]:.3g} of their "
-            f"size ({bad} of {len(chosen)} checked texts beyond {ACTIVATION_TOLERANCE:g}); the "
-            "artifact does not compute the trained model: do not serve it, and report the "
-            "run's log"
+            f"size ({bad} of {len(chosen)} checked texts beyond {ACTIVATION_TOLERANCE:g}); "
+            f"{_DO_NOT_SERVE}"
         )
     return len(chosen), float(diff[worst])
 
@@ -327,7 +330,6 @@ def compare_ratings(
         raise ExportMismatch(
             f"{name(worst)} {got[worst]:.4f} where the live parameters give {want[worst]:.4f} "
             f"({int((diff > tolerance).sum())} of {len(diff)} sampled pairs differ by more "
-            f"than {tolerance:g}); the artifact does not compute the trained model: do not "
-            "serve it, and report the run's log"
+            f"than {tolerance:g}); {_DO_NOT_SERVE}"
         )
     return out

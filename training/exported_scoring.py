@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from model.batching import pad_rows
+from model.features import entity_record
 from training import evaluate
 
 if TYPE_CHECKING:
@@ -81,13 +82,10 @@ def entity_inputs(art: Artifact, prep: Prepared) -> EntityInputs:
 
 def artifact_records(table: pa.Table, rows: np.ndarray | None = None) -> list[dict]:
     """Rows (all, or ``rows``) of an artifact's entity table as the service reads them
-    (``service.entity_store``: Arrow to Python, list cells as tuples)."""
+    (``model.features.entity_record`` of each Arrow row)."""
     if rows is not None:
         table = table.take(np.asarray(rows, np.int64))
-    return [
-        {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
-        for record in table.to_pylist()
-    ]
+    return [entity_record(record) for record in table.to_pylist()]
 
 
 def _run_views(prep: Prepared, rows: np.ndarray, views: list[int]) -> np.ndarray:
